@@ -1,0 +1,6 @@
+"""Reading fields and writing outputs (no torch in here)."""
+
+from astrohvae.io.atomic import atomic_path
+from astrohvae.io.field import Field
+
+__all__ = ["Field", "atomic_path"]
