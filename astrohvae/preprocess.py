@@ -1,0 +1,195 @@
+"""What the networks see: stamp representations.
+
+A *representation* turns a `~astrohvae.stamps.StampSet` (fluxes in
+nanomaggies, masks, per-band sky noise) into the float32 array
+``(N, 5, 64, 64)`` a network is trained on.  Every model saves the name of its
+representation in its configuration, so that the same transformation is
+applied at inference (`network_input`).
+
+Available representations (`REPRESENTATIONS`):
+
+``'lupt'``
+    The paper's recipe: every pixel in asinh magnitudes (luptitudes, per band
+    softening of `astrohvae.SOFTENING`), then each stamp standardised on its
+    own (mean 0, standard deviation 1 over all its pixels and bands), sign
+    flipped so that bright is positive.  Whole stamp, neighbours included.
+``'lupt_band'``
+    As ``'lupt'`` but standardised per band.
+``'source'``
+    Only the source: pixels of other sources (mask bit 2) and invalid pixels
+    (bit 4) set to 0; fluxes divided by the source's own flux (g+r+i inside
+    its segment, `source_flux`) so brightness is gone; multiplied by
+    `SOURCE_SCALE` so that a point source peaks near 1.
+``'source_asinh'``
+    ``'source'`` followed by ``asinh(x / ASINH_SOFT) * ASINH_SOFT`` which
+    compresses the bright core and keeps the faint wings visible.
+
+All are pure functions of the stamps: no state, no labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from astrohvae import BANDS
+from astrohvae.photometry import luptitude
+
+__all__ = [
+    "REPRESENTATIONS",
+    "DEFAULT_REPRESENTATION",
+    "network_input",
+    "source_flux",
+    "clean_stamps",
+    "SOURCE_SCALE",
+    "ASINH_SOFT",
+]
+
+MASK_OWN = 1
+MASK_OTHER = 2
+MASK_INVALID = 4
+
+SOURCE_SCALE = 10.0
+"""Multiplier applied after dividing by the source flux (a PSF of FWHM ~1.4"
+puts ~7 % of its flux in the central pixel, so point sources peak near 0.7)."""
+
+ASINH_SOFT = 0.05
+"""Softening of the ``'source_asinh'`` compression, in ``'source'`` units."""
+
+_GRI = [BANDS.index(b) for b in ("g", "r", "i")]
+
+
+def _arrays(stamps):
+    flux = np.asarray(stamps.flux, dtype=np.float32)
+    if flux.ndim != 4:
+        raise ValueError(f"stamps.flux must be (N, bands, ny, nx), got shape {flux.shape}")
+    mask = getattr(stamps, "mask", None)
+    if mask is None:
+        mask = np.zeros((flux.shape[0],) + flux.shape[2:], dtype=np.uint8)
+    mask = np.asarray(mask, dtype=np.uint8)
+    sky = getattr(stamps, "sky_sigma", None)
+    if sky is None:
+        sky = np.full(flux.shape[:2], np.nan, dtype=np.float32)
+    sky = np.asarray(sky, dtype=np.float32)
+    return flux, mask, sky
+
+
+def clean_stamps(flux, mask):
+    """Zero the pixels of other sources and invalid pixels; NaN -> 0.
+
+    Parameters
+    ----------
+    flux : ndarray (N, B, ny, nx)
+    mask : ndarray uint8 (N, ny, nx)
+
+    Returns
+    -------
+    ndarray float32, same shape as ``flux`` (a copy).
+    """
+    out = np.nan_to_num(np.asarray(flux, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    bad = (mask & (MASK_OTHER | MASK_INVALID)) != 0
+    out = np.where(bad[:, None], 0.0, out).astype(np.float32)
+    return out
+
+
+def source_flux(flux, mask, sky_sigma=None, radius=4.0):
+    """The source's own flux in g+r+i (nanomaggies), used to remove brightness.
+
+    Sum over the pixels of the source's own segment (mask bit 1).  Where the
+    segment is empty or its flux is not positive, the flux inside a circle of
+    ``radius`` pixels around the centre is used instead; the result is floored
+    at the noise of that sum (so faint sources are never blown up by noise).
+
+    Parameters
+    ----------
+    flux : ndarray (N, 5, ny, nx), cleaned (see `clean_stamps`)
+    mask : ndarray uint8 (N, ny, nx)
+    sky_sigma : ndarray (N, 5), optional
+
+    Returns
+    -------
+    ndarray float64 (N,), strictly positive.
+    """
+    n, _, ny, nx = flux.shape
+    gri = flux[:, _GRI].astype(np.float64).sum(axis=1)  # (N, ny, nx)
+    own = (mask & MASK_OWN) != 0
+    f_seg = (gri * own).sum(axis=(1, 2))
+    yy, xx = np.mgrid[:ny, :nx]
+    circ = (yy - ny // 2) ** 2 + (xx - nx // 2) ** 2 <= radius**2
+    f_ap = (gri * circ).sum(axis=(1, 2))
+    f = np.where((own.sum(axis=(1, 2)) > 0) & (f_seg > 0), f_seg, f_ap)
+    if sky_sigma is not None and np.all(np.isfinite(sky_sigma)):
+        noise = np.sqrt((np.asarray(sky_sigma, dtype=np.float64)[:, _GRI] ** 2).sum(axis=1) * circ.sum())
+    else:
+        noise = np.zeros(n)
+    floor = np.maximum(3.0 * noise, 1e-6)
+    return np.maximum(f, floor)
+
+
+def _lupt(stamps, per_band=False):
+    flux, mask, _ = _arrays(stamps)
+    flux = np.nan_to_num(flux)
+    bands = BANDS[: flux.shape[1]]
+    x = -luptitude(flux, bands[0]) if len(bands) == 1 else -np.stack(
+        [luptitude(flux[:, k], b) for k, b in enumerate(bands)], axis=1
+    )
+    axes = (2, 3) if per_band else (1, 2, 3)
+    mu = x.mean(axis=axes, keepdims=True)
+    sd = x.std(axis=axes, keepdims=True)
+    return ((x - mu) / np.maximum(sd, 1e-6)).astype(np.float32)
+
+
+def _rep_lupt(stamps):
+    return _lupt(stamps, per_band=False)
+
+
+def _rep_lupt_band(stamps):
+    return _lupt(stamps, per_band=True)
+
+
+def _rep_source(stamps):
+    flux, mask, sky = _arrays(stamps)
+    clean = clean_stamps(flux, mask)
+    f = source_flux(clean, mask, sky)
+    return (clean / f[:, None, None, None] * SOURCE_SCALE).astype(np.float32)
+
+
+def _rep_source_asinh(stamps):
+    x = _rep_source(stamps)
+    return (np.arcsinh(x / ASINH_SOFT) * ASINH_SOFT).astype(np.float32)
+
+
+REPRESENTATIONS = {
+    "lupt": _rep_lupt,
+    "lupt_band": _rep_lupt_band,
+    "source": _rep_source,
+    "source_asinh": _rep_source_asinh,
+}
+"""Name -> function(stamps) -> float32 (N, 5, 64, 64)."""
+
+DEFAULT_REPRESENTATION = "source_asinh"
+"""Representation of the shipped classifier (see `astrohvae.classify`)."""
+
+
+def network_input(stamps, representation=DEFAULT_REPRESENTATION):
+    """Network input for ``stamps`` in the named representation.
+
+    Parameters
+    ----------
+    stamps : StampSet or object with ``flux`` (N,5,ny,nx) nanomaggies,
+        ``mask`` uint8 (N,ny,nx) and ``sky_sigma`` (N,5).
+    representation : str
+        A key of `REPRESENTATIONS`.
+
+    Returns
+    -------
+    ndarray float32 (N, 5, ny, nx)
+    """
+    try:
+        fn = REPRESENTATIONS[representation]
+    except KeyError:
+        raise ValueError(
+            f"unknown representation {representation!r}; choose from {sorted(REPRESENTATIONS)}"
+        ) from None
+    if len(np.asarray(stamps.flux).shape) and np.asarray(stamps.flux).shape[0] == 0:
+        return np.zeros(np.asarray(stamps.flux).shape, dtype=np.float32)
+    return fn(stamps)
