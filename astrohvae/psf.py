@@ -1,0 +1,224 @@
+"""Label-free morphology: profiles, the field's PSF and PSF-match statistics.
+
+Stars are point sources: their image is the point-spread function (PSF).
+Everything here is measured from the stamps themselves, without any label:
+
+* `profile_features` -- half-light radius and concentration of each source
+  (g+r+i summed, other sources masked), the quantities of the classical
+  SExtractor / SDSS separators;
+* `estimate_psf` -- the PSF of a set of stamps (normally one field, or a few
+  fields of similar seeing), the median of the flux-normalised, recentred
+  stamps of the most compact bright sources (the narrow stellar locus in
+  half-light radius);
+* `psf_match` -- for every stamp the ratio of its PSF-fitted flux to its
+  aperture flux (``~1`` for stars, ``< 1`` for extended sources, the analogue
+  of SDSS's ``psfMag - modelMag``) and the normalised residual of the fit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from astrohvae import BANDS
+from astrohvae.preprocess import MASK_OWN, clean_stamps, source_flux
+
+__all__ = [
+    "profile_features",
+    "estimate_psf",
+    "psf_match",
+    "recentre",
+    "PSFModel",
+]
+
+_GRI = [BANDS.index(b) for b in ("g", "r", "i")]
+
+
+def _radius_grid(ny, nx, cy=None, cx=None):
+    cy = ny // 2 if cy is None else cy
+    cx = nx // 2 if cx is None else cx
+    yy, xx = np.mgrid[:ny, :nx]
+    return np.hypot(yy - cy, xx - cx)
+
+
+def centroids(img, radius=3.0):
+    """First-moment centroid offsets (dy, dx) of ``img`` (N, ny, nx) within ``radius`` of the centre."""
+    n, ny, nx = img.shape
+    yy, xx = np.mgrid[:ny, :nx]
+    w = (_radius_grid(ny, nx) <= radius)[None] * np.clip(img, 0, None)
+    tot = w.sum(axis=(1, 2))
+    tot = np.where(tot > 0, tot, 1.0)
+    dy = (w * (yy - ny // 2)).sum(axis=(1, 2)) / tot
+    dx = (w * (xx - nx // 2)).sum(axis=(1, 2)) / tot
+    return np.clip(dy, -1.0, 1.0), np.clip(dx, -1.0, 1.0)
+
+
+def recentre(x, dy, dx):
+    """Shift images ``x`` (N, B, ny, nx) by (-dy, -dx) pixels with a Fourier shift."""
+    n, b, ny, nx = x.shape
+    ky = np.fft.fftfreq(ny)[None, :, None]
+    kx = np.fft.rfftfreq(nx)[None, None, :]
+    phase = np.exp(2j * np.pi * (ky * dy[:, None, None] + kx * dx[:, None, None]))
+    out = np.fft.irfft2(np.fft.rfft2(x, axes=(2, 3)) * phase[:, None], s=(ny, nx), axes=(2, 3))
+    return out.astype(np.float32)
+
+
+def profile_features(stamps, band_sum=("g", "r", "i")):
+    """Half-light radius and concentration of every stamp.
+
+    Parameters
+    ----------
+    stamps : StampSet-like (``flux``, ``mask``, ``sky_sigma``)
+    band_sum : tuple of str
+        Bands summed to form the image measured.
+
+    Returns
+    -------
+    dict of ndarray (N,)
+        ``r_half`` (pixels; half of the own-segment flux, or of the flux
+        within 8 px when the segment is empty), ``concentration`` (flux within
+        1.5 px over flux within 5 px), ``flux`` (g+r+i own flux, nmgy),
+        ``snr`` (that flux over its noise).
+    """
+    flux = np.asarray(stamps.flux, dtype=np.float32)
+    mask = np.asarray(stamps.mask, dtype=np.uint8)
+    clean = clean_stamps(flux, mask)
+    idx = [BANDS.index(b) for b in band_sum]
+    img = clean[:, idx].sum(axis=1).astype(np.float64)
+    n, ny, nx = img.shape
+    r = _radius_grid(ny, nx)
+    own = (mask & MASK_OWN) != 0
+    has_seg = own.sum(axis=(1, 2)) >= 3
+    sel = np.where(has_seg[:, None, None], own, (r <= 8.0)[None])
+    order = np.argsort(r.ravel(), kind="stable")
+    rs = r.ravel()[order]
+    vals = (img * sel).reshape(n, -1)[:, order]
+    cum = np.cumsum(vals, axis=1)
+    tot = cum[:, -1]
+    half = 0.5 * np.where(tot > 0, tot, np.nan)
+    k = np.argmax(cum >= half[:, None], axis=1)
+    r_half = rs[k].astype(np.float64)
+    # linear interpolation between neighbouring radii
+    kp = np.maximum(k - 1, 0)
+    c0 = cum[np.arange(n), kp]
+    c1 = cum[np.arange(n), k]
+    frac = np.where(c1 > c0, (half - c0) / np.where(c1 > c0, c1 - c0, 1.0), 0.0)
+    r_half = np.where(k > 0, rs[kp] + np.clip(frac, 0, 1) * (rs[k] - rs[kp]), r_half)
+    r_half = np.where(np.isfinite(half), r_half, np.nan)
+    f_in = (img * (r <= 1.5)[None]).sum(axis=(1, 2))
+    f_out = (img * (r <= 5.0)[None]).sum(axis=(1, 2))
+    conc = np.where(f_out > 0, f_in / np.where(f_out > 0, f_out, 1.0), np.nan)
+    sky = np.asarray(stamps.sky_sigma, dtype=np.float64)
+    fsrc = source_flux(clean, mask, sky)
+    noise = np.sqrt((sky[:, idx] ** 2).sum(axis=1) * np.maximum(sel.sum(axis=(1, 2)), 1))
+    snr = fsrc / np.maximum(noise, 1e-12)
+    return {"r_half": r_half, "concentration": conc, "flux": fsrc, "snr": snr}
+
+
+class PSFModel:
+    """A PSF image per band, normalised to unit g+r+i flux; see `estimate_psf`."""
+
+    def __init__(self, image, r_half, n_used):
+        self.image = np.asarray(image, dtype=np.float32)
+        self.r_half = float(r_half)
+        self.n_used = int(n_used)
+
+    def __repr__(self):
+        return f"PSFModel(r_half={self.r_half:.3f} px, n_used={self.n_used})"
+
+
+def _stellar_locus(r_half, snr, min_snr):
+    ok = np.isfinite(r_half) & (snr >= min_snr) & (r_half > 0.3)
+    rr = np.log(r_half[ok])
+    if rr.size < 5:
+        ok = np.isfinite(r_half) & (r_half > 0.3)
+        rr = np.log(r_half[ok])
+    if rr.size == 0:
+        raise ValueError("no measurable source to estimate the PSF from")
+    grid = np.linspace(rr.min(), np.quantile(rr, 0.9), 200)
+    bw = max(0.03, 0.5 * rr.std() * rr.size ** (-0.2) / 2)
+    dens = np.exp(-0.5 * ((grid[:, None] - rr[None]) / bw) ** 2).sum(axis=1)
+    mode = grid[np.argmax(dens)]
+    return float(np.exp(mode)), float(bw)
+
+
+def estimate_psf(stamps, min_snr=50.0, max_stars=300, features=None):
+    """PSF of ``stamps`` from its most compact bright sources, without labels.
+
+    The bright sources (S/N >= ``min_snr``) are placed by half-light radius;
+    point sources pile up in a narrow peak (the stellar locus) at the small
+    end, galaxies spread over larger radii.  The sources within a narrow
+    window around the locus are recentred, divided by their flux and
+    median-stacked.
+
+    Parameters
+    ----------
+    stamps : StampSet-like
+    min_snr : float
+    max_stars : int
+    features : dict, optional
+        Precomputed `profile_features(stamps)`.
+
+    Returns
+    -------
+    PSFModel
+    """
+    feat = profile_features(stamps) if features is None else features
+    r_star, bw = _stellar_locus(feat["r_half"], feat["snr"], min_snr)
+    rh = feat["r_half"]
+    sel = np.isfinite(rh) & (np.abs(np.log(np.where(rh > 0, rh, 1e-3)) - np.log(r_star)) < max(bw, 0.06))
+    sel &= feat["snr"] >= min(min_snr, np.quantile(feat["snr"][sel], 0.5) if sel.any() else 0)
+    idx = np.flatnonzero(sel)
+    if idx.size == 0:
+        idx = np.argsort(np.abs(rh - r_star))[:5]
+    idx = idx[np.argsort(-feat["snr"][idx])][:max_stars]
+    flux = np.asarray(stamps.flux[idx], dtype=np.float32)
+    mask = np.asarray(stamps.mask[idx], dtype=np.uint8)
+    clean = clean_stamps(flux, mask)
+    dy, dx = centroids(clean[:, _GRI].sum(axis=1))
+    clean = recentre(clean, dy, dx)
+    f = source_flux(clean, mask, np.asarray(stamps.sky_sigma[idx]))
+    norm = clean / f[:, None, None, None]
+    img = np.median(norm, axis=0)
+    r = _radius_grid(*img.shape[1:])
+    img = np.where(r[None] <= 12, img, 0.0)
+    img /= img[_GRI].sum()
+    return PSFModel(img, r_star, idx.size)
+
+
+def psf_match(stamps, psf, radius=5.0):
+    """PSF-fit flux over aperture flux, and the fit's normalised residual.
+
+    For every stamp (recentred on its g+r+i centroid) the PSF amplitude is
+    fitted by least squares over the pixels within ``radius`` of the centre
+    (other sources masked), summing g, r and i.  ``psf_ratio`` is
+    ``F_psf / F_aperture`` with the aperture flux inside the same radius
+    corrected by the PSF's own enclosed fraction: ``~1`` for point sources,
+    smaller for extended ones.  ``chi`` is the root-mean-square residual in
+    units of the sky noise, divided by the square root of the S/N.
+
+    Returns
+    -------
+    dict of ndarray (N,) : ``psf_ratio``, ``chi``
+    """
+    flux = np.asarray(stamps.flux, dtype=np.float32)
+    mask = np.asarray(stamps.mask, dtype=np.uint8)
+    sky = np.asarray(stamps.sky_sigma, dtype=np.float64)
+    clean = clean_stamps(flux, mask)
+    img = clean[:, _GRI].sum(axis=1)
+    dy, dx = centroids(img)
+    img = recentre(img[:, None], dy, dx)[:, 0].astype(np.float64)
+    p = psf.image[_GRI].sum(axis=0).astype(np.float64)
+    r = _radius_grid(*p.shape)
+    ap = (r <= radius)
+    good = ((mask & 6) == 0) & ap[None]
+    pp = p[None] * good
+    a = (pp * img).sum(axis=(1, 2)) / np.maximum((pp * p[None]).sum(axis=(1, 2)), 1e-12)
+    enc = (p * ap).sum()
+    f_ap = (img * good).sum(axis=(1, 2)) / max(enc, 1e-6)
+    ratio = a / np.where(np.abs(f_ap) > 1e-12, f_ap, 1e-12)
+    sig = np.sqrt((sky[:, _GRI] ** 2).sum(axis=1))
+    resid = ((img - a[:, None, None] * p[None]) * good)
+    rms = np.sqrt((resid**2).sum(axis=(1, 2)) / np.maximum(good.sum(axis=(1, 2)), 1)) / np.maximum(sig, 1e-12)
+    snr = np.abs(f_ap) * enc / np.maximum(sig * np.sqrt(ap.sum()), 1e-12)
+    chi = rms / np.sqrt(np.maximum(snr, 1.0))
+    return {"psf_ratio": ratio, "chi": chi}
