@@ -1,0 +1,713 @@
+"""Background, baseline detection, source measurement and 64x64x5 stamps.
+
+The baseline path from a `~astrohvae.io.field.Field` to the stamps the
+networks see::
+
+    bkg = estimate_background(field)            # Background(level, rms, sigma)
+    segm = detect(field, bkg)                   # photutils SegmentationImage
+    sources = measure_sources(field, segm, bkg) # astropy Table, catalogue columns
+    stamps = cut_stamps(field, segm, sources, bkg)  # StampSet
+
+or, in one call, ``bkg, segm, sources, stamps = process_field(field)``.
+
+Conventions
+-----------
+* Pixel coordinates are 0-based on the reference (r-band) grid,
+  ``x`` = column, ``y`` = row; arrays are ``(band, y, x)``.
+* An empty field (no source above threshold) gives an **empty**
+  `~photutils.segmentation.SegmentationImage` (all zeros, ``n_labels == 0``),
+  never None; `measure_sources` then returns a zero-row table with all the
+  columns and `cut_stamps` a zero-length `StampSet`.
+* Stamp centring: for a stamp of side ``size`` the source's integer pixel
+  ``(xc, yc) = (floor(x + 0.5), floor(y + 0.5))`` lands on stamp index
+  ``c = size // 2`` (= 32 for 64x64; i.e. the pixel just right of / below the
+  geometric centre 31.5 of an even stamp).  The stamp covers field rows
+  ``yc - c .. yc - c + size - 1`` and the same for columns.  The centroid
+  sits at stamp position ``(c + dx, c + dy)`` with
+  ``dx = x - xc, dy = y - yc`` in ``[-0.5, 0.5]``, recorded in ``meta``.
+* Edge policy (the only one): stamp pixels outside the field are 0 in every
+  band, carry mask bit 4, and the stamp gets flag bit 1.
+
+Mask bits (stamp ``mask``, uint8): 1 = the source's own segment,
+2 = another source's segment, 4 = invalid (off-field, or masked/NaN in any
+band of the field).
+
+Source flag bits (``flags``, int32, as in ``catalog-schema.md``):
+1 = stamp truncated by the field edge (set by `cut_stamps`),
+2 = blended / deblended (the segment was split by the deblender or touches
+another segment), 4 = masked / NaN pixels inside the segment,
+8 = the segment touches the field edge.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.table import Table, vstack
+from scipy import ndimage
+
+from astrohvae import BANDS, STAMP_SIZE
+from astrohvae.photometry import luptitude
+
+__all__ = [
+    "Background",
+    "StampSet",
+    "concatenate",
+    "estimate_background",
+    "detection_image",
+    "detect",
+    "measure_sources",
+    "cut_stamps",
+    "process_field",
+    "FLAG_TRUNCATED",
+    "FLAG_BLENDED",
+    "FLAG_MASKED",
+    "FLAG_EDGE",
+    "MASK_OWN",
+    "MASK_OTHER",
+    "MASK_INVALID",
+]
+
+FLAG_TRUNCATED = 1
+FLAG_BLENDED = 2
+FLAG_MASKED = 4
+FLAG_EDGE = 8
+
+MASK_OWN = 1
+MASK_OTHER = 2
+MASK_INVALID = 4
+
+META_COLUMNS = ("field", "id", "x", "y", "ra", "dec", "flags", "xc", "yc", "dx", "dy")
+"""Columns of `StampSet.meta` as made by `cut_stamps` (stores add truth columns)."""
+
+
+# ---------------------------------------------------------------------------
+# StampSet
+# ---------------------------------------------------------------------------
+@dataclass
+class StampSet:
+    """Cutouts of N sources, five bands each.
+
+    Attributes
+    ----------
+    flux : numpy.ndarray
+        float32 ``(N, 5, size, size)``, background-subtracted flux in
+        nanomaggies; 0 where the field is masked or outside the field.
+    mask : numpy.ndarray
+        uint8 ``(N, size, size)``; bit 1 = own segment, 2 = another source's
+        segment, 4 = invalid / off-field.
+    sky_sigma : numpy.ndarray
+        float32 ``(N, 5)``: per-band sky noise per pixel (nanomaggies) at the
+        source position.
+    meta : astropy.table.Table
+        One row per stamp: ``field, id, x, y, ra, dec, flags, xc, yc, dx, dy``
+        (and ``truth_type`` 0 star / 1 galaxy / -1 unknown, ``truth_mag_r``
+        when read from a store).
+    """
+
+    flux: np.ndarray
+    mask: np.ndarray
+    sky_sigma: np.ndarray
+    meta: Table
+
+    def __post_init__(self):
+        n = len(self.flux)
+        if not (len(self.mask) == len(self.sky_sigma) == len(self.meta) == n):
+            raise ValueError(
+                f"StampSet parts disagree in length: flux {n}, mask {len(self.mask)}, "
+                f"sky_sigma {len(self.sky_sigma)}, meta {len(self.meta)}"
+            )
+
+    def __len__(self):
+        return len(self.flux)
+
+    def __getitem__(self, index):
+        """Select stamps: a slice, an index array or a boolean mask.
+
+        An integer gives a StampSet of length 1 (dimensions are kept).
+        """
+        if isinstance(index, (int, np.integer)):
+            i = int(index)
+            if i < 0:
+                i += len(self)
+            if not 0 <= i < len(self):
+                raise IndexError(f"stamp index {index} out of range for {len(self)} stamps")
+            index = slice(i, i + 1)
+        elif not isinstance(index, slice):
+            index = np.asarray(index)
+            if index.dtype == bool:
+                index = np.flatnonzero(index)
+        return StampSet(self.flux[index], self.mask[index], self.sky_sigma[index], self.meta[index])
+
+    @property
+    def size(self):
+        """Side of the stamps in pixels."""
+        return self.flux.shape[-1]
+
+    @classmethod
+    def empty(cls, size=STAMP_SIZE, nbands=len(BANDS)):
+        """A zero-length StampSet with the standard meta columns."""
+        return cls(
+            np.zeros((0, nbands, size, size), np.float32),
+            np.zeros((0, size, size), np.uint8),
+            np.zeros((0, nbands), np.float32),
+            _empty_meta(),
+        )
+
+    @classmethod
+    def concatenate(cls, sets):
+        """Join StampSets end to end (meta columns must agree)."""
+        return concatenate(sets)
+
+
+def concatenate(sets):
+    """Join a sequence of `StampSet` end to end.
+
+    Parameters
+    ----------
+    sets : sequence of StampSet
+
+    Returns
+    -------
+    StampSet
+    """
+    sets = list(sets)
+    if not sets:
+        return StampSet.empty()
+    if len(sets) == 1:
+        return sets[0]
+    meta = vstack([s.meta for s in sets], join_type="exact", metadata_conflicts="silent")
+    return StampSet(
+        np.concatenate([s.flux for s in sets]),
+        np.concatenate([s.mask for s in sets]),
+        np.concatenate([s.sky_sigma for s in sets]),
+        meta,
+    )
+
+
+def _empty_meta():
+    return Table(
+        {
+            "field": np.zeros(0, dtype="U32"),
+            "id": np.zeros(0, np.int32),
+            "x": np.zeros(0),
+            "y": np.zeros(0),
+            "ra": np.zeros(0),
+            "dec": np.zeros(0),
+            "flags": np.zeros(0, np.int32),
+            "xc": np.zeros(0, np.int32),
+            "yc": np.zeros(0, np.int32),
+            "dx": np.zeros(0, np.float32),
+            "dy": np.zeros(0, np.float32),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------
+# Background
+# ---------------------------------------------------------------------------
+@dataclass
+class Background:
+    """Per-band sky level and noise of a field.
+
+    Attributes
+    ----------
+    level : numpy.ndarray
+        float32 ``(5, ny, nx)`` sky level (nanomaggies); subtract it.
+    rms : numpy.ndarray
+        float32 ``(5, ny, nx)`` sky noise per pixel (nanomaggies).
+    sigma : numpy.ndarray
+        float32 ``(5,)`` robust scalar pixel noise per band (MAD of the
+        background-subtracted sky pixels).  NaN for a fully masked band.
+    source_mask : numpy.ndarray or None
+        bool ``(ny, nx)``: pixels masked as sources in the second pass.
+    """
+
+    level: np.ndarray
+    rms: np.ndarray
+    sigma: np.ndarray
+    source_mask: np.ndarray | None = None
+
+    def subtract(self, field):
+        """Background-subtracted data, 0 where the field is masked (float32)."""
+        out = field.data - self.level
+        out[field.mask] = 0.0
+        return out.astype(np.float32, copy=False)
+
+
+def _mad_std(values):
+    if values.size == 0:
+        return np.nan
+    med = np.median(values)
+    return 1.482602218505602 * np.median(np.abs(values - med))
+
+
+def _background_band(image, bad, box_size, filter_size, source_mask=None):
+    """(level, rms) maps of one band; falls back to scalars when the grid fails."""
+    from astropy.stats import SigmaClip
+    from photutils.background import Background2D, MedianBackground, StdBackgroundRMS
+
+    ny, nx = image.shape
+    mask = bad if source_mask is None else (bad | source_mask)
+    good = ~mask
+    if good.sum() < 10:
+        mask = bad
+        good = ~bad
+    if good.sum() < 10:
+        nan = np.full(image.shape, np.nan, np.float32)
+        return np.zeros(image.shape, np.float32), nan
+    box = (min(box_size, ny), min(box_size, nx))
+    nboxy, nboxx = -(-ny // box[0]), -(-nx // box[1])
+    fs = min(filter_size, nboxy, nboxx)
+    fs = fs if fs % 2 == 1 else max(fs - 1, 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bkg = Background2D(
+                image,
+                box,
+                mask=mask,
+                filter_size=(fs, fs),
+                sigma_clip=SigmaClip(sigma=3.0, maxiters=5),
+                bkg_estimator=MedianBackground(),
+                bkg_rms_estimator=StdBackgroundRMS(),
+                exclude_percentile=50.0,
+            )
+        level = np.asarray(bkg.background, np.float32)
+        rms = np.asarray(bkg.background_rms, np.float32)
+        if level.shape != image.shape or not np.all(np.isfinite(level)):
+            raise ValueError("background grid incomplete")
+        return level, rms
+    except ValueError:
+        from astropy.stats import sigma_clipped_stats
+
+        _, med, std = sigma_clipped_stats(image[good], sigma=3.0, maxiters=5)
+        return (np.full(image.shape, med, np.float32), np.full(image.shape, std, np.float32))
+
+
+def _source_mask_from(residual, rms, bad, dilate=3, npixels=5):
+    """Pixels belonging to sources: 3x3-smoothed residual above 3 sigma, dilated."""
+    smooth = ndimage.uniform_filter(np.where(bad, 0.0, residual), 3, mode="constant")
+    with np.errstate(invalid="ignore"):
+        hot = (smooth > rms) & ~bad  # 3 sigma of the 3x3 mean (noise rms/3)
+    labels, n = ndimage.label(hot)
+    if n:
+        sizes = np.bincount(labels.ravel())
+        keep = sizes >= npixels
+        keep[0] = False
+        hot = keep[labels]
+    if dilate:
+        r = int(dilate)
+        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+        hot = ndimage.binary_dilation(hot, structure=(xx**2 + yy**2) <= r * r)
+    return hot
+
+
+def estimate_background(field, box_size=64, filter_size=3):
+    """Per-band sky level and noise with photutils `Background2D`.
+
+    Two passes per band: a sigma-clipped `Background2D` (median level,
+    standard-deviation rms) on the unmasked pixels; then the sources found in
+    the first pass (3x3-smoothed residual above 3 sigma in any band, at least
+    5 pixels, dilated by 3 px) are masked and the background is measured
+    again.  `Field.mask` pixels are always excluded.
+
+    Parameters
+    ----------
+    field : astrohvae.io.field.Field
+    box_size : int
+        Box side in pixels (clipped to the image size).
+    filter_size : int
+        Median filter over boxes (odd; reduced for tiny images).
+
+    Returns
+    -------
+    Background
+    """
+    data = np.asarray(field.data, np.float32)
+    bad = np.asarray(field.mask, bool) | ~np.isfinite(data)
+    nb = data.shape[0]
+    level = np.zeros_like(data)
+    rms = np.zeros_like(data)
+    srcmask = np.zeros(data.shape[1:], bool)
+    for b in range(nb):
+        lv, rm = _background_band(data[b], bad[b], box_size, filter_size)
+        if np.all(np.isnan(rm)):
+            continue
+        srcmask |= _source_mask_from(data[b] - lv, rm, bad[b])
+    sigma = np.full(nb, np.nan, np.float32)
+    for b in range(nb):
+        lv, rm = _background_band(data[b], bad[b], box_size, filter_size, srcmask)
+        level[b], rms[b] = lv, rm
+        sky = ~(bad[b] | srcmask)
+        if sky.sum() < 10:
+            sky = ~bad[b]
+        sigma[b] = _mad_std((data[b] - lv)[sky])
+    return Background(level, rms, sigma, srcmask)
+
+
+# ---------------------------------------------------------------------------
+# Detection
+# ---------------------------------------------------------------------------
+def _band_indices(field, bands):
+    idx = [field.bands.index(b) for b in bands if b in field.bands]
+    if not idx:
+        raise ValueError(f"none of the detection bands {bands} is in the field's bands {field.bands}")
+    return idx
+
+
+def detection_image(field, background, detection_bands=("g", "r", "i")):
+    """Inverse-variance weighted mean of the background-subtracted bands.
+
+    Parameters
+    ----------
+    field : Field
+    background : Background
+    detection_bands : sequence of str
+
+    Returns
+    -------
+    image : numpy.ndarray
+        float32 ``(ny, nx)``, 0 where no detection band is valid.
+    noise : numpy.ndarray
+        float32 ``(ny, nx)``, per-pixel noise of ``image``
+        (``1/sqrt(sum w)``), inf where no band is valid.
+    """
+    idx = _band_indices(field, detection_bands)
+    num = np.zeros(field.shape, np.float64)
+    wsum = np.zeros(field.shape, np.float64)
+    for b in idx:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w = 1.0 / np.asarray(background.rms[b], np.float64) ** 2
+        w[~np.isfinite(w) | field.mask[b]] = 0.0
+        num += w * (field.data[b] - background.level[b])
+        wsum += w
+    with np.errstate(divide="ignore", invalid="ignore"):
+        image = np.where(wsum > 0, num / wsum, 0.0)
+        noise = np.where(wsum > 0, 1.0 / np.sqrt(wsum), np.inf)
+    return image.astype(np.float32), noise.astype(np.float32)
+
+
+def _empty_segm(shape):
+    from photutils.segmentation import SegmentationImage
+
+    return SegmentationImage(np.zeros(shape, np.int32))
+
+
+def detect(
+    field,
+    background,
+    nsigma=1.5,
+    npixels=5,
+    deblend=True,
+    detection_bands=("g", "r", "i"),
+    fwhm=3.0,
+    kernel_size=5,
+    nlevels=32,
+    contrast=0.001,
+):
+    """Baseline source detection (photutils `detect_sources` + `deblend_sources`).
+
+    The detection image (`detection_image`, inverse-variance weighted mean of
+    the background-subtracted ``detection_bands``) is smoothed with a
+    Gaussian kernel of ``fwhm`` pixels (about the SDSS PSF, 1.2") and
+    thresholded at ``nsigma`` times the *unsmoothed* per-pixel noise
+    (SExtractor's convention); connected groups of at least ``npixels``
+    pixels are sources, then split by multi-threshold deblending.
+
+    Parameters
+    ----------
+    field : Field
+    background : Background
+    nsigma : float
+        Detection threshold in units of the detection image's noise.
+    npixels : int
+        Minimum connected pixels of a source.
+    deblend : bool
+        Run `photutils.segmentation.deblend_sources`.
+    detection_bands : sequence of str
+    fwhm, kernel_size : float, int
+        Smoothing kernel.
+    nlevels, contrast : int, float
+        Deblending parameters.
+
+    Returns
+    -------
+    photutils.segmentation.SegmentationImage
+        Labels 1..N (consecutive).  An empty field gives an all-zero
+        SegmentationImage (``n_labels == 0``), never None.
+    """
+    from photutils.segmentation import deblend_sources, detect_sources, make_2dgaussian_kernel
+
+    image, noise = detection_image(field, background, detection_bands)
+    invalid = ~np.isfinite(noise)
+    if fwhm and fwhm > 0:
+        kernel = make_2dgaussian_kernel(fwhm, size=kernel_size).array
+        conv = ndimage.convolve(image, kernel.astype(np.float32), mode="constant")
+    else:
+        conv = image
+    threshold = np.where(invalid, np.inf, nsigma * noise).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        segm = detect_sources(conv, threshold, npixels, mask=invalid if invalid.any() else None)
+        if segm is None:
+            return _empty_segm(field.shape)
+        if deblend and segm.n_labels:
+            segm = deblend_sources(
+                conv, segm, npixels, n_levels=nlevels, contrast=contrast, progress_bar=False
+            )
+    if not segm.is_consecutive:
+        segm.relabel_consecutive()
+    return segm
+
+
+# ---------------------------------------------------------------------------
+# Measurement
+# ---------------------------------------------------------------------------
+def _segm_data(segm, shape):
+    if segm is None:
+        return np.zeros(shape, np.int32)
+    data = segm.data if hasattr(segm, "data") else np.asarray(segm)
+    if data.shape != tuple(shape):
+        raise ValueError(f"segmentation shape {data.shape} differs from the field's {tuple(shape)}")
+    return data
+
+
+def _blended_labels(seg, segm):
+    """Boolean array over labels 0..max: deblended or touching another segment."""
+    nmax = int(seg.max()) if seg.size else 0
+    out = np.zeros(nmax + 1, bool)
+    for a, b in (
+        (seg[:, :-1], seg[:, 1:]),
+        (seg[:-1, :], seg[1:, :]),
+        (seg[:-1, :-1], seg[1:, 1:]),
+        (seg[:-1, 1:], seg[1:, :-1]),
+    ):
+        touch = (a != b) & (a > 0) & (b > 0)
+        out[a[touch]] = True
+        out[b[touch]] = True
+    deb = getattr(segm, "deblended_labels", None)
+    if deb is not None and len(deb):
+        deb = np.asarray(deb)
+        out[deb[deb <= nmax]] = True
+    out[0] = False
+    return out
+
+
+def _empty_sources(bands):
+    cols = {
+        "id": np.zeros(0, np.int32),
+        "x": np.zeros(0),
+        "y": np.zeros(0),
+        "ra": np.zeros(0),
+        "dec": np.zeros(0),
+    }
+    for b in bands:
+        cols[f"flux_{b}"] = np.zeros(0, np.float32)
+    for b in bands:
+        cols[f"flux_err_{b}"] = np.zeros(0, np.float32)
+    for b in bands:
+        cols[f"mag_{b}"] = np.zeros(0, np.float32)
+    cols["area"] = np.zeros(0, np.int32)
+    cols["flags"] = np.zeros(0, np.int32)
+    return Table(cols)
+
+
+def measure_sources(field, segm, background, detection_bands=("g", "r", "i")):
+    """Positions, segment photometry and flags of the segmented sources.
+
+    Parameters
+    ----------
+    field : Field
+    segm : SegmentationImage or numpy.ndarray or None
+        Labels on the field's grid (0 = background).
+    background : Background
+    detection_bands : sequence of str
+        Bands whose weighted mean (`detection_image`) gives the centroids.
+
+    Returns
+    -------
+    astropy.table.Table
+        One row per label, sorted by id, with the catalogue columns of
+        ``catalog-schema.md`` that need no classifier: ``id`` (= label),
+        ``x, y`` (0-based flux-weighted centroid of the positive detection
+        image inside the segment; the segment's geometric centre if that has
+        no positive flux), ``ra, dec`` (NaN without WCS), ``flux_<b>`` (sum of
+        the background-subtracted pixels of the segment, nanomaggies; masked
+        pixels omitted), ``flux_err_<b>`` (``sqrt(sum rms**2)`` over the same
+        pixels), ``mag_<b>`` (luptitudes), ``area`` (pixels) and ``flags``
+        (2 blended, 4 masked pixels in the segment, 8 touches the edge).
+    """
+    bands = tuple(field.bands)
+    seg = _segm_data(segm, field.shape)
+    labels = np.unique(seg)
+    labels = labels[labels > 0]
+    if labels.size == 0:
+        return _empty_sources(bands)
+    ny, nx = seg.shape
+    nmax = int(labels.max())
+    flat = seg.ravel()
+    nb = lambda w=None: np.bincount(flat, weights=w, minlength=nmax + 1)  # noqa: E731
+
+    area = nb()
+    det, _ = detection_image(field, background, detection_bands)
+    wpos = np.clip(det, 0, None).ravel().astype(np.float64)
+    yy, xx = np.indices(seg.shape)
+    xr, yr = xx.ravel().astype(np.float64), yy.ravel().astype(np.float64)
+    wsum = nb(wpos)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xw, yw = nb(wpos * xr) / wsum, nb(wpos * yr) / wsum
+        xg, yg = nb(xr) / area, nb(yr) / area
+    use_w = wsum > 0
+    x = np.where(use_w, xw, xg)[labels]
+    y = np.where(use_w, yw, yg)[labels]
+    ra, dec = field.pixel_to_world(x, y)
+
+    cols = {"id": labels.astype(np.int32), "x": x, "y": y, "ra": ra, "dec": dec}
+    fluxes, errs = {}, {}
+    for i, b in enumerate(bands):
+        valid = ~field.mask[i]
+        resid = np.where(valid, field.data[i] - background.level[i], 0.0).ravel()
+        var = np.where(valid, np.asarray(background.rms[i], np.float64) ** 2, 0.0).ravel()
+        fluxes[b] = nb(resid)[labels].astype(np.float32)
+        errs[b] = np.sqrt(nb(var)[labels]).astype(np.float32)
+    for b in bands:
+        cols[f"flux_{b}"] = fluxes[b]
+    for b in bands:
+        cols[f"flux_err_{b}"] = errs[b]
+    for b in bands:
+        cols[f"mag_{b}"] = luptitude(fluxes[b], b).astype(np.float32)
+    cols["area"] = area[labels].astype(np.int32)
+
+    flags = np.zeros(labels.size, np.int32)
+    flags[_blended_labels(seg, segm)[labels]] |= FLAG_BLENDED
+    anymask = np.asarray(field.mask, bool).any(axis=0).ravel().astype(np.float64)
+    flags[nb(anymask)[labels] > 0] |= FLAG_MASKED
+    edge = np.zeros(nmax + 1, bool)
+    for border in (seg[0], seg[-1], seg[:, 0], seg[:, -1]):
+        edge[border] = True
+    edge[0] = False
+    flags[edge[labels]] |= FLAG_EDGE
+    cols["flags"] = flags
+    tab = Table(cols)
+    tab["x"].unit = tab["y"].unit = "pix"
+    tab["ra"].unit = tab["dec"].unit = "deg"
+    return tab
+
+
+# ---------------------------------------------------------------------------
+# Cutouts
+# ---------------------------------------------------------------------------
+def cut_stamps(field, segm, sources, background, size=STAMP_SIZE):
+    """One ``size x size x 5`` background-subtracted cutout per source.
+
+    Parameters
+    ----------
+    field : Field
+    segm : SegmentationImage or numpy.ndarray or None
+        Labels on the field's grid; used for the stamp masks.
+    sources : astropy.table.Table
+        Needs ``id``, ``x``, ``y``; ``ra``, ``dec``, ``flags`` are used when
+        present (as made by `measure_sources`).
+    background : Background
+    size : int
+        Stamp side; the source's integer pixel lands on index ``size // 2``.
+
+    Returns
+    -------
+    StampSet
+        In the order of ``sources``.  Pixels outside the field are 0 with
+        mask bit 4 and the stamp gets flag bit 1 (the single edge policy).
+    """
+    n = len(sources)
+    if n == 0:
+        return StampSet.empty(size, len(field.bands))
+    ny, nx = field.shape
+    seg = _segm_data(segm, field.shape)
+    ids = np.asarray(sources["id"], np.int32)
+    x = np.asarray(sources["x"], np.float64)
+    y = np.asarray(sources["y"], np.float64)
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("source positions must be finite")
+    xc = np.floor(x + 0.5).astype(np.int64)
+    yc = np.floor(y + 0.5).astype(np.int64)
+    c = size // 2
+    x0, y0 = xc - c, yc - c
+
+    # pad by `size` so any window around a centre inside (or near) the field fits
+    pad = size
+    if np.any((xc < -c) | (yc < -c) | (xc >= nx + c) | (yc >= ny + c)):
+        raise ValueError("a source centre lies further than size/2 outside the field")
+    resid = background.subtract(field)
+    nbands = resid.shape[0]
+    p_flux = np.zeros((nbands, ny + 2 * pad, nx + 2 * pad), np.float32)
+    p_flux[:, pad : pad + ny, pad : pad + nx] = resid
+    del resid
+    p_seg = np.zeros((ny + 2 * pad, nx + 2 * pad), seg.dtype)
+    p_seg[pad : pad + ny, pad : pad + nx] = seg
+    p_bad = np.ones((ny + 2 * pad, nx + 2 * pad), bool)
+    p_bad[pad : pad + ny, pad : pad + nx] = np.asarray(field.mask, bool).any(axis=0)
+
+    win = np.lib.stride_tricks.sliding_window_view
+    iy, ix = y0 + pad, x0 + pad
+    flux = win(p_flux, (size, size), axis=(1, 2))[:, iy, ix]  # (5, N, s, s) copy
+    flux = np.ascontiguousarray(flux.transpose(1, 0, 2, 3))
+    sseg = win(p_seg, (size, size))[iy, ix]
+    sbad = win(p_bad, (size, size))[iy, ix]
+    own = sseg == ids[:, None, None]
+    mask = own.astype(np.uint8) * MASK_OWN
+    mask |= ((sseg != 0) & ~own).astype(np.uint8) * MASK_OTHER
+    mask |= sbad.astype(np.uint8) * MASK_INVALID
+
+    truncated = (x0 < 0) | (y0 < 0) | (x0 + size > nx) | (y0 + size > ny)
+    flags = np.asarray(sources["flags"], np.int32).copy() if "flags" in sources.colnames else np.zeros(n, np.int32)
+    flags[truncated] |= FLAG_TRUNCATED
+
+    yi, xi = np.clip(yc, 0, ny - 1), np.clip(xc, 0, nx - 1)
+    sky = np.asarray(background.rms, np.float32)[:, yi, xi].T.copy()  # (N, 5)
+    fallback = np.broadcast_to(np.asarray(background.sigma, np.float32), sky.shape)
+    bad_sky = ~np.isfinite(sky) | (sky <= 0)
+    sky[bad_sky] = fallback[bad_sky]
+
+    if "ra" in sources.colnames and "dec" in sources.colnames:
+        ra, dec = np.asarray(sources["ra"], float), np.asarray(sources["dec"], float)
+    else:
+        ra, dec = field.pixel_to_world(x, y)
+    meta = Table(
+        {
+            "field": np.full(n, str(field.name), dtype=f"U{max(1, len(str(field.name)))}"),
+            "id": ids,
+            "x": x,
+            "y": y,
+            "ra": ra,
+            "dec": dec,
+            "flags": flags,
+            "xc": xc.astype(np.int32),
+            "yc": yc.astype(np.int32),
+            "dx": (x - xc).astype(np.float32),
+            "dy": (y - yc).astype(np.float32),
+        }
+    )
+    return StampSet(flux, mask, sky, meta)
+
+
+def process_field(field, nsigma=1.5, npixels=5, deblend=True, size=STAMP_SIZE, **detect_kwargs):
+    """The baseline chain on one field.
+
+    Returns
+    -------
+    background : Background
+    segm : SegmentationImage
+    sources : astropy.table.Table
+        Output of `measure_sources`, with flag 1 added for truncated stamps.
+    stamps : StampSet
+    """
+    bkg = estimate_background(field)
+    segm = detect(field, bkg, nsigma=nsigma, npixels=npixels, deblend=deblend, **detect_kwargs)
+    sources = measure_sources(field, segm, bkg)
+    stamps = cut_stamps(field, segm, sources, bkg, size=size)
+    if len(sources):
+        sources["flags"] = stamps.meta["flags"]
+    return bkg, segm, sources, stamps
