@@ -1,0 +1,802 @@
+"""One field end to end, and many fields on dask.distributed.
+
+``process_field`` is the pure-ish core shared by both entry points::
+
+    Field ─▶ background ─▶ segmentation (network or photutils baseline)
+          ─▶ source measurement ─▶ 64×64×5 stamps (temporary zarr store,
+             read back as a dask array chunked along N)
+          ─▶ classifier, one chunk (``batch_size`` stamps) at a time
+          ─▶ FieldProducts(table, segmap, classmap, masks, header)
+
+``run_field`` reads the input, calls it, writes the catalogue atomically (and
+optionally a preview PNG).  ``run_survey`` maps ``run_field`` over many fields
+on a dask.distributed cluster with the model loaded once per worker process,
+a bounded number of fields in flight, and a resumable output folder:
+
+* ``OUT/<field>.fits`` exists only when complete (written under a temporary
+  name and renamed), so a rerun skips it;
+* ``OUT/survey.json`` (rewritten atomically after every field) records each
+  field's status, row count, seconds and, for failures, the one-line error.
+  A rerun retries failed fields (their input may have been fixed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+from astrohvae import BANDS, STAMP_SIZE, __version__
+from astrohvae.errors import AstroHVAEError, InputError, OutputError
+from astrohvae.io.atomic import atomic_path, check_writable_dir
+from astrohvae.io.catalog import CLASS_CODES, conform_table, empty_table, write_catalog
+from astrohvae.io.field import Field
+
+__all__ = [
+    "FieldProducts",
+    "RunResult",
+    "example_field",
+    "field_name",
+    "load_classifier",
+    "load_segmenter",
+    "process_field",
+    "read_input",
+    "run_field",
+    "run_survey",
+]
+
+DEFAULT_NSIGMA = 1.5
+EXAMPLE_SEED = 2024
+EXAMPLE_SIZE = (1024, 744)
+CUT_CHUNK = 2048
+"""Sources per `cut_stamps` call (bounds the stamps held in memory at once)."""
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class FieldProducts:
+    """Everything that goes into one catalogue file."""
+
+    table: Table
+    segmap: np.ndarray
+    classmap: np.ndarray
+    masks: np.ndarray
+    header: dict
+    timings: dict = dc_field(default_factory=dict)
+    latent_dim: int = 1
+
+
+@dataclass
+class RunResult:
+    """Summary of `run_field`."""
+
+    field: str
+    catalog: Path
+    preview: Path | None
+    rows: int
+    n_star: int
+    n_galaxy: int
+    seconds: float
+    timings: dict
+
+    @property
+    def star_fraction(self):
+        return self.n_star / self.rows if self.rows else float("nan")
+
+    def as_dict(self):
+        return {
+            "field": self.field, "catalog": str(self.catalog),
+            "preview": str(self.preview) if self.preview else None, "rows": self.rows,
+            "n_star": self.n_star, "n_galaxy": self.n_galaxy,
+            "star_fraction": self.star_fraction, "seconds": round(self.seconds, 3),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+# ----------------------------------------------------------------------------- model loading
+_MODEL_CACHE = {}
+
+
+def load_classifier(weights=None, device="auto"):
+    """The classifier for ``weights`` (None: the shipped default), cached per process.
+
+    The cache key is the weights folder and device, so a survey worker loads
+    the model once however many fields it processes.
+    """
+    key = ("clf", str(Path(weights).resolve()) if weights else None, device)
+    if key not in _MODEL_CACHE:
+        from astrohvae import classify
+
+        if weights is None:
+            clf = classify.load_default_classifier(device=device)
+        else:
+            wpath = Path(weights)
+            if not wpath.exists():
+                raise InputError(wpath, "weights folder not found")
+            clf = _load_classifier_from(wpath, device)
+        _MODEL_CACHE[key] = clf
+    return _MODEL_CACHE[key]
+
+
+def _load_classifier_from(path, device):
+    """Load a classifier from a weights folder through astrohvae.classify.
+
+    Loading reads ``config.json`` (JSON) and ``model.safetensors`` (tensors
+    only), so nothing in the folder is ever executed.  Any failure, including
+    weights of another architecture, is reported as an `InputError`.
+    """
+    from astrohvae import classify
+
+    fn = getattr(classify, "load_classifier", None)
+    try:
+        if callable(fn):
+            return fn(path, device=device)
+        return classify.HierarchicalClassifier.load(path, device=device)
+    except AstroHVAEError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - foreign or mismatched weights
+        raise InputError(path, _one_line(f"weights do not fit the classifier ({type(exc).__name__}: {exc})", 200))
+
+
+def load_segmenter(segmenter="auto", device="auto"):
+    """Resolve ``segmenter`` to an object with ``segment(field, background)``, or None.
+
+    ``'auto'``: the shipped network segmenter when its weights exist, else the
+    photutils baseline (None).  ``'network'``: the network, an error when
+    unavailable.  ``'photutils'``: None (the baseline `astrohvae.stamps.detect`).
+    Any other object is returned as is.
+    """
+    if segmenter is None or segmenter == "photutils":
+        return None
+    if not isinstance(segmenter, str):
+        return segmenter
+    if segmenter not in ("auto", "network"):
+        raise ValueError(f"unknown segmenter {segmenter!r}; use 'auto', 'network' or 'photutils'")
+    key = ("seg", device)
+    if key not in _MODEL_CACHE:
+        seg = None
+        try:
+            from astrohvae.segment import load_default_segmenter
+
+            seg = load_default_segmenter(device=device)
+        except (ImportError, FileNotFoundError, AttributeError, InputError):
+            if segmenter == "network":
+                raise
+        _MODEL_CACHE[key] = seg
+    seg = _MODEL_CACHE[key]
+    if seg is None and segmenter == "network":
+        raise InputError("astrohvae/data", "no network segmenter weights are installed")
+    return seg
+
+
+def _segmenter_name(seg):
+    if seg is None:
+        return "photutils"
+    return str(getattr(seg, "method", None) or getattr(seg, "variant", None) or "network")
+
+
+# ----------------------------------------------------------------------------- inputs
+_FITS_SUFFIX = re.compile(r"(\.fits|\.fit|\.fts)(\.bz2|\.gz|\.fz)?$", re.IGNORECASE)
+
+
+def field_name(path):
+    """Short name of a field input, known without reading it.
+
+    A folder gives its own name (``001035-6-0017``); an SDSS frame gives
+    ``RUN-CAMCOL-FIELD``; any other file its name without the FITS suffixes.
+    """
+    p = Path(str(path))
+    m = re.match(r"frame-[ugriz]-(\d{6}-\d-\d{4})", p.name)
+    if m:
+        return m.group(1)
+    if p.is_dir():
+        return p.resolve().name
+    return _FITS_SUFFIX.sub("", p.name) or p.name
+
+
+def read_input(path):
+    """``read_field(path)`` with every failure turned into a one-line `InputError`."""
+    from astrohvae.io.readers import read_field
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            field = read_field(path)
+    except AstroHVAEError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a reader bug or odd file is still bad input
+        raise InputError(path, _one_line(f"cannot read field ({type(exc).__name__}: {exc})"))
+    return field
+
+
+def _one_line(text, limit=300):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def example_field(seed=EXAMPLE_SEED, size=EXAMPLE_SIZE):
+    """The embedded example: a simulated SDSS-like field made with a fixed seed."""
+    from astrohvae.simulate import simulate_field
+
+    sim = simulate_field(seed, size=size)
+    return sim.field
+
+
+def _check_field(field, path):
+    if field.data.ndim != 3 or field.data.shape[0] != len(BANDS):
+        raise InputError(path, f"expected {len(BANDS)} bands, got array of shape {field.data.shape}")
+    if field.data.shape[1] < 8 or field.data.shape[2] < 8:
+        raise InputError(path, f"field of {field.data.shape[2]}x{field.data.shape[1]} pixels is too small")
+    if field.mask.all():
+        raise InputError(path, "no valid pixels (all NaN/inf or masked)")
+    ref = field.mask[field.ref_index]
+    if ref.all():
+        raise InputError(path, "reference band r has no valid pixels")
+
+
+# ----------------------------------------------------------------------------- the core
+def _relabel(segm_data, ids):
+    """Segmentation relabelled so that ``ids[k]`` becomes k+1; other labels -> 0."""
+    ids = np.asarray(ids, dtype=np.int64)
+    top = int(max(segm_data.max(initial=0), ids.max(initial=0)))
+    lut = np.zeros(top + 1, dtype=np.int32)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+    return lut[segm_data]
+
+
+def make_classmap(segmap, classes):
+    """uint8 map: 0 sky, 1 star, 2 galaxy, from a segmap with labels 1..N and N class names."""
+    codes = np.zeros(len(classes) + 1, dtype=np.uint8)
+    codes[1:] = [CLASS_CODES[c] for c in classes]
+    return codes[segmap]
+
+
+def _stamp_store(field, segm, sources, background, batch_size, workdir, stamps_mod):
+    """Cut stamps chunk by chunk into a zarr store; return dask arrays + meta."""
+    import dask.array as da
+    import zarr
+
+    n = len(sources)
+    chunk = max(1, min(batch_size, n))
+    cut = max(chunk, (CUT_CHUNK // chunk) * chunk)  # cut_stamps pads the whole field once per call
+    root = zarr.open_group(str(Path(workdir) / "stamps.zarr"), mode="w")
+    kw = dict(compressors=None, fill_value=0)
+    flux = root.create_array("flux", shape=(n, len(BANDS), STAMP_SIZE, STAMP_SIZE),
+                             chunks=(chunk, len(BANDS), STAMP_SIZE, STAMP_SIZE), dtype="f4", **kw)
+    mask = root.create_array("mask", shape=(n, STAMP_SIZE, STAMP_SIZE),
+                             chunks=(chunk, STAMP_SIZE, STAMP_SIZE), dtype="u1", **kw)
+    sky = root.create_array("sky_sigma", shape=(n, len(BANDS)), chunks=(chunk, len(BANDS)), dtype="f4", **kw)
+    metas = []
+    for a in range(0, n, cut):
+        b = min(n, a + cut)
+        st = stamps_mod.cut_stamps(field, segm, sources[a:b], background, size=STAMP_SIZE)
+        if len(st) != b - a:
+            raise RuntimeError(f"cut_stamps returned {len(st)} stamps for {b - a} sources")
+        flux[a:b] = np.asarray(st.flux, dtype=np.float32)
+        mask[a:b] = np.asarray(st.mask, dtype=np.uint8)
+        sky[a:b] = np.asarray(st.sky_sigma, dtype=np.float32)
+        metas.append(st.meta)
+    from astropy.table import vstack
+
+    meta = vstack(metas, metadata_conflicts="silent") if len(metas) > 1 else metas[0]
+    return da.from_zarr(flux), da.from_zarr(mask), da.from_zarr(sky), meta
+
+
+def _classify_chunks(clf, dflux, dmask, dsky, meta, stamps_mod):
+    """Run the classifier block by block over the dask-chunked stamps."""
+    import dask
+
+    p_all, lat_all = [], {}
+    starts = np.cumsum((0,) + dflux.chunks[0])
+    for i in range(len(dflux.chunks[0])):
+        a, b = int(starts[i]), int(starts[i + 1])
+        f, m, s = dask.compute(dflux.blocks[i], dmask.blocks[i], dsky.blocks[i], scheduler="synchronous")
+        st = stamps_mod.StampSet(flux=f, mask=m, sky_sigma=s, meta=meta[a:b])
+        p, lat = _predict(clf, st)
+        p_all.append(np.asarray(p, dtype=np.float32).reshape(-1))
+        for k, v in lat.items():
+            lat_all.setdefault(k, []).append(np.asarray(v, dtype=np.float32))
+    p = np.concatenate(p_all)
+    lat = {k: np.concatenate(v) for k, v in lat_all.items()}
+    return p, lat
+
+
+def _predict(clf, stamps):
+    """p_galaxy and latents of one batch (one network pass when the classifier allows)."""
+    both = getattr(clf, "predict_proba_transform", None)
+    if callable(both):
+        return both(stamps)
+    lat = clf.transform(stamps)
+    p = _proba_from_latents(clf, lat)
+    if p is not None:
+        return p, lat
+    p = clf.predict_proba(stamps)
+    p = np.asarray(p)
+    if p.ndim == 2:  # (N, 2) [star, galaxy] in scikit-learn style
+        p = p[:, -1]
+    return p, lat
+
+
+def _proba_from_latents(clf, lat):
+    """p_galaxy of a HierarchicalClassifier from its latents, without a second network pass.
+
+    Mirrors ``HierarchicalClassifier.predict_proba``; None for other classifiers.
+    """
+    try:
+        from astrohvae.classify import HierarchicalClassifier, mixture_posterior
+    except ImportError:
+        return None
+    if type(clf) is not HierarchicalClassifier or not hasattr(clf, "_prior"):
+        return None
+    z, s = np.asarray(lat["z_hvae"]), np.asarray(lat["z_hvae_sigma"])
+    post = mixture_posterior(z[:, 0], s[:, 0], *clf._prior())
+    return np.asarray(post[:, 1 - clf.star_peak_], dtype=np.float32)
+
+
+def _classes(clf, p):
+    thr = float(getattr(clf, "threshold", 0.5) or 0.5)
+    return np.where(p >= thr, "galaxy", "star")
+
+
+def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, batch_size=256,
+                  workdir=None):
+    """Catalogue pieces of one field.
+
+    Parameters
+    ----------
+    field : astrohvae.io.field.Field
+        The aligned five-band field.
+    classifier : object
+        Has ``predict_proba(StampSet)``, ``transform(StampSet)`` (dict with
+        ``z_ae``, ``z_hvae``, ``z_hvae_sigma``), ``weights_hash`` and ``method``.
+    segmenter : object or None
+        ``segment(field, background) -> SegmentationImage or None``; None
+        uses the photutils baseline `astrohvae.stamps.detect` at ``nsigma``.
+    nsigma : float
+        Detection threshold of the baseline, in background sigma.
+    batch_size : int
+        Stamps per classifier batch (= zarr / dask chunk along N).
+    workdir : path, optional
+        Where the temporary stamp store goes (default: the system temp dir).
+
+    Returns
+    -------
+    FieldProducts
+        Table (ids 1..N equal to SEGMAP labels), segmap, classmap, masks,
+        header keywords and per-step timings.  A field without sources gives
+        a valid zero-row result.
+    """
+    from astrohvae import stamps as stamps_mod
+
+    t = {}
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        background = stamps_mod.estimate_background(field)
+        t["background"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        segm = segmenter.segment(field, background) if segmenter is not None else None
+        if segmenter is None:
+            segm = stamps_mod.detect(field, background, nsigma=nsigma)
+        t["segment"] = time.perf_counter() - t1
+
+        header = {
+            "FIELD": field.name or "",
+            "MODELSHA": (str(getattr(classifier, "weights_hash", "unknown")), "hash of the classifier weights"),
+            "CLFMETH": (str(getattr(classifier, "method", type(classifier).__name__)), "classifier method"),
+            "DETMETH": (_segmenter_name(segmenter), "segmentation method"),
+            "DETNSIG": (float(nsigma), "detection threshold [background sigma]"),
+            "FLUXTYPE": ("segment", "flux_* summed over the source segment"),
+            "INFILE": [Path(f).name for f in field.files] or [field.name or "in-memory"],
+        }
+        latent_dim = int(getattr(classifier, "latent_dim", 0) or 0) or 1
+        ny, nx = field.shape
+        if segm is None or getattr(segm, "n_labels", 0) == 0:
+            t["measure"] = t["stamps"] = t["classify"] = 0.0
+            return FieldProducts(empty_table(latent_dim), np.zeros((ny, nx), np.int32),
+                                 np.zeros((ny, nx), np.uint8),
+                                 np.zeros((0, STAMP_SIZE, STAMP_SIZE), np.uint8), header, t, latent_dim)
+
+        t1 = time.perf_counter()
+        segm.relabel_consecutive()
+        sources = stamps_mod.measure_sources(field, segm, background)
+        ids = np.asarray(sources["id"], dtype=np.int64)
+        if not np.array_equal(ids, np.arange(1, len(ids) + 1)) or len(ids) != segm.n_labels:
+            order = np.argsort(ids, kind="stable")
+            sources = sources[order]
+            new = _relabel(segm.data, np.asarray(sources["id"]))
+            segm.data = new if new.any() else segm.data
+            sources["id"] = np.arange(1, len(sources) + 1, dtype=np.int32)
+        t["measure"] = time.perf_counter() - t1
+        n = len(sources)
+        if n == 0:
+            return FieldProducts(empty_table(latent_dim), np.zeros((ny, nx), np.int32),
+                                 np.zeros((ny, nx), np.uint8),
+                                 np.zeros((0, STAMP_SIZE, STAMP_SIZE), np.uint8), header, t, latent_dim)
+
+        t1 = time.perf_counter()
+        tmp_ctx = tempfile.TemporaryDirectory(prefix="astrohvae-stamps-", dir=workdir)
+        with tmp_ctx as tmp:
+            dflux, dmask, dsky, meta = _stamp_store(field, segm, sources, background, batch_size, tmp,
+                                                    stamps_mod)
+            t["stamps"] = time.perf_counter() - t1
+            t1 = time.perf_counter()
+            p, lat = _classify_chunks(classifier, dflux, dmask, dsky, meta, stamps_mod)
+            masks = (dmask.compute(scheduler="synchronous") & 1).astype(np.uint8)
+            t["classify"] = time.perf_counter() - t1
+
+    table = Table(sources, copy=True)
+    table["id"] = np.arange(1, n + 1, dtype=np.int32)
+    cls = _classes(classifier, p)
+    table["class"] = cls
+    table["p_galaxy"] = p.astype(np.float32)
+    z_hvae = np.asarray(lat["z_hvae"], np.float32)
+    z_hvae = z_hvae[:, None] if z_hvae.ndim == 1 else z_hvae
+    sig = np.asarray(lat.get("z_hvae_sigma", np.full_like(z_hvae, np.nan)), np.float32)
+    sig = sig[:, None] if sig.ndim == 1 else sig
+    table["z_hvae"] = z_hvae
+    table["z_hvae_sigma"] = sig
+    table["z_ae"] = np.asarray(lat["z_ae"], np.float32)
+    flags = np.asarray(table["flags"], dtype=np.int32) if "flags" in table.colnames else np.zeros(n, np.int32)
+    if "flags" in meta.colnames:
+        flags = flags | np.asarray(meta["flags"], dtype=np.int32)
+    table["flags"] = flags
+    latent_dim = z_hvae.shape[1]
+    table = conform_table(table, latent_dim=latent_dim)
+    segmap = np.asarray(segm.data, dtype=np.int32)
+    classmap = make_classmap(segmap, cls)
+    t["total"] = time.perf_counter() - t0
+    return FieldProducts(table, segmap, classmap, masks, header, t, latent_dim)
+
+
+# ----------------------------------------------------------------------------- one field
+def default_output(name, directory="."):
+    """``<directory>/<name>.cat.fits``."""
+    return Path(directory) / f"{name}.cat.fits"
+
+
+def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, preview=False,
+              segmenter="auto", nsigma=DEFAULT_NSIGMA, classifier=None, preview_out=None):
+    """Read a field, make its catalogue, write it atomically (and a preview).
+
+    Parameters
+    ----------
+    path : str, os.PathLike, list or Field
+        Any input form of `astrohvae.io.readers.read_field`, or a `Field`.
+    out : path, optional
+        Catalogue file (default ``./<field>.cat.fits``).
+    weights : path, optional
+        Classifier weights folder (default: the shipped weights).
+    device : str
+        ``'auto'``, ``'cpu'``, ``'cuda'`` ...
+    batch_size : int
+        Stamps per classifier batch.
+    preview : bool
+        Also write a PNG preview (``preview_out``, default ``<out>.png``).
+    segmenter : {'auto', 'network', 'photutils'} or object
+        Segmentation method (see `load_segmenter`).
+    classifier : object, optional
+        An already loaded classifier (overrides ``weights``).
+
+    Returns
+    -------
+    RunResult
+    """
+    t0 = time.perf_counter()
+    if isinstance(path, Field):
+        field = path
+        label = field.name or "field"
+    else:
+        label = path if isinstance(path, (str, os.PathLike)) else (list(path)[0] if path else "")
+        field = None
+    name = field.name if field is not None else field_name(label)
+    out = Path(out) if out is not None else default_output(name)
+    check_writable_dir(out)
+    png = None
+    if preview:
+        png = Path(preview_out) if preview_out else out.with_suffix(".png")
+        check_writable_dir(png)
+
+    clf = classifier if classifier is not None else load_classifier(weights, device)
+    seg = load_segmenter(segmenter, device)
+
+    timings = {}
+    if field is None:
+        t1 = time.perf_counter()
+        field = read_input(path)
+        timings["read"] = time.perf_counter() - t1
+    _check_field(field, label)
+    prod = process_field(field, clf, segmenter=seg, nsigma=nsigma, batch_size=batch_size,
+                         workdir=None)
+    timings.update(prod.timings)
+    t1 = time.perf_counter()
+    write_catalog(out, prod.table, prod.segmap, prod.classmap, prod.masks, prod.header,
+                  latent_dim=prod.latent_dim)
+    timings["write"] = time.perf_counter() - t1
+    if png is not None:
+        from astrohvae.preview import write_preview
+
+        t1 = time.perf_counter()
+        write_preview(png, field, prod.table, title=f"{name}: {len(prod.table)} sources")
+        timings["preview"] = time.perf_counter() - t1
+    cls = np.asarray(prod.table["class"])
+    n_star = int(np.sum(cls == "star"))
+    return RunResult(field=name, catalog=out, preview=png, rows=len(prod.table), n_star=n_star,
+                     n_galaxy=len(cls) - n_star, seconds=time.perf_counter() - t0, timings=timings)
+
+
+# ----------------------------------------------------------------------------- survey
+def _peak_rss_mb():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _survey_task(inp, out, opts):
+    """One survey field on a worker; never raises (failures are returned)."""
+    t0 = time.perf_counter()
+    name = field_name(inp)
+    try:
+        try:
+            import torch
+
+            torch.set_num_threads(int(opts.get("threads", 1)))
+        except ImportError:
+            pass
+        clf = load_classifier(opts.get("weights"), opts.get("device", "cpu"))
+        seg = load_segmenter(opts.get("segmenter", "auto"), opts.get("device", "cpu"))
+        res = run_field(inp, out, classifier=clf, segmenter=seg, batch_size=opts.get("batch_size", 256),
+                        nsigma=opts.get("nsigma", DEFAULT_NSIGMA), preview=opts.get("preview", False))
+        rec = {"status": "done", "rows": res.rows, "n_star": res.n_star, "n_galaxy": res.n_galaxy,
+               "error": "", "timings": {k: round(v, 3) for k, v in res.timings.items()}}
+    except AstroHVAEError as exc:
+        rec = {"status": "failed", "error": _one_line(str(exc))}
+    except Exception as exc:  # noqa: BLE001 - one bad field must not stop the survey
+        rec = {"status": "failed", "error": _one_line(f"{inp}: {type(exc).__name__}: {exc}")}
+    rec.update({"field": name, "input": str(inp), "catalog": str(out),
+                "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(_peak_rss_mb(), 1),
+                "worker": f"{socket.gethostname()}:{os.getpid()}"})
+    return rec
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _survey_lock(out_dir):
+    lock = out_dir / ".survey.lock"
+    me = f"{socket.gethostname()} {os.getpid()}"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            host, pid = lock.read_text().split()
+            stale = host == socket.gethostname() and not _pid_alive(int(pid))
+        except (ValueError, OSError):
+            stale = True
+        if not stale:
+            raise OutputError(out_dir, f"another survey ({host} pid {pid}) is writing here; "
+                                       f"remove {lock.name} if it is dead")
+        lock.unlink(missing_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(me)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _write_ledger(path, ledger):
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(ledger, indent=1, sort_keys=True))
+
+
+def _read_ledger(path):
+    try:
+        data = json.loads(Path(path).read_text())
+        return data if isinstance(data, dict) and isinstance(data.get("fields"), dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _summary_table(records):
+    cols = ["field", "status", "rows", "n_star", "n_galaxy", "seconds", "peak_rss_mb", "error"]
+    rows = []
+    for r in records:
+        rows.append([r.get("field", ""), r.get("status", ""), int(r.get("rows", -1) if r.get("rows") is not None else -1),
+                     int(r.get("n_star", -1) if r.get("n_star") is not None else -1),
+                     int(r.get("n_galaxy", -1) if r.get("n_galaxy") is not None else -1),
+                     float(r.get("seconds", 0.0) or 0.0), float(r.get("peak_rss_mb", 0.0) or 0.0),
+                     r.get("error", "") or ""])
+    if not rows:
+        return Table(names=cols, dtype=["U1", "U1", "i8", "i8", "i8", "f8", "f8", "U1"])
+    return Table(rows=rows, names=cols)
+
+
+@dataclass
+class SurveyResult:
+    """What `run_survey` did."""
+
+    table: Table
+    ledger: Path
+    wall_seconds: float
+    n_workers: int
+
+    @property
+    def n_failed(self):
+        return int(np.sum(self.table["status"] == "failed")) if len(self.table) else 0
+
+
+def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, device="cpu",
+               batch_size=256, segmenter="auto", nsigma=DEFAULT_NSIGMA, memory_limit="4GiB",
+               threads_per_worker=1, progress=True, preview=False, max_in_flight=None,
+               processes=True):
+    """Catalogue many fields on dask.distributed, resumably.
+
+    Parameters
+    ----------
+    inputs : sequence of path
+        One entry per field (an SDSS field folder, a MEF/cube file, ...).
+    out_dir : path
+        Output folder (created if missing): ``<field>.cat.fits`` per field and
+        ``survey.json`` (the ledger).
+    scheduler : str, optional
+        Address of a running dask scheduler; default a `LocalCluster`.
+    workers : int, optional
+        Worker processes of the LocalCluster (default 1).
+    memory_limit : str
+        Memory limit per LocalCluster worker (dask pauses/restarts a worker
+        that exceeds it).  Memory is bounded per worker because each task
+        holds one field and at most ``max_in_flight`` (default 2 × workers)
+        fields are submitted at a time.
+    processes : bool
+        LocalCluster worker processes (True) or threads in this process.
+
+    Returns
+    -------
+    SurveyResult
+        ``table``: one row per input (status ``done``, ``skipped`` = already
+        complete, or ``failed`` with the error).
+    """
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    from astrohvae.io.catalog import is_complete
+
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(out_dir, f"cannot create output folder ({exc.strerror or exc})")
+    if not os.access(out_dir, os.W_OK):
+        raise OutputError(out_dir, "output folder is not writable")
+    ledger_path = out_dir / "survey.json"
+
+    plan, names = [], {}
+    for inp in inputs:
+        name = field_name(inp)
+        if name in names:
+            raise InputError(inp, f"field name {name!r} also used by {names[name]}")
+        names[name] = inp
+        plan.append((name, str(inp), default_output(name, out_dir)))
+
+    opts = {"weights": str(weights) if weights else None, "device": device, "batch_size": batch_size,
+            "segmenter": segmenter if isinstance(segmenter, str) else "auto", "nsigma": nsigma,
+            "threads": threads_per_worker, "preview": preview}
+
+    with _survey_lock(out_dir):
+        old = _read_ledger(ledger_path) or {"fields": {}}
+        ledger = {"version": __version__, "out": str(out_dir), "fields": dict(old["fields"])}
+        # temporary files of a killed run can never become catalogues: remove them
+        for name, _, out in plan:
+            for stale in out_dir.glob(f".{out.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+        records, todo = {}, []
+        for name, inp, out in plan:
+            if is_complete(out):
+                prev = ledger["fields"].get(name, {})
+                rec = dict(prev) if prev.get("status") in ("done", "skipped") else {}
+                rec.update({"field": name, "input": inp, "catalog": str(out), "status": "skipped",
+                            "error": ""})
+                if "rows" not in rec:
+                    rec["rows"] = _catalog_rows(out)
+                records[name] = rec
+            else:
+                todo.append((name, inp, out))
+
+        n_workers = 0
+        if todo:
+            if scheduler:
+                client = Client(scheduler)
+                cluster = None
+            else:
+                cluster = LocalCluster(n_workers=int(workers or 1), threads_per_worker=threads_per_worker,
+                                       processes=processes, memory_limit=memory_limit,
+                                       dashboard_address=None, silence_logs=50)
+                client = Client(cluster)
+            try:
+                n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+                window = int(max_in_flight or 2 * n_workers)
+                bar = _progress(len(todo), progress)
+                pending = iter(todo)
+                ac = as_completed()
+
+                def submit_next():
+                    nxt = next(pending, None)
+                    if nxt is not None:
+                        name, inp, out = nxt
+                        ac.add(client.submit(_survey_task, inp, str(out), opts, key=f"field-{name}-{time.time_ns()}",
+                                             pure=False))
+
+                for _ in range(min(window, len(todo))):
+                    submit_next()
+                for fut in ac:
+                    try:
+                        rec = fut.result()
+                    except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by memory limits
+                        rec = {"status": "failed", "error": _one_line(f"worker lost: {type(exc).__name__}: {exc}"),
+                               "field": _name_of_key(fut.key, todo)}
+                    fut.release()
+                    records[rec["field"]] = rec
+                    ledger["fields"][rec["field"]] = rec
+                    _write_ledger(ledger_path, ledger)
+                    bar.update(1)
+                    bar.set_postfix_str(f"{rec['field']} {rec['status']}")
+                    submit_next()
+                bar.close()
+            finally:
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+        for name, rec in records.items():
+            ledger["fields"][name] = rec
+        ledger["last_run"] = {"wall_seconds": round(time.perf_counter() - t_start, 3), "workers": n_workers,
+                              "processed": len(todo), "skipped": len(plan) - len(todo)}
+        _write_ledger(ledger_path, ledger)
+    ordered = [records[name] for name, _, _ in plan]
+    return SurveyResult(_summary_table(ordered), ledger_path, time.perf_counter() - t_start, n_workers)
+
+
+def _name_of_key(key, todo):
+    for name, _, _ in todo:
+        if str(key).startswith(f"field-{name}-"):
+            return name
+    return str(key)
+
+
+def _catalog_rows(path):
+    from astropy.io import fits
+
+    try:
+        return int(fits.getval(path, "NSOURCES", ext=0))
+    except Exception:  # noqa: BLE001
+        return -1
+
+
+def _progress(total, enabled):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="fields", unit="field", file=sys.stderr, disable=not enabled,
+                dynamic_ncols=True)
