@@ -60,3 +60,110 @@ def simulate(out, seed, size, star_fraction):
 
 
 # --- end simulate ------------------------------------------------------------
+
+
+# --- run (owner: astrohvae/pipeline.py) --------------------------------------
+def _quiet_warnings():
+    """Keep stderr for the one-line error: silence library warnings."""
+    import logging
+    import warnings
+
+    warnings.simplefilter("ignore")
+    logging.getLogger("astropy").setLevel(logging.ERROR)
+
+
+@main.command()
+@click.argument("field", nargs=-1, type=click.Path())
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="Catalogue FITS file [default: ./<field>.cat.fits].")
+@click.option("--weights", type=click.Path(), default=None,
+              help="Classifier weights folder (model.safetensors + config.json) [default: shipped].")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True,
+              help="Stamps per classifier batch.")
+@click.option("--preview/--no-preview", default=False, help="Also write a PNG of the field with star/galaxy markers.")
+@click.option("--preview-out", type=click.Path(dir_okay=False), default=None,
+              help="Preview PNG [default: the catalogue name with .png].")
+@click.option("--segmenter", type=click.Choice(["auto", "network", "photutils"]), default="auto",
+              show_default=True, help="Segmentation: the shipped network (auto: when installed) or photutils.")
+@click.option("--nsigma", type=float, default=1.5, show_default=True,
+              help="Detection threshold of the photutils segmentation, in sigma.")
+@click.option("--example", is_flag=True,
+              help="Run on the embedded example (a 1024x744 field simulated with a fixed seed).")
+def run(field, out, weights, device, batch_size, preview, preview_out, segmenter, nsigma, example):
+    """Catalogue one field: segmentation, stamps, star/galaxy classification.
+
+    FIELD is any input the reader takes: an SDSS field folder, one frame
+    (its sibling bands are found), several frame files, a glob, a
+    multi-extension FITS with FILTER per HDU, or a cube with BANDS.
+    """
+    _quiet_warnings()
+    from astrohvae.pipeline import example_field, run_field
+
+    if example == bool(field):
+        raise click.UsageError("give a FIELD or --example (not both)")
+    if example:
+        src = example_field()
+        out = out or "example.cat.fits"
+    else:
+        src = field[0] if len(field) == 1 else list(field)
+    res = run_field(src, out, weights=weights, device=device, batch_size=batch_size, preview=preview,
+                    preview_out=preview_out, segmenter=segmenter, nsigma=nsigma)
+    frac = f"{res.star_fraction:.3f}" if res.rows else "n/a"
+    click.echo(f"catalogue: {res.catalog}  ({res.rows} sources: {res.n_star} stars, {res.n_galaxy} galaxies, "
+               f"star fraction {frac}; {res.seconds:.1f} s)")
+    if res.preview:
+        click.echo(f"preview:   {res.preview}")
+
+
+# --- end run -----------------------------------------------------------------
+
+
+# --- survey (owner: astrohvae/pipeline.py) -----------------------------------
+@main.command()
+@click.argument("fields", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder: one <field>.cat.fits per field + survey.json ledger.")
+@click.option("--scheduler", default=None, help="Address of a running dask scheduler (default: a LocalCluster).")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="LocalCluster worker processes (one thread each).")
+@click.option("--memory-limit", default="4GiB", show_default=True, help="Memory limit per LocalCluster worker.")
+@click.option("--weights", type=click.Path(), default=None, help="Classifier weights folder [default: shipped].")
+@click.option("--device", default="cpu", show_default=True, help="Device on the workers.")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--segmenter", type=click.Choice(["auto", "network", "photutils"]), default="auto",
+              show_default=True)
+@click.option("--nsigma", type=float, default=1.5, show_default=True)
+@click.option("--preview/--no-preview", default=False, help="Also write <field>.cat.png per field.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def survey(fields, out_dir, scheduler, workers, memory_limit, weights, device, batch_size, segmenter, nsigma,
+           preview, progress):
+    """Catalogue many FIELDS on dask.distributed (resumable).
+
+    Fields whose catalogue is already complete in OUT are skipped; a field
+    that fails is recorded (error in OUT/survey.json and the summary) and
+    retried by the next run.  Exit status 1 when any field failed.
+    """
+    _quiet_warnings()
+    from pathlib import Path
+
+    from astrohvae.errors import InputError
+    from astrohvae.pipeline import run_survey
+
+    if weights is not None:
+        w = Path(weights)
+        if not (w / "model.safetensors").is_file() or not (w / "config.json").is_file():
+            raise InputError(w, "not a weights folder (model.safetensors and config.json expected)")
+    res = run_survey(list(fields), out_dir, scheduler=scheduler, workers=workers, weights=weights, device=device,
+                     batch_size=batch_size, segmenter=segmenter, nsigma=nsigma, memory_limit=memory_limit,
+                     progress=progress, preview=preview)
+    tab = res.table
+    click.echo("\n".join(tab.pformat(max_lines=-1, max_width=-1)))
+    done = int((tab["status"] != "failed").sum()) if len(tab) else 0
+    click.echo(f"{done}/{len(tab)} fields complete, {res.n_failed} failed; {res.wall_seconds:.1f} s on "
+               f"{res.n_workers} worker(s); ledger {res.ledger}")
+    if res.n_failed:
+        sys.exit(1)
+
+
+# --- end survey --------------------------------------------------------------
