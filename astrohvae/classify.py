@@ -1,0 +1,781 @@
+"""Star/galaxy classifiers with a scikit-learn-style API.
+
+Estimators
+----------
+`HierarchicalClassifier` (A+Vr, the product)
+    A convolutional AE (30 latents) on the stamps in a source-only,
+    flux-normalised representation (`astrohvae.preprocess`), trained with a
+    centrally weighted squared error and random 90-degree rotations / flips;
+    then a 1-D `~astrohvae.models.hvae.LatentVAE` on the AE latents with an
+    *asymmetric* two-component Gaussian-mixture prior (a narrow star peak of
+    weight ``star_weight``, a broad galaxy peak).  ``p_galaxy`` is the
+    posterior probability of the galaxy component given the encoder's
+    Gaussian ``q(v|x)``.  With ``physical=True`` (default) the LatentVAE's
+    input also holds three label-free morphology statistics measured against
+    the field's own stellar locus / PSF (`astrohvae.psf`): the log ratio of
+    the half-light radius to the stellar one, the log ratio of the
+    concentration to the stellar one and the PSF-fit flux over aperture flux.
+`ManifoldClassifier` (V+M and Vr+M)
+    A convolutional VAE (standard KL, or one of the paper's revised terms
+    ``'sc'``, ``'dkl'``, ``'aw'``, ``'pw'``), its latent means embedded in one
+    dimension by Isomap, thresholded at the assumed star fraction.
+`LatentProbe`
+    Supervised: logistic regression on the 30 AE latents.  It measures how
+    much the latents know; it is not what the product ships.
+
+Which peak is which, without labels (`star_side`)
+------------------------------------------------
+Stars are point sources.  After fitting, the training stamps are split by
+the unsupervised model (peak membership, or the side of the 1-D embedding);
+the group whose members are more *concentrated* (median of flux within 1.5 px
+over flux within 5 px, g+r+i, other sources masked, sources with S/N > 20)
+is called ``star``.  No truth label enters any fit or this choice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from astrohvae.errors import InputError
+from astrohvae.preprocess import DEFAULT_REPRESENTATION, network_input
+
+__all__ = [
+    "HierarchicalClassifier",
+    "ManifoldClassifier",
+    "LatentProbe",
+    "load_default_classifier",
+    "DEFAULT_WEIGHTS",
+    "star_side",
+    "kl_mixture",
+]
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "data" / "default"
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+def _torch():
+    import torch
+
+    return torch
+
+
+def _crop(x, crop):
+    if crop is None or crop >= x.shape[-1]:
+        return x
+    c = x.shape[-1] // 2
+    h = crop // 2
+    return x[..., c - h : c + h, c - h : c + h]
+
+
+def _inputs(stamps, representation, crop):
+    return np.ascontiguousarray(_crop(network_input(stamps, representation), crop))
+
+
+def _radial_weight(size, sigma, peak):
+    yy, xx = np.mgrid[:size, :size]
+    r2 = (yy - size / 2 + 0.5) ** 2 + (xx - size / 2 + 0.5) ** 2
+    w = 1.0 + peak * np.exp(-r2 / (2 * sigma**2))
+    return (w / w.mean()).astype(np.float32)
+
+
+def _augment(xb, gen):
+    torch = _torch()
+    k = int(torch.randint(0, 4, (1,), generator=gen))
+    if k:
+        xb = torch.rot90(xb, k, dims=(2, 3))
+    if int(torch.randint(0, 2, (1,), generator=gen)):
+        xb = torch.flip(xb, dims=(3,))
+    return xb
+
+
+def kl_mixture(mu, logvar, weights, means, sigmas, n_points=16):
+    """KL(N(mu, exp(logvar)) || sum_k w_k N(m_k, s_k^2)) per sample, summed over dims.
+
+    Gauss–Hermite quadrature of ``E_q[log q - log p]``; uses
+    `astrohvae.models.priors.kl_mixture_quad` when that module provides it.
+    """
+    torch = _torch()
+    try:  # the shared implementation, when present
+        from astrohvae.models.priors import kl_mixture_quad
+
+        return kl_mixture_quad(mu, logvar, weights, means, sigmas)
+    except Exception:  # pragma: no cover - fallback
+        pass
+    x, w = np.polynomial.hermite.hermgauss(n_points)
+    x = torch.as_tensor(x, dtype=mu.dtype, device=mu.device)
+    w = torch.as_tensor(w / np.sqrt(np.pi), dtype=mu.dtype, device=mu.device)
+    sd = torch.exp(0.5 * logvar)
+    v = mu[..., None] + math.sqrt(2.0) * sd[..., None] * x  # (N, d, P)
+    wk = torch.as_tensor(weights, dtype=mu.dtype, device=mu.device)
+    mk = torch.as_tensor(means, dtype=mu.dtype, device=mu.device)
+    sk = torch.as_tensor(sigmas, dtype=mu.dtype, device=mu.device)
+    comp = (
+        torch.log(wk)
+        - torch.log(sk)
+        - 0.5 * math.log(2 * math.pi)
+        - 0.5 * ((v[..., None] - mk) / sk) ** 2
+    )  # (N, d, P, K)
+    logp = torch.logsumexp(comp, dim=-1)
+    e_logp = (logp * w).sum(-1)
+    neg_entropy = -0.5 * (1.0 + math.log(2 * math.pi) + logvar)
+    return (neg_entropy - e_logp).sum(-1)
+
+
+def mixture_posterior(mu, sigma, weights, means, sigmas):
+    """Responsibility of every prior component for q(v) = N(mu, sigma^2) (1-D).
+
+    ``p(k|x) ∝ w_k N(mu; m_k, s_k^2 + sigma^2)``.  Returns (N, K).
+    """
+    mu = np.asarray(mu, dtype=float).reshape(-1, 1)
+    s2 = np.asarray(sigma, dtype=float).reshape(-1, 1) ** 2 + np.asarray(sigmas, dtype=float) ** 2
+    logp = np.log(weights) - 0.5 * np.log(2 * np.pi * s2) - 0.5 * (mu - np.asarray(means)) ** 2 / s2
+    logp -= logp.max(axis=1, keepdims=True)
+    p = np.exp(logp)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def star_side(stamps, groups, min_snr=20.0, features=None):
+    """Which of two groups of stamps is the stars (label-free, physical).
+
+    Parameters
+    ----------
+    stamps : StampSet-like
+    groups : array of int (N,), values 0 or 1
+    min_snr : float
+        Only sources with at least this S/N vote.
+
+    Returns
+    -------
+    (star_group, concentrations) : the group (0 or 1) whose members are more
+    concentrated, and the two median concentrations.
+    """
+    from astrohvae.psf import profile_features
+
+    f = profile_features(stamps) if features is None else features
+    groups = np.asarray(groups)
+    ok = np.isfinite(f["concentration"]) & (f["snr"] >= min_snr)
+    if (ok & (groups == 0)).sum() < 3 or (ok & (groups == 1)).sum() < 3:
+        ok = np.isfinite(f["concentration"])
+    med = [
+        float(np.median(f["concentration"][ok & (groups == g)])) if (ok & (groups == g)).any() else -np.inf
+        for g in (0, 1)
+    ]
+    return int(np.argmax(med)), med
+
+
+def _physical(stamps, ref=None):
+    """Label-free morphology statistics, normalised to the stellar locus of each field.
+
+    Returns (features (N, 3), ref dict).  ``ref`` holds the locus values and
+    the PSF used for groups (fields) too small to estimate their own.
+    """
+    from astrohvae.psf import PSFModel, _stellar_locus, estimate_psf, profile_features, psf_match
+
+    feat = profile_features(stamps)
+    n = len(feat["r_half"])
+    fields = np.asarray(stamps.meta["field"]).astype(str) if (
+        hasattr(stamps, "meta") and stamps.meta is not None and "field" in stamps.meta.colnames
+    ) else np.array(["_"] * n)
+    out = np.zeros((n, 3), dtype=np.float32)
+    glob = None
+    for name in np.unique(fields):
+        sel = np.flatnonzero(fields == name)
+        sub = {k: v[sel] for k, v in feat.items()}
+        bright = np.isfinite(sub["r_half"]) & (sub["snr"] >= 50)
+        try:
+            if bright.sum() < 30:
+                raise ValueError("too few bright sources")
+            r_star, _ = _stellar_locus(sub["r_half"], sub["snr"], 50.0)
+            locus = np.abs(np.log(np.clip(sub["r_half"], 1e-3, None) / r_star)) < 0.08
+            locus &= bright
+            if locus.sum() < 8:
+                raise ValueError("too few stars")
+            c_star = float(np.median(sub["concentration"][locus]))
+            psf = estimate_psf(stamps[sel] if hasattr(stamps, "__getitem__") else stamps, features=sub)
+        except ValueError:
+            if ref is None:
+                if glob is None:
+                    glob = _physical_ref(stamps, feat)
+                r_star, c_star, psf = glob["r_star"], glob["c_star"], PSFModel(glob["psf"], glob["r_star"], 0)
+            else:
+                r_star, c_star, psf = ref["r_star"], ref["c_star"], PSFModel(ref["psf"], ref["r_star"], 0)
+        sub_st = stamps[sel] if len(sel) != n else stamps
+        m = psf_match(sub_st, psf)
+        out[sel, 0] = np.log(np.clip(sub["r_half"], 0.2, 30) / r_star)
+        out[sel, 1] = np.log(np.clip(sub["concentration"], 0.01, 1.0) / c_star)
+        out[sel, 2] = np.clip(m["psf_ratio"], -1.0, 2.0)
+    out = np.nan_to_num(out)
+    new_ref = ref if ref is not None else _physical_ref(stamps, feat)
+    return out, new_ref
+
+
+def _physical_ref(stamps, feat):
+    from astrohvae.psf import _stellar_locus, estimate_psf
+
+    r_star, _ = _stellar_locus(feat["r_half"], feat["snr"], 50.0)
+    locus = (np.abs(np.log(np.clip(feat["r_half"], 1e-3, None) / r_star)) < 0.08) & (feat["snr"] >= 50)
+    c_star = float(np.median(feat["concentration"][locus])) if locus.sum() else float(
+        np.nanquantile(feat["concentration"], 0.9)
+    )
+    psf = estimate_psf(stamps, features=feat)
+    return {"r_star": float(r_star), "c_star": c_star, "psf": psf.image}
+
+
+# ---------------------------------------------------------------------------
+# training loops (small, CPU-friendly)
+# ---------------------------------------------------------------------------
+def _train_ae(x, latent_dim, channels, epochs, batch_size, lr, seed, weight, augment, device, log=None):
+    torch = _torch()
+    from astrohvae.models.ae import ConvAE
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    ae = ConvAE(latent_dim=latent_dim, size=x.shape[-1], channels=channels).to(device)
+    opt = torch.optim.Adam(ae.parameters(), lr=lr)
+    xt = torch.from_numpy(x)
+    w = torch.from_numpy(weight).to(device)
+    n = len(xt)
+    steps = max(1, epochs * math.ceil(n / batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    ae.train()
+    for ep in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        tot = 0.0
+        for i in range(0, n, batch_size):
+            xb = xt[perm[i : i + batch_size]].to(device)
+            if len(xb) < 2:
+                continue
+            if augment:
+                xb = _augment(xb, gen)
+            _, xh = ae(xb)
+            loss = ((xh - xb) ** 2 * w).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += float(loss.detach()) * len(xb)
+        if log:
+            log(f"AE epoch {ep + 1}/{epochs}: loss {tot / n:.4g}")
+    return ae.eval()
+
+
+def _train_conv_vae(x, latent_dim, kl, channels, epochs, batch_size, lr, seed, weight, augment, device,
+                    prior_m=1.0, prior_s=0.5, beta=1.0, log=None):
+    torch = _torch()
+    from astrohvae.models.ae import ConvVAE
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    vae = ConvVAE(latent_dim=latent_dim, bounded_mu=2.0 if kl == "aw" else None, size=x.shape[-1],
+                  channels=channels).to(device)
+    kl_fn = _kl_term(kl, prior_m, prior_s)
+    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    xt = torch.from_numpy(x)
+    w = torch.from_numpy(weight).to(device)
+    n = len(xt)
+    npix = float(np.prod(x.shape[1:]))
+    vae.train()
+    for ep in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch_size):
+            xb = xt[perm[i : i + batch_size]].to(device)
+            if len(xb) < 2:
+                continue
+            if augment:
+                xb = _augment(xb, gen)
+            mu, logvar, xh = vae(xb)
+            rec = ((xh - xb) ** 2 * w).mean() * npix / 2.0
+            loss = rec + beta * kl_fn(mu, logvar).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if log:
+            log(f"VAE({kl}) epoch {ep + 1}/{epochs}: loss {float(loss):.4g}")
+    return vae.eval()
+
+
+def _kl_term(kl, m, s):
+    torch = _torch()
+    if kl == "standard":
+        return lambda mu, lv: -0.5 * (1 + lv - mu**2 - lv.exp()).sum(-1)
+    if kl == "mixture":  # symmetric two-peak, exact by quadrature
+        return lambda mu, lv: kl_mixture(mu, lv, [0.5, 0.5], [-m, m], [s, s])
+    from astrohvae.models import priors
+
+    fn = {"sc": priors.kl_sc, "dkl": priors.kl_dkl, "aw": priors.aw, "pw": priors.pw}[kl]
+    return lambda mu, lv: fn(mu, lv, torch.as_tensor(m), torch.as_tensor(s))
+
+
+def _train_latent_vae(z, latent_dim, prior, epochs, batch_size, lr, seed, device, beta=1.0, log=None):
+    torch = _torch()
+    from astrohvae.models.hvae import LatentVAE
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    vae = LatentVAE(in_dim=z.shape[1], latent_dim=latent_dim).to(device)
+    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    zt = torch.from_numpy(z.astype(np.float32))
+    n = len(zt)
+    w, m, s = prior
+    vae.train()
+    for ep in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch_size):
+            zb = zt[perm[i : i + batch_size]].to(device)
+            if len(zb) < 2:
+                continue
+            mu, logvar, rec, target = vae(zb)
+            loss = (0.5 * ((rec - target) ** 2).sum(-1) + beta * kl_mixture(mu, logvar, w, m, s)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if log and (ep + 1) % max(1, epochs // 4) == 0:
+            log(f"LatentVAE epoch {ep + 1}/{epochs}: loss {float(loss):.4g}")
+    return vae.eval()
+
+
+def _batched(fn, x, batch_size, device):
+    torch = _torch()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(device)
+            r = fn(xb)
+            outs.append([t.detach().cpu().numpy() for t in (r if isinstance(r, tuple) else (r,))])
+    if not outs:
+        return None
+    return tuple(np.concatenate([o[k] for o in outs]) for k in range(len(outs[0])))
+
+
+def _check_stamps(stamps):
+    flux = getattr(stamps, "flux", None)
+    if flux is None or np.ndim(flux) != 4 or np.shape(flux)[1] != 5:
+        raise ValueError("stamps must have flux of shape (N, 5, ny, nx)")
+
+
+# ---------------------------------------------------------------------------
+# A+Vr
+# ---------------------------------------------------------------------------
+class HierarchicalClassifier:
+    """A+Vr: AE (30 latents) -> 1-D VAE with an asymmetric two-peak prior.
+
+    Parameters
+    ----------
+    representation : str
+        Stamp representation (`astrohvae.preprocess.REPRESENTATIONS`).
+    crop : int or None
+        Side of the central crop the networks see (None = whole stamp).
+    physical : bool
+        Append the label-free morphology statistics (see module docstring)
+        to the LatentVAE input.
+    star_weight : float
+        Prior weight of the star peak (the star fraction assumed a priori).
+    star_mean, star_sigma, galaxy_mean, galaxy_sigma : float
+        The prior's peaks: a narrow star peak and a broad galaxy peak.
+    symmetric_prior : bool
+        Use the paper's symmetric prior ½N(-m,s²)+½N(m,s²) with m=1, s=0.5
+        instead (the paper's exact recipe).
+    ae_latent, channels, ae_epochs, vae_epochs, batch_size, lr : training knobs
+    center_weight : float
+        Peak of the Gaussian central up-weighting of the reconstruction loss
+        (0 = plain MSE).
+    augment : bool
+        Random 90-degree rotations and flips during AE training.
+    device : str
+    random_state : int
+    verbose : bool
+    """
+
+    method = "A+Vr"
+
+    def __init__(self, representation=DEFAULT_REPRESENTATION, crop=32, physical=True, star_weight=0.35,
+                 star_mean=-1.5, star_sigma=0.35, galaxy_mean=1.0, galaxy_sigma=1.0, symmetric_prior=False,
+                 ae_latent=30, channels=(16, 32, 64, 64), ae_epochs=8, vae_epochs=60, batch_size=128,
+                 lr=2e-3, center_weight=4.0, augment=True, ae_components=None, device="cpu", random_state=0,
+                 verbose=False):
+        self.representation = representation
+        self.crop = crop
+        self.physical = physical
+        self.ae_components = ae_components
+        self.star_weight = star_weight
+        self.star_mean = star_mean
+        self.star_sigma = star_sigma
+        self.galaxy_mean = galaxy_mean
+        self.galaxy_sigma = galaxy_sigma
+        self.symmetric_prior = symmetric_prior
+        self.ae_latent = ae_latent
+        self.channels = tuple(channels)
+        self.ae_epochs = ae_epochs
+        self.vae_epochs = vae_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.center_weight = center_weight
+        self.augment = augment
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # prior -----------------------------------------------------------------
+    def _prior(self):
+        if self.symmetric_prior:
+            return [0.5, 0.5], [-1.0, 1.0], [0.5, 0.5]
+        return ([self.star_weight, 1 - self.star_weight], [self.star_mean, self.galaxy_mean],
+                [self.star_sigma, self.galaxy_sigma])
+
+    def _dev(self):
+        from astrohvae.device import resolve_device
+
+        return resolve_device(self.device)
+
+    def _log(self, msg):
+        if self.verbose:
+            print(msg, flush=True)
+
+    # fit -------------------------------------------------------------------
+    def fit(self, stamps, y=None):
+        """Fit on unlabelled stamps (``y`` is ignored; it is never used)."""
+        _check_stamps(stamps)
+        torch = _torch()
+        dev = self._dev()
+        seed = 0 if self.random_state is None else int(self.random_state)
+        x = _inputs(stamps, self.representation, self.crop)
+        w = _radial_weight(x.shape[-1], 4.0, self.center_weight)
+        self.ae_ = _train_ae(x, self.ae_latent, self.channels, self.ae_epochs, self.batch_size, self.lr,
+                             seed, w, self.augment, dev, self._log if self.verbose else None)
+        z = _batched(self.ae_.encode, x, 512, dev)[0]
+        del x
+        self.ae_mean_ = z.mean(axis=0)
+        if self.ae_components:
+            _, _, vt = np.linalg.svd((z - self.ae_mean_) / (z.std(axis=0) + 1e-6), full_matrices=False)
+            self.ae_scale_ = z.std(axis=0) + 1e-6
+            self.ae_pcs_ = vt[: self.ae_components].astype(np.float32)
+        else:
+            self.ae_pcs_ = None
+        feats = [self._ae_feats(z)]
+        if self.physical:
+            phys, self.ref_ = _physical(stamps)
+            feats.append(phys)
+        else:
+            self.ref_ = None
+        zin = np.concatenate(feats, axis=1).astype(np.float32)
+        self.vae_ = _train_latent_vae(zin, 1, self._prior(), self.vae_epochs, 256, 3e-3, seed, dev,
+                                      log=self._log if self.verbose else None)
+        mu, sig = self._encode_latent(zin)
+        post = mixture_posterior(mu[:, 0], sig[:, 0], *self._prior())
+        groups = post.argmax(axis=1)  # 0 = first peak, 1 = second
+        self.star_peak_, self.label_concentrations_ = star_side(stamps, groups)
+        self.train_peak_fraction_ = float((groups == self.star_peak_).mean())
+        return self
+
+    def _ae_feats(self, z):
+        if self.ae_components == 0:
+            return np.zeros((len(z), 0), np.float32)
+        if self.ae_pcs_ is None:
+            return z
+        return ((z - self.ae_mean_) / self.ae_scale_) @ self.ae_pcs_.T
+
+    def _encode_latent(self, zin, batch_size=4096):
+        torch = _torch()
+        dev = next(self.vae_.parameters()).device
+        mu, logvar = _batched(self.vae_.encode, zin.astype(np.float32), batch_size, dev)
+        return mu, np.exp(0.5 * logvar)
+
+    # inference -------------------------------------------------------------
+    def transform(self, stamps, batch_size=256):
+        """Latents: dict ``z_ae`` (N, 30), ``z_hvae`` (N, 1), ``z_hvae_sigma`` (N, 1)."""
+        _check_stamps(stamps)
+        n = len(stamps.flux)
+        if n == 0:
+            return {"z_ae": np.zeros((0, self.ae_latent), np.float32), "z_hvae": np.zeros((0, 1), np.float32),
+                    "z_hvae_sigma": np.zeros((0, 1), np.float32)}
+        dev = next(self.ae_.parameters()).device
+        zs = []
+        for i in range(0, n, max(1, batch_size)):
+            sub = stamps[i : i + batch_size]
+            x = _inputs(sub, self.representation, self.crop)
+            zs.append(_batched(self.ae_.encode, x, batch_size, dev)[0])
+        z = np.concatenate(zs).astype(np.float32)
+        feats = [self._ae_feats(z)]
+        if self.physical:
+            feats.append(_physical(stamps, self.ref_)[0])
+        mu, sig = self._encode_latent(np.concatenate(feats, axis=1))
+        return {"z_ae": z, "z_hvae": mu.astype(np.float32), "z_hvae_sigma": sig.astype(np.float32)}
+
+    def predict_proba(self, stamps, batch_size=256):
+        """``p_galaxy`` (N,): posterior probability of the galaxy peak."""
+        t = self.transform(stamps, batch_size)
+        post = mixture_posterior(t["z_hvae"][:, 0], t["z_hvae_sigma"][:, 0], *self._prior())
+        return post[:, 1 - self.star_peak_].astype(np.float32)
+
+    def predict(self, stamps, batch_size=256):
+        """``'star'`` / ``'galaxy'`` per stamp."""
+        return np.where(self.predict_proba(stamps, batch_size) >= 0.5, "galaxy", "star")
+
+    # persistence -------------------------------------------------------------
+    def get_config(self):
+        keys = ["representation", "crop", "physical", "star_weight", "star_mean", "star_sigma", "galaxy_mean",
+                "galaxy_sigma", "symmetric_prior", "ae_latent", "channels", "ae_epochs", "vae_epochs",
+                "batch_size", "lr", "center_weight", "augment", "random_state"]
+        cfg = {k: getattr(self, k) for k in keys}
+        cfg["channels"] = list(self.channels)
+        cfg["star_peak"] = int(self.star_peak_)
+        cfg["label_concentrations"] = [float(c) for c in self.label_concentrations_]
+        cfg["method"] = self.method
+        if self.ref_ is not None:
+            cfg["ref"] = {"r_star": self.ref_["r_star"], "c_star": self.ref_["c_star"]}
+        return cfg
+
+    def save(self, directory):
+        """Write ``model.safetensors`` + ``config.json`` into ``directory`` (atomically)."""
+        torch = _torch()
+        mods = {"ae": self.ae_, "latent_vae": self.vae_}
+        extra = {}
+        if self.ref_ is not None:
+            extra["psf"] = torch.as_tensor(np.asarray(self.ref_["psf"], dtype=np.float32))
+        cfg = self.get_config()
+        cfg["modules"] = {"ae": {"class": "ConvAE", "kwargs": self.ae_.get_config()},
+                          "latent_vae": {"class": "LatentVAE", "kwargs": self.vae_.get_config()}}
+        _save(directory, mods, extra, cfg)
+        return directory
+
+    @classmethod
+    def load(cls, directory, device="auto"):
+        """Load a classifier written by `save`."""
+        from astrohvae.device import resolve_device
+        from astrohvae.models.ae import ConvAE
+        from astrohvae.models.hvae import LatentVAE
+
+        tensors, cfg, digest = _load(directory)
+        keys = ["representation", "crop", "physical", "star_weight", "star_mean", "star_sigma", "galaxy_mean",
+                "galaxy_sigma", "symmetric_prior", "ae_latent", "channels", "ae_epochs", "vae_epochs",
+                "batch_size", "lr", "center_weight", "augment", "random_state"]
+        self = cls(**{k: cfg[k] for k in keys if k in cfg})
+        dev = resolve_device(device)
+        self.device = str(dev)
+        self.ae_ = ConvAE(**cfg["modules"]["ae"]["kwargs"])
+        self.vae_ = LatentVAE(**cfg["modules"]["latent_vae"]["kwargs"])
+        for name, mod in (("ae", self.ae_), ("latent_vae", self.vae_)):
+            sd = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
+            mod.load_state_dict(sd)
+            mod.to(dev).eval()
+        self.star_peak_ = int(cfg["star_peak"])
+        self.label_concentrations_ = cfg.get("label_concentrations")
+        if cfg.get("physical"):
+            self.ref_ = dict(cfg["ref"])
+            self.ref_["psf"] = tensors["psf"].numpy()
+        else:
+            self.ref_ = None
+        self.weights_hash = digest
+        return self
+
+
+def _save(directory, modules, extra, config):
+    from safetensors.torch import save_file
+
+    from astrohvae.io.atomic import atomic_path
+
+    directory = Path(directory)
+    tensors = {}
+    for name, mod in modules.items():
+        for k, v in mod.state_dict().items():
+            tensors[f"{name}.{k}"] = v.detach().cpu().contiguous()
+    for k, v in extra.items():
+        tensors[k] = v.detach().cpu().contiguous()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory, directory=True) as tmp:
+        save_file(tensors, str(Path(tmp) / "model.safetensors"))
+        (Path(tmp) / "config.json").write_text(json.dumps(config, indent=1, default=float))
+
+
+def _load(directory):
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    st, cj = directory / "model.safetensors", directory / "config.json"
+    if not st.is_file() or not cj.is_file():
+        raise InputError(directory, "not a classifier folder (model.safetensors and config.json expected)")
+    try:
+        cfg = json.loads(cj.read_text())
+        tensors = load_file(str(st))
+    except Exception as exc:  # corrupt file
+        raise InputError(directory, f"cannot read classifier weights ({exc.__class__.__name__})") from None
+    h = hashlib.sha256(st.read_bytes())
+    h.update(cj.read_bytes())
+    return tensors, cfg, h.hexdigest()[:16]
+
+
+def load_default_classifier(device="auto"):
+    """The classifier shipped in ``astrohvae/data/default/`` (A+Vr)."""
+    return HierarchicalClassifier.load(DEFAULT_WEIGHTS, device=device)
+
+
+# ---------------------------------------------------------------------------
+# V+M / Vr+M
+# ---------------------------------------------------------------------------
+class ManifoldClassifier:
+    """V+M / Vr+M: conv VAE latents -> 1-D Isomap -> threshold at the star fraction.
+
+    Parameters
+    ----------
+    kl : {'standard', 'sc', 'dkl', 'aw', 'pw'}
+        KL term of the VAE (``'standard'`` = V+M, the others = Vr+M).
+    latent_dim : int
+    star_fraction : float
+        Prior star fraction: the threshold puts this share of the training
+        stamps on the star side.
+    n_neighbors : int
+        Isomap neighbours; Isomap is fitted on at most ``max_manifold``
+        training stamps.
+    representation, crop, channels, epochs, batch_size, lr, center_weight,
+    augment, device, random_state : as for `HierarchicalClassifier`
+        (defaults: the paper's whole-stamp ``'lupt'`` recipe).
+    """
+
+    def __init__(self, kl="standard", latent_dim=4, star_fraction=0.35, n_neighbors=12, max_manifold=1500,
+                 representation="lupt", crop=None, channels=(16, 32, 64, 64), epochs=6, batch_size=128,
+                 lr=2e-3, center_weight=0.0, augment=False, device="cpu", random_state=0, verbose=False):
+        self.kl = kl
+        self.latent_dim = latent_dim
+        self.star_fraction = star_fraction
+        self.n_neighbors = n_neighbors
+        self.max_manifold = max_manifold
+        self.representation = representation
+        self.crop = crop
+        self.channels = tuple(channels)
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.center_weight = center_weight
+        self.augment = augment
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @property
+    def method(self):
+        return "V+M" if self.kl == "standard" else f"Vr+M ({self.kl.upper()})"
+
+    def _latent(self, stamps, batch_size=256):
+        dev = next(self.vae_.parameters()).device
+        out = []
+        for i in range(0, len(stamps.flux), batch_size):
+            x = _inputs(stamps[i : i + batch_size], self.representation, self.crop)
+            out.append(_batched(lambda t: self.vae_.encode(t)[0], x, batch_size, dev)[0])
+        return np.concatenate(out)
+
+    def fit(self, stamps, y=None):
+        """Fit on unlabelled stamps (``y`` ignored)."""
+        from sklearn.manifold import Isomap
+
+        from astrohvae.device import resolve_device
+
+        _check_stamps(stamps)
+        seed = 0 if self.random_state is None else int(self.random_state)
+        x = _inputs(stamps, self.representation, self.crop)
+        w = _radial_weight(x.shape[-1], 4.0, self.center_weight)
+        self.vae_ = _train_conv_vae(x, self.latent_dim, self.kl, self.channels, self.epochs, self.batch_size,
+                                    self.lr, seed, w, self.augment, resolve_device(self.device),
+                                    log=print if self.verbose else None)
+        del x
+        z = self._latent(stamps)
+        z = np.nan_to_num(z)
+        rng = np.random.default_rng(seed)
+        idx = rng.permutation(len(z))[: self.max_manifold]
+        self.scale_ = z[idx].std(axis=0) + 1e-6
+        self.center_ = z[idx].mean(axis=0)
+        self.iso_ = Isomap(n_neighbors=min(self.n_neighbors, len(idx) - 1), n_components=1)
+        e = self.iso_.fit_transform((z[idx] - self.center_) / self.scale_)[:, 0]
+        # orientation: which end is stars (more concentrated members), then the threshold
+        thr0 = np.median(e)
+        side, _ = star_side(stamps[idx], (e > thr0).astype(int))
+        self.sign_ = 1.0 if side == 0 else -1.0  # stars at low sign*e
+        es = self.sign_ * e
+        self.threshold_ = float(np.quantile(es, self.star_fraction))
+        self.width_ = float(es.std() * 0.1 + 1e-9)
+        return self
+
+    def transform(self, stamps, batch_size=256):
+        """dict ``z_vae`` (N, latent_dim) and ``embedding`` (N,) (galaxy-positive)."""
+        z = np.nan_to_num(self._latent(stamps, batch_size))
+        e = self.sign_ * self.iso_.transform((z - self.center_) / self.scale_)[:, 0]
+        return {"z_vae": z, "embedding": e}
+
+    def predict_proba(self, stamps, batch_size=256):
+        e = self.transform(stamps, batch_size)["embedding"]
+        return (1.0 / (1.0 + np.exp(-np.clip((e - self.threshold_) / self.width_, -50, 50)))).astype(np.float32)
+
+    def predict(self, stamps, batch_size=256):
+        return np.where(self.predict_proba(stamps, batch_size) >= 0.5, "galaxy", "star")
+
+
+# ---------------------------------------------------------------------------
+# supervised probe
+# ---------------------------------------------------------------------------
+class LatentProbe:
+    """Supervised probe: logistic regression (5-fold CV over C) on the 30 AE latents.
+
+    ``fit(stamps, y)`` trains the AE without labels, then the regression with
+    them (``y`` from ``stamps.meta['truth_type']`` when not given; unknown
+    labels are dropped).  Not label-free: a measure of what the latents know.
+    """
+
+    method = "probe (supervised)"
+
+    def __init__(self, representation="lupt", crop=None, ae_epochs=6, channels=(16, 32, 64, 64),
+                 center_weight=0.0, augment=False, device="cpu", random_state=0, verbose=False):
+        self.representation = representation
+        self.crop = crop
+        self.ae_epochs = ae_epochs
+        self.channels = tuple(channels)
+        self.center_weight = center_weight
+        self.augment = augment
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _z(self, stamps, batch_size=256):
+        dev = next(self.ae_.parameters()).device
+        out = []
+        for i in range(0, len(stamps.flux), batch_size):
+            x = _inputs(stamps[i : i + batch_size], self.representation, self.crop)
+            out.append(_batched(self.ae_.encode, x, batch_size, dev)[0])
+        return np.concatenate(out)
+
+    def fit(self, stamps, y=None):
+        from sklearn.linear_model import LogisticRegressionCV
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        from astrohvae.device import resolve_device
+
+        if y is None:
+            y = np.asarray(stamps.meta["truth_type"]).astype(int)
+        y = np.asarray(y)
+        seed = 0 if self.random_state is None else int(self.random_state)
+        x = _inputs(stamps, self.representation, self.crop)
+        w = _radial_weight(x.shape[-1], 4.0, self.center_weight)
+        self.ae_ = _train_ae(x, 30, self.channels, self.ae_epochs, 128, 2e-3, seed, w, self.augment,
+                             resolve_device(self.device))
+        del x
+        z = self._z(stamps)
+        ok = (y == 0) | (y == 1)
+        self.lr_ = make_pipeline(StandardScaler(), LogisticRegressionCV(cv=5, max_iter=2000))
+        self.lr_.fit(z[ok], y[ok])
+        self.cv_accuracy_ = float(np.max(np.mean(self.lr_[-1].scores_[1], axis=0)))
+        return self
+
+    def transform(self, stamps, batch_size=256):
+        return {"z_ae": self._z(stamps, batch_size)}
+
+    def predict_proba(self, stamps, batch_size=256):
+        return self.lr_.predict_proba(self._z(stamps, batch_size))[:, 1].astype(np.float32)
+
+    def predict(self, stamps, batch_size=256):
+        return np.where(self.predict_proba(stamps, batch_size) >= 0.5, "galaxy", "star")
