@@ -116,6 +116,8 @@ def get_divergence(divergence="standard", prior=None):
     m, s = (DEFAULT_PRIOR if prior is None else prior)
     m, s = float(m), float(s)
     fn = getattr(priors, _PRIOR_FUNCS[name])
+    if name == "aw":  # aw has no m: the bound of the (bounded) mean sets the peaks
+        return lambda mu, logvar: fn(mu, logvar, s)
     return lambda mu, logvar: fn(mu, logvar, m, s)
 
 
@@ -351,7 +353,7 @@ def _load_checkpoint(path):
 
 # --------------------------------------------------------------------------- the loop
 def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device, seed, patience,
-         progress, checkpoint, resume, on_epoch_end, augment, kind, rng, desc):
+         progress, checkpoint, resume, on_epoch_end, augment, kind, rng, desc, min_delta=0.0):
     """Generic loop: Adam, early stopping on the validation loss, checkpoints.
 
     ``loss_fn(model, xb) -> dict name -> per-sample tensor`` with key ``'loss'``.
@@ -444,7 +446,7 @@ def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device
         if not val_terms:
             history["val_loss"].append(float("nan"))
         score = val_terms.get("loss", train_terms.get("loss", math.inf))
-        if score < best_val:
+        if score < best_val - (min_delta if best_state is not None else 0.0):
             best_val, best_state, best_epoch, bad = score, _state_to_cpu(model.state_dict()), epoch, 0
         else:
             bad += 1
@@ -510,6 +512,9 @@ _LOOP_DOC = """
     patience : int
         Stop after this many epochs without improvement of the validation loss;
         the best weights are restored at the end.
+    min_delta : float
+        An epoch counts as an improvement only if it lowers the best loss by
+        more than this.
     progress : bool
         Show a tqdm bar with the running loss.
     checkpoint : path or None
@@ -531,7 +536,8 @@ def _image_recon(xh, xb, w, reduce):
 
 def fit_ae(x, *, latent_dim=30, channels=(16, 32, 64, 64), epochs=20, batch_size=128, lr=1e-3,
            weight_decay=0.0, device="auto", seed=0, val=None, patience=5, pixel_weight=None,
-           augment=False, progress=True, checkpoint=None, resume=False, on_epoch_end=None, model=None):
+           augment=False, progress=True, checkpoint=None, resume=False, on_epoch_end=None, model=None,
+           min_delta=0.0):
     """Train a `~astrohvae.models.ConvAE` on stamps.
 
     Parameters
@@ -575,20 +581,21 @@ def fit_ae(x, *, latent_dim=30, channels=(16, 32, 64, 64), epochs=20, batch_size
     return _fit(model, loss_fn, x, val=val, epochs=epochs, batch_size=batch_size, lr=lr,
                 weight_decay=weight_decay, device=dev, seed=seed, patience=patience, progress=progress,
                 checkpoint=checkpoint, resume=resume, on_epoch_end=on_epoch_end, augment=augment,
-                kind="ae", rng=rng, desc="ae")
+                kind="ae", rng=rng, desc="ae", min_delta=min_delta)
 
 
 def _default_bound(divergence, prior, bounded_mu):
     if bounded_mu is not None or str(divergence).lower() != "aw":
         return bounded_mu
-    m, s = DEFAULT_PRIOR if prior is None or isinstance(prior, dict) else prior
-    return 2.0 * float(m) + 3.0 * float(s)
+    m, _ = DEFAULT_PRIOR if prior is None or isinstance(prior, dict) else prior
+    return float(m)
 
 
 def fit_vae(x, *, latent_dim=2, divergence="standard", prior=None, beta=1.0, bounded_mu=None,
             channels=(16, 32, 64, 64), epochs=20, batch_size=128, lr=1e-3, weight_decay=0.0,
             device="auto", seed=0, val=None, patience=5, pixel_weight=None, augment=False,
-            progress=True, checkpoint=None, resume=False, on_epoch_end=None, model=None):
+            progress=True, checkpoint=None, resume=False, on_epoch_end=None, model=None,
+           min_delta=0.0):
     """Train a `~astrohvae.models.ConvVAE` on stamps.
 
     The loss per stamp is ``sum of (weighted) squared errors + beta * D``, the
@@ -605,8 +612,9 @@ def fit_vae(x, *, latent_dim=2, divergence="standard", prior=None, beta=1.0, bou
     beta : float
         Weight of the divergence.
     bounded_mu : float or None
-        Bound of the posterior mean; for ``divergence='aw'`` it defaults to
-        ``2 m + 3 s``.
+        Bound of the posterior mean, ``mu = b tanh(raw / b)``.  For
+        ``divergence='aw'`` it defaults to the prior's ``m``: AW pushes
+        ``|mu|`` to the bound, so the bound places the two peaks at ``+-m``.
     pixel_weight, augment, model
         As in `fit_ae`.
     """ + _LOOP_DOC + """
@@ -635,13 +643,13 @@ def fit_vae(x, *, latent_dim=2, divergence="standard", prior=None, beta=1.0, bou
     return _fit(model, loss_fn, x, val=val, epochs=epochs, batch_size=batch_size, lr=lr,
                 weight_decay=weight_decay, device=dev, seed=seed, patience=patience, progress=progress,
                 checkpoint=checkpoint, resume=resume, on_epoch_end=on_epoch_end, augment=augment,
-                kind="vae", rng=rng, desc=f"vae[{divergence}]")
+                kind="vae", rng=rng, desc=f"vae[{divergence}]", min_delta=min_delta)
 
 
 def fit_latent_vae(z, *, latent_dim=1, divergence="sc", prior=None, beta=1.0, bounded_mu=None,
                    hidden=(64, 32), epochs=100, batch_size=256, lr=1e-3, weight_decay=0.0,
                    device="auto", seed=0, val=None, patience=10, progress=True, checkpoint=None,
-                   resume=False, on_epoch_end=None, model=None):
+                   resume=False, on_epoch_end=None, model=None, min_delta=0.0):
     """Train a `~astrohvae.models.LatentVAE` on AE latents ``z`` (N, in_dim).
 
     The loss per sample is the squared error of the reconstruction of the
@@ -682,7 +690,7 @@ def fit_latent_vae(z, *, latent_dim=1, divergence="sc", prior=None, beta=1.0, bo
     return _fit(model, loss_fn, z, val=val, epochs=epochs, batch_size=batch_size, lr=lr,
                 weight_decay=weight_decay, device=dev, seed=seed, patience=patience, progress=progress,
                 checkpoint=checkpoint, resume=resume, on_epoch_end=on_epoch_end, augment=False,
-                kind="latent_vae", rng=rng, desc=f"latent-vae[{divergence}]")
+                kind="latent_vae", rng=rng, desc=f"latent-vae[{divergence}]", min_delta=min_delta)
 
 
 def apply_batches(fn, x, *, batch_size=256, device="auto"):

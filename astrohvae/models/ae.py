@@ -173,7 +173,7 @@ class ConvVAE(nn.Module):
     latent_dim : int
         Size of the latent space.
     bounded_mu : float or None
-        If given, the posterior mean is ``bounded_mu * tanh(raw)`` so that it
+        If given, the posterior mean is ``bounded_mu * tanh(raw / bounded_mu)`` so that it
         stays in ``(-bounded_mu, bounded_mu)`` (needed by the AW analogy of
         the Wasserstein loss, which otherwise pushes means to infinity).
     in_channels, size, channels
@@ -207,7 +207,7 @@ class ConvVAE(nn.Module):
         h = self.encoder(x)
         mu, logvar = h[:, : self.latent_dim], h[:, self.latent_dim :]
         if self.bounded_mu is not None:
-            mu = self.bounded_mu * torch.tanh(mu)
+            mu = self.bounded_mu * torch.tanh(mu / self.bounded_mu)
         return mu, torch.clamp(logvar, -12.0, 8.0)
 
     def decode(self, v):

@@ -40,7 +40,8 @@ class LatentVAE(nn.Module):
         Two layers of 64 and 32 units are ample for a 30 -> 1/2 -> 30 map
         and cost ~10 kFLOP per sample, nothing next to the conv AE.
     bounded_mu : float or None
-        If given, ``mu = bounded_mu * tanh(raw)`` (for the AW loss).
+        If given, ``mu = bounded_mu * tanh(raw / bounded_mu)`` (for the AW loss;
+        identity near 0, the same as `astrohvae.models.priors.bound_mu`).
 
     Notes
     -----
@@ -75,7 +76,7 @@ class LatentVAE(nn.Module):
         h = self.head(self.encoder(zn))
         mu, logvar = h[:, : self.latent_dim], h[:, self.latent_dim :]
         if self.bounded_mu is not None:
-            mu = self.bounded_mu * torch.tanh(mu)
+            mu = self.bounded_mu * torch.tanh(mu / self.bounded_mu)
         return mu, torch.clamp(logvar, -12.0, 8.0)
 
     def encode(self, z):
