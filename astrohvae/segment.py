@@ -1,0 +1,956 @@
+"""Pixel-wise segmentation of whole fields learned without labels.
+
+After the seed paper's sections 4 and 5.2-5.3: a small fully convolutional
+(V)AE (`astrohvae.models.segment`) is trained to reconstruct five-band image
+tiles; the *hypercolumns* of chosen layers (per-pixel concatenation of their
+feature maps, upsampled to full resolution) are then split into "object" and
+"background" by an unsupervised rule, with no labels anywhere:
+
+1. the network input is the field in noise units,
+   ``asinh(((data - level) / rms) / STRETCH) * STRETCH`` per band, 0 under
+   the mask (`network_input`), so one rule fits every field;
+2. the hypercolumns are standardised, projected on their first principal
+   components and modelled by a Gaussian mixture (``n_components``, full
+   covariances).  The component whose pixels have the *dimmest mean
+   reconstruction* is "background"; every other component is "object".
+   The mixture is fitted once at training time and shipped with the weights
+   (``rule='shipped'``, the default) or refitted on each field
+   (``rule='refit'``);
+3. pixels whose posterior probability of "object" exceeds ``threshold``
+   (0.5: the Bayes rule) form the mask; its connected components of at least
+   ``n_pixels`` pixels are deblended with photutils' `deblend_sources` on the
+   noise-weighted g+r+i image smoothed by a Gaussian of ``deblend_fwhm``
+   pixels, giving a `photutils.segmentation.SegmentationImage`
+   (0 background, k = source k).
+
+Whole fields run in overlapping tiles through `dask.array.map_overlap`
+(``tile`` pixels per block plus ``overlap`` pixels on each side, at least the
+network's receptive radius, so there are no seams); the tiles of a field are
+run through the network in batches of ``batch_size``.
+
+Public API
+----------
+`NetworkSegmenter` (fit / object_probability / segment / save / load),
+`load_default_segmenter`, `classmap`, `network_input`, `train_segment_net`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from astrohvae import BANDS
+from astrohvae.errors import InputError
+
+__all__ = [
+    "NetworkSegmenter",
+    "load_default_segmenter",
+    "classmap",
+    "network_input",
+    "train_segment_net",
+    "simple_background",
+    "DEFAULT_VARIANT",
+    "DEFAULT_TAPS",
+    "STRETCH",
+    "WEIGHTS_DIR",
+]
+
+STRETCH = 3.0
+"""asinh stretch of the network input, in units of the pixel noise."""
+
+DEFAULT_VARIANT = "ae-hc"
+"""Variant `load_default_segmenter` returns when none is asked for."""
+
+DEFAULT_TAPS = ("out", "dec0", "dec1", "dec2")
+"""Default hypercolumn layers: the reconstruction and the decoder at 1, 1/2, 1/4."""
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "data" / "segment"
+"""Shipped weights: one sub-folder per variant."""
+
+_GRI = [BANDS.index(b) for b in ("g", "r", "i")]
+
+
+# ----------------------------------------------------------------------------
+# background and input
+# ----------------------------------------------------------------------------
+@dataclass
+class _Background:
+    level: np.ndarray
+    rms: np.ndarray
+    sigma: np.ndarray
+
+
+def simple_background(field):
+    """A flat per-band background: sigma-clipped median and robust rms.
+
+    Used when no `background` is given and `astrohvae.stamps` is not
+    available.  Returns an object with ``level``, ``rms`` (``(5, 1, 1)``,
+    broadcastable to the field) and ``sigma`` (``(5,)``).
+    """
+    from astropy.stats import sigma_clipped_stats
+
+    nb = field.data.shape[0]
+    level = np.zeros(nb, np.float32)
+    sigma = np.ones(nb, np.float32)
+    rng = np.random.default_rng(0)
+    for b in range(nb):
+        good = field.data[b][~field.mask[b]]
+        if good.size == 0:
+            continue
+        if good.size > 400_000:
+            good = rng.choice(good, 400_000, replace=False)
+        _, med, std = sigma_clipped_stats(good, sigma=3.0, maxiters=10)
+        level[b], sigma[b] = med, std if std > 0 else 1.0
+    return _Background(level[:, None, None], sigma[:, None, None], sigma)
+
+
+def _background(field, background):
+    if background is not None:
+        return background
+    try:
+        from astrohvae.stamps import estimate_background
+    except ImportError:
+        return simple_background(field)
+    return estimate_background(field)
+
+
+def network_input(field, background=None, stretch=STRETCH):
+    """The field as the segmentation networks see it.
+
+    Parameters
+    ----------
+    field : astrohvae.io.field.Field
+    background : object with ``level`` and ``rms``, optional
+        Broadcastable to ``field.data``; estimated when None.
+    stretch : float
+        asinh stretch in noise units (linear below, logarithmic above).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(5, ny, nx)``: ``asinh(((data - level) / rms) / stretch) *
+        stretch``, 0 where ``field.mask``.
+    """
+    bkg = _background(field, background)
+    rms = np.asarray(bkg.rms, np.float32)
+    rms = np.where(rms > 0, rms, np.inf).astype(np.float32)
+    x = (field.data - np.asarray(bkg.level, np.float32)) / rms
+    x = np.arcsinh(x / stretch) * stretch
+    x[field.mask] = 0.0
+    x[~np.isfinite(x)] = 0.0
+    return x.astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------
+# training (no labels)
+# ----------------------------------------------------------------------------
+def _random_crops(images, n, size, rng):
+    out = np.empty((n, images[0].shape[0], size, size), np.float32)
+    for k in range(n):
+        img = images[rng.integers(len(images))]
+        y = rng.integers(0, img.shape[1] - size + 1)
+        x = rng.integers(0, img.shape[2] - size + 1)
+        out[k] = img[:, y:y + size, x:x + size]
+    return out
+
+
+def train_segment_net(net, images, steps=600, batch_size=16, crop=64, lr=2e-3, beta=1e-3,
+                      seed=0, device="cpu", log_every=0):
+    """Train a `SegmentNet` to reconstruct random crops of ``images``.
+
+    Parameters
+    ----------
+    net : astrohvae.models.segment.SegmentNet
+        Trained in place.
+    images : list of numpy.ndarray
+        ``(5, ny, nx)`` network inputs (`network_input`), no labels.
+    steps, batch_size, crop, lr : training schedule (Adam).
+    beta : float
+        Weight of the KL term per latent element for the VAE (ignored for AEs).
+    seed : int
+    device : str
+
+    Returns
+    -------
+    list of float
+        The loss per step.
+    """
+    import torch
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    net.to(device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    history = []
+    for step in range(steps):
+        xb = torch.from_numpy(_random_crops(images, batch_size, crop, rng)).to(device)
+        recon, extra = net(xb)
+        loss = torch.mean((recon - xb) ** 2)
+        if net.variational:
+            mu, logvar = extra["mu"], extra["logvar"]
+            kl = 0.5 * torch.mean(mu ** 2 + logvar.exp() - 1.0 - logvar)
+            loss = loss + beta * kl
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        history.append(float(loss.detach()))
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"step {step:5d} loss {float(loss):.4f}", flush=True)
+    net.eval()
+    return history
+
+
+# ----------------------------------------------------------------------------
+# the estimator
+# ----------------------------------------------------------------------------
+def _resolve_device(device):
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+class NetworkSegmenter:
+    """Unsupervised pixel-wise segmenter: (V)AE hypercolumns + Gaussian mixture.
+
+    Parameters
+    ----------
+    variant : {'ae-res-hc', 'ae-hc', 'vae-hc'}
+        Network variant (`astrohvae.models.segment.VARIANTS`).
+    taps : sequence of str
+        Hypercolumn layers (`SegmentNet.tap_names`).
+    tap_weights : sequence of float, optional
+        One multiplier per tap, applied after standardisation (default 1).
+    widths : tuple of int
+        Network channels per resolution level.
+    n_components : int
+        Gaussian-mixture components; the dimmest is background.
+    n_pca : int
+        Principal components of the standardised hypercolumns fed to the
+        mixture.
+    threshold : float
+        Posterior probability of "object" above which a pixel is object.
+    n_pixels : int
+        Minimum connected pixels of a source.
+    deblend : bool
+        Run photutils `deblend_sources`.
+    deblend_fwhm : float
+        FWHM (pixels) of the Gaussian smoothing of the deblending image.
+    rule : {'shipped', 'refit'}
+        Use the mixture fitted at training time, or refit it on each field.
+    tile, overlap : int
+        Block side and overlap (pixels) of the whole-field tiling; multiples
+        of the network's down-sampling factor.
+    batch_size : int
+        Tiles per network call.
+    device : str
+        'auto', 'cpu', 'cuda', ...
+    random_state : int
+    """
+
+    def __init__(self, variant=DEFAULT_VARIANT, taps=DEFAULT_TAPS, tap_weights=None,
+                 widths=(8, 16, 32, 32), n_components=2, n_pca=8, threshold=0.5, n_pixels=5,
+                 deblend=True, deblend_fwhm=2.0, rule="shipped", tile=256, overlap=48,
+                 batch_size=8, device="auto", random_state=0):
+        self.variant = variant
+        self.taps = tuple(taps)
+        self.tap_weights = None if tap_weights is None else tuple(float(w) for w in tap_weights)
+        self.widths = tuple(widths)
+        self.n_components = int(n_components)
+        self.n_pca = int(n_pca)
+        self.threshold = float(threshold)
+        self.n_pixels = int(n_pixels)
+        self.deblend = bool(deblend)
+        self.deblend_fwhm = float(deblend_fwhm)
+        self.rule = rule
+        self.tile = int(tile)
+        self.overlap = int(overlap)
+        self.batch_size = int(batch_size)
+        self.device = device
+        self.random_state = random_state
+
+    # -- parameters -------------------------------------------------------
+    def get_params(self):
+        """Constructor parameters as a dict (scikit-learn convention)."""
+        keys = ("variant", "taps", "tap_weights", "widths", "n_components", "n_pca", "threshold",
+                "n_pixels", "deblend", "deblend_fwhm", "rule", "tile", "overlap", "batch_size",
+                "device", "random_state")
+        return {k: getattr(self, k) for k in keys}
+
+    def set_params(self, **params):
+        """Set constructor parameters; returns self."""
+        for k, v in params.items():
+            if k not in self.get_params():
+                raise ValueError(f"unknown parameter {k!r}")
+            setattr(self, k, tuple(v) if k in ("taps", "widths") else v)
+        return self
+
+    def _check_fitted(self):
+        if not hasattr(self, "net_") or not hasattr(self, "gmm_"):
+            raise RuntimeError("NetworkSegmenter is not fitted: call fit() or load()")
+
+    # -- fitting ----------------------------------------------------------
+    def fit(self, fields, backgrounds=None, steps=600, batch_size=16, crop=64, lr=2e-3, beta=1e-3,
+            n_samples=200_000, log_every=0):
+        """Train the network on the fields' tiles, then fit the pixel rule. No labels.
+
+        Parameters
+        ----------
+        fields : list of Field or list of numpy.ndarray
+            Fields, or ready network inputs ``(5, ny, nx)`` (`network_input`).
+        backgrounds : list, optional
+            One background per field (estimated when None).
+        steps, batch_size, crop, lr, beta, log_every :
+            Passed to `train_segment_net`.
+        n_samples : int
+            Pixels sampled for the mixture.
+
+        Returns
+        -------
+        self
+        """
+        from astrohvae.models.segment import build_segment_net
+
+        images = self._inputs(fields, backgrounds)
+        import torch
+
+        torch.manual_seed(self.random_state)
+        self.net_ = build_segment_net(self.variant, in_channels=images[0].shape[0],
+                                      widths=self.widths)
+        self.history_ = train_segment_net(self.net_, images, steps=steps, batch_size=batch_size,
+                                          crop=crop, lr=lr, beta=beta, seed=self.random_state,
+                                          device=_resolve_device(self.device),
+                                          log_every=log_every)
+        self.net_.cpu().eval()
+        return self.fit_rule(images, n_samples=n_samples)
+
+    def _inputs(self, fields, backgrounds):
+        if backgrounds is None:
+            backgrounds = [None] * len(fields)
+        out = []
+        for f, b in zip(fields, backgrounds):
+            out.append(np.asarray(f, np.float32) if isinstance(f, np.ndarray) else network_input(f, b))
+        return out
+
+    def fit_rule(self, fields, backgrounds=None, n_samples=200_000):
+        """Fit the per-pixel rule (standardiser, PCA, Gaussian mixture) on hypercolumns.
+
+        Parameters
+        ----------
+        fields : list of Field or numpy.ndarray
+            As in `fit`; the network must already be trained (``net_``).
+        n_samples : int
+            Pixels drawn at random (uniformly) from all fields.
+
+        Returns
+        -------
+        self
+        """
+        from sklearn.decomposition import PCA
+        from sklearn.mixture import GaussianMixture
+
+        images = self._inputs(fields, backgrounds)
+        rng = np.random.default_rng(self.random_state)
+        m = self.net_.multiple
+        crop, border = 256, 32
+        per_crop = 4000
+        n_crops = max(1, int(np.ceil(n_samples / per_crop / len(images))))
+        feats, recon = [], []
+        for img in images:
+            c = min(crop, img.shape[1] // m * m, img.shape[2] // m * m)
+            b = border if c > 4 * border else 0
+            crops = _random_crops([img], n_crops, c, rng)
+            for k in range(0, n_crops, self.batch_size):
+                hc, rec = self._forward(crops[k:k + self.batch_size], want_hc=True)
+                if b:
+                    hc, rec = hc[:, :, b:-b, b:-b], rec[:, :, b:-b, b:-b]
+                x_in = crops[k:k + self.batch_size][:, :, b:c - b, b:c - b]
+                for j in range(hc.shape[0]):
+                    flat = hc[j].reshape(hc.shape[1], -1)
+                    valid = np.flatnonzero(np.any(x_in[j] != 0, axis=0).ravel())
+                    if valid.size == 0:
+                        continue
+                    idx = rng.choice(valid, min(per_crop, valid.size), replace=False)
+                    feats.append(flat[:, idx].T)
+                    recon.append(rec[j].reshape(rec.shape[1], -1)[:, idx].mean(axis=0))
+        X = np.concatenate(feats).astype(np.float64)
+        r = np.concatenate(recon)
+        self.mean_ = X.mean(axis=0)
+        self.scale_ = X.std(axis=0) + 1e-6
+        Z = (X - self.mean_) / self.scale_
+        w = self._tap_weight_vector()
+        Z = Z * w
+        n_pca = min(self.n_pca, Z.shape[1])
+        pca = PCA(n_pca, random_state=self.random_state).fit(Z)
+        self.components_ = pca.components_
+        self.pca_mean_ = pca.mean_
+        Y = pca.transform(Z)
+        gmm = GaussianMixture(self.n_components, covariance_type="full",
+                              random_state=self.random_state, n_init=2, max_iter=300).fit(Y)
+        self.gmm_ = gmm
+        comp = gmm.predict(Y)
+        bright = np.array([r[comp == k].mean() if np.any(comp == k) else -np.inf
+                           for k in range(self.n_components)])
+        self.component_brightness_ = bright
+        self.object_components_ = np.array([k != int(np.argmin(bright))
+                                            for k in range(self.n_components)])
+        self.n_features_ = X.shape[1]
+        return self
+
+    def _tap_weight_vector(self):
+        w = []
+        weights = self.tap_weights or (1.0,) * len(self.taps)
+        for t, wt in zip(self.taps, weights):
+            w += [wt] * self.net_.tap_channels(t)
+        return np.asarray(w, np.float64)
+
+    # -- per-pixel maps ---------------------------------------------------
+    def _forward(self, x, want_hc=False):
+        """x: (B, 5, h, w) float32 numpy -> p_object (B, h, w), recon (B, 5, h, w)[, hc]."""
+        import torch
+
+        from astrohvae.models.segment import hypercolumns
+
+        dev = next(self.net_.parameters()).device
+        with torch.no_grad():
+            xt = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
+            taps = list(self.taps)
+            if "out" not in taps:
+                taps = taps + ["out"]
+            hc_all = hypercolumns(self.net_, xt, taps)
+            nrec = self.net_.in_channels
+            recon = hc_all[:, -nrec:] if "out" not in self.taps else None
+            hc = hc_all[:, :-nrec] if "out" not in self.taps else hc_all
+            if recon is None:
+                i0 = sum(self.net_.tap_channels(t) for t in self.taps[:self.taps.index("out")])
+                recon = hc[:, i0:i0 + nrec]
+            if want_hc:
+                return hc.cpu().numpy(), recon.cpu().numpy()
+            p = self._posterior_torch(hc)
+        return p.cpu().numpy(), recon.cpu().numpy()
+
+    def _posterior_torch(self, hc):
+        import torch
+
+        B, D, H, W = hc.shape
+        dev, dt = hc.device, hc.dtype
+        X = hc.permute(0, 2, 3, 1).reshape(-1, D)
+        t = lambda a: torch.as_tensor(np.asarray(a), dtype=dt, device=dev)  # noqa: E731
+        Z = (X - t(self.mean_)) / t(self.scale_) * t(self._tap_weight_vector())
+        Y = (Z - t(self.pca_mean_)) @ t(self.components_).T
+        g = self.gmm_
+        logp = []
+        for k in range(g.n_components):
+            pc = t(g.precisions_cholesky_[k])
+            q = (Y - t(g.means_[k])) @ pc
+            logdet = float(np.sum(np.log(np.diag(g.precisions_cholesky_[k]))))
+            logp.append(np.log(g.weights_[k]) + logdet - 0.5 * torch.sum(q * q, dim=1))
+        logp = torch.stack(logp, dim=1)
+        post = torch.softmax(logp, dim=1)
+        p = post[:, t(self.object_components_.astype(np.float32)) > 0].sum(dim=1)
+        return p.reshape(B, H, W)
+
+    def _tiled(self, img, want_hc=False):
+        """Run the network over a whole image in overlapping tiles (dask map_overlap)."""
+        import dask
+        import dask.array as da
+
+        m = self.net_.multiple
+        T = int(np.ceil(self.tile / m) * m)
+        d = int(np.ceil(self.overlap / m) * m)
+        C, ny, nx = img.shape
+        py, px = (-ny) % T, (-nx) % T
+        xp = np.pad(img, ((0, 0), (0, py), (0, px)), mode="reflect") if (py or px) else img
+        if want_hc:
+            n_out = sum(self.net_.tap_channels(t) for t in self.taps) + C
+        else:
+            n_out = 1 + C
+        k = max(1, self.batch_size)
+        arr = da.from_array(xp, chunks=(C, T, T * k))
+
+        def block(b):
+            # b: (C, T+2d, W+2d), W a multiple of T, padded by map_overlap
+            # (reflect at the field edges).  Cut it into W/T tiles with their
+            # own halos and run them through the network as one batch.
+            ntile = (b.shape[2] - 2 * d) // T
+            batch = np.stack([b[:, :, j * T:j * T + T + 2 * d] for j in range(ntile)])
+            res = self._forward(batch, want_hc=want_hc)
+            if want_hc:
+                hc, rec = res
+                o = np.concatenate([hc, rec], axis=1)
+            else:
+                p, rec = res
+                o = np.concatenate([p[:, None], rec], axis=1)
+            o = o[:, :, d:-d, d:-d]
+            return np.concatenate(list(o), axis=2).astype(np.float32)
+
+        res = da.map_overlap(block, arr, depth={0: 0, 1: d, 2: d},
+                             boundary={0: "none", 1: "reflect", 2: "reflect"}, trim=False,
+                             dtype=np.float32, chunks=((n_out,), arr.chunks[1], arr.chunks[2]),
+                             meta=np.empty((0, 0, 0), np.float32))
+        with dask.config.set(scheduler="threads"):
+            out = res.compute()
+        return out[:, :ny, :nx]
+
+    def object_probability(self, field, background=None):
+        """Per-pixel posterior probability of "object", and the reconstruction.
+
+        Parameters
+        ----------
+        field : Field or numpy.ndarray
+            A field, or its network input ``(5, ny, nx)``.
+        background : optional
+            As in `network_input`.
+
+        Returns
+        -------
+        p : numpy.ndarray
+            float32 ``(ny, nx)`` in [0, 1]; 0 where every band is masked.
+        recon : numpy.ndarray
+            float32 ``(5, ny, nx)`` reconstruction (network-input units).
+        """
+        self._check_fitted()
+        img = np.asarray(field, np.float32) if isinstance(field, np.ndarray) else network_input(field, background)
+        if img.ndim != 3 or img.shape[0] != self.net_.in_channels:
+            raise ValueError(f"expected ({self.net_.in_channels}, ny, nx) input, got {img.shape}")
+        if self.rule == "refit":
+            # refit the mixture on this field only (network unchanged)
+            self.fit_rule([img], n_samples=100_000)
+        out = self._tiled(img)
+        p = out[0]
+        p[np.all(img == 0, axis=0)] = 0.0
+        return p, out[1:]
+
+    def segment(self, field, background=None, return_maps=False):
+        """Segment a field.
+
+        Parameters
+        ----------
+        field : Field or numpy.ndarray
+            A field, or its network input ``(5, ny, nx)``.
+        background : optional
+            Background with ``level`` and ``rms`` (estimated when None).
+        return_maps : bool
+            Also return ``(p_object, recon)``.
+
+        Returns
+        -------
+        photutils.segmentation.SegmentationImage or None
+            0 = background, k = source k (deblended, relabelled 1..N); None
+            when no source is found.
+        """
+        from photutils.segmentation import deblend_sources, detect_sources
+        from scipy.ndimage import gaussian_filter
+
+        img = np.asarray(field, np.float32) if isinstance(field, np.ndarray) else network_input(field, background)
+        p, recon = self.object_probability(img)
+        segm = detect_sources(p, self.threshold, n_pixels=self.n_pixels)
+        if segm is not None and self.deblend:
+            # linear noise units for deblending
+            lin = np.sinh(img[_GRI] / STRETCH) * STRETCH if img.shape[0] == 5 else np.sinh(img / STRETCH) * STRETCH
+            det = gaussian_filter(lin.sum(axis=0), self.deblend_fwhm / 2.3548)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                segm = deblend_sources(det, segm, self.n_pixels, n_levels=32, contrast=0.001,
+                                       progress_bar=False)
+        if return_maps:
+            return segm, (p, recon)
+        return segm
+
+    # -- persistence ------------------------------------------------------
+    def save(self, directory):
+        """Write ``model.safetensors`` + ``config.json`` into ``directory`` (atomically)."""
+        from safetensors.numpy import save_file
+
+        from astrohvae.io.atomic import atomic_path
+
+        self._check_fitted()
+        g = self.gmm_
+        tensors = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()}
+        tensors.update({
+            "rule.mean": self.mean_, "rule.scale": self.scale_,
+            "rule.components": self.components_, "rule.pca_mean": self.pca_mean_,
+            "rule.gmm_weights": g.weights_, "rule.gmm_means": g.means_,
+            "rule.gmm_covariances": g.covariances_,
+            "rule.object_components": self.object_components_.astype(np.int8),
+            "rule.component_brightness": self.component_brightness_,
+        })
+        tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+        params = self.get_params()
+        params["taps"], params["widths"] = list(self.taps), list(self.widths)
+        config = {"kind": "astrohvae.segment.NetworkSegmenter", "format": 1, "params": params,
+                  "input": {"transform": "asinh(((data-level)/rms)/stretch)*stretch",
+                            "stretch": STRETCH},
+                  "n_features": int(self.n_features_)}
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(directory, directory=True) as tmp:
+            save_file(tensors, str(tmp / "model.safetensors"))
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory, device="auto", **overrides):
+        """Read a segmenter written by `save` (never executes code from the files).
+
+        Parameters
+        ----------
+        directory : path
+        device : str
+        **overrides : constructor parameters to change (e.g. ``threshold``,
+            ``tile``); ``variant``/``widths``/``taps`` come from the file.
+        """
+        import torch
+        from safetensors.numpy import load_file
+        from sklearn.mixture import GaussianMixture
+        from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
+
+        from astrohvae.models.segment import build_segment_net
+
+        directory = Path(directory)
+        cfg_path, w_path = directory / "config.json", directory / "model.safetensors"
+        if not cfg_path.is_file() or not w_path.is_file():
+            raise InputError(directory, "not a segmenter folder (needs config.json and model.safetensors)")
+        try:
+            config = json.loads(cfg_path.read_text())
+            tensors = load_file(str(w_path))
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(directory, f"unreadable segmenter weights ({exc.__class__.__name__})")
+        if config.get("kind") != "astrohvae.segment.NetworkSegmenter":
+            raise InputError(cfg_path, "not a NetworkSegmenter configuration")
+        params = dict(config["params"])
+        fixed = {"variant", "widths", "taps", "tap_weights", "n_pca", "n_components"}
+        for k, v in overrides.items():
+            if k in fixed:
+                raise ValueError(f"{k} is fixed by the weights")
+            params[k] = v
+        params["device"] = device
+        self = cls(**params)
+        net = build_segment_net(self.variant, widths=self.widths)
+        state = {k[4:]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith("net.")}
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise InputError(w_path, f"weights do not match the network ({str(exc)[:80]})")
+        self.net_ = net.to(_resolve_device(device)).eval()
+        self.mean_, self.scale_ = tensors["rule.mean"], tensors["rule.scale"]
+        self.components_, self.pca_mean_ = tensors["rule.components"], tensors["rule.pca_mean"]
+        g = GaussianMixture(self.n_components, covariance_type="full")
+        g.weights_, g.means_ = tensors["rule.gmm_weights"], tensors["rule.gmm_means"]
+        g.covariances_ = tensors["rule.gmm_covariances"]
+        g.precisions_cholesky_ = _compute_precision_cholesky(g.covariances_, "full")
+        self.gmm_ = g
+        self.object_components_ = tensors["rule.object_components"].astype(bool)
+        self.component_brightness_ = tensors["rule.component_brightness"]
+        self.n_features_ = int(config["n_features"])
+        return self
+
+
+def load_default_segmenter(variant=None, device="auto", **overrides):
+    """The shipped segmenter (``astrohvae/data/segment/<variant>``).
+
+    Parameters
+    ----------
+    variant : {'ae-res-hc', 'ae-hc', 'vae-hc'}, optional
+        Default `DEFAULT_VARIANT`.
+    device : str
+    **overrides : see `NetworkSegmenter.load`.
+    """
+    variant = variant or DEFAULT_VARIANT
+    path = WEIGHTS_DIR / variant
+    if not path.is_dir():
+        raise InputError(path, f"no shipped weights for segmenter variant {variant!r}")
+    return NetworkSegmenter.load(path, device=device, **overrides)
+
+
+# ----------------------------------------------------------------------------
+# class map
+# ----------------------------------------------------------------------------
+_CLASS_CODE = {"star": 1, "galaxy": 2, 1: 1, 2: 2, 0: 0, "": 0, "background": 0}
+
+
+def classmap(segm, labels, classes=None):
+    """The background/star/galaxy map (the seed's Fig. 8) from a segmentation.
+
+    Parameters
+    ----------
+    segm : SegmentationImage or numpy.ndarray
+        0 background, k = source k.
+    labels : dict, or array of ids, or Table with ``id`` and ``class``
+        ``{id: 'star'|'galaxy'|1|2}``; or the ids with ``classes`` given.
+    classes : sequence, optional
+        Class of each id in ``labels`` ('star'/'galaxy' or 1/2).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8, the segmentation's shape: 0 background (and sources without a
+        class), 1 star, 2 galaxy.
+    """
+    data = np.asarray(getattr(segm, "data", segm))
+    if classes is None:
+        if isinstance(labels, dict):
+            ids, classes = list(labels.keys()), list(labels.values())
+        elif hasattr(labels, "colnames"):
+            ids, classes = list(labels["id"]), list(labels["class"])
+        else:
+            raise TypeError("give a dict id->class, a Table with id/class, or ids and classes")
+    else:
+        ids = list(np.asarray(labels).ravel())
+        classes = list(np.asarray(classes).ravel())
+    if len(ids) != len(classes):
+        raise ValueError("labels and classes differ in length")
+    top = int(max(data.max(initial=0), max((int(i) for i in ids), default=0)))
+    lut = np.zeros(top + 1, np.uint8)
+    for i, c in zip(ids, classes):
+        key = c.strip().lower() if isinstance(c, str) else int(c)
+        if key not in _CLASS_CODE:
+            raise ValueError(f"unknown class {c!r} (use 'star'/'galaxy' or 1/2)")
+        if int(i) > 0:
+            lut[int(i)] = _CLASS_CODE[key]
+    return lut[np.clip(data, 0, top)]
+
+
+# ----------------------------------------------------------------------------
+# figures (the seed's Fig. 5, 7 and 8)
+# ----------------------------------------------------------------------------
+def _colour(img, lo=-1.0, hi=12.0):
+    """RGB (i, r, g) of a network input, asinh noise units mapped to [0, 1]."""
+    rgb = np.stack([img[BANDS.index(b)] for b in ("i", "r", "g")], axis=-1)
+    return np.clip((rgb - lo) / (hi - lo), 0, 1)
+
+
+def _label_colours(segm):
+    data = np.asarray(getattr(segm, "data", segm))
+    rng = np.random.default_rng(1)
+    lut = rng.uniform(0.25, 1.0, (int(data.max(initial=0)) + 1, 3))
+    lut[0] = 0.0
+    return lut[data]
+
+
+_CLASS_RGB = np.array([[0.5, 0.5, 0.5], [0.85, 0.1, 0.1], [1.0, 0.6, 0.0]])
+"""Fig. 8 colours: grey background, red stars, orange galaxies."""
+
+
+def plot_panels(img, results, out, class_map=None, zoom=None, title=""):
+    """Write a PNG of the field in colour, each variant's output and mask, and the class map.
+
+    Parameters
+    ----------
+    img : numpy.ndarray
+        Network input ``(5, ny, nx)`` (`network_input`).
+    results : dict
+        ``{name: (segm or None, recon or None)}`` per variant (or the
+        photutils baseline, with ``recon`` None).
+    out : path
+        PNG file (written atomically).
+    class_map : numpy.ndarray, optional
+        uint8 map (0 background, 1 star, 2 galaxy).
+    zoom : tuple of slices, optional
+        ``(slice_y, slice_x)`` to show a cut-out instead of the whole field.
+    title : str
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from astrohvae.io.atomic import atomic_path
+
+    sl = (slice(None), slice(None)) if zoom is None else tuple(zoom)
+    names = list(results)
+    has_recon = any(r[1] is not None for r in results.values())
+    ncol = 1 + len(names) + (class_map is not None)
+    nrow = 2 if has_recon else 1
+    ny, nx = img[:, sl[0], sl[1]].shape[1:]
+    w = 3.2 * ncol
+    h = 3.2 * nrow * ny / nx + 0.6
+    fig, axes = plt.subplots(nrow, ncol, figsize=(w, h), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    axes[0, 0].imshow(_colour(img[:, sl[0], sl[1]]), origin="lower", interpolation="nearest")
+    axes[0, 0].set_title("field (i,r,g)", fontsize=8)
+    for j, name in enumerate(names, start=1):
+        segm, recon = results[name]
+        data = np.zeros(img.shape[1:], np.int32) if segm is None else np.asarray(getattr(segm, "data", segm))
+        n = 0 if segm is None else int(getattr(segm, "nlabels", len(np.unique(data)) - 1))
+        axes[0, j].imshow(_label_colours(data[sl]), origin="lower", interpolation="nearest")
+        axes[0, j].set_title(f"{name}: {n} segments", fontsize=8)
+        if has_recon and recon is not None:
+            axes[1, j].imshow(_colour(recon[:, sl[0], sl[1]]), origin="lower", interpolation="nearest")
+            axes[1, j].set_title(f"{name}: reconstruction", fontsize=8)
+    if class_map is not None:
+        axes[0, -1].imshow(_CLASS_RGB[np.asarray(class_map)[sl]], origin="lower", interpolation="nearest")
+        axes[0, -1].set_title("class map: grey bkg, red star, orange galaxy", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(out)
+
+
+# ----------------------------------------------------------------------------
+# files
+# ----------------------------------------------------------------------------
+def write_segmap(path, segm, class_map=None, header=None, wcs=None):
+    """Write ``SEGMAP`` (int32) and optionally ``CLASSMAP`` (uint8) to a FITS file atomically.
+
+    Parameters
+    ----------
+    path : path
+    segm : SegmentationImage, numpy.ndarray or None
+        None writes an all-zero map of ``class_map``'s shape (or fails).
+    class_map : numpy.ndarray, optional
+    header : dict, optional
+        Extra primary-header cards ``{key: value or (value, comment)}``.
+    wcs : astropy.wcs.WCS, optional
+        Written into both image HDUs.
+    """
+    from astropy.io import fits
+
+    from astrohvae import __version__
+    from astrohvae.io.atomic import atomic_path
+
+    if segm is None:
+        if class_map is None:
+            raise ValueError("need a segmentation or a class map")
+        data = np.zeros(np.shape(class_map), np.int32)
+    else:
+        data = np.asarray(getattr(segm, "data", segm)).astype(np.int32)
+    prim = fits.PrimaryHDU()
+    prim.header["ASTHVVER"] = (__version__, "astrohvae version")
+    prim.header["BANDS"] = "".join(BANDS)
+    prim.header["REFBAND"] = "r"
+    prim.header["XYORIGIN"] = (0, "pixel coordinates are 0-based")
+    for k, v in (header or {}).items():
+        prim.header[k] = v
+    whdr = wcs.to_header() if wcs is not None else fits.Header()
+    hdus = [prim, fits.ImageHDU(data, header=whdr.copy(), name="SEGMAP")]
+    hdus[1].header["NSOURCES"] = (int(data.max(initial=0)), "labels 1..N, 0 = background")
+    if class_map is not None:
+        cm = np.asarray(class_map).astype(np.uint8)
+        if cm.shape != data.shape:
+            raise ValueError("class map and segmentation differ in shape")
+        hdus.append(fits.ImageHDU(cm, header=whdr.copy(), name="CLASSMAP"))
+        hdus[-1].header["CLASSES"] = ("0 background, 1 star, 2 galaxy", "")
+    with atomic_path(path) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    return Path(path)
+
+
+def _zoom_window(segm, shape, size=256):
+    """A window around the largest segment (for the zoomed figure)."""
+    ny, nx = shape
+    size = min(size, ny, nx)
+    if segm is None or segm.nlabels == 0:
+        y0, x0 = (ny - size) // 2, (nx - size) // 2
+    else:
+        k = int(np.argmax(segm.areas))
+        sl = segm.slices[k]
+        cy, cx = (sl[0].start + sl[0].stop) // 2, (sl[1].start + sl[1].stop) // 2
+        y0 = int(np.clip(cy - size // 2, 0, ny - size))
+        x0 = int(np.clip(cx - size // 2, 0, nx - size))
+    return slice(y0, y0 + size), slice(x0, x0 + size)
+
+
+def segment_file(field_path, out, variant=None, weights=None, classify=False, plots=False, device="auto",
+                 all_variants_in_plots=True):
+    """Segment the field in ``field_path`` and write ``out`` (SEGMAP [+ CLASSMAP]).
+
+    Parameters
+    ----------
+    field_path : path or list of paths
+        Anything `astrohvae.io.readers.read_field` reads.
+    out : path
+        Output FITS file.
+    variant : str, optional
+        Shipped variant (default `DEFAULT_VARIANT`); ignored with ``weights``.
+    weights : path, optional
+        A folder written by `NetworkSegmenter.save`.
+    classify : bool
+        Classify each segment with the default classifier and write CLASSMAP.
+    plots : bool
+        Also write ``<out stem>-segment.png`` (whole field) and
+        ``<out stem>-segment-zoom.png`` (256x256 around the largest source):
+        the field in colour, the mask of each shipped variant and of the
+        photutils 1.5 sigma baseline, the reconstructions, and the class map.
+    device : str
+
+    Returns
+    -------
+    dict
+        ``{'out', 'n_sources', 'seconds', 'plots': [...]}``.
+    """
+    import time
+
+    from astrohvae.io.readers import read_field
+    from astrohvae.stamps import estimate_background
+
+    t0 = time.perf_counter()
+    field = read_field(field_path)
+    bkg = estimate_background(field)
+    if weights is not None:
+        seg = NetworkSegmenter.load(weights, device=device)
+        wdir = Path(weights)
+    else:
+        seg = load_default_segmenter(variant, device=device)
+        wdir = WEIGHTS_DIR / seg.variant
+    img = network_input(field, bkg)
+    t1 = time.perf_counter()
+    segm, (p, recon) = seg.segment(img, return_maps=True)
+    t_seg = time.perf_counter() - t1
+    cmap = None
+    header = {"SEGVAR": (seg.variant, "segmenter variant"), "SEGRULE": (seg.rule, "pixel rule"),
+              "SEGTHR": (seg.threshold, "posterior threshold of object")}
+    try:
+        from astrohvae.weights import weights_hash
+
+        header["SEGSHA"] = (weights_hash(wdir)[:16], "sha256 of segmenter weights (start)")
+    except Exception:  # noqa: BLE001 - the hash is informative only
+        pass
+    if classify:
+        from astrohvae.classify import load_default_classifier
+        from astrohvae.stamps import cut_stamps, measure_sources
+
+        if segm is None:
+            cmap = np.zeros(field.shape, np.uint8)
+        else:
+            sources = measure_sources(field, segm, bkg)
+            stamps = cut_stamps(field, segm, sources, bkg)
+            clf = load_default_classifier(device=device)
+            classes = clf.predict(stamps)
+            cmap = classmap(segm, np.asarray(sources["id"]), classes)
+        header["CLASSIFY"] = ("default", "classifier used for CLASSMAP")
+    write_segmap(out, segm, class_map=cmap, header=header, wcs=field.wcs)
+    written = []
+    if plots:
+        from astrohvae.stamps import detect
+
+        results = {}
+        names = [seg.variant]
+        if all_variants_in_plots and weights is None:
+            names = [v for v in ("vae-hc", "ae-hc", "ae-res-hc") if (WEIGHTS_DIR / v).is_dir()]
+        for v in names:
+            if v == seg.variant:
+                results[v] = (segm, recon)
+            else:
+                s2, (_, r2) = load_default_segmenter(v, device=device).segment(img, return_maps=True)
+                results[v] = (s2, r2)
+        results["photutils 1.5σ"] = (detect(field, bkg, nsigma=1.5), None)
+        stem = Path(out)
+        stem = stem.with_name(stem.name[:-5] if stem.name.endswith(".fits") else stem.name)
+        title = f"{field.name}: segmentation ({seg.variant} written)"
+        written.append(plot_panels(img, results, f"{stem}-segment.png", class_map=cmap, title=title))
+        written.append(plot_panels(img, results, f"{stem}-segment-zoom.png", class_map=cmap,
+                                   zoom=_zoom_window(segm, field.shape), title=title + ", zoom"))
+    return {"out": Path(out), "n_sources": 0 if segm is None else int(segm.nlabels),
+            "seconds": time.perf_counter() - t0, "segment_seconds": t_seg, "plots": written}
