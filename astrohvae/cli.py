@@ -167,3 +167,31 @@ def survey(fields, out_dir, scheduler, workers, memory_limit, weights, device, b
 
 
 # --- end survey --------------------------------------------------------------
+
+
+# --- segment (owner: astrohvae/segment.py) -----------------------------------
+@main.command()
+@click.argument("field", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output FITS (SEGMAP [+ CLASSMAP]).")
+@click.option("--variant", type=click.Choice(["ae-res-hc", "ae-hc", "vae-hc"]), default=None,
+              help="Shipped segmenter variant [default: astrohvae.segment.DEFAULT_VARIANT].")
+@click.option("--weights", type=click.Path(file_okay=False), default=None, help="Segmenter weights folder.")
+@click.option("--classify", is_flag=True, help="Classify the segments and write CLASSMAP (0 bkg, 1 star, 2 galaxy).")
+@click.option("--plots", is_flag=True, help="Also write <out>-segment.png and <out>-segment-zoom.png.")
+@click.option("--device", default="auto", show_default=True)
+def segment(field, out, variant, weights, classify, plots, device):
+    """Segment FIELD (frames, a folder, a MEF or a cube) without labels; write SEGMAP to OUT."""
+    import warnings
+
+    from astrohvae.segment import segment_file
+
+    warnings.filterwarnings("ignore", module="photutils")
+    res = segment_file(list(field) if len(field) > 1 else field[0], out, variant=variant, weights=weights,
+                       classify=classify, plots=plots, device=device)
+    click.echo(f"{res['out']}: {res['n_sources']} sources; segmentation {res['segment_seconds']:.1f} s, "
+               f"total {res['seconds']:.1f} s")
+    for p in res["plots"]:
+        click.echo(str(p))
+
+
+# --- end segment -------------------------------------------------------------
