@@ -1,0 +1,277 @@
+"""Tests of astrohvae.stamps: background, detection, measurement, cutouts."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from astrohvae.io.field import Field
+from astrohvae.stamps import (
+    FLAG_BLENDED,
+    FLAG_EDGE,
+    FLAG_MASKED,
+    FLAG_TRUNCATED,
+    MASK_INVALID,
+    MASK_OTHER,
+    MASK_OWN,
+    StampSet,
+    concatenate,
+    cut_stamps,
+    detect,
+    estimate_background,
+    measure_sources,
+    process_field,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SIGMAS = np.array([0.03, 0.01, 0.012, 0.015, 0.05], np.float32)
+SKY = np.array([0.004, -0.002, 0.001, 0.0, 0.01], np.float32)
+
+
+def gaussian_model(shape, sources, sigma_psf=1.5):
+    """(ny, nx) image of unit-sum Gaussians scaled by flux, for (x, y, flux)."""
+    ny, nx = shape
+    yy, xx = np.mgrid[:ny, :nx]
+    out = np.zeros(shape, np.float64)
+    for x, y, f in sources:
+        g = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma_psf**2))
+        out += f * g / (2 * np.pi * sigma_psf**2)
+    return out
+
+
+def make_field(sources, shape=(240, 320), seed=0, wcs=None, mask=None, name="synth"):
+    """Five-band field: constant sky + Gaussian sources (same flux in every band) + noise."""
+    rng = np.random.default_rng(seed)
+    model = gaussian_model(shape, sources)
+    data = SKY[:, None, None] + model[None] + rng.normal(size=(5,) + shape) * SIGMAS[:, None, None]
+    data = data.astype(np.float32)
+    m = np.zeros(data.shape, bool) if mask is None else mask
+    data[m] = 0.0
+    return Field(data, m, wcs=wcs, name=name), model
+
+
+BRIGHT = [(20.3, 50.7, 8.0), (200.6, 120.2, 5.0), (130.2, 190.4, 6.0), (270.45, 60.55, 4.0)]
+
+
+@pytest.fixture(scope="module")
+def synth():
+    field, model = make_field(BRIGHT)
+    bkg = estimate_background(field)
+    segm = detect(field, bkg)
+    src = measure_sources(field, segm, bkg)
+    return field, model, bkg, segm, src
+
+
+def test_background_recovers_noise_and_level_on_pure_noise():
+    field, _ = make_field([], shape=(256, 256), seed=3)
+    bkg = estimate_background(field)
+    assert bkg.level.shape == bkg.rms.shape == (5, 256, 256)
+    assert bkg.level.dtype == np.float32 and bkg.rms.dtype == np.float32
+    np.testing.assert_allclose(bkg.sigma, SIGMAS, rtol=0.03)
+    np.testing.assert_allclose(np.median(bkg.rms, axis=(1, 2)), SIGMAS, rtol=0.05)
+    # level error well below the pixel noise
+    assert np.all(np.abs(np.median(bkg.level, axis=(1, 2)) - SKY) < 0.05 * SIGMAS)
+
+
+def test_background_ignores_masked_pixels_and_sources():
+    mask = np.zeros((5, 256, 256), bool)
+    mask[:, 100:140, 30:90] = True
+    field, _ = make_field([(128, 60, 50.0), (60, 200, 30.0)], shape=(256, 256), seed=4, mask=mask)
+    # garbage under the mask must not matter
+    field.data[:, 100:140, 30:90] = 1e3
+    bkg = estimate_background(field)
+    np.testing.assert_allclose(bkg.sigma, SIGMAS, rtol=0.05)
+    assert np.all(np.isfinite(bkg.level))
+    assert np.all(np.abs(bkg.level - SKY[:, None, None]) < 0.5 * SIGMAS[:, None, None])
+    assert bkg.source_mask[60, 128] and bkg.source_mask[200, 60]
+
+
+def test_detect_finds_each_injected_source(synth):
+    field, _, _, segm, _ = synth
+    assert segm.n_labels == len(BRIGHT)
+    labels = {int(segm.data[int(round(y)), int(round(x))]) for x, y, _ in BRIGHT}
+    assert 0 not in labels and len(labels) == len(BRIGHT)
+    assert segm.data.shape == field.shape
+
+
+def test_detect_empty_field_gives_empty_segmentation():
+    field, _ = make_field([], shape=(128, 128), seed=5)
+    bkg = estimate_background(field)
+    segm = detect(field, bkg, nsigma=6.0)
+    assert segm is not None and segm.n_labels == 0
+    assert segm.data.shape == (128, 128)
+    src = measure_sources(field, segm, bkg)
+    assert len(src) == 0 and "flux_err_z" in src.colnames and "flags" in src.colnames
+    stamps = cut_stamps(field, segm, src, bkg)
+    assert len(stamps) == 0 and stamps.flux.shape == (0, 5, 64, 64)
+
+
+def test_measure_sources_positions_and_fluxes(synth):
+    field, model, bkg, segm, src = synth
+    assert list(src["id"]) == sorted(segm.labels)
+    for col in ("id", "x", "y", "ra", "dec", "flux_r", "flux_err_r", "mag_r", "area", "flags"):
+        assert col in src.colnames
+    assert np.all(np.isnan(src["ra"])) and np.all(np.isnan(src["dec"]))
+    for x, y, f in BRIGHT:
+        lab = segm.data[int(round(y)), int(round(x))]
+        row = src[src["id"] == lab][0]
+        assert abs(row["x"] - x) < 0.1 and abs(row["y"] - y) < 0.1
+        assert row["area"] == np.sum(segm.data == lab)
+        inside = model[segm.data == lab].sum()  # the injected flux inside the segment
+        for b in "ugriz":
+            assert abs(row[f"flux_{b}"] - inside) < 4 * row[f"flux_err_{b}"]
+            assert abs(row[f"flux_{b}"] - f) < 0.1 * f + 4 * row[f"flux_err_{b}"]
+        # errors: sqrt(area) * sigma
+        np.testing.assert_allclose(row["flux_err_g"], np.sqrt(row["area"]) * SIGMAS[1], rtol=0.1)
+        # luptitude ~ Pogson magnitude of a bright flux
+        assert abs(row["mag_r"] - (22.5 - 2.5 * np.log10(row["flux_r"]))) < 0.01
+    assert src["flags"].dtype == np.int32 and np.all(src["flags"] == 0)
+
+
+def test_measure_sources_flags_and_wcs():
+    from astropy.wcs import WCS
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.0, 2.0]
+    w.wcs.crpix = [100.0, 80.0]
+    w.wcs.cdelt = [-0.396 / 3600, 0.396 / 3600]
+    mask = np.zeros((5, 240, 320), bool)
+    mask[2, 150, 150] = True  # one masked r pixel inside source at (150, 150)
+    srcs = [(1.0, 100.0, 6.0), (150.0, 150.0, 6.0), (60.0, 60.0, 6.0), (67.0, 60.0, 6.0)]
+    field, _ = make_field(srcs, wcs=w, mask=mask, seed=7)
+    bkg = estimate_background(field)
+    segm = detect(field, bkg)
+    src = measure_sources(field, segm, bkg)
+    by_pos = {(x, y): src[src["id"] == segm.data[int(y), int(x)]][0] for x, y, _ in srcs}
+    assert by_pos[(1.0, 100.0)]["flags"] & FLAG_EDGE
+    assert by_pos[(150.0, 150.0)]["flags"] & FLAG_MASKED
+    assert not by_pos[(150.0, 150.0)]["flags"] & FLAG_EDGE
+    pair = [by_pos[(60.0, 60.0)], by_pos[(67.0, 60.0)]]
+    assert pair[0]["id"] != pair[1]["id"]  # deblended
+    assert all(r["flags"] & FLAG_BLENDED for r in pair)
+    ra, dec = w.all_pix2world(src["x"], src["y"], 0)
+    np.testing.assert_allclose(src["ra"], ra)
+    np.testing.assert_allclose(src["dec"], dec)
+
+
+def test_cut_stamps_centres_values_and_masks(synth):
+    field, _, bkg, segm, src = synth
+    st = cut_stamps(field, segm, src, bkg)
+    n = len(src)
+    assert st.flux.shape == (n, 5, 64, 64) and st.flux.dtype == np.float32
+    assert st.mask.shape == (n, 64, 64) and st.mask.dtype == np.uint8
+    assert st.sky_sigma.shape == (n, 5) and st.sky_sigma.dtype == np.float32
+    np.testing.assert_allclose(st.sky_sigma, np.broadcast_to(SIGMAS, (n, 5)), rtol=0.1)
+    assert list(st.meta["id"]) == list(src["id"])
+    resid = field.data - bkg.level
+    ny, nx = field.shape
+    for i, row in enumerate(st.meta):
+        xc, yc = int(row["xc"]), int(row["yc"])
+        assert abs(row["x"] - xc) <= 0.5 and abs(row["y"] - yc) <= 0.5
+        assert row["dx"] == pytest.approx(row["x"] - xc) and row["dy"] == pytest.approx(row["y"] - yc)
+        # stamp pixel (32, 32) is field pixel (yc, xc)
+        np.testing.assert_array_equal(st.flux[i, :, 32, 32], resid[:, yc, xc])
+        assert st.mask[i, 32, 32] & MASK_OWN
+        # the whole window, where inside the field, equals the field
+        y0, x0 = yc - 32, xc - 32
+        ys, xs = slice(max(y0, 0), min(y0 + 64, ny)), slice(max(x0, 0), min(x0 + 64, nx))
+        sub = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
+        np.testing.assert_array_equal(st.flux[i][(slice(None),) + sub], resid[:, ys, xs])
+        own = segm.data[ys, xs] == row["id"]
+        other = (segm.data[ys, xs] != 0) & ~own
+        np.testing.assert_array_equal((st.mask[i][sub] & MASK_OWN) > 0, own)
+        np.testing.assert_array_equal((st.mask[i][sub] & MASK_OTHER) > 0, other)
+        # off-field: 0 flux and mask bit 4, exactly outside the field
+        off = np.ones((64, 64), bool)
+        off[sub] = False
+        np.testing.assert_array_equal((st.mask[i] & MASK_INVALID) > 0, off)
+        assert np.all(st.flux[i][:, off] == 0)
+        assert bool(row["flags"] & FLAG_TRUNCATED) == bool(off.any())
+    # x = 20.3 -> stamp columns -12..51: truncated; the others are >= 32 px from every edge
+    trunc = {round(float(r["x"])): bool(r["flags"] & FLAG_TRUNCATED) for r in st.meta}
+    assert trunc == {20: True, 201: False, 130: False, 270: False}
+
+
+def test_cut_stamps_other_source_and_masked_pixels():
+    mask = np.zeros((5, 200, 200), bool)
+    mask[3, 95:98, 110:113] = True  # masked in i only
+    field, _ = make_field([(100.0, 100.0, 8.0), (120.0, 100.0, 8.0)], shape=(200, 200), mask=mask)
+    bkg, segm, src, st = process_field(field)
+    assert len(st) == 2
+    i = int(np.flatnonzero(np.isclose(st.meta["x"], 100.0, atol=0.5))[0])
+    # the neighbour at +20 px in x appears at stamp column 52 as "another source"
+    assert st.mask[i, 32, 52] & MASK_OTHER and not st.mask[i, 32, 52] & MASK_OWN
+    # masked-in-one-band pixels are invalid (bit 4) but keep the other bands' values
+    assert np.all(st.mask[i, 32 - 5 : 32 - 2, 42:45] & MASK_INVALID)
+    assert np.all(st.flux[i, 3, 32 - 5 : 32 - 2, 42:45] == 0)
+    np.testing.assert_array_equal(st.flux[i, 2, 27:30, 42:45], (field.data - bkg.level)[2, 95:98, 110:113])
+    assert list(src["flags"]) == list(st.meta["flags"])
+
+
+def test_cut_stamps_odd_size_and_explicit_sources(synth):
+    field, _, bkg, segm, _ = synth
+    sources = Table({"id": [1, 2], "x": [0.4, 319.6], "y": [0.2, 239.5]})
+    st = cut_stamps(field, segm, sources, bkg, size=15)
+    assert st.flux.shape == (2, 5, 15, 15)
+    # centre index 7: corner source -> 7 rows/cols off field
+    assert np.all(st.mask[0, :7, :] & MASK_INVALID) and not np.any(st.mask[0, 7:, 7:] & MASK_INVALID)
+    # y = 239.5 rounds up to 240 (off the last row by one) -> floor(y + 0.5)
+    assert st.meta["yc"][1] == 240 and st.meta["xc"][1] == 320
+    assert np.all(st.meta["flags"] & FLAG_TRUNCATED)
+    assert np.all(np.isnan(st.meta["ra"]))
+
+
+def test_stampset_indexing_and_concatenate(synth):
+    field, _, bkg, segm, src = synth
+    st = cut_stamps(field, segm, src, bkg)
+    sub = st[np.array([2, 0])]
+    assert len(sub) == 2 and list(sub.meta["id"]) == [st.meta["id"][2], st.meta["id"][0]]
+    np.testing.assert_array_equal(sub.flux[0], st.flux[2])
+    one = st[-1]
+    assert len(one) == 1 and one.flux.shape == (1, 5, 64, 64)
+    boolsel = st[st.meta["flags"] == 0]
+    assert len(boolsel) == int(np.sum(st.meta["flags"] == 0))
+    both = concatenate([st, st[1:3]])
+    assert len(both) == len(st) + 2
+    np.testing.assert_array_equal(both.mask[len(st)], st.mask[1])
+    assert len(StampSet.concatenate([])) == 0
+    with pytest.raises(ValueError):
+        StampSet(st.flux, st.mask[:1], st.sky_sigma, st.meta)
+
+
+def test_cut_stamps_many_sources_is_fast():
+    import time
+
+    rng = np.random.default_rng(11)
+    n = 1500
+    srcs = Table({"id": np.arange(1, n + 1), "x": rng.uniform(0, 600, n), "y": rng.uniform(0, 500, n)})
+    field, _ = make_field([], shape=(500, 600))
+    bkg = estimate_background(field)
+    t0 = time.perf_counter()
+    st = cut_stamps(field, None, srcs, bkg)
+    dt = time.perf_counter() - t0
+    assert len(st) == n
+    assert n / dt > 300  # ~thousands/s unloaded; generous for a shared 2-core machine
+
+
+@pytest.mark.slow
+def test_real_field_recovers_catalogued_stars():
+    folder = DATA / "sdss" / "fields" / "004510-4-0030"
+    if not folder.is_dir():
+        pytest.skip(f"real SDSS data not found at {folder}")
+    from astrohvae.io.readers import read_field
+
+    field = read_field(folder)
+    bkg, segm, src, st = process_field(field)
+    assert 500 < len(src) < 5000 and len(st) == len(src)
+    stars = Table.read(folder / "stars_in_frame_004510-4-0030.fits")
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(np.column_stack([src["x"], src["y"]])).query(
+        np.column_stack([stars["x_r"], stars["y_r"]])
+    )
+    assert np.mean(d < 1.5) > 0.9
+    # sky noise of SDSS r frames is ~0.02 nmgy/pixel
+    assert 0.005 < bkg.sigma[2] < 0.05
