@@ -398,8 +398,9 @@ class HierarchicalClassifier:
     def __init__(self, representation=DEFAULT_REPRESENTATION, crop=32, physical=True, star_weight=0.35,
                  star_mean=-1.5, star_sigma=0.35, galaxy_mean=1.0, galaxy_sigma=1.0, symmetric_prior=False,
                  ae_latent=30, channels=(16, 32, 64, 64), ae_epochs=8, vae_epochs=60, batch_size=128,
-                 lr=2e-3, center_weight=4.0, augment=True, ae_components=None, device="cpu", random_state=0,
-                 verbose=False):
+                 lr=2e-3, center_weight=4.0, augment=True, ae_components=None, fit_weight=True, device="cpu",
+                 random_state=0, verbose=False):
+        self.fit_weight = fit_weight
         self.representation = representation
         self.crop = crop
         self.physical = physical
@@ -468,7 +469,15 @@ class HierarchicalClassifier:
         self.vae_ = _train_latent_vae(zin, 1, self._prior(), self.vae_epochs, 256, 3e-3, seed, dev,
                                       log=self._log if self.verbose else None)
         mu, sig = self._encode_latent(zin)
-        post = mixture_posterior(mu[:, 0], sig[:, 0], *self._prior())
+        w, m, s = self._prior()
+        if self.fit_weight:  # EM on the peak weights only (label-free), the peaks stay fixed
+            for _ in range(100):
+                w0 = float(np.clip(mixture_posterior(mu[:, 0], sig[:, 0], w, m, s)[:, 0].mean(), 0.01, 0.99))
+                if abs(w0 - w[0]) < 1e-5:
+                    break
+                w = [w0, 1.0 - w0]
+        self.weights_ = [float(v) for v in w]
+        post = mixture_posterior(mu[:, 0], sig[:, 0], self.weights_, m, s)
         groups = post.argmax(axis=1)  # 0 = first peak, 1 = second
         self.star_peak_, self.label_concentrations_ = star_side(stamps, groups)
         self.train_peak_fraction_ = float((groups == self.star_peak_).mean())
@@ -511,7 +520,8 @@ class HierarchicalClassifier:
     def predict_proba(self, stamps, batch_size=256):
         """``p_galaxy`` (N,): posterior probability of the galaxy peak."""
         t = self.transform(stamps, batch_size)
-        post = mixture_posterior(t["z_hvae"][:, 0], t["z_hvae_sigma"][:, 0], *self._prior())
+        _, m, s = self._prior()
+        post = mixture_posterior(t["z_hvae"][:, 0], t["z_hvae_sigma"][:, 0], self.weights_, m, s)
         return post[:, 1 - self.star_peak_].astype(np.float32)
 
     def predict(self, stamps, batch_size=256):
@@ -522,10 +532,11 @@ class HierarchicalClassifier:
     def get_config(self):
         keys = ["representation", "crop", "physical", "star_weight", "star_mean", "star_sigma", "galaxy_mean",
                 "galaxy_sigma", "symmetric_prior", "ae_latent", "channels", "ae_epochs", "vae_epochs",
-                "batch_size", "lr", "center_weight", "augment", "random_state"]
+                "batch_size", "lr", "center_weight", "augment", "ae_components", "fit_weight", "random_state"]
         cfg = {k: getattr(self, k) for k in keys}
         cfg["channels"] = list(self.channels)
         cfg["star_peak"] = int(self.star_peak_)
+        cfg["weights"] = list(self.weights_)
         cfg["label_concentrations"] = [float(c) for c in self.label_concentrations_]
         cfg["method"] = self.method
         if self.ref_ is not None:
@@ -539,6 +550,9 @@ class HierarchicalClassifier:
         extra = {}
         if self.ref_ is not None:
             extra["psf"] = torch.as_tensor(np.asarray(self.ref_["psf"], dtype=np.float32))
+        if self.ae_pcs_ is not None:
+            for k in ("ae_mean_", "ae_scale_", "ae_pcs_"):
+                extra[k.strip("_")] = torch.as_tensor(np.asarray(getattr(self, k), dtype=np.float32))
         cfg = self.get_config()
         cfg["modules"] = {"ae": {"class": "ConvAE", "kwargs": self.ae_.get_config()},
                           "latent_vae": {"class": "LatentVAE", "kwargs": self.vae_.get_config()}}
@@ -555,7 +569,7 @@ class HierarchicalClassifier:
         tensors, cfg, digest = _load(directory)
         keys = ["representation", "crop", "physical", "star_weight", "star_mean", "star_sigma", "galaxy_mean",
                 "galaxy_sigma", "symmetric_prior", "ae_latent", "channels", "ae_epochs", "vae_epochs",
-                "batch_size", "lr", "center_weight", "augment", "random_state"]
+                "batch_size", "lr", "center_weight", "augment", "ae_components", "fit_weight", "random_state"]
         self = cls(**{k: cfg[k] for k in keys if k in cfg})
         dev = resolve_device(device)
         self.device = str(dev)
@@ -566,12 +580,18 @@ class HierarchicalClassifier:
             mod.load_state_dict(sd)
             mod.to(dev).eval()
         self.star_peak_ = int(cfg["star_peak"])
+        self.weights_ = list(cfg["weights"])
         self.label_concentrations_ = cfg.get("label_concentrations")
         if cfg.get("physical"):
             self.ref_ = dict(cfg["ref"])
             self.ref_["psf"] = tensors["psf"].numpy()
         else:
             self.ref_ = None
+        self.ae_pcs_ = None
+        if "ae_pcs" in tensors:
+            self.ae_mean_ = tensors["ae_mean"].numpy()
+            self.ae_scale_ = tensors["ae_scale"].numpy()
+            self.ae_pcs_ = tensors["ae_pcs"].numpy()
         self.weights_hash = digest
         return self
 

@@ -1,0 +1,75 @@
+"""Tests of astrohvae.preprocess (what the networks see)."""
+
+import numpy as np
+import pytest
+
+from astrohvae.photometry import luptitude
+from astrohvae.preprocess import (
+    DEFAULT_REPRESENTATION,
+    REPRESENTATIONS,
+    network_input,
+    source_flux,
+)
+from astrohvae.stamps import StampSet
+
+
+def _stamps(n=4, seed=0, amp=(1.0, 10.0, 100.0, 1000.0)):
+    from astropy.table import Table
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:64, :64]
+    prof = np.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / (2 * 1.5**2))
+    prof /= prof.sum()
+    flux = np.zeros((n, 5, 64, 64), np.float32)
+    mask = np.zeros((n, 64, 64), np.uint8)
+    for k in range(n):
+        flux[k] = amp[k % len(amp)] * prof[None] + rng.normal(0, 0.01, (5, 64, 64))
+        mask[k][prof > prof.max() * 0.01] = 1
+    return StampSet(flux, mask, np.full((n, 5), 0.01, np.float32), Table({"field": ["t"] * n}))
+
+
+def test_registry_and_default():
+    assert "lupt" in REPRESENTATIONS
+    assert DEFAULT_REPRESENTATION in REPRESENTATIONS
+    st = _stamps()
+    for name in REPRESENTATIONS:
+        x = network_input(st, name)
+        assert x.shape == st.flux.shape and x.dtype == np.float32
+        assert np.isfinite(x).all()
+
+
+def test_unknown_representation():
+    with pytest.raises(ValueError, match="unknown representation"):
+        network_input(_stamps(), "nope")
+
+
+def test_lupt_is_standardised_luptitudes():
+    st = _stamps()
+    x = network_input(st, "lupt")
+    # per stamp mean 0, std 1 over all bands and pixels
+    np.testing.assert_allclose(x.reshape(len(x), -1).mean(1), 0, atol=1e-4)
+    np.testing.assert_allclose(x.reshape(len(x), -1).std(1), 1, atol=1e-3)
+    # a monotone (bright = positive) function of the luptitude of each pixel
+    lup = -luptitude(st.flux[0, 2], "r")
+    corr = np.corrcoef(lup.ravel(), x[0, 2].ravel())[0, 1]
+    assert corr > 0.999
+
+
+def test_source_removes_brightness_and_neighbours():
+    st = _stamps(amp=(10.0, 1000.0))
+    st.flux[:] = st.flux - np.random.default_rng(1).normal(0, 0.01, st.flux.shape) * 0  # keep noise
+    # a neighbour in stamp 0 marked as another source
+    st.flux[0, :, 5:10, 5:10] += 50.0
+    st.mask[0, 5:10, 5:10] = 2
+    x = network_input(st, "source")
+    assert np.all(x[0, :, 5:10, 5:10] == 0)
+    # brightness gone: the two centres agree within the noise of the faint one
+    c0, c1 = x[0, 2, 30:35, 30:35], x[1, 2, 30:35, 30:35]
+    assert np.abs(c0 - c1).max() < 0.2 * c1.max()
+    f = source_flux(st.flux, st.mask, st.sky_sigma)
+    assert f[1] / f[0] == pytest.approx(100.0, rel=0.05)
+
+
+def test_empty():
+    st = _stamps()[0:0]
+    assert network_input(st, "lupt").shape == (0, 5, 64, 64)
