@@ -57,6 +57,7 @@ __all__ = [
     "fit_latent_vae",
     "fit_hvae",
     "apply_batches",
+    "loss_terms",
     "ChunkedSource",
     "ArraySource",
     "make_source",
@@ -64,6 +65,8 @@ __all__ = [
     "DIVERGENCES",
     "DEFAULT_PRIOR",
     "train_from_store",
+    "split_by_field",
+    "MODEL_KINDS",
 ]
 
 DIVERGENCES = ("standard", "sc", "dkl", "aw", "pw", "quad", "mixture")
@@ -388,18 +391,6 @@ def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device
         best_epoch, bad, stopped = int(ck["best_epoch"]), int(ck["bad_epochs"]), bool(ck["stopped"])
         _set_rng_state(rng, ck["rng"])
 
-    def run_eval(src):
-        model.eval()
-        sums, n = {}, 0
-        with torch.inference_mode(), amp_ctx:
-            for xb in src.batches(None, batch_size, shuffle=False):
-                xb = torch.from_numpy(np.ascontiguousarray(xb)).to(device, non_blocking=True)
-                terms = loss_fn(model, xb)
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.float().sum())
-                n += xb.shape[0]
-        return {k: v / max(n, 1) for k, v in sums.items()}
-
     epoch = start_epoch
     while epoch < epochs and not stopped:
         t0 = time.perf_counter()
@@ -435,7 +426,7 @@ def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device
                 bar.set_postfix(loss=f"{sums['loss'] / n:.4g}")
         bar.close()
         train_terms = {k: v / max(n, 1) for k, v in sums.items()}
-        val_terms = run_eval(val_source) if val_source is not None else {}
+        val_terms = _mean_terms(model, loss_fn, val_source, batch_size, device) if val_source is not None else {}
         epoch += 1
         history["epoch"].append(epoch)
         history["seconds"].append(time.perf_counter() - t0)
@@ -534,6 +525,91 @@ def _image_recon(xh, xb, w, reduce):
     return se.mean(1) if reduce == "mean" else se.sum(1)
 
 
+def _ae_loss(w):
+    def loss_fn(m, xb):
+        _, xh = m(xb)
+        r = _image_recon(xh, xb, w, "mean")
+        return {"loss": r, "recon": r}
+
+    return loss_fn
+
+
+def _vae_loss(div, beta, w):
+    def loss_fn(m, xb):
+        mu, logvar, xh = m(xb)
+        r = _image_recon(xh, xb, w, "sum")
+        d = div(mu.float(), logvar.float())
+        return {"loss": r + beta * d, "recon": r, "div": d}
+
+    return loss_fn
+
+
+def _latent_loss(div, beta):
+    def loss_fn(m, zb):
+        mu, logvar, recon, target = m(zb)
+        r = ((recon.float() - target.float()) ** 2).sum(1)
+        d = div(mu.float(), logvar.float())
+        return {"loss": r + beta * d, "recon": r, "div": d}
+
+    return loss_fn
+
+
+def _mean_terms(model, loss_fn, source, batch_size, device):
+    import torch
+
+    amp_ctx, _ = _amp_context(device)
+    model.eval()
+    sums, n = {}, 0
+    with torch.inference_mode(), amp_ctx:
+        for xb in source.batches(None, batch_size, shuffle=False):
+            xb = torch.from_numpy(np.ascontiguousarray(xb, dtype=np.float32)).to(device, non_blocking=True)
+            for k, v in loss_fn(model, xb).items():
+                sums[k] = sums.get(k, 0.0) + float(v.float().sum())
+            n += xb.shape[0]
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def loss_terms(model, x, *, divergence="standard", prior=None, beta=1.0, pixel_weight=None,
+               batch_size=256, device="auto"):
+    """Mean loss terms of a trained model on data ``x`` (evaluation mode).
+
+    The same losses as the ``fit_*`` functions: for a `ConvAE` the pixel MSE
+    (``loss``, ``recon``); for a `ConvVAE` and a `LatentVAE` ``loss``,
+    ``recon``, ``div``; for a `HierarchicalVAE` the AE terms prefixed ``ae_``
+    and the latent VAE's prefixed ``latent_`` (its input: the AE latents of ``x``).
+
+    Returns
+    -------
+    dict of str -> float
+    """
+    from astrohvae.device import resolve_device
+    from astrohvae.models import ConvAE, ConvVAE, HierarchicalVAE, LatentVAE
+
+    dev = resolve_device(device)
+    src = make_source(x)
+    model = model.to(dev).eval()
+    if isinstance(model, HierarchicalVAE):
+        out = {f"ae_{k}": v for k, v in loss_terms(model.ae, src, pixel_weight=pixel_weight,
+                                                       batch_size=batch_size, device=dev).items()}
+        z = apply_batches(model.ae.encode, src, batch_size=batch_size, device=dev)
+        out.update({f"latent_{k}": v for k, v in loss_terms(model.latent_vae, z, divergence=divergence,
+                                                              prior=prior, beta=beta, batch_size=batch_size,
+                                                              device=dev).items()})
+        return out
+    if isinstance(model, LatentVAE):
+        fn = _latent_loss(get_divergence(divergence, prior), beta)
+    else:
+        s = model.size
+        w = _pixel_weight_tensor(pixel_weight, (s, s), dev)
+        if isinstance(model, ConvVAE):
+            fn = _vae_loss(get_divergence(divergence, prior), beta, w)
+        elif isinstance(model, ConvAE):
+            fn = _ae_loss(w)
+        else:
+            raise TypeError(f"no loss defined for {type(model).__name__}")
+    return _mean_terms(model, fn, src, batch_size, dev)
+
+
 def fit_ae(x, *, latent_dim=30, channels=(16, 32, 64, 64), epochs=20, batch_size=128, lr=1e-3,
            weight_decay=0.0, device="auto", seed=0, val=None, patience=5, pixel_weight=None,
            augment=False, progress=True, checkpoint=None, resume=False, on_epoch_end=None, model=None,
@@ -573,11 +649,7 @@ def fit_ae(x, *, latent_dim=30, channels=(16, 32, 64, 64), epochs=20, batch_size
         model = ConvAE(latent_dim=latent_dim, in_channels=c, size=s, channels=channels)
     w = _pixel_weight_tensor(pixel_weight, (s, s), dev)
 
-    def loss_fn(m, xb):
-        _, xh = m(xb)
-        r = _image_recon(xh, xb, w, "mean")
-        return {"loss": r, "recon": r}
-
+    loss_fn = _ae_loss(w)
     return _fit(model, loss_fn, x, val=val, epochs=epochs, batch_size=batch_size, lr=lr,
                 weight_decay=weight_decay, device=dev, seed=seed, patience=patience, progress=progress,
                 checkpoint=checkpoint, resume=resume, on_epoch_end=on_epoch_end, augment=augment,
@@ -634,12 +706,7 @@ def fit_vae(x, *, latent_dim=2, divergence="standard", prior=None, beta=1.0, bou
                         in_channels=c, size=s, channels=channels)
     w = _pixel_weight_tensor(pixel_weight, (s, s), dev)
 
-    def loss_fn(m, xb):
-        mu, logvar, xh = m(xb)
-        r = _image_recon(xh, xb, w, "sum")
-        d = div(mu.float(), logvar.float())
-        return {"loss": r + beta * d, "recon": r, "div": d}
-
+    loss_fn = _vae_loss(div, beta, w)
     return _fit(model, loss_fn, x, val=val, epochs=epochs, batch_size=batch_size, lr=lr,
                 weight_decay=weight_decay, device=dev, seed=seed, patience=patience, progress=progress,
                 checkpoint=checkpoint, resume=resume, on_epoch_end=on_epoch_end, augment=augment,
@@ -681,12 +748,7 @@ def fit_latent_vae(z, *, latent_dim=1, divergence="sc", prior=None, beta=1.0, bo
         model = LatentVAE(in_dim=sample.shape[1], latent_dim=latent_dim, hidden=hidden,
                           bounded_mu=_default_bound(divergence, prior, bounded_mu))
 
-    def loss_fn(m, zb):
-        mu, logvar, recon, target = m(zb)
-        r = ((recon.float() - target.float()) ** 2).sum(1)
-        d = div(mu.float(), logvar.float())
-        return {"loss": r + beta * d, "recon": r, "div": d}
-
+    loss_fn = _latent_loss(div, beta)
     return _fit(model, loss_fn, z, val=val, epochs=epochs, batch_size=batch_size, lr=lr,
                 weight_decay=weight_decay, device=dev, seed=seed, patience=patience, progress=progress,
                 checkpoint=checkpoint, resume=resume, on_epoch_end=on_epoch_end, augment=False,
@@ -790,10 +852,317 @@ def fit_hvae(x, *, ae_latent_dim=30, latent_dim=1, divergence="sc", prior=None, 
     return model, {"ae": h_ae, "latent": h_lat}
 
 
-def train_from_store(*args, **kwargs):  # filled in below (kept at the end of the module)
-    return _train_from_store(*args, **kwargs)
+MODEL_KINDS = ("ae", "vae", "vae-revised", "hvae")
+"""Model names accepted by `train_from_store` / ``astrohvae train --model``."""
 
 
-def _train_from_store(*args, **kwargs):
-    raise NotImplementedError("train_from_store is not implemented yet")
+def split_by_field(fields, seed=0, fractions=(5, 1, 1)):
+    """Assign every row to ``'train'``, ``'val'`` or ``'test'`` by its field.
 
+    Whole fields go to one split (neighbouring sources, which share stamps,
+    never straddle splits).  The fields are shuffled with ``seed`` and dealt
+    in the proportions ``fractions`` (5:1:1), with at least one field in each
+    split.  With fewer than 3 fields the rows themselves are split at random
+    (a `UserWarning` says so).
+
+    Parameters
+    ----------
+    fields : array of str or int, one per row
+    seed : int
+    fractions : (train, val, test)
+
+    Returns
+    -------
+    numpy array of str (``'train'``, ``'val'``, ``'test'``), one per row.
+    """
+    import warnings
+
+    fields = np.asarray(fields)
+    rng = np.random.default_rng(seed)
+    frac = np.asarray(fractions, float) / float(np.sum(fractions))
+    out = np.empty(len(fields), dtype="<U5")
+    uniq = np.unique(fields)
+    if len(uniq) >= 3:
+        order = rng.permutation(uniq)
+        n_val = max(1, int(round(frac[1] * len(uniq))))
+        n_test = max(1, int(round(frac[2] * len(uniq))))
+        n_val = min(n_val, len(uniq) - 2)
+        n_test = min(n_test, len(uniq) - 1 - n_val)
+        val_f, test_f = set(order[:n_val]), set(order[n_val : n_val + n_test])
+        for i, f in enumerate(fields):
+            out[i] = "val" if f in val_f else ("test" if f in test_f else "train")
+        return out
+    warnings.warn(f"only {len(uniq)} field(s): splitting train/val/test by stamp, not by field "
+                  "(neighbouring sources may appear in two splits)", UserWarning, stacklevel=2)
+    perm = rng.permutation(len(fields))
+    n_val = int(round(frac[1] * len(fields)))
+    n_test = int(round(frac[2] * len(fields)))
+    out[:] = "train"
+    out[perm[:n_val]] = "val"
+    out[perm[n_val : n_val + n_test]] = "test"
+    return out
+
+
+def _store_sources(store, representation, rows_mask, split, in_memory_bytes):
+    """One source per split: in memory when small, else streamed from the store."""
+    from astrohvae.preprocess import network_input
+
+    n = len(store)
+    bytes_per_row = int(np.prod(store.flux.shape[1:])) * 4
+    chunks = store.flux.chunks[0]
+    edges = np.concatenate([[0], np.cumsum(chunks)])
+    bounds = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+    def get_chunk(a, b):
+        return network_input(store[a:b], representation)
+
+    selected = rows_mask.sum()
+    if selected * bytes_per_row <= in_memory_bytes:
+        parts = {k: [] for k in ("train", "val", "test")}
+        rows = {k: [] for k in ("train", "val", "test")}
+        for a, b in bounds:
+            keep = rows_mask[a:b]
+            if not keep.any():
+                continue
+            arr = get_chunk(a, b)
+            for k in parts:
+                sel = keep & (split[a:b] == k)
+                if sel.any():
+                    parts[k].append(arr[sel])
+                    rows[k].append(np.arange(a, b)[sel])
+        out = {}
+        for k in parts:
+            out[k] = (ArraySource(np.concatenate(parts[k])), np.concatenate(rows[k])) if parts[k] else (None, None)
+        return out
+    out = {}
+    for k in ("train", "val", "test"):
+        mask = rows_mask & (split == k)
+        if mask.any():
+            out[k] = (ChunkedSource(get_chunk, bounds, select=lambda a, b, m=mask: m[a:b]), np.flatnonzero(mask))
+        else:
+            out[k] = (None, None)
+    return out
+
+
+def train_from_store(store, out, *, model="hvae", divergence=None, prior=None, beta=1.0, epochs=20,
+                     latent_epochs=100, batch_size=128, lr=1e-3, latent_dim=None, device="auto", seed=0,
+                     patience=5, resume=False, plots=False, representation=None, max_stamps=None,
+                     augment=False, progress=True, in_memory_bytes=2 * 1024**3):
+    """Train a model on a stamp store and write it to ``out`` (what ``astrohvae train`` does).
+
+    Parameters
+    ----------
+    store : path or StampStore
+        A store made by `astrohvae.store.build_store`.
+    out : path
+        Output folder, written atomically: ``model.safetensors``,
+        ``config.json`` (architecture, representation, divergence, prior,
+        training data, metrics), ``metrics.json``, ``history.json`` and, with
+        ``plots=True``, PNG figures.  Checkpoints go to ``<out>.checkpoints/``
+        while training and are removed on success.
+    model : {'ae', 'vae', 'vae-revised', 'hvae'}
+        ``vae`` is the standard-prior VAE (V), ``vae-revised`` the VAE with a
+        revised two-peak term (Vr, default ``divergence='sc'``), ``hvae`` the
+        hierarchical A+Vr model (default ``divergence='sc'``).
+    divergence : str or None
+        See `get_divergence`.
+    prior : (m, s) or None
+        Two-peak prior (default `DEFAULT_PRIOR`).
+    beta : float
+    epochs, latent_epochs, batch_size, lr, patience, augment, seed
+        Training settings (``latent_epochs``: the hvae's second stage).
+    latent_dim : int or None
+        ``ae``: the AE's latent size (30); ``vae``: 2; ``hvae``: the high-level latent (1).
+    device : str
+    resume : bool
+        Continue from the checkpoints of an interrupted run with the same ``out``.
+    plots : bool
+    representation : str or None
+        A key of `astrohvae.preprocess.REPRESENTATIONS` (default
+        ``preprocess.DEFAULT_REPRESENTATION``).
+    max_stamps : int or None
+        Use a random subset (seeded) of at most this many stamps.
+    in_memory_bytes : int
+        Load the network input into memory when it is smaller than this,
+        else stream it from the store chunk by chunk every epoch.
+
+    Returns
+    -------
+    dict
+        ``metrics`` (train/val/test losses), ``n`` (rows per split), ``out`` (path),
+        ``weights_sha256``.
+    """
+    import json
+    import shutil
+    import warnings
+
+    import torch
+
+    from astrohvae import __version__
+    from astrohvae.device import resolve_device
+    from astrohvae.io.atomic import atomic_path, check_writable_dir
+    from astrohvae.preprocess import DEFAULT_REPRESENTATION, REPRESENTATIONS
+    from astrohvae.store import open_store
+    from astrohvae.weights import save_weights, weights_hash
+
+    if model not in MODEL_KINDS:
+        raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODEL_KINDS)}")
+    representation = representation or DEFAULT_REPRESENTATION
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"unknown representation {representation!r}; choose from {sorted(REPRESENTATIONS)}")
+    if model == "vae":
+        divergence = divergence or "standard"
+    elif model in ("vae-revised", "hvae"):
+        divergence = divergence or "sc"
+    if model == "vae-revised" and divergence == "standard":
+        raise ValueError("vae-revised needs a revised divergence (sc, dkl, aw, pw, quad)")
+    prior = tuple(float(v) for v in (prior or DEFAULT_PRIOR))
+    get_divergence(divergence or "standard", prior)  # fail early on a bad name
+    out = Path(out)
+    check_writable_dir(out)
+    dev = resolve_device(device)
+
+    st = store if hasattr(store, "flux") and hasattr(store, "meta") else open_store(store)
+    n_all = len(st)
+    if n_all < 3:
+        raise InputError(getattr(st, "path", store), f"only {n_all} stamps; need at least 3 to train")
+    meta = st.meta
+    fields = np.asarray(meta["field"]).astype(str)
+    rng = np.random.default_rng(seed)
+    rows_mask = np.ones(n_all, bool)
+    if max_stamps is not None and max_stamps < n_all:
+        rows_mask[:] = False
+        rows_mask[rng.choice(n_all, size=int(max_stamps), replace=False)] = True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        split = split_by_field(fields, seed=seed)
+    notes = [str(w.message) for w in caught]
+    for msg in notes:
+        warnings.warn(msg, UserWarning, stacklevel=2)
+    srcs = _store_sources(st, representation, rows_mask, split, in_memory_bytes)
+    train_src, _ = srcs["train"]
+    val_src, _ = srcs["val"]
+    test_src, _ = srcs["test"]
+    if train_src is None:
+        raise InputError(getattr(st, "path", store), "no stamps in the training split")
+
+    ckdir = out.with_name(out.name + ".checkpoints")
+    ckdir.mkdir(exist_ok=True)
+    common = dict(epochs=epochs, batch_size=batch_size, lr=lr, device=dev, seed=seed, val=val_src,
+                  patience=patience, progress=progress, resume=resume, augment=augment)
+    if model == "ae":
+        net, hist = fit_ae(train_src, latent_dim=latent_dim or 30, checkpoint=ckdir / "ae.pt", **common)
+        histories = {"ae": hist}
+    elif model in ("vae", "vae-revised"):
+        net, hist = fit_vae(train_src, latent_dim=latent_dim or 2, divergence=divergence, prior=prior, beta=beta,
+                            checkpoint=ckdir / "vae.pt", **common)
+        histories = {"vae": hist}
+    else:
+        net, histories = fit_hvae(train_src, latent_dim=latent_dim or 1, divergence=divergence, prior=prior,
+                                  beta=beta, latent_epochs=latent_epochs, checkpoint=ckdir / "hvae.pt",
+                                  **common)
+    net.eval()
+
+    metrics = {}
+    for name, (src, _) in (("train", srcs["train"]), ("val", srcs["val"]), ("test", srcs["test"])):
+        if src is None:
+            continue
+        terms = loss_terms(net, src, divergence=divergence or "standard", prior=prior, beta=beta,
+                           batch_size=256, device=dev)
+        metrics.update({f"{name}_{k}": v for k, v in terms.items()})
+    counts = {k: int(np.count_nonzero(rows_mask & (split == k))) for k in ("train", "val", "test")}
+    split_fields = {k: sorted(set(fields[rows_mask & (split == k)].tolist())) for k in ("train", "val", "test")}
+    config = {
+        "model": model,
+        "representation": representation,
+        "divergence": divergence,
+        "prior": None if model == "ae" or divergence == "standard" else list(prior),
+        "beta": beta,
+        "training": {
+            "store": str(getattr(st, "path", "")), "n_stamps_store": n_all, "n": counts,
+            "fields": split_fields, "split": "by field 5:1:1" if not notes else "by stamp 5:1:1 (< 3 fields)",
+            "max_stamps": max_stamps, "seed": seed, "epochs": epochs, "latent_epochs": latent_epochs,
+            "batch_size": batch_size, "lr": lr, "patience": patience, "augment": augment,
+            "device": str(dev), "torch_version": torch.__version__,
+        },
+        "metrics": metrics,
+        "astrohvae_version": __version__,
+    }
+    with atomic_path(out, directory=True) as tmp:
+        save_weights(tmp, {"model": net}, config)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (tmp / "history.json").write_text(json.dumps(histories, indent=2, default=float) + "\n")
+        if plots:
+            _plots(tmp, net, histories, model, srcs, meta, dev)
+    sha = weights_hash(out)
+    shutil.rmtree(ckdir, ignore_errors=True)
+    return {"out": out, "metrics": metrics, "n": counts, "weights_sha256": sha}
+
+
+def _plots(folder, net, histories, kind, srcs, meta, device):
+    """Loss curves; for hvae the latent histogram and a scatter coloured by truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [(k, h) for k, h in histories.items() if h]
+    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.6), squeeze=False)
+    for ax, (name, h) in zip(axes[0], stages):
+        ax.plot(h["epoch"], h["train_loss"], "o-", label="train")
+        if np.isfinite(h["val_loss"]).any():
+            ax.plot(h["epoch"], h["val_loss"], "s-", label="validation")
+        if h.get("best_epoch"):
+            ax.axvline(h["best_epoch"], color="grey", ls=":", label="best")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.set_title(name)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "loss.png", dpi=110)
+    plt.close(fig)
+    if kind != "hvae":
+        return
+
+    mus, sig, rows = [], [], []
+    for name in ("train", "val", "test"):
+        src, r = srcs[name]
+        if src is None:
+            continue
+        _, mu, logvar = apply_batches(net.encode, src, batch_size=256, device=device)
+        mus.append(mu)
+        sig.append(np.exp(0.5 * logvar))
+        rows.append(r)
+    mu, sig, rows = np.concatenate(mus), np.concatenate(sig), np.concatenate(rows)
+    truth = np.asarray(meta["truth_type"])[rows] if "truth_type" in meta.colnames else np.full(len(rows), -1)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    bins = np.linspace(np.percentile(mu[:, 0], 0.5), np.percentile(mu[:, 0], 99.5), 60)
+    ax.hist(mu[:, 0], bins=bins, color="0.6", label="all")
+    if (truth >= 0).any():
+        ax.hist(mu[truth == 0, 0], bins=bins, histtype="step", color="tab:blue", lw=1.5, label="true stars")
+        ax.hist(mu[truth == 1, 0], bins=bins, histtype="step", color="tab:red", lw=1.5, label="true galaxies")
+    ax.set_xlabel("z_hvae[0] (posterior mean)")
+    ax.set_ylabel("stamps")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "latent_hist.png", dpi=110)
+    plt.close(fig)
+
+    if mu.shape[1] >= 2:
+        yv, ylabel = mu[:, 1], "z_hvae[1]"
+    elif "truth_mag_r" in meta.colnames and np.isfinite(np.asarray(meta["truth_mag_r"])[rows]).any():
+        yv, ylabel = np.asarray(meta["truth_mag_r"])[rows], "true r magnitude"
+    else:
+        yv, ylabel = np.log10(sig[:, 0]), "log10 sigma of z_hvae[0]"
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    colours = {-1: ("0.5", "no truth"), 0: ("tab:blue", "star"), 1: ("tab:red", "galaxy")}
+    for code, (c, label) in colours.items():
+        sel = truth == code
+        if sel.any():
+            ax.scatter(mu[sel, 0], yv[sel], s=4, c=c, alpha=0.5, label=label, lw=0)
+    ax.set_xlabel("z_hvae[0]")
+    ax.set_ylabel(ylabel)
+    ax.legend(markerscale=3)
+    fig.tight_layout()
+    fig.savefig(folder / "latent_scatter.png", dpi=110)
+    plt.close(fig)

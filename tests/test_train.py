@@ -172,3 +172,70 @@ def test_latent_vae_and_hvae(data):
     narrow, wide = np.median(mu[width < 2]), np.median(mu[width > 2])
     spread = np.std(mu)
     assert abs(narrow - wide) > 0.5 * spread
+
+
+# ----------------------------------------------------------------------------- store + CLI
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    store_mod = pytest.importorskip("astrohvae.store", reason="astrohvae.store not available")
+    sim = pytest.importorskip("astrohvae.simulate", reason="astrohvae.simulate not available")
+    fields = [sim.simulate_field(seed, size=(256, 256)).field for seed in (11, 12, 13)]
+    path = tmp_path_factory.mktemp("store") / "tiny.zarr"
+    store_mod.build_store(fields, path, progress=False)
+    st = store_mod.open_store(path)
+    if len(st) < 20:
+        pytest.skip(f"simulated store too small ({len(st)} stamps)")
+    return path
+
+
+def test_split_by_field():
+    from astrohvae.train import split_by_field
+
+    fields = np.repeat([f"f{i}" for i in range(7)], 10)
+    split = split_by_field(fields, seed=0)
+    for f in np.unique(fields):
+        assert len(set(split[fields == f])) == 1  # a field never straddles splits
+    assert sorted(np.unique(split)) == ["test", "train", "val"]
+    assert (split == "train").sum() == 50
+    with pytest.warns(UserWarning, match="by stamp"):
+        split2 = split_by_field(np.array(["a"] * 70), seed=0)
+    assert (split2 == "val").sum() == 10 and (split2 == "test").sum() == 10
+
+
+def test_train_cli_writes_weights_and_config(tiny_store, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from astrohvae.cli import main
+    from astrohvae.weights import load_weights
+
+    out = tmp_path / "hvae"
+    res = CliRunner().invoke(main, ["train", str(tiny_store), "--model", "hvae", "--out", str(out), "--epochs", "1",
+                                    "--latent-epochs", "3", "--batch-size", "16", "--device", "cpu", "--quiet",
+                                    "--plots", "--representation", "lupt"])
+    assert res.exit_code == 0, res.output
+    assert "trained hvae" in res.output
+    modules, cfg = load_weights(out)
+    assert type(modules["model"]).__name__ == "HierarchicalVAE"
+    assert cfg["representation"] == "lupt" and cfg["divergence"] == "sc" and cfg["model"] == "hvae"
+    assert cfg["training"]["split"] == "by field 5:1:1"
+    n = cfg["training"]["n"]
+    assert n["train"] > 0 and n["val"] > 0 and n["test"] > 0
+    assert set(cfg["training"]["fields"]["train"]).isdisjoint(cfg["training"]["fields"]["test"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"train_ae_loss", "val_ae_loss", "test_ae_loss", "test_latent_loss"} <= set(metrics)
+    for png in ("loss.png", "latent_hist.png", "latent_scatter.png"):
+        assert (out / png).stat().st_size > 1000
+    assert not (tmp_path / "hvae.checkpoints").exists()
+
+
+def test_train_cli_bad_input(tmp_path):
+    from click.testing import CliRunner
+
+    from astrohvae.cli import main
+
+    pytest.importorskip("astrohvae.store", reason="astrohvae.store not available")
+    res = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "error" in res.output.lower()
+    assert not (tmp_path / "o").exists()
