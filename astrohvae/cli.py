@@ -65,11 +65,12 @@ def simulate(out, seed, size, star_fraction):
 # --- run (owner: astrohvae/pipeline.py) --------------------------------------
 def _quiet_warnings():
     """Keep stderr for the one-line error: silence library warnings."""
-    import logging
     import warnings
 
+    from astropy import log
+
     warnings.simplefilter("ignore")
-    logging.getLogger("astropy").setLevel(logging.ERROR)
+    log.setLevel("ERROR")
 
 
 @main.command()
@@ -195,3 +196,54 @@ def segment(field, out, variant, weights, classify, plots, device):
 
 
 # --- end segment -------------------------------------------------------------
+
+
+# --- train (owner: astrohvae/train.py) ---------------------------------------
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--model", "model_kind", type=click.Choice(["ae", "vae", "vae-revised", "hvae"]), default="hvae",
+              show_default=True, help="ae; vae (standard prior, V); vae-revised (two-peak term, Vr); hvae (A+Vr).")
+@click.option("--divergence", type=click.Choice(["standard", "sc", "dkl", "aw", "pw", "quad"]), default=None,
+              help="Prior term (default: standard for vae, sc for vae-revised and hvae).")
+@click.option("--prior", nargs=2, type=float, default=None, metavar="M S",
+              help="Two-peak prior 0.5 N(-M, S^2) + 0.5 N(M, S^2) [default: 2 0.5].")
+@click.option("--beta", type=float, default=1.0, show_default=True, help="Weight of the prior term.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (written atomically).")
+@click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--latent-epochs", type=click.IntRange(1), default=100, show_default=True,
+              help="Epochs of the hvae's latent VAE (cheap).")
+@click.option("--batch-size", type=click.IntRange(2), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
+@click.option("--latent-dim", type=click.IntRange(1), default=None,
+              help="ae: AE latent (30); vae: 2; hvae: the high-level latent (1).")
+@click.option("--patience", type=click.IntRange(1), default=5, show_default=True, help="Early-stopping patience.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run with the same --out.")
+@click.option("--plots", is_flag=True, help="Write loss curves and latent plots (PNG) into OUT.")
+@click.option("--representation", default=None, help="Network input (default: preprocess.DEFAULT_REPRESENTATION).")
+@click.option("--max-stamps", type=click.IntRange(3), default=None, help="Train on a random subset of this size.")
+@click.option("--augment", is_flag=True, help="Random 90-degree rotations and flips.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(store, model_kind, divergence, prior, beta, out, epochs, latent_epochs, batch_size, lr, latent_dim,
+          patience, device, seed, resume, plots, representation, max_stamps, augment, quiet):
+    """Train a network on the stamp store STORE and write its weights to --out."""
+    from astrohvae.train import train_from_store
+
+    try:
+        res = train_from_store(store, out, model=model_kind, divergence=divergence, prior=prior, beta=beta,
+                               epochs=epochs, latent_epochs=latent_epochs, batch_size=batch_size, lr=lr,
+                               latent_dim=latent_dim, device=device, seed=seed, patience=patience,
+                               resume=resume, plots=plots, representation=representation,
+                               max_stamps=max_stamps, augment=augment, progress=not quiet)
+    except ValueError as exc:
+        raise click.UsageError(str(exc))
+    n = res["n"]
+    click.echo(f"trained {model_kind} on {n['train']} stamps (val {n['val']}, test {n['test']}) -> {res['out']}")
+    for k, v in res["metrics"].items():
+        if k.endswith("loss"):
+            click.echo(f"  {k} = {v:.6g}")
+    click.echo(f"  weights sha256 {res['weights_sha256']}")
+
+
+# --- end train ---------------------------------------------------------------
