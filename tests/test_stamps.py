@@ -269,9 +269,13 @@ def test_real_field_recovers_catalogued_stars():
     stars = Table.read(folder / "stars_in_frame_004510-4-0030.fits")
     from scipy.spatial import cKDTree
 
+    # SDSS-catalogued stars with r_psf < 22 (PSFFLUX in nanomaggies; many listed
+    # "stars" have zero or negative flux and are not real detections)
+    stars = stars[stars["PSFFLUX"][:, 2] > 10 ** ((22.5 - 22.0) / 2.5)]
+    assert len(stars) > 80
     d, _ = cKDTree(np.column_stack([src["x"], src["y"]])).query(
         np.column_stack([stars["x_r"], stars["y_r"]])
     )
-    assert np.mean(d < 1.5) > 0.9
+    assert np.mean(d < 1.5) > 0.95  # measured 0.98 (105 of 107)
     # sky noise of SDSS r frames is ~0.02 nmgy/pixel
     assert 0.005 < bkg.sigma[2] < 0.05
