@@ -247,3 +247,38 @@ def train(store, model_kind, divergence, prior, beta, out, epochs, latent_epochs
 
 
 # --- end train ---------------------------------------------------------------
+
+
+# --- stamps (owner: astrohvae/store.py) --------------------------------------
+@main.command()
+@click.argument("fields", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Stamp store folder (zarr).")
+@click.option("--nsigma", type=click.FloatRange(0, min_open=True), default=1.5, show_default=True,
+              help="Detection threshold in units of the detection image's noise.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Fields processed at once (memory grows with this, not with the number of fields).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store instead of appending to it.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def stamps(fields, out, nsigma, workers, overwrite, quiet):
+    """Cut 64x64x5 stamps of every source in FIELDS into the zarr store --out.
+
+    Each FIELD is a folder of SDSS frames, a frame file or a MEF.  Fields
+    already in the store are skipped, new ones appended; an interrupted run
+    can simply be repeated.
+    """
+    from pathlib import Path
+
+    from astrohvae.errors import InputError
+    from astrohvae.store import build_store
+
+    for f in fields:
+        if not Path(f).exists():
+            raise InputError(f, "no such file or folder")
+    s = build_store(list(fields), out, append=not overwrite, nsigma=nsigma, progress=not quiet,
+                    workers=workers)
+    skipped = f", skipped {len(s['fields_skipped'])} already stored" if s["fields_skipped"] else ""
+    click.echo(f"added {s['added']} stamps from {len(s['fields_added'])} fields{skipped}; "
+               f"{s['out']} holds {s['total']} stamps from {s['n_fields']} fields")
+
+
+# --- end stamps --------------------------------------------------------------
