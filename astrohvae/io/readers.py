@@ -19,7 +19,10 @@ raised as `~astrohvae.errors.InputError` naming the file and the problem.
 
 from __future__ import annotations
 
+import bz2
 import glob as _glob
+import gzip
+import io
 import os
 import re
 import warnings
@@ -83,7 +86,7 @@ def _open_checked(path):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+            with fits.open(_source(path), memmap=False, lazy_load_hdus=False) as hdul:
                 hdus = []
                 for hdu in hdul:
                     data = None
@@ -101,7 +104,7 @@ def _open_checked(path):
             problem = "truncated compressed file"
         elif "SIMPLE" in msg or "Empty or corrupt" in msg:
             problem = "not a FITS file (or a corrupt/truncated one)"
-        elif "buffer is too small" in msg:
+        elif "buffer is too small" in msg or "cannot reshape array of size" in msg:
             problem = "truncated FITS file (data shorter than the header says)"
         else:
             problem = f"cannot read FITS file ({type(exc).__name__}: {msg})"
@@ -116,6 +119,27 @@ def _open_checked(path):
     if not hdus:
         raise InputError(path, "not a FITS file (no HDU)")
     return hdus
+
+
+def _source(path):
+    """What to hand to ``fits.open``: the path, or the decompressed bytes.
+
+    Compressed files are decompressed once into memory: astropy reading a
+    ``.bz2`` file directly seeks back and forth in the compressed stream,
+    which restarts the decompression and makes reading ~3x slower.
+    """
+    name = path.name.lower()
+    opener = bz2.open if name.endswith(".bz2") else gzip.open if name.endswith(".gz") else None
+    if opener is None:
+        return path
+    try:
+        with opener(path, "rb") as fh:
+            return io.BytesIO(fh.read())
+    except EOFError:
+        raise InputError(path, "truncated compressed file") from None
+    except (OSError, zlib.error) as exc:
+        kind = "bzip2" if opener is bz2.open else "gzip"
+        raise InputError(path, f"not a valid {kind} file ({exc})") from None
 
 
 def _band_of(header):
