@@ -257,6 +257,29 @@ def _relabel(segm_data, ids):
     return lut[segm_data]
 
 
+FLAG_MASKED = 4
+MASK_GROW = 2
+
+
+def _masked_flags(segmap, mask, n, grow=MASK_GROW):
+    """Flag 4 for sources whose segment contains or borders (``grow`` pixels) masked pixels.
+
+    The detection leaves NaN/inf/saturated pixels out of every segment, so a
+    source cut by a dead region is found by the masked pixels next to it.
+    """
+    from scipy import ndimage
+
+    bad = np.asarray(mask, bool).any(axis=0)
+    out = np.zeros(n, np.int32)
+    if not bad.any() or n == 0:
+        return out
+    near = ndimage.binary_dilation(bad, iterations=grow) if grow else bad
+    labels = segmap[near]
+    hit = np.bincount(labels[labels > 0], minlength=n + 1)[1 : n + 1] > 0
+    out[hit] = FLAG_MASKED
+    return out
+
+
 def make_classmap(segmap, classes):
     """uint8 map: 0 sky, 1 star, 2 galaxy, from a segmap with labels 1..N and N class names."""
     codes = np.zeros(len(classes) + 1, dtype=np.uint8)
@@ -454,10 +477,10 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
     flags = np.asarray(table["flags"], dtype=np.int32) if "flags" in table.colnames else np.zeros(n, np.int32)
     if "flags" in meta.colnames:
         flags = flags | np.asarray(meta["flags"], dtype=np.int32)
-    table["flags"] = flags
+    segmap = np.asarray(segm.data, dtype=np.int32)
+    table["flags"] = flags | _masked_flags(segmap, field.mask, n)
     latent_dim = z_hvae.shape[1]
     table = conform_table(table, latent_dim=latent_dim)
-    segmap = np.asarray(segm.data, dtype=np.int32)
     classmap = make_classmap(segmap, cls)
     t["total"] = time.perf_counter() - t0
     return FieldProducts(table, segmap, classmap, masks, header, t, latent_dim)

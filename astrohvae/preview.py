@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from astrohvae.errors import OutputError
 from astrohvae.io.atomic import atomic_path
 
 __all__ = ["colour_image", "write_preview"]
@@ -99,6 +100,8 @@ def write_preview(path, field, table, *, title=None, max_width_px=2048, marker_s
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=dpi)
+    except OSError as exc:
+        raise OutputError(path, f"cannot write preview ({exc.strerror or exc})") from None
     finally:
         plt.close(fig)
     return path

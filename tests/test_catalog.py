@@ -113,7 +113,7 @@ def test_failure_during_write_leaves_no_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(fits.HDUList, "writeto", half_write)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):
         write_catalog(tmp_path / "c.fits", make_table(2), np.zeros((5, 5)), np.zeros((5, 5)),
                       np.zeros((2, 64, 64)))
     assert list(tmp_path.iterdir()) == []

@@ -26,7 +26,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from astrohvae import BANDS, REF_BAND, STAMP_SIZE, __version__
-from astrohvae.errors import InputError
+from astrohvae.errors import InputError, OutputError
 from astrohvae.io.atomic import atomic_path
 
 __all__ = [
@@ -239,10 +239,13 @@ def write_catalog(path, table, segmap, classmap, masks, header=None, *, latent_d
     for key, comment in (("XYORIGIN", "0-based pixel coordinates"),):
         seg.header[key] = (0, comment)
     hdul = fits.HDUList([primary, cat, seg, cls, msk])
-    with atomic_path(path) as tmp:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            hdul.writeto(tmp, overwrite=True, output_verify="fix")
+    try:
+        with atomic_path(path) as tmp:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                hdul.writeto(tmp, overwrite=True, output_verify="fix")
+    except OSError as exc:
+        raise OutputError(path, f"cannot write catalogue ({exc.strerror or exc})") from None
     return path
 
 

@@ -1,0 +1,303 @@
+"""`astrohvae run`: one field end to end, and every kind of bad input."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from astrohvae import BANDS
+from astrohvae.cli import main
+from astrohvae.io.catalog import CLASS_CODES, read_catalog
+
+from pipeline_helpers import (
+    fit_tiny_classifier,
+    gaussian_source,
+    noise_cube,
+    one_line_error,
+    toy_cube,
+    write_mef,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FAST = ["--segmenter", "photutils"]
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    return fit_tiny_classifier(tmp_path_factory.mktemp("weights") / "tiny")
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def leftovers(folder):
+    """Any file in ``folder`` (temporary ones included)."""
+    return sorted(p.name for p in Path(folder).iterdir())
+
+
+def run_ok(*args):
+    res = invoke("run", *args)
+    assert res.exit_code == 0, res.output + res.stderr
+    return res
+
+
+def run_fails(out_dir, *args, names):
+    before = set(leftovers(out_dir))
+    res = invoke("run", *args)
+    assert res.exit_code == 2, (res.exit_code, res.output, res.stderr)
+    line = one_line_error(res.stderr, names)
+    assert set(leftovers(out_dir)) == before, "output (or a temporary file) left behind"
+    return line
+
+
+# ----------------------------------------------------------------------------- the good path
+def test_run_end_to_end(tmp_path, tiny_weights):
+    mef = write_mef(tmp_path / "toy.fits", toy_cube((160, 160), seed=1))
+    out = tmp_path / "out"
+    out.mkdir()
+    res = run_ok(mef, "--out", out / "toy.cat.fits", "--weights", tiny_weights, "--preview", *FAST)
+    assert "catalogue:" in res.output and "preview:" in res.output and str(out / "toy.cat.png") in res.output
+
+    cat = read_catalog(out / "toy.cat.fits")
+    n = len(cat)
+    assert n >= 8  # 12 sources injected, some may blend
+    assert list(cat.table["id"]) == list(range(1, n + 1))
+    assert set(np.unique(cat.segmap)) - {0} == set(range(1, n + 1))
+    codes = np.array([0] + [CLASS_CODES[c] for c in cat.table["class"]], np.uint8)
+    np.testing.assert_array_equal(cat.classmap, codes[cat.segmap])
+    assert set(cat.table["class"]) <= {"star", "galaxy"}
+    p = np.asarray(cat.table["p_galaxy"])
+    assert np.all((p >= 0) & (p <= 1))
+    np.testing.assert_array_equal(np.asarray(cat.table["class"]) == "galaxy", p >= 0.5)
+    assert cat.table["z_ae"].shape == (n, 30) and np.isfinite(cat.table["z_ae"]).all()
+    assert cat.table["z_hvae"].shape[0] == n and np.all(np.asarray(cat.table["z_hvae_sigma"]) > 0)
+    # each MASKS row is the source's own segment: same pixel count as its area (when not truncated)
+    own = cat.masks.reshape(n, -1).sum(axis=1)
+    inner = (np.asarray(cat.table["flags"]) & 1) == 0
+    assert np.all(own[inner] == np.asarray(cat.table["area"])[inner])
+    assert cat.masks[np.arange(n), 32, 32].mean() > 0.8  # centred on the source
+    h = cat.header
+    clf_cfg = (Path(tiny_weights) / "config.json").read_text()
+    assert h["MODELSHA"] and h["MODELSHA"] != "unknown" and "A+Vr" in (h["CLFMETH"] + clf_cfg)
+    assert h["INFILE1"] == "toy.fits" and h["DETMETH"] == "photutils" and h["DETNSIG"] == 1.5
+    png = (out / "toy.cat.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert leftovers(out) == ["toy.cat.fits", "toy.cat.png"]
+
+
+def test_chunked_classification_equals_one_batch(tiny_weights):
+    from astrohvae.io.readers import read_field
+    from astrohvae.pipeline import load_classifier, process_field
+
+    clf = load_classifier(tiny_weights, "cpu")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        field = read_field(write_mef(Path(d) / "toy.fits", toy_cube((160, 160), seed=2)))
+    a = process_field(field, clf, batch_size=3)
+    b = process_field(field, clf, batch_size=1000)
+    assert len(a.table) == len(b.table) > 3
+    for col in ("p_galaxy", "z_hvae", "z_ae", "x", "flux_r", "flags"):
+        np.testing.assert_allclose(np.asarray(a.table[col]), np.asarray(b.table[col]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(a.masks, b.masks)
+
+
+def test_empty_field_gives_zero_row_catalogue(tmp_path, tiny_weights):
+    mef = write_mef(tmp_path / "empty.fits", noise_cube((128, 128), seed=3))
+    run_ok(mef, "--out", tmp_path / "e.fits", "--weights", tiny_weights, "--preview", *FAST)
+    cat = read_catalog(tmp_path / "e.fits")
+    assert len(cat) == 0 and cat.masks.shape == (0, 64, 64) and not cat.segmap.any()
+    assert cat.header["NSOURCES"] == 0 and (tmp_path / "e.png").is_file()
+
+
+def test_nan_region_is_masked_and_flagged(tmp_path, tiny_weights):
+    cube = noise_cube((160, 160), seed=4)
+    for b in range(5):
+        cube[b] += gaussian_source((160, 160), 80, 80, 30.0, 4.0)
+        cube[b] += gaussian_source((160, 160), 30, 120, 30.0, 4.0)
+    cube[:, 70:78, 60:100] = np.nan  # a dead region over the first source
+    cube[2, 0:10, :] = np.inf
+    mef = write_mef(tmp_path / "nan.fits", cube)
+    run_ok(mef, "--out", tmp_path / "n.fits", "--weights", tiny_weights, *FAST)
+    t = read_catalog(tmp_path / "n.fits").table
+    d1 = np.hypot(t["x"] - 80, t["y"] - 80)
+    d2 = np.hypot(t["x"] - 30, t["y"] - 120)
+    assert d1.min() < 4 and d2.min() < 4
+    assert t["flags"][np.argmin(d1)] & 4 and not t["flags"][np.argmin(d2)] & 4
+    for b in BANDS:
+        assert np.isfinite(np.asarray(t[f"flux_{b}"])).all()
+    assert np.isfinite(np.asarray(t["p_galaxy"])).all()
+
+
+def test_one_huge_saturated_star(tmp_path, tiny_weights):
+    shape = (200, 200)
+    cube = noise_cube(shape, seed=5)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    r = np.hypot(xx - 100, yy - 100)
+    for b in range(5):
+        cube[b] += gaussian_source(shape, 100, 100, 5e4, 5.0) + (200.0 / (1 + (r / 3) ** 3)).astype(np.float32)
+        cube[b][r < 5] = np.inf  # saturated core, as marked by the camera
+    for b in range(5):
+        cube[b] += gaussian_source(shape, 30, 30, 10.0, 3.0)
+    mef = write_mef(tmp_path / "sat.fits", cube)
+    run_ok(mef, "--out", tmp_path / "s.fits", "--weights", tiny_weights, *FAST)
+    t = read_catalog(tmp_path / "s.fits").table
+    big = np.argmin(np.hypot(t["x"] - 100, t["y"] - 100))
+    assert np.hypot(t["x"][big] - 100, t["y"][big] - 100) < 5
+    assert t["flags"][big] & 4
+    assert t["area"][big] == t["area"].max()
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    from astrohvae.simulate import write_simulation
+
+    d = tmp_path_factory.mktemp("frames")
+    write_simulation(d, seed=11, size=(128, 128))
+    return d
+
+
+def _copy_frames(src, dst):
+    dst.mkdir()
+    for p in src.glob("frame-*"):
+        (dst / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
+def test_missing_band(tmp_path, frames, tiny_weights):
+    d = _copy_frames(frames, tmp_path / "f")
+    next(d.glob("frame-u-*")).unlink()
+    line = run_fails(tmp_path, d, "--out", tmp_path / "c.fits", "--weights", tiny_weights, *FAST, names=d)
+    assert "band" in line and " u" in line
+    mef = write_mef(tmp_path / "noz.fits", noise_cube((64, 64)), drop=("z",))
+    run_fails(tmp_path, mef, "--out", tmp_path / "c.fits", "--weights", tiny_weights, *FAST, names=mef)
+
+
+def test_truncated_band(tmp_path, frames, tiny_weights):
+    d = _copy_frames(frames, tmp_path / "f")
+    g = next(d.glob("frame-g-*"))
+    raw = g.read_bytes()
+    g.write_bytes(raw[: int(len(raw) * 0.6)])
+    run_fails(tmp_path, d, "--out", tmp_path / "c.fits", "--weights", tiny_weights, *FAST, names=g.name)
+
+
+def test_all_nan_field(tmp_path, tiny_weights):
+    mef = write_mef(tmp_path / "nan.fits", np.full((5, 64, 64), np.nan, np.float32))
+    run_fails(tmp_path, mef, "--out", tmp_path / "c.fits", "--weights", tiny_weights, *FAST, names=mef)
+
+
+def test_mismatched_band_shapes(tmp_path, tiny_weights):
+    mef = write_mef(tmp_path / "mis.fits", noise_cube((96, 96)), shapes={"g": (90, 96)})
+    run_fails(tmp_path, mef, "--out", tmp_path / "c.fits", "--weights", tiny_weights, *FAST, names=mef)
+
+
+def test_missing_input(tmp_path, tiny_weights):
+    run_fails(tmp_path, tmp_path / "nope.fits", "--out", tmp_path / "c.fits", "--weights", tiny_weights, *FAST,
+              names="nope.fits")
+
+
+def _weights_copy(tiny_weights, dst):
+    dst.mkdir()
+    for p in Path(tiny_weights).iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
+def test_corrupt_weights(tmp_path, tiny_weights):
+    mef = write_mef(tmp_path / "toy.fits", toy_cube((96, 96)))
+    w = _weights_copy(tiny_weights, tmp_path / "w")
+    raw = (w / "model.safetensors").read_bytes()
+    (w / "model.safetensors").write_bytes(raw[: len(raw) // 2])
+    run_fails(tmp_path, mef, "--out", tmp_path / "c.fits", "--weights", w, *FAST, names=w)
+    (w / "model.safetensors").write_bytes(b"\x00garbage" * 50)
+    run_fails(tmp_path, mef, "--out", tmp_path / "c.fits", "--weights", w, *FAST, names=w)
+    run_fails(tmp_path, mef, "--out", tmp_path / "c.fits", "--weights", tmp_path / "absent", *FAST,
+              names="absent")
+
+
+def test_foreign_weights(tmp_path, tiny_weights):
+    import torch
+    from safetensors.torch import save_file
+
+    mef = write_mef(tmp_path / "toy.fits", toy_cube((96, 96)))
+    w = _weights_copy(tiny_weights, tmp_path / "w")
+    save_file({"encoder.weight": torch.zeros(3, 3)}, str(w / "model.safetensors"))
+    run_fails(tmp_path, mef, "--out", tmp_path / "c.fits", "--weights", w, *FAST, names=w)
+    (w / "config.json").write_text('{"hello": "world"}')
+    run_fails(tmp_path, mef, "--out", tmp_path / "c.fits", "--weights", w, *FAST, names=w)
+
+
+class _Payload:
+    marker = None
+
+    def __reduce__(self):
+        return (Path.mkdir, (Path(self.marker),))
+
+
+def test_weights_never_execute_code(tmp_path, tiny_weights):
+    mef = write_mef(tmp_path / "toy.fits", toy_cube((96, 96)))
+    w = _weights_copy(tiny_weights, tmp_path / "w")
+    marker = tmp_path / "PWNED"
+    payload = _Payload()
+    payload.marker = str(marker)
+    blob = pickle.dumps({"state": payload})
+    assert not marker.exists()
+    for name in ("model.safetensors", "model.pt", "pytorch_model.bin"):
+        (w / name).write_bytes(blob)
+    run_fails(tmp_path, mef, "--out", tmp_path / "c.fits", "--weights", w, *FAST, names=w)
+    assert not marker.exists(), "code from the weights file was executed"
+
+
+def test_unwritable_output(tmp_path, tiny_weights):
+    mef = write_mef(tmp_path / "toy.fits", toy_cube((96, 96)))
+    run_fails(tmp_path, mef, "--out", tmp_path / "no" / "such" / "c.fits", "--weights", tiny_weights, *FAST,
+              names="c.fits")
+    (tmp_path / "afile").write_text("x")
+    run_fails(tmp_path, mef, "--out", tmp_path / "afile" / "c.fits", "--weights", tiny_weights, *FAST,
+              names="afile")
+
+
+def test_existing_catalogue_is_replaced_not_corrupted(tmp_path, tiny_weights, monkeypatch):
+    """A run that dies while writing leaves the previous catalogue intact."""
+    from astropy.io import fits
+
+    mef = write_mef(tmp_path / "toy.fits", toy_cube((128, 128), seed=6))
+    out = tmp_path / "c.fits"
+    run_ok(mef, "--out", out, "--weights", tiny_weights, *FAST)
+    before = out.read_bytes()
+
+    def boom(self, name, **kw):
+        Path(name).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fits.HDUList, "writeto", boom)
+    res = invoke("run", mef, "--out", out, "--weights", tiny_weights, *FAST)
+    assert res.exit_code != 0
+    assert out.read_bytes() == before
+    assert leftovers(tmp_path) == ["c.fits", "toy.fits"]
+
+
+# ----------------------------------------------------------------------------- shipped weights
+def _default_weights_present():
+    from astrohvae.classify import DEFAULT_WEIGHTS
+
+    return (Path(DEFAULT_WEIGHTS) / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_example_with_shipped_weights(tmp_path, monkeypatch):
+    if not _default_weights_present():
+        pytest.skip("no shipped default weights in astrohvae/data/default yet")
+    monkeypatch.chdir(tmp_path)
+    res = run_ok("--example", "--preview")
+    assert "example.cat.fits" in res.output and "example.cat.png" in res.output
+    cat = read_catalog(tmp_path / "example.cat.fits")
+    assert len(cat) > 50
+    frac = np.mean(np.asarray(cat.table["class"]) == "star")
+    assert 0.02 < frac < 0.98
