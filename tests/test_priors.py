@@ -204,11 +204,11 @@ def test_kl_dkl_errors_vs_quad():
     # exact as |mu|/sigma -> inf; worst (-> log 2) at mu = 0, small sigma m / s^2
     # (error = E[softplus(-|Y|)] ~ exp(-2 m |mu| / s^2) when sigma m / s^2 is small)
     mu4, lv4 = torch.tensor([[4.0]], dtype=torch.float64), torch.tensor([[2 * math.log(0.1)]])
-    far = P.kl_dkl(mu4, lv4, 3.0, 0.5, "exact") - P.kl_quad(mu4, lv4, 3.0, 0.5)
+    far = P.kl_dkl(mu4, lv4, 3.0, 0.5, erfc="exact") - P.kl_quad(mu4, lv4, 3.0, 0.5)
     assert far.abs().item() < 1e-9
-    near = P.kl_dkl(mu4, lv4, 1.0, 1.0, "exact") - P.kl_quad(mu4, lv4, 1.0, 1.0)
+    near = P.kl_dkl(mu4, lv4, 1.0, 1.0, erfc="exact") - P.kl_quad(mu4, lv4, 1.0, 1.0)
     assert abs(near.item() - math.log1p(math.exp(-8.0))) < 2e-5
-    worst = (P.kl_dkl(torch.zeros(1, 1), torch.full((1, 1), -12.0), 1.0, 1.0, "exact")
+    worst = (P.kl_dkl(torch.zeros(1, 1), torch.full((1, 1), -12.0), 1.0, 1.0, erfc="exact")
              - P.kl_quad(torch.zeros(1, 1), torch.full((1, 1), -12.0), 1.0, 1.0))
     assert abs(worst.item() - LOG2) < 1e-2
     with pytest.raises(ValueError):
@@ -255,6 +255,10 @@ def test_aw_values_and_gradient_directions():
     assert lv.grad[0, 1] > 0                                     # sigma = 2 > s: shrink
     assert P.aw(torch.zeros(1, 2), torch.zeros(1, 2), s=1.0).item() == 0.0
     assert P.aw(torch.tensor([[-2.0]]), torch.zeros(1, 1), s=1.0, p=1).item() == -2.0
+    with pytest.raises(TypeError):             # aw has no m: (mu, logvar, m, s) must fail
+        P.aw(mu, lv, 1.0, 0.5)
+    with pytest.raises(ValueError):
+        P.aw(mu, lv, 0.5, p=0.5)
     z = torch.zeros(1, 2, requires_grad=True)
     P.aw(z, torch.zeros(1, 2), 0.5).sum().backward()
     assert torch.isfinite(z.grad).all()
