@@ -685,26 +685,25 @@ def cut_stamps(field, segm, sources, background, size=STAMP_SIZE):
     c = size // 2
     x0, y0 = xc - c, yc - c
 
-    # pad by `size` so any window around a centre inside (or near) the field fits
-    pad = size
     if np.any((xc < -c) | (yc < -c) | (xc >= nx + c) | (yc >= ny + c)):
         raise ValueError("a source centre lies further than size/2 outside the field")
-    resid = background.subtract(field)
-    nbands = resid.shape[0]
-    p_flux = np.zeros((nbands, ny + 2 * pad, nx + 2 * pad), np.float32)
-    p_flux[:, pad : pad + ny, pad : pad + nx] = resid
-    del resid
-    p_seg = np.zeros((ny + 2 * pad, nx + 2 * pad), seg.dtype)
-    p_seg[pad : pad + ny, pad : pad + nx] = seg
-    p_bad = np.ones((ny + 2 * pad, nx + 2 * pad), bool)
-    p_bad[pad : pad + ny, pad : pad + nx] = np.asarray(field.mask, bool).any(axis=0)
-
-    win = np.lib.stride_tricks.sliding_window_view
-    iy, ix = y0 + pad, x0 + pad
-    flux = win(p_flux, (size, size), axis=(1, 2))[:, iy, ix]  # (5, N, s, s) copy
-    flux = np.ascontiguousarray(flux.transpose(1, 0, 2, 3))
-    sseg = win(p_seg, (size, size))[iy, ix]
-    sbad = win(p_bad, (size, size))[iy, ix]
+    nbands = field.data.shape[0]
+    data, level, fmask = field.data, background.level, np.asarray(field.mask, bool)
+    flux = np.zeros((n, nbands, size, size), np.float32)
+    sseg = np.zeros((n, size, size), seg.dtype)
+    sbad = np.ones((n, size, size), bool)  # off-field stays invalid
+    # one slice per source (no copy of the whole field); clip windows to the field
+    fy0, fx0 = np.maximum(y0, 0), np.maximum(x0, 0)
+    fy1, fx1 = np.minimum(y0 + size, ny), np.minimum(x0 + size, nx)
+    for i in range(n):
+        ys, xs = slice(fy0[i], fy1[i]), slice(fx0[i], fx1[i])
+        ss = (slice(fy0[i] - y0[i], fy1[i] - y0[i]), slice(fx0[i] - x0[i], fx1[i] - x0[i]))
+        bad = fmask[:, ys, xs]
+        sub = data[:, ys, xs] - level[:, ys, xs]
+        sub[bad] = 0.0
+        flux[i][(slice(None),) + ss] = sub
+        sseg[i][ss] = seg[ys, xs]
+        sbad[i][ss] = bad.any(axis=0)
     own = sseg == ids[:, None, None]
     mask = own.astype(np.uint8) * MASK_OWN
     mask |= ((sseg != 0) & ~own).astype(np.uint8) * MASK_OTHER
