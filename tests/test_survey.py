@@ -1,0 +1,155 @@
+"""`astrohvae survey`: many fields on dask.distributed, failures recorded, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from astrohvae.io.catalog import is_complete, read_catalog
+from astrohvae.pipeline import run_survey
+
+from pipeline_helpers import fit_tiny_classifier
+
+N_FIELDS = 6
+OPTS = dict(segmenter="photutils", progress=False, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return fit_tiny_classifier(tmp_path_factory.mktemp("w") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def fields(tmp_path_factory):
+    from astrohvae.simulate import write_simulation
+
+    root = tmp_path_factory.mktemp("fields")
+    out = []
+    for k in range(N_FIELDS):
+        d = root / f"sim{k:02d}"
+        d.mkdir()
+        write_simulation(d, seed=100 + k, size=(128, 128))
+        out.append(d)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, fields, weights):
+    """An uninterrupted run (threads in this process: quick)."""
+    out = tmp_path_factory.mktemp("ref")
+    res = run_survey(fields, out, weights=weights, workers=1, processes=False, **OPTS)
+    assert list(res.table["status"]) == ["done"] * N_FIELDS
+    return {r["field"]: read_catalog(out / f"{r['field']}.cat.fits") for r in res.table}
+
+
+def _catalogues(folder):
+    return sorted(p.name for p in Path(folder).glob("*.cat.fits"))
+
+
+def _temporaries(folder):
+    return sorted(p.name for p in Path(folder).iterdir() if p.name.endswith(".tmp") or p.name.startswith(".survey"))
+
+
+def test_failures_are_recorded_and_do_not_stop_others(tmp_path, fields, weights, reference):
+    bad = tmp_path / "broken"
+    bad.mkdir()
+    for p in fields[0].glob("frame-*"):
+        (bad / p.name.replace(fields[0].name, "x")).write_bytes(p.read_bytes())
+    g = next(bad.glob("frame-g-*"))
+    g.write_bytes(g.read_bytes()[:3000])  # truncated band
+    missing = tmp_path / "nothere"
+    inputs = [fields[1], bad, missing, fields[2]]
+    out = tmp_path / "out"
+    res = run_survey(inputs, out, weights=weights, workers=1, processes=False, **OPTS)
+    status = dict(zip(res.table["field"], res.table["status"]))
+    assert status == {fields[1].name: "done", "broken": "failed", "nothere": "failed", fields[2].name: "done"}
+    err = dict(zip(res.table["field"], res.table["error"]))
+    assert g.name in err["broken"] and "nothere" in err["nothere"]
+    assert "\n" not in err["broken"]
+    ledger = json.loads((out / "survey.json").read_text())
+    assert ledger["fields"]["broken"]["status"] == "failed" and g.name in ledger["fields"]["broken"]["error"]
+    assert _catalogues(out) == sorted([f"{fields[1].name}.cat.fits", f"{fields[2].name}.cat.fits"])
+    assert _temporaries(out) == []
+    for f in (fields[1], fields[2]):
+        got = read_catalog(out / f"{f.name}.cat.fits").table
+        np.testing.assert_array_equal(got["x"], reference[f.name].table["x"])
+
+    # rerun: complete fields are skipped (not rewritten), failed ones retried
+    stamp = (out / f"{fields[1].name}.cat.fits").stat().st_mtime_ns
+    res2 = run_survey(inputs, out, weights=weights, workers=1, processes=False, **OPTS)
+    status2 = dict(zip(res2.table["field"], res2.table["status"]))
+    assert status2 == {fields[1].name: "skipped", "broken": "failed", "nothere": "failed",
+                       fields[2].name: "skipped"}
+    assert (out / f"{fields[1].name}.cat.fits").stat().st_mtime_ns == stamp
+    assert res2.n_failed == 2
+
+
+def test_cli_summary_and_exit_status(tmp_path, fields, weights):
+    from click.testing import CliRunner
+
+    from astrohvae.cli import main
+
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["survey", str(fields[3]), str(tmp_path / "nope"), "--out", str(out),
+                                    "--weights", str(weights), "--segmenter", "photutils", "--no-progress"])
+    assert res.exit_code == 1, res.output
+    assert "1/2 fields complete, 1 failed" in res.output
+    assert fields[3].name in res.output and "failed" in res.output
+    res = CliRunner().invoke(main, ["survey", str(fields[3]), "--out", str(out), "--weights",
+                                    str(tmp_path / "noweights"), "--no-progress"])
+    assert res.exit_code == 2 and "noweights" in res.stderr
+
+
+@pytest.mark.slow
+def test_kill_and_resume(tmp_path, fields, weights, reference):
+    """Kill a survey (all its processes) after its first catalogue; rerun; every field done exactly once."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", "from astrohvae.cli import main; main()", "survey",
+           *[str(f) for f in fields], "--out", str(out), "--weights", str(weights), "--workers", "1",
+           "--segmenter", "photutils", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.is_dir() and _catalogues(out):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "survey ended before it could be killed: " + proc.stderr.read().decode()[-500:]
+        assert _catalogues(out), "no catalogue appeared in time"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and its worker processes
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    done_before = _catalogues(out)
+    assert 1 <= len(done_before) < N_FIELDS
+    assert all(is_complete(out / name) for name in done_before)
+
+    res = run_survey(fields, out, weights=weights, workers=1, processes=False, **OPTS)
+    status = dict(zip(res.table["field"], res.table["status"]))
+    assert sorted(k for k, v in status.items() if v == "skipped") == sorted(n[: -len(".cat.fits")]
+                                                                          for n in done_before)
+    assert set(status.values()) <= {"skipped", "done"}
+    assert _catalogues(out) == sorted(f"{f.name}.cat.fits" for f in fields)
+    assert _temporaries(out) == []
+    for f in fields:
+        got = read_catalog(out / f"{f.name}.cat.fits")
+        ref = reference[f.name]
+        assert len(got) == len(ref)
+        np.testing.assert_array_equal(got.table["id"], ref.table["id"])
+        np.testing.assert_array_equal(got.table["x"], ref.table["x"])
+        np.testing.assert_array_equal(got.segmap, ref.segmap)
+    ledger = json.loads((out / "survey.json").read_text())
+    assert sorted(ledger["fields"]) == sorted(f.name for f in fields)
+    assert all(v["status"] in ("done", "skipped") for v in ledger["fields"].values())
+    assert sum(v.get("rows", 0) for v in ledger["fields"].values()) == sum(len(r) for r in reference.values())
