@@ -29,6 +29,7 @@ import re
 import socket
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field as dc_field
@@ -106,6 +107,7 @@ class RunResult:
 
 # ----------------------------------------------------------------------------- model loading
 _MODEL_CACHE = {}
+_CACHE_LOCK = threading.RLock()
 
 
 def load_classifier(weights=None, device="auto"):
@@ -114,7 +116,26 @@ def load_classifier(weights=None, device="auto"):
     The cache key is the weights folder and device, so a survey worker loads
     the model once however many fields it processes.
     """
-    key = ("clf", str(Path(weights).resolve()) if weights else None, device)
+    key = ("clf", _weights_key(weights), device)
+    with _CACHE_LOCK:
+        return _classifier_cached(key, weights, device)
+
+
+def _weights_key(weights):
+    """Folder + size/mtime of its files: a rewritten weights folder is loaded afresh."""
+    if weights is None:
+        return None
+    p = Path(weights).resolve()
+    stats = []
+    if p.is_dir():
+        for f in sorted(p.iterdir()):
+            with contextlib.suppress(OSError):
+                st = f.stat()
+                stats.append((f.name, st.st_size, st.st_mtime_ns))
+    return (str(p), tuple(stats))
+
+
+def _classifier_cached(key, weights, device):
     if key not in _MODEL_CACHE:
         from astrohvae import classify
 
@@ -164,20 +185,31 @@ def load_segmenter(segmenter="auto", device="auto"):
     if segmenter not in ("auto", "network"):
         raise ValueError(f"unknown segmenter {segmenter!r}; use 'auto', 'network' or 'photutils'")
     key = ("seg", device)
-    if key not in _MODEL_CACHE:
-        seg = None
-        try:
-            from astrohvae.segment import load_default_segmenter
-
-            seg = load_default_segmenter(device=device)
-        except (ImportError, FileNotFoundError, AttributeError, InputError):
-            if segmenter == "network":
-                raise
-        _MODEL_CACHE[key] = seg
+    with _CACHE_LOCK:
+        if key not in _MODEL_CACHE:
+            _MODEL_CACHE[key] = _load_default_segmenter(device, required=segmenter == "network")
     seg = _MODEL_CACHE[key]
     if seg is None and segmenter == "network":
         raise InputError("astrohvae/data", "no network segmenter weights are installed")
     return seg
+
+
+def _load_default_segmenter(device, required):
+    """The shipped network segmenter; None when it is not installed (unless ``required``)."""
+    try:
+        from astrohvae.segment import WEIGHTS_DIR, load_default_segmenter
+    except ImportError:
+        if required:
+            raise InputError("astrohvae/segment.py", "the network segmenter is not available")
+        return None
+    try:
+        return load_default_segmenter(device=device)
+    except InputError as exc:
+        if required or Path(exc.path).exists():  # installed but unreadable: say so
+            raise
+        return None
+    except Exception as exc:  # noqa: BLE001 - broken shipped weights: one line, not a traceback
+        raise InputError(WEIGHTS_DIR, _one_line(f"cannot load the segmenter ({type(exc).__name__}: {exc})", 200))
 
 
 def _segmenter_name(seg):
