@@ -251,3 +251,28 @@ def test_real_fields_store(tmp_path):
     assert np.all(st.meta["truth_type"] == -1)
     assert json.loads((out / "zarr.json").read_text())["attributes"]["n"] == s["total"]
     assert build_store([folder], out, progress=False)["added"] == 0
+
+
+def test_cli_stamps_appends_and_skips(tmp_path, fields, monkeypatch):
+    from click.testing import CliRunner
+
+    from astrohvae.cli import main
+
+    by_path = {}
+    for f in fields:
+        d = tmp_path / f.name
+        d.mkdir()
+        by_path[str(d.resolve())] = f
+    monkeypatch.setattr(store_mod, "_read", lambda inp: by_path[str(Path(inp).resolve())])
+    out = tmp_path / "cli.zarr"
+    runner = CliRunner()
+    r1 = runner.invoke(main, ["stamps", str(tmp_path / "f1"), str(tmp_path / "f2"), "--out", str(out), "--quiet"])
+    assert r1.exit_code == 0, r1.output
+    n12 = len(expected(fields[0])) + len(expected(fields[1]))
+    assert f"added {n12} stamps from 2 fields;" in r1.output
+    r2 = runner.invoke(main, ["stamps", str(tmp_path / "f2"), str(tmp_path / "f3"), "--out", str(out), "--quiet"])
+    assert r2.exit_code == 0, r2.output
+    assert "skipped 1 already stored" in r2.output and "from 3 fields" in r2.output
+    assert len(open_store(out)) == n12 + len(expected(fields[2]))
+    r3 = runner.invoke(main, ["stamps", str(tmp_path / "nope"), "--out", str(out)])
+    assert r3.exit_code == 2 and "no such file or folder" in r3.output
