@@ -18,7 +18,7 @@ Physics (see the module constants for the exact numbers):
   pixels (|dx| <= 3, |dy| <= 8), drawn per field.
 * **PSF**: per band a Moffat core plus a wide, low-amplitude Moffat wing
   (beta ~ 2.2, ~3x wider, 4-9 % of the light) with a small ellipticity; the
-  r-band seeing is drawn per field (FWHM 1.1-1.7 arcsec) and the other bands
+  r-band seeing is drawn per field (FWHM 0.9-1.5 arcsec) and the other bands
   scale with wavelength, u worst.  `Simulation.psf_fwhm` is the FWHM of the
   *pixel-integrated* PSF, as a fit to a star in the image measures it.
 * **Noise**: sky-subtracted frames; per pixel variance (in counts)
@@ -80,17 +80,19 @@ FULL_SIZE = (2048, 1489)
 #: Area of a full SDSS frame in square degrees.
 _FULL_AREA_DEG2 = FULL_SIZE[0] * FULL_SIZE[1] * (PIXEL_SCALE / 3600.0) ** 2
 
-# Per band instrument/sky parameters, medians over the eight real fields of
-# shared/data (NMGY: nanomaggies per count; SKY: sky level in counts/pixel;
-# GAIN: e-/count; DARK: dark variance in counts^2) - see benchmarks/sim_vs_real.py.
+# Per band instrument/sky parameters after the eight real fields of
+# shared/data (NMGY: nanomaggies per count; GAIN: e-/count; DARK: dark variance
+# in counts^2); the sky level in counts follows from the drawn sky noise
+# (sky = gain ((sigma / NMGY)^2 - dark)) - see benchmarks/sim_vs_real.py.
 _NMGY = {"u": 0.0105, "g": 0.0038, "r": 0.0050, "i": 0.0065, "z": 0.0335}
-_SKY = {"u": 17.0, "g": 65.0, "r": 130.0, "i": 180.0, "z": 120.0}
+#: Median sky pixel noise of the real frames (nanomaggies, sigma-clipped std).
+_SIGMA = {"u": 0.044, "g": 0.0167, "r": 0.028, "i": 0.048, "z": 0.181}
 _GAIN = {"u": 1.6, "g": 3.9, "r": 4.7, "i": 5.1, "z": 4.6}
 _DARK = {"u": 8.0, "g": 1.4, "r": 1.2, "i": 5.8, "z": 1.0}
 #: Saturation level in counts (sky + object) per pixel.
 _SATUR = 30000.0
 #: Seeing FWHM relative to r, per band (u worst).
-_SEEING_RATIO = {"u": 1.13, "g": 1.06, "r": 1.0, "i": 0.96, "z": 0.97}
+_SEEING_RATIO = {"u": 1.12, "g": 1.05, "r": 1.0, "i": 0.95, "z": 0.94}
 
 # Approximate SDSS stellar locus: g-r -> (u-g, r-i, i-z); after Covey et al.
 # (2007) median colours and Ivezic et al. (2008).  Parameterised by position
@@ -409,14 +411,14 @@ def _flux(mag):
 def _field_params(rng, nx, ny):
     """Per-field observing conditions."""
     p = {}
-    fwhm_r = rng.uniform(1.1, 1.7)
+    fwhm_r = rng.uniform(0.9, 1.5)
     beta = rng.uniform(2.8, 4.2)
     wing_frac = rng.uniform(0.04, 0.09)
     wing_scale = rng.uniform(2.5, 3.5)
     e1, e2 = rng.normal(0, 0.025, 2)
     p["psf"] = {}
     p["sky"], p["nmgy"], p["gain"], p["dark"] = {}, {}, {}, {}
-    skyfac = rng.lognormal(0, 0.25)
+    skyfac = rng.lognormal(0, 0.08)
     for b in BANDS:
         fw = fwhm_r * _SEEING_RATIO[b] * rng.uniform(0.97, 1.03)
         p["psf"][b] = dict(
@@ -428,10 +430,11 @@ def _field_params(rng, nx, ny):
             e1=e1 + rng.normal(0, 0.005),
             e2=e2 + rng.normal(0, 0.005),
         )
-        p["sky"][b] = _SKY[b] * skyfac * rng.lognormal(0, 0.15)
         p["nmgy"][b] = _NMGY[b] * rng.lognormal(0, 0.12)
         p["gain"][b] = _GAIN[b] * rng.uniform(0.95, 1.05)
         p["dark"][b] = _DARK[b] * rng.uniform(0.8, 1.2)
+        sigma = _SIGMA[b] * skyfac * rng.lognormal(0, 0.06)
+        p["sky"][b] = p["gain"][b] * max((sigma / p["nmgy"][b]) ** 2 - p["dark"][b], 1.0)
     # band offsets (band pixel - r pixel); larger along rows (scan direction)
     p["offset"] = {b: (0.0, 0.0) if b == REF_BAND else (rng.uniform(-3, 3), rng.uniform(-8, 8)) for b in BANDS}
     # sky position: a random high-latitude-ish spot
@@ -843,7 +846,7 @@ def _smooth_gradient(rng, nx, ny):
 def _cosmic_rays(rng, img, sigma, frac_full):
     """Add sharp cosmic-ray tracks in place; return their (x, y, length)."""
     ny, nx = img.shape
-    ncr = rng.poisson(25.0 * frac_full)
+    ncr = rng.poisson(8.0 * frac_full)
     out = []
     for _ in range(ncr):
         x, y = rng.uniform(0, nx), rng.uniform(0, ny)

@@ -1,0 +1,283 @@
+"""Tests of astrohvae.simulate: the SDSS-like field simulator."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.stats import sigma_clipped_stats
+from astropy.wcs import WCS
+
+from astrohvae import BANDS, PIXEL_SCALE
+from astrohvae.errors import InputError
+from astrohvae.simulate import MASK_THRESHOLD, field_ids, read_truth, simulate_field, write_simulation
+
+SIZE = (256, 224)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return simulate_field(7, size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def starsim():
+    """Only point sources: bright isolated stars for PSF and WCS checks."""
+    return simulate_field(11, size=(320, 320), star_fraction=1.0)
+
+
+@pytest.fixture(scope="module")
+def galsim():
+    return simulate_field(12, size=(512, 512), star_fraction=0.0)
+
+
+def _bright_isolated_stars(s, n=3):
+    t = s.truth
+    ny, nx = s.truth_mask.shape
+    ok = (
+        (t["type"] == "star")
+        & ~t["saturated"]
+        & ~t["blended"]
+        & ~t["edge"]
+        & (t["x"] > 20) & (t["x"] < nx - 21) & (t["y"] > 20) & (t["y"] < ny - 21)
+        & (t["snr_r"] > 150)
+    )
+    cand = t[ok]
+    # no other object brighter than r = 23 within 12 px
+    keep = []
+    for row in cand:
+        d = np.hypot(t["x"] - row["x"], t["y"] - row["y"])
+        if np.sum((d < 12) & (t["mag_r"] < 23)) == 1:
+            keep.append(row)
+    keep.sort(key=lambda r: r["mag_r"])
+    return keep[:n]
+
+
+def _fit_moffat_fwhm(img, x, y, h=7):
+    from astropy.modeling import fitting, models
+
+    ix, iy = int(round(x)), int(round(y))
+    cut = img[iy - h : iy + h + 1, ix - h : ix + h + 1].astype(float)
+    yy, xx = np.mgrid[-h : h + 1, -h : h + 1]
+    m0 = models.Moffat2D(amplitude=cut.max(), x_0=x - ix, y_0=y - iy, gamma=3.0, alpha=3.0) + models.Const2D(0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = fitting.TRFLSQFitter()(m0, xx, yy, cut)
+    return m[0].fwhm * PIXEL_SCALE, ix + m[0].x_0.value, iy + m[0].y_0.value
+
+
+def test_field_ids_distinct_and_named():
+    ids = {field_ids(s) for s in (0, 1, 9999, 10000, 59999, 60000, 123456789)}
+    assert len(ids) == 7
+    assert field_ids(10000) == (100000, 2, 0)
+    with pytest.raises(ValueError):
+        field_ids(-1)
+
+
+def test_deterministic(sim):
+    again = simulate_field(7, size=SIZE)
+    for b in BANDS:
+        np.testing.assert_array_equal(sim.frames[b][0], again.frames[b][0])
+    np.testing.assert_array_equal(sim.truth_mask, again.truth_mask)
+    np.testing.assert_array_equal(sim.truth["mag_r"], again.truth["mag_r"])
+    np.testing.assert_array_equal(sim.field.data, again.field.data)
+
+
+def test_seeds_differ(sim):
+    other = simulate_field(8, size=SIZE)
+    assert other.name != sim.name
+    assert not np.array_equal(other.frames["r"][0], sim.frames["r"][0])
+
+
+def test_shapes_units_and_field(sim):
+    ny, nx = SIZE[1], SIZE[0]
+    f = sim.field
+    assert f.data.shape == (5, ny, nx) and f.data.dtype == np.float32
+    assert f.mask.shape == (5, ny, nx) and f.mask.dtype == bool
+    assert f.unit == "nanomaggy" and f.bands == BANDS
+    assert sim.truth_mask.shape == (ny, nx) and sim.truth_mask.dtype == np.int32
+    # the r band of the field *is* the r frame; other bands lose a strip at
+    # the edge equal to their offset
+    np.testing.assert_array_equal(f.data[2], sim.frames["r"][0])
+    assert not f.mask[2].any()
+    for j, b in enumerate(BANDS):
+        img, hdr = sim.frames[b]
+        assert img.shape == (ny, nx) and img.dtype == np.float32
+        assert hdr["FILTER"] == b and hdr["NMGY"] > 0
+        assert (hdr["RUN"], hdr["CAMCOL"], hdr["FIELD"]) == field_ids(7)
+        if b != "r":
+            dx, dy = hdr["BANDDX"], hdr["BANDDY"]
+            assert abs(dx) + abs(dy) > 0.5
+            frac = f.mask[j].mean()
+            expect = 1 - (1 - (abs(dx)) / nx) * (1 - (abs(dy)) / ny)
+            assert frac == pytest.approx(expect, abs=0.02)
+            assert np.all(f.data[j][f.mask[j]] == 0)
+
+
+def test_noise_matches_configuration(sim):
+    """Pixels far from every object have the configured sky sigma per band."""
+    from scipy import ndimage
+
+    for b in BANDS:
+        img, hdr = sim.frames[b]
+        # truth mask (r grid) shifted to this band, grown to be safe
+        occupied = ndimage.shift((sim.truth_mask > 0).astype(float), (hdr["BANDDY"], hdr["BANDDX"]), order=0) > 0
+        occupied = ndimage.binary_dilation(occupied, iterations=6)
+        _, _, std = sigma_clipped_stats(img[~occupied], sigma=4, maxiters=5)
+        assert std == pytest.approx(sim.sky_sigma[b], rel=0.05), b
+        assert hdr["SKYSIG"] == pytest.approx(sim.sky_sigma[b])
+
+
+def test_noise_level_is_sdss_like(sim):
+    # measured on the real frames (benchmarks/sim_vs_real.py): u 0.04, g 0.017,
+    # r 0.028, i 0.048, z 0.18 nanomaggies (medians)
+    ref = {"u": 0.044, "g": 0.017, "r": 0.028, "i": 0.048, "z": 0.18}
+    for b in BANDS:
+        assert 0.5 < sim.sky_sigma[b] / ref[b] < 2.0
+
+
+def test_star_fwhm_matches_psf(starsim):
+    stars = _bright_isolated_stars(starsim)
+    assert stars, "no bright isolated star in the test field"
+    for b in BANDS:
+        img, hdr = starsim.frames[b]
+        w = WCS(hdr)
+        fws = []
+        for row in stars:
+            bx, by = w.all_world2pix(row["ra"], row["dec"], 0)
+            fw, _, _ = _fit_moffat_fwhm(img, float(bx), float(by))
+            fws.append(fw)
+        assert np.median(fws) == pytest.approx(starsim.psf_fwhm[b], rel=0.04), b
+        assert 1.0 < starsim.psf_fwhm[b] < 2.2
+    # u has the worst seeing
+    assert starsim.psf_fwhm["u"] == max(starsim.psf_fwhm.values())
+
+
+def test_band_offsets_through_wcs(starsim):
+    star = _bright_isolated_stars(starsim, n=1)[0]
+    wr = WCS(starsim.frames["r"][1])
+    _, xr, yr = _fit_moffat_fwhm(starsim.frames["r"][0], star["x"], star["y"])
+    assert np.hypot(xr - star["x"], yr - star["y"]) < 0.05
+    for b in ("u", "g", "i", "z"):
+        img, hdr = starsim.frames[b]
+        wb = WCS(hdr)
+        dx, dy = hdr["BANDDX"], hdr["BANDDY"]
+        # the star sits in band b at its r position plus the header offset ...
+        _, xb, yb = _fit_moffat_fwhm(img, star["x"] + dx, star["y"] + dy)
+        assert abs(xb - (star["x"] + dx)) < 0.1 and abs(yb - (star["y"] + dy)) < 0.1, b
+        # ... and the WCS maps that band position back onto the r position
+        ra, dec = wb.all_pix2world(star["x"] + dx, star["y"] + dy, 0)
+        x2, y2 = wr.all_world2pix(ra, dec, 0)
+        assert abs(x2 - star["x"]) < 0.05 and abs(y2 - star["y"]) < 0.05
+        # the aligned field has the star at the r position in every band
+        j = BANDS.index(b)
+        _, xa, ya = _fit_moffat_fwhm(starsim.field.data[j], star["x"], star["y"])
+        assert np.hypot(xa - star["x"], ya - star["y"]) < 0.1, b
+
+
+def test_truth_mask_covers_objects(galsim):
+    t, m = galsim.truth, galsim.truth_mask
+    ny, nx = m.shape
+    ix, iy = np.round(t["x"]).astype(int), np.round(t["y"]).astype(int)
+    inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+    bright = inside & (t["snr_r"] > 15) & ~t["blended"]
+    assert bright.sum() >= 5
+    assert np.all(m[iy[bright], ix[bright]] == t["id"][bright])
+    # every label belongs to a truth object and areas agree
+    labels = np.unique(m)
+    assert set(labels[labels > 0]) <= set(t["id"])
+    for row in t[bright][:5]:
+        assert (m == row["id"]).sum() == row["mask_area"] > 0
+    # a blended object's footprint touches another one
+    assert t["blended"].sum() >= 1
+    # the mask threshold is what is documented
+    assert MASK_THRESHOLD == 0.5
+
+
+def test_star_fraction(starsim, galsim):
+    assert np.all(starsim.truth["type"] == "star")
+    assert np.all(galsim.truth["type"] == "galaxy")
+    half = simulate_field(13, size=(200, 200), star_fraction=0.3)
+    nstar = np.sum(half.truth["type"] == "star")
+    assert nstar == round(0.3 * len(half.truth))
+    default = simulate_field(13, size=(200, 200))
+    # the default mix is galaxy dominated (high Galactic latitude)
+    assert np.mean(default.truth["type"] == "star") < 0.3
+    with pytest.raises(ValueError):
+        simulate_field(1, size=(64, 64), star_fraction=1.5)
+
+
+def test_faint_galaxies_smaller(galsim):
+    t = galsim.truth
+    assert np.all(t["size"] > 0)
+    bright = t["mag_r"] < 21.0
+    faint = t["mag_r"] > 22.5
+    assert bright.sum() >= 5 and faint.sum() >= 20
+    assert np.median(t["size"][faint]) < 0.6 * np.median(t["size"][bright])
+    # faint galaxies are smaller than the PSF (half-light radius < FWHM / 2)
+    assert np.median(t["size"][faint]) < 0.5 * galsim.psf_fwhm["r"]
+
+
+def test_magnitudes_and_colours(sim, starsim):
+    t = starsim.truth
+    gr = t["mag_g"] - t["mag_r"]
+    ri = t["mag_r"] - t["mag_i"]
+    # the stellar locus: r-i grows with g-r
+    assert np.corrcoef(gr, ri)[0, 1] > 0.6
+    tt = sim.truth
+    assert np.all((tt["mag_r"] > 11) & (tt["mag_r"] < 23.6))
+    # total flux in the noiseless sense: a bright isolated star's aperture sum
+    star = _bright_isolated_stars(starsim, n=1)[0]
+    img = starsim.frames["r"][0]
+    ix, iy = int(round(star["x"])), int(round(star["y"]))
+    ap = img[iy - 12 : iy + 13, ix - 12 : ix + 13].sum()
+    assert ap == pytest.approx(10 ** (-0.4 * (star["mag_r"] - 22.5)), rel=0.06)
+
+
+def test_write_read_round_trip(tmp_path):
+    out = tmp_path / "sim"
+    paths = write_simulation(out, seed=21, size=(96, 80))
+    run, camcol, fld = field_ids(21)
+    assert [p.name for p in paths] == [f"frame-{b}-{run:06d}-{camcol}-{fld:04d}.fits" for b in BANDS] + [
+        f"truth-{run:06d}-{camcol}-{fld:04d}.fits"
+    ]
+    ref = simulate_field(21, size=(96, 80))
+    for b, p in zip(BANDS, paths):
+        with fits.open(p) as h:
+            assert h[0].data.shape == (80, 96)
+            assert h[0].header["FILTER"] == b
+            np.testing.assert_array_equal(h[0].data, ref.frames[b][0])
+            w = WCS(h[0].header)
+            assert w.has_celestial
+    t, m = read_truth(out)
+    t2, m2 = read_truth(paths[-1])
+    np.testing.assert_array_equal(m, ref.truth_mask)
+    np.testing.assert_array_equal(m2, m)
+    assert list(t["id"]) == list(ref.truth["id"])
+    assert list(t["type"]) == list(ref.truth["type"])
+    np.testing.assert_allclose(t["x"], ref.truth["x"])
+    # no half-written or temporary files left behind
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)
+    # writing the same seed again refuses instead of overwriting
+    with pytest.raises(InputError):
+        write_simulation(out, seed=21, size=(96, 80))
+    # another seed can share the folder
+    write_simulation(out, seed=22, size=(64, 64))
+    with pytest.raises(InputError):
+        read_truth(out)  # now ambiguous
+    with pytest.raises(InputError):
+        read_truth(tmp_path / "nothing.fits")
+
+
+def test_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from astrohvae.cli import main
+
+    res = CliRunner().invoke(main, ["simulate", str(tmp_path / "o"), "--seed", "5", "--size", "64x48"])
+    assert res.exit_code == 0, res.output
+    assert len(res.output.strip().splitlines()) == 6
+    res = CliRunner().invoke(main, ["simulate", str(tmp_path / "o"), "--seed", "5", "--size", "64x48"])
+    assert res.exit_code == 2 and "already holds" in res.output
