@@ -425,17 +425,17 @@ def detection_image(field, background, detection_bands=("g", "r", "i")):
         (``1/sqrt(sum w)``), inf where no band is valid.
     """
     idx = _band_indices(field, detection_bands)
-    num = np.zeros(field.shape, np.float64)
-    wsum = np.zeros(field.shape, np.float64)
+    num = np.zeros(field.shape, np.float32)
+    wsum = np.zeros(field.shape, np.float32)
     for b in idx:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            w = 1.0 / np.asarray(background.rms[b], np.float64) ** 2
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            w = np.float32(1.0) / np.asarray(background.rms[b], np.float32) ** 2
         w[~np.isfinite(w) | field.mask[b]] = 0.0
         num += w * (field.data[b] - background.level[b])
         wsum += w
     with np.errstate(divide="ignore", invalid="ignore"):
-        image = np.where(wsum > 0, num / wsum, 0.0)
-        noise = np.where(wsum > 0, 1.0 / np.sqrt(wsum), np.inf)
+        image = np.where(wsum > 0, num / wsum, np.float32(0))
+        noise = np.where(wsum > 0, np.float32(1) / np.sqrt(wsum), np.float32(np.inf))
     return image.astype(np.float32), noise.astype(np.float32)
 
 
@@ -602,13 +602,17 @@ def measure_sources(field, segm, background, detection_bands=("g", "r", "i")):
 
     area = nb()
     det, _ = detection_image(field, background, detection_bands)
-    wpos = np.clip(det, 0, None).ravel().astype(np.float64)
-    yy, xx = np.indices(seg.shape)
-    xr, yr = xx.ravel().astype(np.float64), yy.ravel().astype(np.float64)
-    wsum = nb(wpos)
+    wpos = np.clip(det, 0, None)  # float32; products below stay float32 to save memory
+    del det
+    wsum = nb(wpos.ravel())
+    sx = nb((wpos * np.arange(nx, dtype=np.float32)).ravel())
+    sy = nb((wpos * np.arange(ny, dtype=np.float32)[:, None]).ravel())
+    del wpos
+    gx = nb(np.broadcast_to(np.arange(nx, dtype=np.float32), (ny, nx)).ravel())
+    gy = nb(np.broadcast_to(np.arange(ny, dtype=np.float32)[:, None], (ny, nx)).ravel())
     with np.errstate(invalid="ignore", divide="ignore"):
-        xw, yw = nb(wpos * xr) / wsum, nb(wpos * yr) / wsum
-        xg, yg = nb(xr) / area, nb(yr) / area
+        xw, yw = sx / wsum, sy / wsum
+        xg, yg = gx / area, gy / area
     use_w = wsum > 0
     x = np.where(use_w, xw, xg)[labels]
     y = np.where(use_w, yw, yg)[labels]
@@ -618,8 +622,8 @@ def measure_sources(field, segm, background, detection_bands=("g", "r", "i")):
     fluxes, errs = {}, {}
     for i, b in enumerate(bands):
         valid = ~field.mask[i]
-        resid = np.where(valid, field.data[i] - background.level[i], 0.0).ravel()
-        var = np.where(valid, np.asarray(background.rms[i], np.float64) ** 2, 0.0).ravel()
+        resid = np.where(valid, field.data[i] - background.level[i], np.float32(0)).ravel()
+        var = np.where(valid, np.asarray(background.rms[i], np.float32) ** 2, np.float32(0)).ravel()
         fluxes[b] = nb(resid)[labels].astype(np.float32)
         errs[b] = np.sqrt(nb(var)[labels]).astype(np.float32)
     for b in bands:
@@ -632,8 +636,8 @@ def measure_sources(field, segm, background, detection_bands=("g", "r", "i")):
 
     flags = np.zeros(labels.size, np.int32)
     flags[_blended_labels(seg, segm)[labels]] |= FLAG_BLENDED
-    anymask = np.asarray(field.mask, bool).any(axis=0).ravel().astype(np.float64)
-    flags[nb(anymask)[labels] > 0] |= FLAG_MASKED
+    anymask = np.asarray(field.mask, bool).any(axis=0).ravel()
+    flags[np.bincount(flat[anymask], minlength=nmax + 1)[labels] > 0] |= FLAG_MASKED
     edge = np.zeros(nmax + 1, bool)
     for border in (seg[0], seg[-1], seg[:, 0], seg[:, -1]):
         edge[border] = True
