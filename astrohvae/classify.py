@@ -141,8 +141,13 @@ def mixture_posterior(mu, sigma, weights, means, sigmas):
     return p / p.sum(axis=1, keepdims=True)
 
 
-def star_side(stamps, groups, min_snr=20.0, features=None):
+def star_side(stamps, groups, min_snr=20.0, features=None, c_star=None):
     """Which of two groups of stamps is the stars (label-free, physical).
+
+    With ``c_star`` (the concentration of the field's PSF, measured on the
+    stellar locus) the star group is the one whose median concentration is
+    closest to it (its members look like the PSF); without, the more
+    concentrated group.
 
     Parameters
     ----------
@@ -167,13 +172,20 @@ def star_side(stamps, groups, min_snr=20.0, features=None):
         float(np.median(f["concentration"][ok & (groups == g)])) if (ok & (groups == g)).any() else -np.inf
         for g in (0, 1)
     ]
+    if c_star is not None:
+        return int(np.argmin([abs(np.log(max(m, 1e-3) / c_star)) for m in med])), med
     return int(np.argmax(med)), med
 
 
 def _physical(stamps, ref=None):
-    """Label-free morphology statistics, normalised to the stellar locus of each field.
+    """Label-free physical statistics of each source.
 
-    Returns (features (N, 3), ref dict).  ``ref`` holds the locus values and
+    Morphology against the stellar locus / PSF of each field (log r_half /
+    r_star, log concentration / stellar concentration, PSF-fit over aperture
+    flux, 20 x SPREAD_MODEL) and the four aperture colours (the stellar colour
+    locus is narrow, galaxies scatter off it).
+
+    Returns (features (N, 8), ref dict).  ``ref`` holds the locus values and
     the PSF used for groups (fields) too small to estimate their own.
     """
     from astrohvae.psf import PSFModel, _stellar_locus, estimate_psf, profile_features, psf_match
@@ -183,7 +195,7 @@ def _physical(stamps, ref=None):
     fields = np.asarray(stamps.meta["field"]).astype(str) if (
         hasattr(stamps, "meta") and stamps.meta is not None and "field" in stamps.meta.colnames
     ) else np.array(["_"] * n)
-    out = np.zeros((n, 3), dtype=np.float32)
+    out = np.zeros((n, N_PHYSICAL), dtype=np.float32)
     glob = None
     for name in np.unique(fields):
         sel = np.flatnonzero(fields == name)
@@ -208,17 +220,41 @@ def _physical(stamps, ref=None):
                 r_star, c_star, psf = ref["r_star"], ref["c_star"], PSFModel(ref["psf"], ref["r_star"], 0)
         sub_st = stamps[sel] if len(sel) != n else stamps
         m = psf_match(sub_st, psf)
-        out[sel, 0] = np.log(np.clip(sub["r_half"], 0.2, 30) / r_star)
-        out[sel, 1] = np.log(np.clip(sub["concentration"], 0.01, 1.0) / c_star)
-        out[sel, 2] = np.clip(m["psf_ratio"], -1.0, 2.0)
+        # sources sharper than the PSF (cosmic rays, hot pixels) are put at
+        # the stellar value: they cannot be resolved galaxies
+        out[sel, 0] = np.clip(np.log(np.clip(sub["r_half"], 0.2, 30) / r_star), -0.1, 1.5)
+        out[sel, 1] = np.clip(np.log(np.clip(sub["concentration"], 0.01, 1.0) / c_star), -1.5, 0.1)
+        out[sel, 2] = np.clip(m["psf_ratio"], 0.0, 1.1)
+        out[sel, 3] = np.clip(m["spread_model"], -0.005, 0.1) * 20.0
+    out[:, 4:8] = aperture_colours(stamps)
     out = np.nan_to_num(out)
     new_ref = ref if ref is not None else _physical_ref(stamps, feat)
     return out, new_ref
 
 
-def _physical_ref(stamps, feat):
-    from astrohvae.psf import _stellar_locus, estimate_psf
+N_PHYSICAL = 8
+"""Number of label-free physical statistics (see `_physical`)."""
 
+
+def aperture_colours(stamps, radius=3.0):
+    """u-g, g-r, r-i, i-z colours (asinh magnitudes) inside ``radius`` pixels, other sources masked."""
+    from astrohvae import BANDS
+    from astrohvae.photometry import luptitude
+    from astrohvae.preprocess import clean_stamps
+
+    cl = clean_stamps(stamps.flux, stamps.mask)
+    ny, nx = cl.shape[-2:]
+    yy, xx = np.mgrid[:ny, :nx]
+    ap = np.hypot(yy - ny // 2, xx - nx // 2) <= radius
+    f = (cl * ap).sum(axis=(2, 3))
+    lm = np.stack([luptitude(f[:, k], b) for k, b in enumerate(BANDS)], axis=1)
+    return np.clip(-np.diff(lm, axis=1), -3.0, 3.0).astype(np.float32)
+
+
+def _physical_ref(stamps, feat):
+    from astrohvae.psf import _stellar_locus, estimate_psf, profile_features
+
+    feat = profile_features(stamps) if feat is None else feat
     r_star, _ = _stellar_locus(feat["r_half"], feat["snr"], 50.0)
     locus = (np.abs(np.log(np.clip(feat["r_half"], 1e-3, None) / r_star)) < 0.08) & (feat["snr"] >= 50)
     c_star = float(np.median(feat["concentration"][locus])) if locus.sum() else float(
@@ -388,6 +424,17 @@ class HierarchicalClassifier:
         (0 = plain MSE).
     augment : bool
         Random 90-degree rotations and flips during AE training.
+    ae_components : int or None
+        How much of the AE latent the LatentVAE sees: None = all 30 latents,
+        k > 0 = their first k principal components, 0 = none (then the
+        LatentVAE sees only the physical statistics; the AE is still trained
+        and its latents returned by `transform`).  Default 0: measured on
+        simulated fields, the AE latents follow S/N and neighbours and pull the
+        1-D split away from morphology (benchmarks/results/classification.md).
+    fit_weight : bool
+        Re-estimate the two peaks' weights by EM on the training latents
+        (label-free) after training; the peaks' positions stay those of the
+        prior.
     device : str
     random_state : int
     verbose : bool
@@ -397,8 +444,8 @@ class HierarchicalClassifier:
 
     def __init__(self, representation=DEFAULT_REPRESENTATION, crop=32, physical=True, star_weight=0.35,
                  star_mean=-1.5, star_sigma=0.35, galaxy_mean=1.0, galaxy_sigma=1.0, symmetric_prior=False,
-                 ae_latent=30, channels=(16, 32, 64, 64), ae_epochs=8, vae_epochs=60, batch_size=128,
-                 lr=2e-3, center_weight=4.0, augment=True, ae_components=None, fit_weight=True, device="cpu",
+                 ae_latent=30, channels=(16, 32, 64, 64), ae_epochs=4, vae_epochs=40, batch_size=128,
+                 lr=2e-3, center_weight=4.0, augment=True, ae_components=0, fit_weight=True, device="cpu",
                  random_state=0, verbose=False):
         self.fit_weight = fit_weight
         self.representation = representation
@@ -479,7 +526,8 @@ class HierarchicalClassifier:
         self.weights_ = [float(v) for v in w]
         post = mixture_posterior(mu[:, 0], sig[:, 0], self.weights_, m, s)
         groups = post.argmax(axis=1)  # 0 = first peak, 1 = second
-        self.star_peak_, self.label_concentrations_ = star_side(stamps, groups)
+        c_ref = self.ref_["c_star"] if self.ref_ is not None else _physical_ref(stamps, None)["c_star"]
+        self.star_peak_, self.label_concentrations_ = star_side(stamps, groups, c_star=c_ref)
         self.train_peak_fraction_ = float((groups == self.star_peak_).mean())
         return self
 

@@ -282,3 +282,54 @@ def stamps(fields, out, nsigma, workers, overwrite, quiet):
 
 
 # --- end stamps --------------------------------------------------------------
+
+
+# --- evaluate (owner: astrohvae/evaluate.py) ---------------------------------
+@main.command()
+@click.argument("test", type=click.Path(exists=True))
+@click.option("--train", "train_path", type=click.Path(exists=True), default=None,
+              help="Stamp store to fit the methods on (unlabelled use; default: TEST itself).")
+@click.option("--truth", type=click.Path(exists=True), default=None,
+              help="With a catalogue as TEST: the simulator's truth file (or its folder).")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Folder for the table (classification.md, .csv) and the ROC plot (classification_roc.png).")
+@click.option("--methods", default="classical,a+vr,a+vr-ae,a+vr-paper,v+m,vr+m-sc,vr+m-dkl,vr+m-aw,vr+m-pw,probe",
+              show_default=True, help="Comma-separated method keys.")
+@click.option("--seeds", default=5, show_default=True, type=int, help="Training seeds per method.")
+@click.option("--quick", is_flag=True, help="Tiny training (smoke test).")
+def evaluate(test, train_path, truth, out_dir, methods, seeds, quick):
+    """Score star/galaxy methods against truth; print the table, write it and the ROC plot.
+
+    TEST is a labelled stamp store (truth_type from the simulator), or a
+    catalogue FITS from `astrohvae run` together with --truth.
+    """
+    from pathlib import Path
+
+    from astrohvae import evaluate as ev
+    from astrohvae.errors import InputError
+    from astrohvae.io.atomic import atomic_path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if truth is not None:
+        rows, runs, y = ev.evaluate_catalog(test, truth)
+        ev.plot_roc(y, runs, out / "classification_roc.png")
+    else:
+        if Path(test).suffix.lower() in (".fits", ".fit") and truth is None:
+            raise InputError(test, "a catalogue needs --truth")
+        test_st = ev.load_stamps(test)
+        train_st = ev.load_stamps(train_path) if train_path else test_st
+        y, _ = ev.labels_from_meta(test_st.meta)
+        if not ((y == 0).any() and (y == 1).any()):
+            raise InputError(test, "stamps hold no truth labels of both classes (truth_type)")
+        facts = ev.method_factories([m.strip().lower() for m in methods.split(",") if m.strip()], quick=quick)
+        rows, _ = ev.evaluate(train_st, test_st, facts, seeds=range(seeds), roc_path=out / "classification_roc.png",
+                              progress=lambda n, s, a: click.echo(f"{n} seed {s}: AUC {a:.3f}", err=True))
+    table = ev.format_table(rows)
+    click.echo(table)
+    with atomic_path(out / "classification.md") as tmp:
+        Path(tmp).write_text(table + "\n")
+    ev.write_rows_csv(rows, out / "classification.csv")
+
+
+# --- end evaluate ------------------------------------------------------------

@@ -308,3 +308,97 @@ def stamps_from_images(images, field="cutouts", size=None, nsigma=1.5):
         mask[k][(lab > 0) & (lab != own_lab)] |= 2
     meta = Table({"field": np.array([field] * n), "id": np.arange(1, n + 1, dtype=np.int32)})
     return StampSet(flux, mask, sky, meta)
+
+
+def load_stamps(path, field=None):
+    """A labelled `StampSet` from a zarr stamp store (`astrohvae.store`).
+
+    Raises `InputError` when the store cannot be opened.
+    """
+    from astrohvae.errors import InputError
+    from astrohvae.store import open_store
+
+    try:
+        store = open_store(path)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(path, f"not a stamp store ({exc.__class__.__name__})") from None
+    return store.to_stampset()
+
+
+def method_factories(names, quick=False):
+    """``{display name: factory(random_state) -> estimator}`` for method keys.
+
+    Keys: ``classical``, ``a+vr`` (the shipped recipe), ``a+vr-ae`` (A+Vr
+    with AE latents + physical statistics), ``a+vr-paper`` (the paper's exact
+    recipe: 'lupt' whole stamps, symmetric prior, AE latents only), ``v+m``,
+    ``vr+m-sc``, ``vr+m-dkl``, ``vr+m-aw``, ``vr+m-pw``, ``probe``.
+    ``quick`` shrinks the training (tests, smoke runs).
+    """
+    from astrohvae.classify import HierarchicalClassifier, LatentProbe, ManifoldClassifier
+
+    ae_ep = 1 if quick else 4
+    vae_ep = 10 if quick else 40
+    small = (8, 16, 32, 32)
+
+    class _Classical(ClassicalClassifier):
+        deterministic = True
+
+    table = {
+        "classical": ("classical r_half", lambda s: _Classical()),
+        "a+vr": ("A+Vr (default: physical stats, asym. prior)",
+                 lambda s: HierarchicalClassifier(ae_epochs=ae_ep, vae_epochs=vae_ep, random_state=s)),
+        "a+vr-ae": ("A+Vr (AE latents + physical stats)",
+                    lambda s: HierarchicalClassifier(ae_components=None, ae_epochs=ae_ep, vae_epochs=vae_ep,
+                                                     random_state=s)),
+        "a+vr-paper": ("A+Vr (paper recipe: lupt, sym. prior)",
+                       lambda s: HierarchicalClassifier(representation="lupt", crop=None, physical=False,
+                                                        ae_components=None, symmetric_prior=True, fit_weight=False,
+                                                        center_weight=0.0, augment=False, channels=small,
+                                                        ae_epochs=ae_ep, vae_epochs=vae_ep, random_state=s)),
+        "probe": ("probe: logistic on AE latents (supervised)",
+                  lambda s: LatentProbe(channels=small, ae_epochs=ae_ep, random_state=s)),
+    }
+    for kl in ("standard", "sc", "dkl", "aw", "pw"):
+        key = "v+m" if kl == "standard" else f"vr+m-{kl}"
+        label = "V+M (VAE + Isomap)" if kl == "standard" else f"Vr+M ({kl.upper()})"
+        table[key] = (label, (lambda k: lambda s: ManifoldClassifier(kl=k, channels=small, epochs=ae_ep,
+                                                                      random_state=s))(kl))
+    out = {}
+    for n in names:
+        if n not in table:
+            raise ValueError(f"unknown method {n!r}; choose from {sorted(table)}")
+        out[table[n][0]] = table[n][1]
+    return out
+
+
+def evaluate_catalog(catalog, truth, radius=2.0):
+    """Metrics of a catalogue's ``p_galaxy`` against a simulator truth table.
+
+    Sources are matched to the nearest truth object within ``radius`` pixels;
+    unmatched sources are left out.  Returns `summarise` rows (one method,
+    one seed).
+    """
+    from astrohvae.io.catalog import read_catalog
+    from astrohvae.simulate import read_truth
+    from astrohvae.store import match_truth
+
+    cat = read_catalog(catalog)
+    t, _ = read_truth(truth)
+    tt, tm = match_truth(cat.table, t, radius=radius)
+    name = str(cat.header.get("CLASSIFR", cat.header.get("METHOD", "catalogue")))
+    runs = {name: [np.asarray(cat.table["p_galaxy"], dtype=float)]}
+    return summarise(np.asarray(tt).astype(int), tm, runs), runs, np.asarray(tt).astype(int)
+
+
+def write_rows_csv(rows, path):
+    """Write `summarise` rows as CSV (atomically)."""
+    from astropy.table import Table
+
+    from astrohvae.io.atomic import atomic_path
+
+    t = Table(rows=[[r[k] for k in rows[0]] for r in rows], names=list(rows[0])) if rows else Table()
+    with atomic_path(path) as tmp:
+        t.write(tmp, format="ascii.csv", overwrite=True)
+    return path

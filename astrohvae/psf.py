@@ -62,7 +62,7 @@ def recentre(x, dy, dx):
     return out.astype(np.float32)
 
 
-def profile_features(stamps, band_sum=("g", "r", "i")):
+def profile_features(stamps, band_sum=("g", "r", "i"), r_total=8.0):
     """Half-light radius and concentration of every stamp.
 
     Parameters
@@ -74,8 +74,9 @@ def profile_features(stamps, band_sum=("g", "r", "i")):
     Returns
     -------
     dict of ndarray (N,)
-        ``r_half`` (pixels; half of the own-segment flux, or of the flux
-        within 8 px when the segment is empty), ``concentration`` (flux within
+        ``r_half`` (pixels; radius enclosing half of the flux within
+        ``r_total`` pixels, other sources masked -- a fixed aperture, so that
+        the segment's size, which shrinks with S/N, does not bias it), ``concentration`` (flux within
         1.5 px over flux within 5 px), ``flux`` (g+r+i own flux, nmgy),
         ``snr`` (that flux over its noise).
     """
@@ -87,29 +88,32 @@ def profile_features(stamps, band_sum=("g", "r", "i")):
     n, ny, nx = img.shape
     r = _radius_grid(ny, nx)
     own = (mask & MASK_OWN) != 0
-    has_seg = own.sum(axis=(1, 2)) >= 3
-    sel = np.where(has_seg[:, None, None], own, (r <= 8.0)[None])
+    sel = (r <= r_total)[None] & ((mask & 6) == 0)
     order = np.argsort(r.ravel(), kind="stable")
     rs = r.ravel()[order]
     vals = (img * sel).reshape(n, -1)[:, order]
     cum = np.cumsum(vals, axis=1)
-    tot = cum[:, -1]
+    # enclosed flux at each distinct radius (last pixel of each radius shell)
+    ur, first = np.unique(rs, return_index=True)
+    last = np.r_[first[1:] - 1, rs.size - 1]
+    keep = ur <= r_total
+    ur, cu = ur[keep], cum[:, last[keep]]
+    tot = cu[:, -1]
     half = 0.5 * np.where(tot > 0, tot, np.nan)
-    k = np.argmax(cum >= half[:, None], axis=1)
-    r_half = rs[k].astype(np.float64)
-    # linear interpolation between neighbouring radii
+    above = cu >= half[:, None]
+    k = np.where(above.any(axis=1), np.argmax(above, axis=1), len(ur) - 1)
     kp = np.maximum(k - 1, 0)
-    c0 = cum[np.arange(n), kp]
-    c1 = cum[np.arange(n), k]
+    rows = np.arange(n)
+    c0, c1 = cu[rows, kp], cu[rows, k]
     frac = np.where(c1 > c0, (half - c0) / np.where(c1 > c0, c1 - c0, 1.0), 0.0)
-    r_half = np.where(k > 0, rs[kp] + np.clip(frac, 0, 1) * (rs[k] - rs[kp]), r_half)
+    r_half = np.where(k > 0, ur[kp] + np.clip(frac, 0, 1) * (ur[k] - ur[kp]), ur[k])
     r_half = np.where(np.isfinite(half), r_half, np.nan)
     f_in = (img * (r <= 1.5)[None]).sum(axis=(1, 2))
     f_out = (img * (r <= 5.0)[None]).sum(axis=(1, 2))
     conc = np.where(f_out > 0, f_in / np.where(f_out > 0, f_out, 1.0), np.nan)
     sky = np.asarray(stamps.sky_sigma, dtype=np.float64)
     fsrc = source_flux(clean, mask, sky)
-    noise = np.sqrt((sky[:, idx] ** 2).sum(axis=1) * np.maximum(sel.sum(axis=(1, 2)), 1))
+    noise = np.sqrt((sky[:, idx] ** 2).sum(axis=1) * np.maximum(own.sum(axis=(1, 2)), 1))
     snr = fsrc / np.maximum(noise, 1e-12)
     return {"r_half": r_half, "concentration": conc, "flux": fsrc, "snr": snr}
 
@@ -198,7 +202,9 @@ def psf_match(stamps, psf, radius=5.0):
 
     Returns
     -------
-    dict of ndarray (N,) : ``psf_ratio``, ``chi``
+    dict of ndarray (N,) : ``psf_ratio``, ``chi``, ``spread_model`` (SExtractor's
+    SPREAD_MODEL: ``(G.I)/(P.I) - (G.P)/(P.P)`` with ``G`` the PSF convolved
+    with an exponential disc of scale FWHM/16; ~0 for stars, > 0 extended)
     """
     flux = np.asarray(stamps.flux, dtype=np.float32)
     mask = np.asarray(stamps.mask, dtype=np.uint8)
@@ -221,4 +227,25 @@ def psf_match(stamps, psf, radius=5.0):
     rms = np.sqrt((resid**2).sum(axis=(1, 2)) / np.maximum(good.sum(axis=(1, 2)), 1)) / np.maximum(sig, 1e-12)
     snr = np.abs(f_ap) * enc / np.maximum(sig * np.sqrt(ap.sum()), 1e-12)
     chi = rms / np.sqrt(np.maximum(snr, 1.0))
-    return {"psf_ratio": ratio, "chi": chi}
+    # SExtractor's SPREAD_MODEL (Desai et al. 2012): linear discriminant
+    # between the PSF and the PSF convolved with a small exponential disc
+    fwhm = 2.0 * psf.r_half if psf.r_half > 0 else 3.5
+    g = _extended_model(p, fwhm / 16.0)
+    big = (r <= 2 * radius)[None] & ((mask & 6) == 0)
+    gi = (g[None] * img * big).sum(axis=(1, 2))
+    pi = (p[None] * img * big).sum(axis=(1, 2))
+    gp = (g[None] * p[None] * big).sum(axis=(1, 2))
+    pp2 = (p[None] ** 2 * big).sum(axis=(1, 2))
+    pi_safe = np.where(np.abs(pi) > 1e-12, pi, 1e-12)
+    spread = np.clip(gi / pi_safe - gp / np.maximum(pp2, 1e-12), -0.1, 0.2)
+    return {"psf_ratio": ratio, "chi": chi, "spread_model": spread}
+
+
+def _extended_model(p, h):
+    """``p`` convolved with an exponential disc of scale length ``h`` pixels (Fourier)."""
+    ny, nx = p.shape
+    ky = np.fft.fftfreq(ny)[:, None]
+    kx = np.fft.rfftfreq(nx)[None, :]
+    k2 = ky**2 + kx**2
+    ft = (1.0 + (2 * np.pi) ** 2 * h**2 * k2) ** -1.5
+    return np.fft.irfft2(np.fft.rfft2(p) * ft, s=(ny, nx))
