@@ -360,13 +360,20 @@ def _classify_chunks(clf, dflux, dmask, dsky, meta, stamps_mod):
         a, b = int(starts[i]), int(starts[i + 1])
         f, m, s = dask.compute(dflux.blocks[i], dmask.blocks[i], dsky.blocks[i], scheduler="synchronous")
         st = stamps_mod.StampSet(flux=f, mask=m, sky_sigma=s, meta=meta[a:b])
-        p, lat = _predict(clf, st)
+        try:
+            p, lat = _predict(clf, st)
+        except (RuntimeError, ValueError, KeyError, IndexError) as exc:
+            raise ClassifierFailure(_one_line(f"{type(exc).__name__}: {exc}", 160)) from exc
         p_all.append(np.asarray(p, dtype=np.float32).reshape(-1))
         for k, v in lat.items():
             lat_all.setdefault(k, []).append(np.asarray(v, dtype=np.float32))
     p = np.concatenate(p_all)
     lat = {k: np.concatenate(v) for k, v in lat_all.items()}
     return p, lat
+
+
+class ClassifierFailure(RuntimeError):
+    """The classifier could not run on the stamps (weights that do not fit this code)."""
 
 
 def _predict(clf, stamps):
@@ -518,6 +525,15 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
     return FieldProducts(table, segmap, classmap, masks, header, t, latent_dim)
 
 
+def _default_weights_dir():
+    try:
+        from astrohvae.classify import DEFAULT_WEIGHTS
+
+        return DEFAULT_WEIGHTS
+    except ImportError:
+        return "classifier"
+
+
 # ----------------------------------------------------------------------------- one field
 def default_output(name, directory="."):
     """``<directory>/<name>.cat.fits``."""
@@ -575,8 +591,11 @@ def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, pr
         field = read_input(path)
         timings["read"] = time.perf_counter() - t1
     _check_field(field, label)
-    prod = process_field(field, clf, segmenter=seg, nsigma=nsigma, batch_size=batch_size,
-                         workdir=None)
+    try:
+        prod = process_field(field, clf, segmenter=seg, nsigma=nsigma, batch_size=batch_size, workdir=None)
+    except ClassifierFailure as exc:
+        where = weights if weights is not None else _default_weights_dir()
+        raise InputError(where, f"weights do not fit this version of the classifier ({exc})") from None
     timings.update(prod.timings)
     t1 = time.perf_counter()
     write_catalog(out, prod.table, prod.segmap, prod.classmap, prod.masks, prod.header,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -231,6 +232,14 @@ def test_foreign_weights(tmp_path, tiny_weights):
     run_fails(tmp_path, mef, "--out", tmp_path / "c.fits", "--weights", w, *FAST, names=w)
     (w / "config.json").write_text('{"hello": "world"}')
     run_fails(tmp_path, mef, "--out", tmp_path / "c.fits", "--weights", w, *FAST, names=w)
+    # tensors that load but do not fit the features the code computes (e.g. an older version's weights)
+    w2 = _weights_copy(tiny_weights, tmp_path / "w2")
+    cfg = json.loads((w2 / "config.json").read_text())
+    if not cfg.get("physical"):
+        pytest.skip("tiny classifier has no physical features to drop")
+    cfg["physical"] = False
+    (w2 / "config.json").write_text(json.dumps(cfg))
+    run_fails(tmp_path, mef, "--out", tmp_path / "c.fits", "--weights", w2, *FAST, names=w2)
 
 
 class _Payload:
