@@ -158,14 +158,18 @@ class ChunkedSource:
     select : callable or None
         ``select(start, stop) -> bool mask`` of the rows to keep (e.g. the
         training split of a store); ``None`` keeps all.
+    prefetch : bool
+        Load the next chunk in a background thread while the current one is
+        used (reading and preprocessing overlap with training).
 
     Each epoch visits the chunks in a random order and shuffles the rows of
     each chunk; rows left over at the end of a chunk are carried into the
     next, so all batches but the last have ``batch_size`` rows.
     """
 
-    def __init__(self, get_chunk, bounds, select=None):
+    def __init__(self, get_chunk, bounds, select=None, prefetch=True):
         self.get_chunk = get_chunk
+        self.prefetch = bool(prefetch)
         self.bounds = [(int(a), int(b)) for a, b in bounds if b > a]
         self.select = select
         if select is None:
@@ -209,11 +213,26 @@ class ChunkedSource:
             if len(arr):
                 yield rows, arr
 
+    def _chunks(self, order):
+        order = list(order)
+        if not self.prefetch or len(order) < 2:
+            for k in order:
+                yield self._load(*self.bounds[k])
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            fut = pool.submit(self._load, *self.bounds[order[0]])
+            for i in range(len(order)):
+                res = fut.result()
+                if i + 1 < len(order):
+                    fut = pool.submit(self._load, *self.bounds[order[i + 1]])
+                yield res
+
     def batches(self, rng, batch_size, shuffle=True):
         order = rng.permutation(len(self.bounds)) if shuffle else range(len(self.bounds))
         carry = None
-        for k in order:
-            arr, _ = self._load(*self.bounds[k])
+        for arr, _ in self._chunks(order):
             if shuffle:
                 arr = arr[rng.permutation(len(arr))]
             if carry is not None and len(carry):
@@ -402,7 +421,8 @@ def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device
         for xb in bar:
             if xb.shape[0] < 2:  # BatchNorm needs two samples
                 continue
-            xb = torch.from_numpy(np.ascontiguousarray(xb)).to(device, non_blocking=True)
+            xb = torch.from_numpy(np.ascontiguousarray(xb))
+            xb = (xb.pin_memory() if device.type == "cuda" else xb).to(device, non_blocking=True)
             if augment:
                 xb = _augment(xb, rng)
             with amp_ctx:
