@@ -402,3 +402,69 @@ def write_rows_csv(rows, path):
     with atomic_path(path) as tmp:
         t.write(tmp, format="ascii.csv", overwrite=True)
     return path
+
+
+def load_dl4astro(folder):
+    """The 20 labelled Kim & Brunner SDSS stamps as a StampSet and labels.
+
+    The stamps (48x48, bands ugriz aligned to r) hold asinh magnitudes; they
+    are converted back to nanomaggies with `astrohvae.photometry.luptitude_to_flux`
+    (same softening), then centred in 64x64 stamps, the 16-pixel border
+    zero-padded and marked invalid (mask bit 4); sky noise and segments are
+    measured on the stamps (`stamps_from_images`).  Labels: +1 star -> 0,
+    -1 galaxy -> 1.
+
+    Returns
+    -------
+    (StampSet, y)
+    """
+    from pathlib import Path
+
+    from astrohvae import BANDS
+    from astrohvae.errors import InputError
+    from astrohvae.photometry import luptitude_to_flux
+
+    folder = Path(folder)
+    try:
+        img = np.load(folder / "sdss_test_images.npy")
+        lab = np.load(folder / "sdss_test_labels.npy")
+    except (OSError, ValueError) as exc:
+        raise InputError(folder, f"cannot read the dl4astro stamps ({exc.__class__.__name__})") from None
+    flux = np.stack([luptitude_to_flux(img[:, k], b) for k, b in enumerate(BANDS)], axis=1).astype(np.float32)
+    st = stamps_from_images(flux, field="dl4astro")
+    y = np.where(np.asarray(lab).ravel() > 0, 0, 1)
+    return st, y
+
+
+def star_recall(clf, field_folder, stars_path, radius=3.0, batch_size=256):
+    """Share of catalogued stars that ``clf`` labels star on a real field.
+
+    The field is read and processed by the baseline chain
+    (`astrohvae.stamps.process_field`); each catalogued star (``x_r``,
+    ``y_r``) is matched to the nearest detected source within ``radius``
+    pixels.
+
+    Returns
+    -------
+    dict : ``n_catalogued``, ``n_matched``, ``n_star`` (matched and labelled
+    star), ``share`` (n_star / n_matched), ``n_sources`` (detections),
+    ``star_fraction_all`` (share of all detections labelled star).
+    """
+    from astropy.table import Table
+
+    from astrohvae.io.readers import read_field
+    from astrohvae.stamps import process_field
+
+    field = read_field(field_folder)
+    _, _, src, st = process_field(field)
+    pred = clf.predict(st, batch_size=batch_size)
+    stars = Table.read(stars_path)
+    sx, sy = np.asarray(stars["x_r"], float), np.asarray(stars["y_r"], float)
+    x, y = np.asarray(st.meta["x"], float), np.asarray(st.meta["y"], float)
+    d = np.hypot(sx[:, None] - x[None], sy[:, None] - y[None]) if len(x) else np.full((len(sx), 1), np.inf)
+    j = d.argmin(axis=1)
+    hit = d[np.arange(len(sx)), j] <= radius
+    n_star = int((pred[j[hit]] == "star").sum())
+    return {"n_catalogued": int(len(sx)), "n_matched": int(hit.sum()), "n_star": n_star,
+            "share": n_star / max(int(hit.sum()), 1), "n_sources": int(len(st)),
+            "star_fraction_all": float((pred == "star").mean()) if len(pred) else float("nan")}

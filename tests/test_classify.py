@@ -1,0 +1,129 @@
+"""Tests of astrohvae.classify: priors, label rule, estimators, persistence."""
+
+import numpy as np
+import pytest
+import torch
+
+from astrohvae.classify import (
+    DEFAULT_WEIGHTS,
+    HierarchicalClassifier,
+    LatentProbe,
+    ManifoldClassifier,
+    kl_mixture,
+    load_default_classifier,
+    mixture_posterior,
+    star_side,
+)
+from astrohvae.evaluate import binary_metrics, labels_from_meta
+from classify_helpers import toy_stamps
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def train():
+    return toy_stamps(360, seed=10, mag_range=(16, 20.5))
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    return toy_stamps(200, seed=11, mag_range=(16, 20.5))
+
+
+@pytest.fixture(scope="module")
+def fitted(train):
+    return HierarchicalClassifier(ae_epochs=1, vae_epochs=15, random_state=0).fit(train)
+
+
+def test_kl_mixture_matches_monte_carlo():
+    torch.manual_seed(0)
+    mu = torch.tensor([[-1.2], [0.3], [2.0]])
+    logvar = torch.log(torch.tensor([[0.05], [0.5], [0.2]]))
+    w, m, s = [0.3, 0.7], [-1.5, 1.0], [0.3, 1.0]
+    kl = kl_mixture(mu, logvar, w, m, s).numpy()
+    v = mu + torch.exp(0.5 * logvar) * torch.randn(3, 200000)
+    logq = torch.distributions.Normal(mu, torch.exp(0.5 * logvar)).log_prob(v)
+    comps = torch.stack([np.log(wk) + torch.distributions.Normal(mk, sk).log_prob(v) for wk, mk, sk in zip(w, m, s)])
+    mc = (logq - torch.logsumexp(comps, 0)).mean(1).numpy()
+    np.testing.assert_allclose(kl, mc, atol=0.02)
+    assert np.all(kl >= -1e-4)
+
+
+def test_mixture_posterior():
+    w, m, s = [0.3, 0.7], [-1.5, 1.0], [0.3, 1.0]
+    p = mixture_posterior(np.array([-1.5, 0.0, 1.0, 3.0]), np.full(4, 0.1), w, m, s)
+    np.testing.assert_allclose(p.sum(1), 1)
+    assert p[0, 0] > 0.9 and p[2, 1] > 0.9 and p[3, 1] > 0.99
+
+
+def test_star_side_uses_concentration(train):
+    y, _ = labels_from_meta(train.meta)
+    side, med = star_side(train, y)  # group 0 = true stars here
+    assert side == 0 and med[0] > med[1]
+    side2, _ = star_side(train, 1 - y)
+    assert side2 == 1
+
+
+def test_hierarchical_api(fitted, test_set):
+    p = fitted.predict_proba(test_set, batch_size=64)
+    assert p.shape == (len(test_set),) and p.dtype == np.float32
+    assert np.all((p >= 0) & (p <= 1))
+    lab = fitted.predict(test_set)
+    assert set(np.unique(lab)) <= {"star", "galaxy"}
+    np.testing.assert_array_equal(lab == "galaxy", p >= 0.5)
+    t = fitted.transform(test_set[:7])
+    assert t["z_ae"].shape == (7, 30) and t["z_hvae"].shape == (7, 1) and t["z_hvae_sigma"].shape == (7, 1)
+    assert np.all(t["z_hvae_sigma"] > 0)
+    # batching does not change results
+    np.testing.assert_allclose(fitted.predict_proba(test_set, batch_size=13), p, atol=1e-5)
+    empty = fitted.transform(test_set[:0])
+    assert empty["z_ae"].shape == (0, 30)
+
+
+def test_hierarchical_separates_toy_stars(fitted, test_set):
+    y, _ = labels_from_meta(test_set.meta)
+    m = binary_metrics(y, fitted.predict_proba(test_set))
+    assert m["auc"] > 0.9, m
+
+
+def test_labels_never_used(train, test_set):
+    a = HierarchicalClassifier(ae_epochs=1, vae_epochs=5, random_state=1).fit(train)
+    shuffled = train[np.arange(len(train))]
+    shuffled.meta["truth_type"] = np.random.default_rng(0).permutation(np.asarray(shuffled.meta["truth_type"]))
+    b = HierarchicalClassifier(ae_epochs=1, vae_epochs=5, random_state=1).fit(shuffled)
+    np.testing.assert_allclose(a.predict_proba(test_set), b.predict_proba(test_set), atol=1e-5)
+
+
+def test_save_load_roundtrip(fitted, test_set, tmp_path):
+    fitted.save(tmp_path / "w")
+    assert (tmp_path / "w" / "model.safetensors").is_file()
+    c = HierarchicalClassifier.load(tmp_path / "w", device="cpu")
+    np.testing.assert_allclose(c.predict_proba(test_set), fitted.predict_proba(test_set), atol=1e-5)
+    assert isinstance(c.weights_hash, str) and len(c.weights_hash) >= 8
+    assert c.method == "A+Vr"
+
+
+def test_load_bad_folder(tmp_path):
+    from astrohvae.errors import InputError
+
+    with pytest.raises(InputError):
+        HierarchicalClassifier.load(tmp_path)
+
+
+@pytest.mark.skipif(not (DEFAULT_WEIGHTS / "config.json").is_file(), reason="default weights not shipped yet")
+def test_default_classifier(test_set):
+    clf = load_default_classifier("cpu")
+    p = clf.predict_proba(test_set)
+    assert p.shape == (len(test_set),) and np.isfinite(p).all()
+
+
+def test_manifold_and_probe(train, test_set):
+    y, _ = labels_from_meta(test_set.meta)
+    mc = ManifoldClassifier(kl="standard", epochs=1, channels=(8, 8, 16, 16), crop=32, random_state=0).fit(train)
+    p = mc.predict_proba(test_set)
+    assert p.shape == (len(test_set),) and np.all((p >= 0) & (p <= 1))
+    # the threshold puts the assumed star fraction on the star side of the training set
+    frac = (mc.predict(train) == "star").mean()
+    assert abs(frac - mc.star_fraction) < 0.1
+    pr = LatentProbe(ae_epochs=1, channels=(8, 8, 16, 16), crop=32).fit(train)
+    assert binary_metrics(y, pr.predict_proba(test_set))["auc"] > 0.7
