@@ -238,6 +238,10 @@ def train(store, model_kind, divergence, prior, beta, out, epochs, latent_epochs
                                max_stamps=max_stamps, augment=augment, progress=not quiet)
     except ValueError as exc:
         raise click.UsageError(str(exc))
+    except KeyboardInterrupt:
+        click.echo(f"astrohvae: interrupted; the last finished epoch is checkpointed in {out}.checkpoints "
+                   "(rerun with --resume)", err=True)
+        sys.exit(130)
     n = res["n"]
     click.echo(f"trained {model_kind} on {n['train']} stamps (val {n['val']}, test {n['test']}) -> {res['out']}")
     for k, v in res["metrics"].items():

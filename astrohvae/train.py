@@ -1176,7 +1176,8 @@ def _plots(folder, net, histories, kind, srcs, meta, device):
         yv, ylabel = np.log10(sig[:, 0]), "log10 sigma of z_hvae[0]"
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     colours = {-1: ("0.5", "no truth"), 0: ("tab:blue", "star"), 1: ("tab:red", "galaxy")}
-    for code, (c, label) in colours.items():
+    # the most frequent class first, so that the rarer one (often the stars) stays visible on top
+    for code, (c, label) in sorted(colours.items(), key=lambda kv: -np.count_nonzero(truth == kv[0])):
         sel = truth == code
         if sel.any():
             ax.scatter(mu[sel, 0], yv[sel], s=4, c=c, alpha=0.5, label=label, lw=0)

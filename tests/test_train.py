@@ -143,6 +143,12 @@ def test_divergence_values():
     assert float(at_peak) < 0.8 and float(at_zero) > 3 * float(at_peak)
     with pytest.raises(ValueError):
         get_divergence("nope")
+    # a general (asymmetric) mixture prior; symmetric weights reproduce the two-peak quadrature
+    mix = get_divergence("mixture", dict(weights=[0.5, 0.5], means=[-2.0, 2.0], sigmas=[0.5, 0.5]))
+    v = torch.tensor([[0.3], [2.0]]), torch.tensor([[0.0], [-1.0]])
+    np.testing.assert_allclose(mix(*v).numpy(), f(*v).numpy(), rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError):
+        get_divergence("mixture", (2.0, 0.5))
 
 
 def test_pixel_weight_changes_the_loss(data):
