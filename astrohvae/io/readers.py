@@ -34,7 +34,7 @@ import numpy as np
 
 from astrohvae import BANDS, REF_BAND
 from astrohvae.errors import InputError
-from astrohvae.io.align import _exact, align_band
+from astrohvae.io.align import _exact, align_band, find_alignment_stars
 from astrohvae.io.field import Field
 
 __all__ = ["read_field", "parse_frame_name", "FRAME_RE"]
@@ -203,7 +203,7 @@ def _celestial_wcs(header):
 
 
 # --------------------------------------------------------------------------- assembling a Field
-def _assemble(planes, *, name, files, require_wcs, order, source):
+def _assemble(planes, *, name, files, require_wcs, order, source, refine=True):
     """Build the Field from ``planes``: band -> (data, header, path).
 
     ``require_wcs``: alignment through the WCS is compulsory (SDSS frames).
@@ -244,7 +244,7 @@ def _assemble(planes, *, name, files, require_wcs, order, source):
 
     out = np.zeros((len(BANDS),) + ref_shape, np.float32)
     out_mask = np.zeros((len(BANDS),) + ref_shape, bool)
-    offsets = {}
+    infos = {}
     todo = []
     for i, b in enumerate(BANDS):
         need = False
@@ -255,23 +255,32 @@ def _assemble(planes, *, name, files, require_wcs, order, source):
         else:
             out[i] = np.where(masks[b], 0.0, datas[b])
             out_mask[i] = masks[b]
-            offsets[b] = (0.0, 0.0)
+            infos[b] = {"offset": (0.0, 0.0), "wcs_offset": (0.0, 0.0), "refine": (0.0, 0.0),
+                        "nstars": 0, "residual": float("nan")}
+
+    stars = None
+    ref_filled = out[BANDS.index(REF_BAND)]
+    if todo and refine:
+        stars = find_alignment_stars(ref_filled, out_mask[BANDS.index(REF_BAND)])
 
     def work(item):
         i, b = item
         try:
-            d, m, off = align_band(datas[b], masks[b], wcss[b], ref_wcs, ref_shape, order=order)
+            d, m, info = align_band(datas[b], masks[b], wcss[b], ref_wcs, ref_shape, order=order,
+                                    ref_image=ref_filled if refine else None, stars=stars)
         except ValueError as exc:
             raise InputError(planes[b][2], f"cannot align band {b} onto r: {exc}") from None
         if m.all():
             raise InputError(planes[b][2], f"band {b} does not overlap the r-band footprint")
-        return i, b, d, m, off
+        return i, b, d, m, info
 
-    for i, b, d, m, off in _map_threads(work, todo):
-        out[i], out_mask[i], offsets[b] = d, m, off
+    for i, b, d, m, info in _map_threads(work, todo):
+        out[i], out_mask[i], infos[b] = d, m, info
 
     meta = {
-        "offsets": {b: offsets[b] for b in BANDS},
+        "offsets": {b: infos[b]["offset"] for b in BANDS},
+        "wcs_offsets": {b: infos[b]["wcs_offset"] for b in BANDS},
+        "refinement": {b: {k: infos[b][k] for k in ("refine", "nstars", "residual")} for b in BANDS},
         "aligned": [b for _, b in todo],
         "interpolation_order": order,
         "unit_source": notes,
@@ -303,7 +312,7 @@ def _map_threads(fn, items):
 
 
 # --------------------------------------------------------------------------- the three layouts
-def _read_single_file(path, order):
+def _read_single_file(path, opts):
     """One FITS file: a cube with BANDS or a MEF with FILTER per HDU."""
     hdus = _open_checked(path)
     images = [(h, d) for h, d in hdus if d is not None]
@@ -324,7 +333,7 @@ def _read_single_file(path, order):
             raise InputError(path, f"missing band(s) {', '.join(missing)} in cube (BANDS={header['BANDS']!r})")
         planes = {b: (data[names.index(b)], header, path) for b in BANDS}
         return _assemble(planes, name=_stem(path), files=[str(path)], require_wcs=False,
-                         order=order, source=path)
+                         source=path, **opts)
 
     planes = {}
     for header, data in images:
@@ -348,7 +357,7 @@ def _read_single_file(path, order):
         desc = ", ".join(f"{b}:{planes[b][0].shape}" for b in BANDS if b in planes)
         raise InputError(path, f"bands have mismatched shapes ({desc}) and no WCS to align them")
     return _assemble(planes, name=_stem(path), files=[str(path)], require_wcs=False,
-                     order=order, source=path)
+                     source=path, **opts)
 
 
 def _pick_by_compression(candidates, prefer=""):
@@ -376,7 +385,7 @@ def _frames_in_folder(folder, field_id=None, prefer=""):
     return fid, {b: _pick_by_compression(ps, prefer) for b, ps in per_band.items()}
 
 
-def _read_band_files(paths, order, source):
+def _read_band_files(paths, opts, source):
     """Single-band files (SDSS frames or files with a FILTER keyword)."""
     paths = [Path(p) for p in paths]
     for p in paths:
@@ -434,10 +443,10 @@ def _read_band_files(paths, order, source):
         ref = planes.get(REF_BAND, next(iter(planes.values())))[2]
         name = _stem(ref)
     files = [str(planes[b][2]) for b in BANDS if b in planes]
-    return _assemble(planes, name=name, files=files, require_wcs=True, order=order, source=source)
+    return _assemble(planes, name=name, files=files, require_wcs=True, source=source, **opts)
 
 
-def read_field(path_or_paths, *, order=1):
+def read_field(path_or_paths, *, order=1, refine=True):
     """Read a five-band field onto the r-band pixel grid.
 
     Parameters
@@ -457,6 +466,12 @@ def read_field(path_or_paths, *, order=1):
         Interpolation order used to resample bands onto the r grid; the
         default bilinear interpolation conserves flux, does not ring and keeps
         the mask compact (see `astrohvae.io.align.resample`).
+    refine : bool, optional
+        After aligning through the WCS, measure the median residual shift of
+        bright isolated stars between each band and r and remove it (the
+        SDSS frame WCSs disagree by up to ~1 px between bands in some
+        fields).  Needs at least 5 usable stars; otherwise the WCS alone is
+        used.  See `astrohvae.io.align.align_band`.
 
     Returns
     -------
@@ -466,10 +481,14 @@ def read_field(path_or_paths, *, order=1):
         touched one, and pixels outside a band's footprint), ``wcs`` the r
         band's celestial WCS (None when the input has none), ``name``
         ``'RUN-CAMCOL-FIELD'`` for SDSS frames else the file stem, ``files``
-        the inputs.  ``meta['offsets'][band]`` is the median ``(dx, dy)``
-        of the band's pixel grid relative to r before alignment (band pixel
-        minus r pixel of the same sky position), ``meta['aligned']`` the
-        bands that were resampled, ``meta['headers']`` the per-band headers.
+        the inputs.  ``meta['offsets'][band]`` is the ``(dx, dy)`` of the band's
+        pixel grid relative to r before alignment (band pixel minus r pixel
+        of the same sky position, WCS plus star refinement),
+        ``meta['wcs_offsets']`` the WCS part alone (median over the field),
+        ``meta['refinement'][band]`` the star-based correction (``refine``
+        (dx, dy), ``nstars``, ``residual`` median star residual in px),
+        ``meta['aligned']`` the bands that were resampled,
+        ``meta['headers']`` the per-band headers.
 
     Raises
     ------
@@ -478,6 +497,7 @@ def read_field(path_or_paths, *, order=1):
         shapes, all-NaN bands, missing WCS where alignment needs one, files
         of different fields mixed.
     """
+    opts = {"order": order, "refine": refine}
     if isinstance(path_or_paths, (str, os.PathLike)):
         text = os.fspath(path_or_paths)
         p = Path(text)
@@ -487,8 +507,8 @@ def read_field(path_or_paths, *, order=1):
                 raise InputError(text, "no file matches this pattern")
             matches = [m for m in matches if not Path(m).is_dir()]
             if len(matches) == 1:
-                return read_field(matches[0], order=order)
-            return _read_band_files(matches, order, source=text)
+                return read_field(matches[0], order=order, refine=refine)
+            return _read_band_files(matches, opts, source=text)
         if not p.exists():
             raise InputError(p, "no such file or folder")
         if p.is_dir():
@@ -497,12 +517,12 @@ def read_field(path_or_paths, *, order=1):
                 fits_files = [q for q in sorted(p.iterdir()) if q.is_file() and re.search(
                     r"\.(fits?|fts)(\.bz2|\.gz|\.fz)?$", q.name, re.I)]
                 if len(fits_files) == 1:
-                    return _read_single_file(fits_files[0], order)
+                    return _read_single_file(fits_files[0], opts)
                 raise InputError(p, "no SDSS frame-{band}-RUN-CAMCOL-FIELD.fits files in this folder")
             missing = [b for b in BANDS if b not in frames]
             if missing:
                 raise InputError(p, f"missing band(s) {', '.join(missing)} for field {fid} in this folder")
-            return _read_band_files([frames[b] for b in BANDS], order, source=p)
+            return _read_band_files([frames[b] for b in BANDS], opts, source=p)
         parsed = parse_frame_name(p)
         if parsed is not None:
             band, fid, comp = parsed
@@ -511,8 +531,8 @@ def read_field(path_or_paths, *, order=1):
             missing = [b for b in BANDS if b not in frames]
             if missing:
                 raise InputError(p.parent, f"missing band(s) {', '.join(missing)} for field {fid} beside {p.name}")
-            return _read_band_files([frames[b] for b in BANDS], order, source=p)
-        return _read_single_file(p, order)
+            return _read_band_files([frames[b] for b in BANDS], opts, source=p)
+        return _read_single_file(p, opts)
 
     try:
         paths = [Path(os.fspath(q)) for q in path_or_paths]
@@ -521,5 +541,5 @@ def read_field(path_or_paths, *, order=1):
     if not paths:
         raise InputError("[]", "empty list of files")
     if len(paths) == 1:
-        return read_field(paths[0], order=order)
-    return _read_band_files(paths, order, source=paths[0].parent)
+        return read_field(paths[0], order=order, refine=refine)
+    return _read_band_files(paths, opts, source=paths[0].parent)
