@@ -239,6 +239,49 @@ def test_resample_identity_and_order_check():
         resample(img, None, coords, order=2)
 
 
+def many_star_frames(folder, wcs_error, n=25, shape=(160, 200), seed=3):
+    """Frames with ``n`` stars whose band WCS is wrong by ``wcs_error[band]`` px."""
+    rng = np.random.default_rng(seed)
+    pos = []
+    while len(pos) < n:
+        x, y = rng.uniform(20, shape[1] - 20), rng.uniform(20, shape[0] - 20)
+        if all(np.hypot(x - a, y - b) > 15 for a, b, _ in pos):
+            pos.append((x, y, rng.uniform(200, 1000)))
+    folder.mkdir(parents=True)
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
+    for b in BANDS:
+        dx, dy = SHIFTS[b]
+        ex, ey = wcs_error.get(b, (0.0, 0.0))
+        img = rng.normal(0, 0.05, shape)
+        for x, y, f in pos:
+            img += f / (2 * np.pi * 1.5**2) * np.exp(-((xx - x - dx - ex) ** 2 + (yy - y - dy - ey) ** 2) / 4.5)
+        h = wcs_header(dx, dy)
+        h["FILTER"] = b
+        fits.PrimaryHDU(img.astype(np.float32), header=h).writeto(folder / f"frame-{b}-000001-1-0001.fits")
+    return [(x, y) for x, y, _ in pos]
+
+
+def test_star_refinement_corrects_a_wrong_wcs(tmp_path):
+    err = {"g": (0.6, -0.4), "z": (-0.3, 0.25)}
+    pos = many_star_frames(tmp_path / "f", err)
+    fixed = read_field(tmp_path / "f")
+    plain = read_field(tmp_path / "f", refine=False)
+    for b in BANDS:
+        ref = fixed.meta["refinement"][b]
+        expected = err.get(b, (0.0, 0.0))
+        if b != "r":
+            assert ref["nstars"] >= 15
+            assert ref["refine"] == pytest.approx(expected, abs=0.03), b
+            assert fixed.meta["offsets"][b] == pytest.approx(np.add(SHIFTS[b], expected), abs=0.03)
+        assert plain.meta["refinement"][b]["refine"] == (0.0, 0.0)
+        assert plain.meta["offsets"][b] == pytest.approx(SHIFTS[b], abs=1e-6)
+    gi = BANDS.index("g")
+    for x, y in pos[:8]:
+        assert com(fixed.data[gi], x, y, h=4) == pytest.approx((x, y), abs=0.05)
+        cx, cy = com(plain.data[gi], x, y, h=4)
+        assert (cx - x, cy - y) == pytest.approx(err["g"], abs=0.05)
+
+
 # --------------------------------------------------------------------------- bad input
 def check_error(target, path_part, *words):
     with pytest.raises(InputError) as exc:

@@ -266,7 +266,9 @@ def _assemble(planes, *, name, files, require_wcs, order, source, refine=True):
     def work(item):
         i, b = item
         try:
-            d, m, info = align_band(datas[b], masks[b], wcss[b], ref_wcs, ref_shape, order=order,
+            # astropy WCS objects are not guaranteed thread-safe: one copy per task
+            d, m, info = align_band(datas[b], masks[b], wcss[b].deepcopy(), ref_wcs.deepcopy(),
+                                    ref_shape, order=order,
                                     ref_image=ref_filled if refine else None, stars=stars)
         except ValueError as exc:
             raise InputError(planes[b][2], f"cannot align band {b} onto r: {exc}") from None
