@@ -51,7 +51,8 @@ def _bright_isolated_stars(s, n=3):
         d = np.hypot(t["x"] - row["x"], t["y"] - row["y"])
         if np.sum((d < 12) & (t["mag_r"] < 23)) == 1:
             keep.append(row)
-    keep.sort(key=lambda r: r["mag_r"])
+    # brightest in the faintest band (u for most stars, z for M dwarfs)
+    keep.sort(key=lambda r: max(r["mag_u"] - 20.0, r["mag_z"] - 19.0, r["mag_r"] - 21.0))
     return keep[:n]
 
 
@@ -202,9 +203,23 @@ def test_star_fraction(starsim, galsim):
     half = simulate_field(13, size=(200, 200), star_fraction=0.3)
     nstar = np.sum(half.truth["type"] == "star")
     assert nstar == round(0.3 * len(half.truth))
-    default = simulate_field(13, size=(200, 200))
-    # the default mix is galaxy dominated (high Galactic latitude)
-    assert np.mean(default.truth["type"] == "star") < 0.3
+    # the default mix follows the star and galaxy number counts, scaled by
+    # the field's Galactic star density
+    from astrohvae import simulate as S
+
+    default = simulate_field(14, size=(300, 300))
+    dens = default.meta["params"]["star_density"]
+
+    def expected(d):
+        ns = S._count(S._STAR_SLOPE, S._STAR_AMP * d, 14.0, 23.5, 1.0)
+        ng = S._count(S._GAL_SLOPE, S._GAL_AMP, 14.0, 23.5, 1.0)
+        return ns / (ns + ng)
+
+    f, n = np.mean(default.truth["type"] == "star"), len(default.truth)
+    fe = expected(dens)
+    assert abs(f - fe) < 3 * np.sqrt(fe * (1 - fe) / n) + 0.01
+    # at typical high latitude (density 1) galaxies dominate
+    assert expected(1.0) < 0.15
     with pytest.raises(ValueError):
         simulate_field(1, size=(64, 64), star_fraction=1.5)
 
