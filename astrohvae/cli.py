@@ -239,8 +239,14 @@ def train(store, model_kind, divergence, prior, beta, out, epochs, latent_epochs
     except ValueError as exc:
         raise click.UsageError(str(exc))
     except KeyboardInterrupt:
-        click.echo(f"astrohvae: interrupted; the last finished epoch is checkpointed in {out}.checkpoints "
-                   "(rerun with --resume)", err=True)
+        from pathlib import Path
+
+        ckdir = Path(f"{out}.checkpoints")
+        if ckdir.is_dir() and any(ckdir.glob("*.pt")):
+            click.echo(f"astrohvae: interrupted; the last finished epoch is checkpointed in {ckdir} "
+                       "(rerun with --resume)", err=True)
+        else:
+            click.echo("astrohvae: interrupted before the first epoch finished; nothing to resume", err=True)
         sys.exit(130)
     n = res["n"]
     click.echo(f"trained {model_kind} on {n['train']} stamps (val {n['val']}, test {n['test']}) -> {res['out']}")
