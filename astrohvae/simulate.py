@@ -23,28 +23,38 @@ Physics (see the module constants for the exact numbers):
   *pixel-integrated* PSF, as a fit to a star in the image measures it.
 * **Noise**: sky-subtracted frames; per pixel variance (in counts)
   ``(sky + object) / gain + dark_variance`` converted to nanomaggies with the
-  band's NMGY; sky levels, gains, dark variances and calibrations are drawn
-  around the values of the eight real SDSS fields in ``shared/data``.
+  band's NMGY; the sky noise is drawn around the median measured on the
+  eight real SDSS fields in ``shared/data`` (u 0.044, g 0.0167, r 0.028,
+  i 0.048, z 0.181 nanomaggies; 8 % common and 6 % per-band scatter), gains,
+  dark variances and calibrations around typical SDSS values, and the sky
+  level in counts follows from them.
   `Simulation.sky_sigma` is the resulting sky-only pixel sigma (nanomaggies).
-* **Stars**: differential counts ``dN/dm ~ 10^(0.12 (r - 20))`` scaled by a
-  per-field Galactic density factor; colours along the SDSS stellar locus
+* **Stars**: differential counts ``dN/dm = 800 x 10^(0.12 (r - 20))`` per
+  square degree per magnitude, scaled by a per-field Galactic density factor
+  (log-normal, 0.5 e-folds; one field in ten is a crowded low-latitude one,
+  4-15 times denser); colours along the SDSS stellar locus
   (anchor points approximating Covey et al. 2007, AJ 134, 2398, and Ivezic
   et al. 2008, ApJ 684, 287), with halo turn-off stars, disk G/K stars and
   M dwarfs mixed by magnitude; a few per cent quasars (point sources, blue
   u-g) at the faint end; and on a full field a few bright stars that
   saturate (SDSS saturates around r ~ 14) with bleed trails along columns.
-* **Galaxies**: counts ``dN/dm ~ 10^(0.47 (r - 20))`` (about 1e4 per square
-  degree to r = 22, Yasuda et al. 2001); each a de Vaucouleurs bulge plus an
-  exponential disk with its own colours (bulges red, disks blue; colours
+* **Galaxies**: counts ``dN/dm = 1320 x 10^(0.43 (r - 20))`` per square
+  degree per magnitude (about 1e4 per square degree to r = 22, cf. Yasuda et
+  al. 2001); both count laws are tuned so that photutils detections per
+  r-magnitude bin match the real fields (benchmarks/sim_vs_real.py).  Each
+  galaxy is a de Vaucouleurs bulge plus an exponential disk with its own
+  colours (bulges red, disks blue; colours
   redden with magnitude as a proxy for redshift), an inclination-driven disk
   axis ratio and a rounder bulge; "early" galaxies are bulge dominated.  The
   disk half-light radius shrinks with magnitude, median
-  ``1.8" x 10^(-0.17 (r - 18))`` with 0.2 dex scatter, so that at r ~ 22 a
-  typical galaxy is smaller than the PSF.  About 6 % of the objects are
+  ``1.8" x 10^(-0.12 (r - 18))`` with 0.2 dex scatter (0.6" at r = 22,
+  bulges 0.35-0.7 times that), so that at r ~ 22 a typical galaxy is
+  smaller than the PSF and looks like a star.  About 6 % of the objects are
   moved next to another object (close pairs, 1-4 arcsec apart); objects are
   placed up to 20 pixels beyond the field so that some are cut by its edges.
-* **Cosmic rays**: a few short, sharp tracks per band (not convolved with the
-  PSF), each in one band only.
+* **Cosmic rays**: a few (8 per full frame and band) short, sharp tracks
+  (not convolved with the PSF), each in one band only - the real corrected
+  frames have most cosmic rays already removed.
 
 Truth segmentation: a pixel belongs to object k when k's noiseless r-band
 surface brightness there exceeds `MASK_THRESHOLD` times the r sky sigma and
@@ -94,8 +104,10 @@ _SATUR = 30000.0
 #: Star counts dN/dm = _STAR_AMP 10^(_STAR_SLOPE (r - 20)) per deg^2 per mag
 #: (times a per-field density factor); galaxies likewise.  Calibrated so
 #: that photutils detections per magnitude bin match the real fields.
-_STAR_AMP, _STAR_SLOPE = 600.0, 0.12
-_GAL_AMP, _GAL_SLOPE = 1200.0, 0.47
+_STAR_AMP, _STAR_SLOPE = 800.0, 0.12
+_GAL_AMP, _GAL_SLOPE = 1320.0, 0.43
+#: Median disk half-light radius (arcsec) = _RE18 10^(_RE_SLOPE (r - 18)).
+_RE18, _RE_SLOPE = 1.8, -0.12
 #: Seeing FWHM relative to r, per band (u worst).
 _SEEING_RATIO = {"u": 1.12, "g": 1.05, "r": 1.0, "i": 0.95, "z": 0.94}
 
@@ -538,7 +550,7 @@ def _populations(rng, p, nx, ny, star_fraction, margin):
     early = rng.random(ng) < red_frac
     bt = np.where(early, rng.uniform(0.55, 0.95, ng), np.clip(rng.exponential(0.12, ng), 0.0, 0.45))
     bt[rng.random(ng) < 0.25 * ~early] = 0.0  # pure disks
-    re_med = 1.8 * 10.0 ** (-0.17 * (gal_m - 18.0))
+    re_med = _RE18 * 10.0 ** (_RE_SLOPE * (gal_m - 18.0))
     re_d = np.clip(re_med * 10.0 ** rng.normal(0, 0.2, ng), 0.08, 40.0)
     re_b = np.clip(np.where(early, 0.7, 0.35) * re_d * 10.0 ** rng.normal(0, 0.1, ng), 0.05, 30.0)
     cosi = rng.random(ng)
