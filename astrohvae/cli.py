@@ -47,14 +47,19 @@ def _parse_size(text):
 # --- simulate (owner: astrohvae/simulate.py) ---------------------------------
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--seed", type=int, required=True, help="Random seed; the same seed gives the same field.")
+@click.option("--seed", type=click.IntRange(0, 53_999_999_999), required=True,
+              help="Random seed; the same seed gives the same field (and names it RUN-CAMCOL-FIELD).")
 @click.option("--size", default="2048x1489", show_default=True, help="Field size NXxNY in pixels.")
-@click.option("--star-fraction", type=float, default=None, help="Fraction of stars (default: a realistic, magnitude-dependent mix).")
+@click.option("--star-fraction", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Fraction of all simulated objects that are stars (default: the observed star and galaxy number counts).")
 def simulate(out, seed, size, star_fraction):
     """Write a simulated SDSS field (five frames + truth) into folder OUT."""
     from astrohvae.simulate import write_simulation
 
-    paths = write_simulation(out, seed=seed, size=_parse_size(size), star_fraction=star_fraction)
+    nx, ny = _parse_size(size)
+    if nx < 16 or ny < 16:
+        raise click.BadParameter(f"{size!r}: the field must be at least 16x16 pixels", param_hint="--size")
+    paths = write_simulation(out, seed=seed, size=(nx, ny), star_fraction=star_fraction)
     for p in paths:
         click.echo(str(p))
 
@@ -225,11 +230,17 @@ def segment(field, out, variant, weights, classify, plots, device):
 @click.option("--max-stamps", type=click.IntRange(3), default=None, help="Train on a random subset of this size.")
 @click.option("--augment", is_flag=True, help="Random 90-degree rotations and flips.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads for torch (default: torch's choice; 1 is faster on a busy shared machine).")
 def train(store, model_kind, divergence, prior, beta, out, epochs, latent_epochs, batch_size, lr, latent_dim,
-          patience, device, seed, resume, plots, representation, max_stamps, augment, quiet):
+          patience, device, seed, resume, plots, representation, max_stamps, augment, quiet, threads):
     """Train a network on the stamp store STORE and write its weights to --out."""
     from astrohvae.train import train_from_store
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         res = train_from_store(store, out, model=model_kind, divergence=divergence, prior=prior, beta=beta,
                                epochs=epochs, latent_epochs=latent_epochs, batch_size=batch_size, lr=lr,
