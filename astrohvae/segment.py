@@ -10,10 +10,10 @@ feature maps, upsampled to full resolution) are then split into "object" and
    ``asinh(((data - level) / rms) / STRETCH) * STRETCH`` per band, 0 under
    the mask (`network_input`), so one rule fits every field;
 2. the hypercolumns are standardised, projected on their first principal
-   components and modelled by a Gaussian mixture (``n_components``, full
+   components and modelled by a two-component Gaussian mixture (full
    covariances).  The component whose pixels have the *dimmest mean
-   reconstruction* is "background"; every other component is "object".
-   The mixture is fitted once at training time and shipped with the weights
+   reconstruction* is "background", the other "object" (`fit_rule`).  The
+   mixture is fitted once at training time and shipped with the weights
    (``rule='shipped'``, the default) or refitted on each field
    (``rule='refit'``);
 3. pixels whose posterior probability of "object" exceeds ``threshold``
@@ -65,8 +65,8 @@ STRETCH = 3.0
 DEFAULT_VARIANT = "ae-hc"
 """Variant `load_default_segmenter` returns when none is asked for."""
 
-DEFAULT_TAPS = ("out", "dec0", "dec1", "dec2")
-"""Default hypercolumn layers: the reconstruction and the decoder at 1, 1/2, 1/4."""
+DEFAULT_TAPS = ("out", "dec0", "dec1")
+"""Default hypercolumn layers: the reconstruction and the decoder at full and half resolution."""
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "data" / "segment"
 """Shipped weights: one sub-folder per variant."""
@@ -217,6 +217,76 @@ def _resolve_device(device):
     return str(device)
 
 
+def sky_mode(img, lo=-3.0, hi=3.0, bins=241):
+    """Per-band mode of the sky in a network input (peak of the smoothed histogram)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    modes = np.zeros(img.shape[0], np.float32)
+    for b in range(img.shape[0]):
+        v = img[b][img[b] != 0]
+        if v.size == 0:
+            continue
+        if v.size > 500_000:
+            v = v[:: v.size // 500_000]
+        h, e = np.histogram(v, bins=bins, range=(lo, hi))
+        h = gaussian_filter1d(h.astype(float), 3)
+        modes[b] = 0.5 * (e[np.argmax(h)] + e[np.argmax(h) + 1])
+    return modes
+
+
+def _reflect(img):
+    """The field reflected about its per-band sky mode: noise kept, objects turned into holes."""
+    c = sky_mode(img)[:, None, None]
+    out = 2 * c - img
+    out[img == 0] = 0.0
+    return out
+
+
+def _anchored_em(Y, bg, n_obj, rng, n_iter=200, tol=1e-5, reg=1e-4):
+    """EM for a Gaussian mixture whose background components (``bg``) are fixed.
+
+    Only the object components' means and covariances, and all mixing
+    weights, are updated.  Returns ``(weights, means, covariances, is_object)``.
+    """
+    from scipy.special import logsumexp
+
+    nb, d = bg.n_components, Y.shape[1]
+    # initialise the object components on the pixels the background explains worst
+    ll_bg = bg.score_samples(Y)
+    order = np.argsort(ll_bg)
+    tail = Y[order[: max(50 * d, len(Y) // 50)]]
+    # split the tail by its distance from the background mean (n_obj quantile groups)
+    dist = np.linalg.norm(tail - bg.means_.mean(axis=0), axis=1)
+    groups = np.array_split(np.argsort(dist), n_obj)
+    means = list(bg.means_) + [tail[g].mean(axis=0) for g in groups]
+    covs = list(bg.covariances_) + [np.cov(tail[g].T) + reg * np.eye(d) for g in groups]
+    weights = np.r_[bg.weights_ * 0.95, np.full(n_obj, 0.05 / n_obj)]
+    prev = -np.inf
+    for _ in range(n_iter):
+        logp = []
+        for k in range(nb + n_obj):
+            sign, logdet = np.linalg.slogdet(covs[k])
+            diff = Y - means[k]
+            sol = np.linalg.solve(covs[k], diff.T).T
+            logp.append(np.log(weights[k]) - 0.5 * (logdet + np.sum(diff * sol, axis=1) + d * np.log(2 * np.pi)))
+        logp = np.stack(logp, axis=1)
+        tot = logsumexp(logp, axis=1)
+        ll = float(tot.mean())
+        resp = np.exp(logp - tot[:, None])
+        nk = resp.sum(axis=0) + 1e-10
+        weights = nk / nk.sum()
+        for k in range(nb, nb + n_obj):
+            rk = resp[:, k]
+            means[k] = rk @ Y / nk[k]
+            diff = Y - means[k]
+            covs[k] = (diff * rk[:, None]).T @ diff / nk[k] + reg * np.eye(d)
+        if abs(ll - prev) < tol:
+            break
+        prev = ll
+    is_obj = np.r_[np.zeros(nb, bool), np.ones(n_obj, bool)]
+    return weights, np.array(means), np.array(covs), is_obj
+
+
 class NetworkSegmenter:
     """Unsupervised pixel-wise segmenter: (V)AE hypercolumns + Gaussian mixture.
 
@@ -256,7 +326,7 @@ class NetworkSegmenter:
     """
 
     def __init__(self, variant=DEFAULT_VARIANT, taps=DEFAULT_TAPS, tap_weights=None,
-                 widths=(8, 16, 32, 32), n_components=2, n_pca=8, threshold=0.5, n_pixels=5,
+                 widths=(8, 16, 32, 32), n_components=2, n_background=2, rule_kind="free", n_pca=8, threshold=0.5, n_pixels=5,
                  deblend=True, deblend_fwhm=2.0, rule="shipped", tile=256, overlap=48,
                  batch_size=8, device="auto", random_state=0):
         self.variant = variant
@@ -264,6 +334,8 @@ class NetworkSegmenter:
         self.tap_weights = None if tap_weights is None else tuple(float(w) for w in tap_weights)
         self.widths = tuple(widths)
         self.n_components = int(n_components)
+        self.n_background = int(n_background)
+        self.rule_kind = rule_kind
         self.n_pca = int(n_pca)
         self.threshold = float(threshold)
         self.n_pixels = int(n_pixels)
@@ -279,7 +351,7 @@ class NetworkSegmenter:
     # -- parameters -------------------------------------------------------
     def get_params(self):
         """Constructor parameters as a dict (scikit-learn convention)."""
-        keys = ("variant", "taps", "tap_weights", "widths", "n_components", "n_pca", "threshold",
+        keys = ("variant", "taps", "tap_weights", "widths", "n_components", "n_background", "rule_kind", "n_pca", "threshold",
                 "n_pixels", "deblend", "deblend_fwhm", "rule", "tile", "overlap", "batch_size",
                 "device", "random_state")
         return {k: getattr(self, k) for k in keys}
@@ -293,7 +365,7 @@ class NetworkSegmenter:
         return self
 
     def _check_fitted(self):
-        if not hasattr(self, "net_") or not hasattr(self, "gmm_"):
+        if not hasattr(self, "net_") or not hasattr(self, "mix_weights_"):
             raise RuntimeError("NetworkSegmenter is not fitted: call fit() or load()")
 
     # -- fitting ----------------------------------------------------------
@@ -339,28 +411,9 @@ class NetworkSegmenter:
             out.append(np.asarray(f, np.float32) if isinstance(f, np.ndarray) else network_input(f, b))
         return out
 
-    def fit_rule(self, fields, backgrounds=None, n_samples=200_000):
-        """Fit the per-pixel rule (standardiser, PCA, Gaussian mixture) on hypercolumns.
-
-        Parameters
-        ----------
-        fields : list of Field or numpy.ndarray
-            As in `fit`; the network must already be trained (``net_``).
-        n_samples : int
-            Pixels drawn at random (uniformly) from all fields.
-
-        Returns
-        -------
-        self
-        """
-        from sklearn.decomposition import PCA
-        from sklearn.mixture import GaussianMixture
-
-        images = self._inputs(fields, backgrounds)
-        rng = np.random.default_rng(self.random_state)
+    def _sample_hypercolumns(self, images, n_samples, rng, crop=256, border=32, per_crop=4000):
+        """Hypercolumns (n, D) and mean reconstruction (n,) of random interior pixels."""
         m = self.net_.multiple
-        crop, border = 256, 32
-        per_crop = 4000
         n_crops = max(1, int(np.ceil(n_samples / per_crop / len(images))))
         feats, recon = [], []
         for img in images:
@@ -380,29 +433,97 @@ class NetworkSegmenter:
                     idx = rng.choice(valid, min(per_crop, valid.size), replace=False)
                     feats.append(flat[:, idx].T)
                     recon.append(rec[j].reshape(rec.shape[1], -1)[:, idx].mean(axis=0))
-        X = np.concatenate(feats).astype(np.float64)
-        r = np.concatenate(recon)
-        self.mean_ = X.mean(axis=0)
-        self.scale_ = X.std(axis=0) + 1e-6
-        Z = (X - self.mean_) / self.scale_
+        return np.concatenate(feats).astype(np.float64), np.concatenate(recon).astype(np.float64)
+
+    def fit_rule(self, fields, backgrounds=None, n_samples=200_000):
+        """Fit the per-pixel rule on hypercolumns (no labels).
+
+        ``rule_kind='free'`` (default): a plain Gaussian mixture of
+        ``n_components`` (2) full-covariance Gaussians on the standardised,
+        PCA-projected hypercolumns of random field pixels; the component with
+        the dimmest mean reconstruction is background, the others are object.
+
+        ``rule_kind='inverted'`` (experimental): the background part of the
+        mixture is pinned by the fields reflected about their sky mode
+        (`sky_mode`): sky noise is symmetric, objects are positive, so the
+        reflected fields hold the data's own noise (including the pixel
+        correlation left by resampling the bands onto r) and no positive
+        object.  ``n_background`` Gaussians are fitted to their hypercolumns
+        (features standardised by them), then ``n_components - n_background``
+        object Gaussians and all weights by EM on the real pixels with the
+        background held fixed.  Measured worse than 'free' on simulations
+        (the faint-source sky is not symmetric), kept for comparison.
+
+        In both cases the components are ranked by the mean reconstruction
+        (in noise units) of the pixels they claim, ``component_brightness_``;
+        "object" components must be brighter than every background one.
+
+        Parameters
+        ----------
+        fields : list of Field or numpy.ndarray
+            As in `fit`; the network must already be trained (``net_``).
+        n_samples : int
+            Field pixels drawn at random (uniformly) from all fields.
+
+        Returns
+        -------
+        self
+        """
+        from sklearn.decomposition import PCA
+        from sklearn.mixture import GaussianMixture
+
+        images = self._inputs(fields, backgrounds)
+        rng = np.random.default_rng(self.random_state)
+        X, r = self._sample_hypercolumns(images, n_samples, rng)
         w = self._tap_weight_vector()
-        Z = Z * w
+        if self.rule_kind not in ("inverted", "free"):
+            raise ValueError(f"rule_kind must be 'free' or 'inverted', not {self.rule_kind!r}")
+        if self.rule_kind == "inverted":
+            X0, _ = self._sample_hypercolumns([_reflect(im) for im in images], n_samples, rng)
+            self.mean_, self.scale_ = X0.mean(axis=0), X0.std(axis=0) + 1e-6
+        else:
+            self.mean_, self.scale_ = X.mean(axis=0), X.std(axis=0) + 1e-6
+        Z = (X - self.mean_) / self.scale_ * w
         n_pca = min(self.n_pca, Z.shape[1])
         pca = PCA(n_pca, random_state=self.random_state).fit(Z)
-        self.components_ = pca.components_
-        self.pca_mean_ = pca.mean_
+        self.components_, self.pca_mean_ = pca.components_, pca.mean_
         Y = pca.transform(Z)
-        gmm = GaussianMixture(self.n_components, covariance_type="full",
-                              random_state=self.random_state, n_init=2, max_iter=300).fit(Y)
-        self.gmm_ = gmm
-        comp = gmm.predict(Y)
-        bright = np.array([r[comp == k].mean() if np.any(comp == k) else -np.inf
-                           for k in range(self.n_components)])
+        if self.rule_kind == "inverted":
+            Y0 = pca.transform((X0 - self.mean_) / self.scale_ * w)
+            nb = min(self.n_background, self.n_components - 1)
+            bg = GaussianMixture(nb, covariance_type="full", random_state=self.random_state,
+                                 reg_covar=1e-4).fit(Y0)
+            weights, means, covs, is_obj = _anchored_em(Y, bg, self.n_components - nb, rng)
+        else:
+            g = GaussianMixture(self.n_components, covariance_type="full", random_state=self.random_state,
+                                n_init=2, max_iter=300).fit(Y)
+            weights, means, covs = g.weights_, g.means_, g.covariances_
+            is_obj = None
+        self._set_mixture(weights, means, covs)
+        comp = np.argmax(self._log_joint_np(Y), axis=1)
+        bright = np.array([r[comp == k].mean() if np.any(comp == k) else np.nan
+                           for k in range(len(weights))])
         self.component_brightness_ = bright
-        self.object_components_ = np.array([k != int(np.argmin(bright))
-                                            for k in range(self.n_components)])
+        if is_obj is None:
+            is_obj = np.arange(len(weights)) != int(np.nanargmin(bright))
+        self.object_components_ = np.asarray(is_obj, bool)
         self.n_features_ = X.shape[1]
         return self
+
+    def _set_mixture(self, weights, means, covs):
+        self.mix_weights_ = np.asarray(weights, np.float64)
+        self.mix_means_ = np.asarray(means, np.float64)
+        self.mix_covariances_ = np.asarray(covs, np.float64)
+        self.mix_prec_chol_ = np.stack([np.linalg.cholesky(np.linalg.inv(c)) for c in self.mix_covariances_])
+
+    def _log_joint_np(self, Y):
+        out = []
+        for k in range(len(self.mix_weights_)):
+            pc = self.mix_prec_chol_[k]
+            q = (Y - self.mix_means_[k]) @ pc
+            out.append(np.log(self.mix_weights_[k]) + np.sum(np.log(np.diag(pc)))
+                       - 0.5 * np.sum(q * q, axis=1))
+        return np.stack(out, axis=1)
 
     def _tap_weight_vector(self):
         w = []
@@ -445,13 +566,12 @@ class NetworkSegmenter:
         t = lambda a: torch.as_tensor(np.asarray(a), dtype=dt, device=dev)  # noqa: E731
         Z = (X - t(self.mean_)) / t(self.scale_) * t(self._tap_weight_vector())
         Y = (Z - t(self.pca_mean_)) @ t(self.components_).T
-        g = self.gmm_
         logp = []
-        for k in range(g.n_components):
-            pc = t(g.precisions_cholesky_[k])
-            q = (Y - t(g.means_[k])) @ pc
-            logdet = float(np.sum(np.log(np.diag(g.precisions_cholesky_[k]))))
-            logp.append(np.log(g.weights_[k]) + logdet - 0.5 * torch.sum(q * q, dim=1))
+        for k in range(len(self.mix_weights_)):
+            pck = self.mix_prec_chol_[k]
+            q = (Y - t(self.mix_means_[k])) @ t(pck)
+            logdet = float(np.sum(np.log(np.diag(pck))))
+            logp.append(np.log(self.mix_weights_[k]) + logdet - 0.5 * torch.sum(q * q, dim=1))
         logp = torch.stack(logp, dim=1)
         post = torch.softmax(logp, dim=1)
         p = post[:, t(self.object_components_.astype(np.float32)) > 0].sum(dim=1)
@@ -572,13 +692,12 @@ class NetworkSegmenter:
         from astrohvae.io.atomic import atomic_path
 
         self._check_fitted()
-        g = self.gmm_
         tensors = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()}
         tensors.update({
             "rule.mean": self.mean_, "rule.scale": self.scale_,
             "rule.components": self.components_, "rule.pca_mean": self.pca_mean_,
-            "rule.gmm_weights": g.weights_, "rule.gmm_means": g.means_,
-            "rule.gmm_covariances": g.covariances_,
+            "rule.mix_weights": self.mix_weights_, "rule.mix_means": self.mix_means_,
+            "rule.mix_covariances": self.mix_covariances_,
             "rule.object_components": self.object_components_.astype(np.int8),
             "rule.component_brightness": self.component_brightness_,
         })
@@ -609,9 +728,6 @@ class NetworkSegmenter:
         """
         import torch
         from safetensors.numpy import load_file
-        from sklearn.mixture import GaussianMixture
-        from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
-
         from astrohvae.models.segment import build_segment_net
 
         directory = Path(directory)
@@ -626,7 +742,7 @@ class NetworkSegmenter:
         if config.get("kind") != "astrohvae.segment.NetworkSegmenter":
             raise InputError(cfg_path, "not a NetworkSegmenter configuration")
         params = dict(config["params"])
-        fixed = {"variant", "widths", "taps", "tap_weights", "n_pca", "n_components"}
+        fixed = {"variant", "widths", "taps", "tap_weights", "n_pca", "n_components", "n_background", "rule_kind"}
         for k, v in overrides.items():
             if k in fixed:
                 raise ValueError(f"{k} is fixed by the weights")
@@ -642,11 +758,7 @@ class NetworkSegmenter:
         self.net_ = net.to(_resolve_device(device)).eval()
         self.mean_, self.scale_ = tensors["rule.mean"], tensors["rule.scale"]
         self.components_, self.pca_mean_ = tensors["rule.components"], tensors["rule.pca_mean"]
-        g = GaussianMixture(self.n_components, covariance_type="full")
-        g.weights_, g.means_ = tensors["rule.gmm_weights"], tensors["rule.gmm_means"]
-        g.covariances_ = tensors["rule.gmm_covariances"]
-        g.precisions_cholesky_ = _compute_precision_cholesky(g.covariances_, "full")
-        self.gmm_ = g
+        self._set_mixture(tensors["rule.mix_weights"], tensors["rule.mix_means"], tensors["rule.mix_covariances"])
         self.object_components_ = tensors["rule.object_components"].astype(bool)
         self.component_brightness_ = tensors["rule.component_brightness"]
         self.n_features_ = int(config["n_features"])
@@ -780,7 +892,7 @@ def plot_panels(img, results, out, class_map=None, zoom=None, title=""):
     for j, name in enumerate(names, start=1):
         segm, recon = results[name]
         data = np.zeros(img.shape[1:], np.int32) if segm is None else np.asarray(getattr(segm, "data", segm))
-        n = 0 if segm is None else int(getattr(segm, "nlabels", len(np.unique(data)) - 1))
+        n = 0 if segm is None else int(getattr(segm, "n_labels", len(np.unique(data)) - 1))
         axes[0, j].imshow(_label_colours(data[sl]), origin="lower", interpolation="nearest")
         axes[0, j].set_title(f"{name}: {n} segments", fontsize=8)
         if has_recon and recon is not None:
@@ -851,7 +963,7 @@ def _zoom_window(segm, shape, size=256):
     """A window around the largest segment (for the zoomed figure)."""
     ny, nx = shape
     size = min(size, ny, nx)
-    if segm is None or segm.nlabels == 0:
+    if segm is None or segm.n_labels == 0:
         y0, x0 = (ny - size) // 2, (nx - size) // 2
     else:
         k = int(np.argmax(segm.areas))
@@ -952,5 +1064,5 @@ def segment_file(field_path, out, variant=None, weights=None, classify=False, pl
         written.append(plot_panels(img, results, f"{stem}-segment.png", class_map=cmap, title=title))
         written.append(plot_panels(img, results, f"{stem}-segment-zoom.png", class_map=cmap,
                                    zoom=_zoom_window(segm, field.shape), title=title + ", zoom"))
-    return {"out": Path(out), "n_sources": 0 if segm is None else int(segm.nlabels),
+    return {"out": Path(out), "n_sources": 0 if segm is None else int(segm.n_labels),
             "seconds": time.perf_counter() - t0, "segment_seconds": t_seg, "plots": written}

@@ -216,3 +216,4 @@ def build_segment_net(variant="ae-res-hc", in_channels=5, widths=(8, 16, 32, 32)
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
     return SegmentNet(in_channels=in_channels, widths=widths, **VARIANTS[variant])
+

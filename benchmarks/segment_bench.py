@@ -1,0 +1,233 @@
+"""Segment benchmark: network segmenters (VAE+HC, AE+HC, AE+res+HC) vs photutils at 1.5 sigma.
+
+On simulated full fields (2048x1489, with truth) it reports per variant:
+
+* IoU: pixels with a label (segm > 0) vs the simulator's truth mask
+  (truth_mask > 0: noiseless r surface brightness above
+  `astrohvae.simulate.MASK_THRESHOLD` = 0.5 r sky sigma);
+* completeness by true r magnitude (bins to r = 22.5): a truth object inside
+  the field counts as detected when its true position (rounded to the pixel)
+  lies in a segment, or a segment centroid lies within 2 px of it;
+* purity: fraction of segments that match a truth object (any magnitude): the
+  segment contains the true position of a simulated object, or its centroid
+  lies within 2 px of one;
+* seconds to segment the field (network + rule + connected components +
+  deblending, from the network input / from the background-subtracted
+  field for photutils; the background is estimated once and shared).
+
+On a real SDSS field it reports the same with the photutils segments as the
+reference (their centroids as "truth"), plus the recall of the SDSS-catalogued
+stars when the field has a star list.
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/segment_bench.py [--seeds 1 2] \
+        [--real 004510-4-0030] [--weights astrohvae/data/segment] [--refit] \
+        [--out benchmarks/results/segment]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "sdss" / "fields"
+VARIANTS = ("vae-hc", "ae-hc", "ae-res-hc")
+BINS = [14.0, 18.0, 19.0, 20.0, 21.0, 21.5, 22.0, 22.5]
+
+
+def _centroids(segm):
+    from scipy import ndimage
+
+    data = segm.data
+    n = int(data.max())
+    if n == 0:
+        return np.zeros((0, 2))
+    c = ndimage.center_of_mass(np.ones_like(data, np.float32), data, np.arange(1, n + 1))
+    return np.asarray(c, float)  # (y, x)
+
+
+def match(segm, tx, ty, shape, radius=2.0):
+    """Detected flag per truth position, and matched flag per segment."""
+    from scipy.spatial import cKDTree
+
+    ny, nx = shape
+    data = np.zeros(shape, np.int32) if segm is None else np.asarray(segm.data)
+    ix, iy = np.round(tx).astype(int), np.round(ty).astype(int)
+    inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+    lab = np.zeros(len(tx), np.int32)
+    lab[inside] = data[iy[inside], ix[inside]]
+    det = lab > 0
+    nseg = int(data.max())
+    seg_ok = np.zeros(nseg + 1, bool)
+    seg_ok[lab[lab > 0]] = True
+    if nseg:
+        cen = _centroids(segm)
+        tree = cKDTree(np.c_[ty, tx])
+        d, j = tree.query(cen, k=1)
+        close = d <= radius
+        seg_ok[1:][close] = True
+        det[j[close]] = True
+    return det, seg_ok[1:]
+
+
+def table_for(segm, truth, truth_mask, shape):
+    ny, nx = shape
+    t = truth
+    inside = (t["x"] >= 0) & (t["x"] <= nx - 1) & (t["y"] >= 0) & (t["y"] <= ny - 1)
+    det, seg_ok = match(segm, np.asarray(t["x"]), np.asarray(t["y"]), shape)
+    mag = np.asarray(t["mag_r"])
+    comp = {}
+    for lo, hi in zip(BINS[:-1], BINS[1:]):
+        sel = inside & (mag >= lo) & (mag < hi)
+        comp[f"{lo:g}-{hi:g}"] = [float(det[sel].mean()) if sel.any() else None, int(sel.sum())]
+    sel22 = inside & (mag < 22.0)
+    sel225 = inside & (mag < 22.5)
+    pred = np.zeros(shape, bool) if segm is None else segm.data > 0
+    truth_b = truth_mask > 0
+    iou = float((pred & truth_b).sum() / max(1, (pred | truth_b).sum()))
+    return {
+        "iou": iou,
+        "n_segments": int(0 if segm is None else segm.n_labels),
+        "purity": float(seg_ok.mean()) if seg_ok.size else None,
+        "completeness_r<22": float(det[sel22].mean()),
+        "completeness_r<22.5": float(det[sel225].mean()),
+        "completeness_by_mag": comp,
+        "n_truth_r<22.5": int(sel225.sum()),
+    }
+
+
+def _segmenters(weights, refit, device="cpu"):
+    from astrohvae.segment import NetworkSegmenter
+
+    out = {}
+    for v in VARIANTS:
+        d = Path(weights) / v
+        if d.is_dir():
+            out[v] = NetworkSegmenter.load(d, device=device)
+            if refit:
+                out[v + " (refit)"] = NetworkSegmenter.load(d, device=device, rule="refit")
+    return out
+
+
+def run_one(field, bkg, segmenters, extra=None):
+    from astrohvae.segment import network_input
+    from astrohvae.stamps import detect
+
+    res = {}
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res["photutils 1.5σ"] = (detect(field, bkg, nsigma=1.5), time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    img = network_input(field, bkg)
+    t_in = time.perf_counter() - t0
+    for name, seg in segmenters.items():
+        t0 = time.perf_counter()
+        s = seg.segment(img)
+        res[name] = (s, time.perf_counter() - t0 + t_in)
+    return res, img
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[1])
+    ap.add_argument("--real", nargs="*", default=["004510-4-0030"])
+    ap.add_argument("--weights", default=str(ROOT / "astrohvae" / "data" / "segment"))
+    ap.add_argument("--refit", action="store_true", help="also run each variant with the mixture refitted per field")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "segment"))
+    ap.add_argument("--plots", action="store_true", help="write PNG panels per field")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    from astrohvae.stamps import estimate_background
+
+    segs = _segmenters(args.weights, args.refit)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"machine": f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
+              "simulated": {}, "real": {}}
+    for seed in args.seeds:
+        from astrohvae.simulate import simulate_field
+
+        sim = simulate_field(seed)
+        t0 = time.perf_counter()
+        bkg = estimate_background(sim.field)
+        t_bkg = time.perf_counter() - t0
+        res, img = run_one(sim.field, bkg, segs)
+        rows = {}
+        for name, (s, sec) in res.items():
+            rows[name] = table_for(s, sim.truth, sim.truth_mask, sim.field.shape)
+            rows[name]["seconds"] = sec
+        rows["_background_seconds"] = t_bkg
+        report["simulated"][f"seed {seed}"] = rows
+        print(json.dumps({f"seed {seed}": rows}, indent=1), flush=True)
+        if args.plots:
+            from astrohvae.segment import _zoom_window, plot_panels
+
+            results = {k: (v[0], None) for k, v in res.items()}
+            tm = sim.truth_mask
+            results = {"truth mask": (tm, None), **results}
+            plot_panels(img, results, out / f"sim-{seed}.png", title=f"simulated seed {seed}")
+            plot_panels(img, results, out / f"sim-{seed}-zoom.png",
+                        zoom=_zoom_window(res["photutils 1.5σ"][0], sim.field.shape, 300),
+                        title=f"simulated seed {seed}, zoom")
+    for name in args.real:
+        folder = DATA / name
+        if not folder.is_dir():
+            print(f"skip real field {name}: not found")
+            continue
+        from astropy.io import fits
+
+        from astrohvae.io.readers import read_field
+
+        field = read_field(folder)
+        t0 = time.perf_counter()
+        bkg = estimate_background(field)
+        t_bkg = time.perf_counter() - t0
+        res, img = run_one(field, bkg, segs)
+        ref = res["photutils 1.5σ"][0]
+        cen = _centroids(ref)
+        rows = {"_background_seconds": t_bkg}
+        stars = sorted(folder.glob("stars_in_frame_*.fits"))
+        st = None
+        if stars:
+            with fits.open(stars[0]) as h:
+                st = h[1].data
+        for k, (s, sec) in res.items():
+            det, seg_ok = match(s, cen[:, 1], cen[:, 0], field.shape)
+            row = {"n_segments": int(0 if s is None else s.n_labels), "seconds": sec,
+                   "recall_of_photutils_sources": float(det.mean()),
+                   "fraction_of_segments_matching_a_photutils_source": float(seg_ok.mean()) if seg_ok.size else None,
+                   "pixel_iou_with_photutils": float(((s.data > 0) & (ref.data > 0)).sum()
+                                                     / max(1, ((s.data > 0) | (ref.data > 0)).sum()))}
+            if st is not None:
+                d, _ = match(s, np.asarray(st["x_r"], float), np.asarray(st["y_r"], float), field.shape)
+                row["recall_sdss_stars"] = float(d.mean())
+                row["n_sdss_stars"] = int(len(d))
+            rows[k] = row
+        report["real"][name] = rows
+        print(json.dumps({name: rows}, indent=1), flush=True)
+        if args.plots:
+            from astrohvae.segment import _zoom_window, plot_panels
+
+            results = {k: (v[0], None) for k, v in res.items()}
+            plot_panels(img, results, out / f"real-{name}.png", title=f"SDSS {name}")
+            plot_panels(img, results, out / f"real-{name}-zoom.png",
+                        zoom=_zoom_window(ref, field.shape, 300), title=f"SDSS {name}, zoom")
+    (out / "segment_bench.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {out / 'segment_bench.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""Tests of the unsupervised network segmenter (astrohvae.segment, astrohvae.models.segment)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from astrohvae.errors import InputError  # noqa: E402
+from astrohvae.models.segment import (  # noqa: E402
+    VARIANTS,
+    build_segment_net,
+    hypercolumns,
+    receptive_radius,
+)
+from astrohvae.segment import (  # noqa: E402
+    WEIGHTS_DIR,
+    NetworkSegmenter,
+    classmap,
+    load_default_segmenter,
+    network_input,
+    write_segmap,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _blob_image(ny=192, nx=256, n=25, seed=0, extra=()):
+    """Noise-unit image (asinh-stretched like network_input) with Gaussian blobs."""
+    rng = np.random.default_rng(seed)
+    lin = rng.normal(size=(5, ny, nx)).astype(np.float32)
+    yy, xx = np.mgrid[:ny, :nx]
+    pos = []
+    for _ in range(n):
+        y, x = rng.uniform(10, ny - 10), rng.uniform(10, nx - 10)
+        s, a = rng.uniform(1.2, 3.0), rng.uniform(8, 60)
+        lin += (a * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * s * s)))[None]
+        pos.append((y, x))
+    for (y, x, sy, sx, a) in extra:
+        lin += (a * np.exp(-((yy - y) ** 2) / (2 * sy * sy) - ((xx - x) ** 2) / (2 * sx * sx)))[None]
+    return (np.arcsinh(lin / 3.0) * 3.0).astype(np.float32), pos
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny AE+residual segmenter trained (no labels) on blob images."""
+    imgs = [_blob_image(seed=s)[0] for s in range(3)]
+    seg = NetworkSegmenter(variant="ae-res-hc", tile=64, overlap=48, batch_size=4, random_state=0)
+    seg.fit(imgs, steps=60, batch_size=8, n_samples=20_000)
+    return seg
+
+
+# --------------------------------------------------------------------------- networks
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_network_shapes_and_hypercolumns(variant):
+    torch.manual_seed(0)
+    net = build_segment_net(variant).eval()
+    x = torch.randn(2, 5, 64, 48)
+    recon, extra = net(x, taps=net.tap_names())
+    assert recon.shape == x.shape
+    for name in net.tap_names():
+        f = extra[name]
+        assert f.shape[1] == net.tap_channels(name)
+    assert extra["enc3"].shape[-2:] == (8, 6)
+    hc = hypercolumns(net, x, ["out", "dec1", "latent"], weights=[1.0, 0.5, 2.0])
+    assert hc.shape == (2, 5 + 16 + 32, 64, 48)
+    # the tap weight multiplies the tap's block of channels
+    hc1 = hypercolumns(net, x, ["out", "dec1", "latent"])
+    torch.testing.assert_close(hc[:, 5:21], 0.5 * hc1[:, 5:21])
+    if variant == "vae-hc":
+        assert "mu" in extra and "logvar" in extra
+        # eval mode uses the mean: deterministic
+        torch.testing.assert_close(net(x)[0], net(x)[0])
+        net.train()
+        assert not torch.allclose(net(x)[0], net(x)[0])
+
+
+def test_residual_connections_add_encoder_to_decoder():
+    """ae-res-hc adds each encoder level to its decoder partner; ae-hc does not."""
+    torch.manual_seed(0)
+    res = build_segment_net("ae-res-hc").eval()
+    plain = build_segment_net("ae-hc").eval()
+    plain.load_state_dict(res.state_dict())
+    x = torch.randn(1, 5, 32, 32)
+    taps = res.tap_names()
+    with torch.no_grad():
+        _, er = res(x, taps=taps)
+        _, ep = plain(x, taps=taps)
+        for i in range(res.levels):
+            torch.testing.assert_close(er[f"dec{i}"], res.dec[i](er[f"dec{i + 1}"]) + er[f"enc{i}"])
+            torch.testing.assert_close(ep[f"dec{i}"], plain.dec[i](ep[f"dec{i + 1}"]))
+        # same weights, same encoder: only the skips differ
+        torch.testing.assert_close(er["latent"], ep["latent"])
+        assert not torch.allclose(er["out"], ep["out"])
+
+
+def test_receptive_radius_bounds_influence():
+    torch.manual_seed(0)
+    net = build_segment_net("ae-res-hc").eval()
+    x = torch.zeros(1, 5, 192, 192)
+    x2 = x.clone()
+    x2[0, :, 96, 96] = 50.0
+    with torch.no_grad():
+        taps = ["out", "dec0", "dec1", "dec2", "latent"]
+        d = (hypercolumns(net, x, taps) - hypercolumns(net, x2, taps)).abs().amax(dim=(0, 1))
+    ys, xs = np.nonzero(d.numpy() > 0)
+    extent = max(np.abs(ys - 96).max(), np.abs(xs - 96).max())
+    assert 8 < extent <= receptive_radius(net)
+
+
+def test_unknown_variant():
+    with pytest.raises(ValueError):
+        build_segment_net("unet")
+
+
+# --------------------------------------------------------------------------- estimator
+def test_unfitted_raises():
+    with pytest.raises(RuntimeError):
+        NetworkSegmenter().object_probability(np.zeros((5, 64, 64), np.float32))
+
+
+def test_fit_rule_labels_bright_component_object(trained):
+    b = trained.component_brightness_
+    assert trained.object_components_.sum() == 1
+    assert b[trained.object_components_][0] > b[~trained.object_components_][0]
+
+
+def test_inverted_rule_pins_background(trained):
+    imgs = [_blob_image(seed=s)[0] for s in range(2)]
+    seg = NetworkSegmenter(variant="ae-res-hc", rule_kind="inverted", n_components=3, n_background=2,
+                           tile=64, batch_size=4)
+    seg.net_ = trained.net_
+    seg.fit_rule(imgs, n_samples=10_000)
+    assert seg.object_components_.tolist() == [False, False, True]
+    b = seg.component_brightness_
+    assert b[2] > np.nanmax(b[:2])
+    with pytest.raises(ValueError):
+        seg.set_params(rule_kind="magic").fit_rule(imgs)
+
+
+def test_segment_finds_blobs_and_little_noise(trained):
+    img, pos = _blob_image(seed=11)
+    segm = trained.segment(img)
+    assert segm is not None
+    data = segm.data
+    found = sum(data[int(round(y)), int(round(x))] > 0 for y, x in pos)
+    assert found >= 0.9 * len(pos)
+    # labels follow the photutils convention 0 = background, 1..N
+    assert data.min() == 0 and set(np.unique(data)[1:]) == set(range(1, segm.n_labels + 1))
+    # pure noise: (almost) nothing
+    noise = (np.arcsinh(np.random.default_rng(5).normal(size=(5, 128, 128)) / 3) * 3).astype(np.float32)
+    s2 = trained.segment(noise)
+    assert s2 is None or s2.n_labels <= 3
+
+
+def test_no_seams_across_tiles(trained):
+    """A galaxy straddling a tile corner: the tiled map equals the one-tile map; one segment."""
+    gal = [(64.0, 128.0, 4.0, 9.0, 40.0)]   # centred on a tile corner for tile=64
+    img, _ = _blob_image(n=0, seed=3, extra=gal)
+    seg = trained
+    p_tiled, _ = seg.object_probability(img)
+    old = seg.tile
+    try:
+        seg.tile = 512
+        p_one, _ = seg.object_probability(img)
+    finally:
+        seg.tile = old
+    # identical away from the outer border (where padding differs)
+    np.testing.assert_allclose(p_tiled[:-60, :-60], p_one[:-60, :-60], atol=1e-5)
+    segm = seg.segment(img)
+    labels = np.unique(segm.data[56:73, 112:145])
+    labels = labels[labels > 0]
+    assert len(labels) == 1
+    ys, xs = np.nonzero(segm.data == labels[0])
+    assert ys.min() < 64 <= ys.max() and xs.min() < 128 <= xs.max()
+
+
+def test_save_load_roundtrip(trained, tmp_path):
+    out = trained.save(tmp_path / "seg")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    back = NetworkSegmenter.load(out, device="cpu", threshold=0.6)
+    img, _ = _blob_image(seed=4)
+    p1, r1 = trained.object_probability(img)
+    p2, r2 = back.object_probability(img)
+    np.testing.assert_allclose(p1, p2, atol=1e-5)
+    np.testing.assert_allclose(r1, r2, atol=1e-5)
+    assert back.variant == "ae-res-hc" and back.threshold == 0.6 and back.tile == trained.tile
+
+
+def test_load_bad_folder(tmp_path):
+    with pytest.raises(InputError):
+        NetworkSegmenter.load(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(InputError):
+        NetworkSegmenter.load(tmp_path)
+
+
+def test_network_input_noise_units():
+    from astrohvae.io.field import Field
+
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(5, 64, 64)) * 0.02 + 0.1).astype(np.float32)
+    mask = np.zeros(data.shape, bool)
+    mask[:, :4] = True
+    data[mask] = 0
+
+    class B:
+        level = np.full((5, 1, 1), 0.1, np.float32)
+        rms = np.full((5, 1, 1), 0.02, np.float32)
+
+    x = network_input(Field(data, mask), B)
+    assert x.dtype == np.float32 and x.shape == data.shape
+    assert np.all(x[mask] == 0)
+    assert 0.8 < x[~mask].std() < 1.1   # ~unit noise (asinh barely compresses 1 sigma)
+
+
+# --------------------------------------------------------------------------- class map and files
+def test_classmap_forms():
+    from astropy.table import Table
+
+    seg = np.array([[0, 1, 1], [2, 0, 3]], np.int32)
+    expect = np.array([[0, 1, 1], [2, 0, 0]], np.uint8)
+    np.testing.assert_array_equal(classmap(seg, {1: "star", 2: "galaxy"}), expect)
+    np.testing.assert_array_equal(classmap(seg, np.array([1, 2]), np.array(["star", "galaxy"])), expect)
+    np.testing.assert_array_equal(classmap(seg, Table({"id": [1, 2, 3], "class": ["star", "galaxy", "galaxy"]})),
+                                  np.array([[0, 1, 1], [2, 0, 2]], np.uint8))
+    assert classmap(seg, {1: 1}).dtype == np.uint8
+    with pytest.raises(ValueError):
+        classmap(seg, {1: "planet"})
+
+
+def test_write_segmap(tmp_path):
+    from astropy.io import fits
+
+    seg = np.zeros((20, 30), np.int32)
+    seg[2:5, 3:6] = 1
+    cm = classmap(seg, {1: "galaxy"})
+    path = write_segmap(tmp_path / "s.fits", seg, cm, header={"SEGVAR": "ae-hc"})
+    with fits.open(path) as h:
+        assert h["SEGMAP"].data.dtype.kind == "i" and h["SEGMAP"].data.dtype.itemsize == 4
+        assert h["CLASSMAP"].data.dtype == np.uint8
+        assert h["CLASSMAP"].data[3, 4] == 2 and h[0].header["SEGVAR"] == "ae-hc"
+    with pytest.raises(ValueError):
+        write_segmap(tmp_path / "t.fits", seg, cm[:10])
+    assert not (tmp_path / "t.fits").exists()
+    assert not list(tmp_path.glob(".t.fits*"))
+
+
+# --------------------------------------------------------------------------- shipped weights
+shipped = pytest.mark.skipif(not (WEIGHTS_DIR / "ae-hc").is_dir(), reason="no shipped segmenter weights")
+
+
+@shipped
+@pytest.mark.parametrize("variant", ["vae-hc", "ae-hc", "ae-res-hc"])
+def test_default_segmenter_on_small_simulation(variant):
+    sim_mod = pytest.importorskip("astrohvae.simulate")
+    from astrohvae.stamps import estimate_background
+
+    sim = sim_mod.simulate_field(7, size=(256, 256))
+    seg = load_default_segmenter(variant, device="cpu")
+    segm = seg.segment(sim.field, estimate_background(sim.field))
+    assert segm is not None
+    t = sim.truth
+    bright = t[(t["mag_r"] < 21) & (t["x"] > 2) & (t["x"] < 253) & (t["y"] > 2) & (t["y"] < 253)]
+    hit = [segm.data[int(round(y)), int(round(x))] > 0 for x, y in zip(bright["x"], bright["y"])]
+    assert len(hit) > 0 and np.mean(hit) >= 0.9
+
+
+def test_cli_segment(tmp_path):
+    sim_mod = pytest.importorskip("astrohvae.simulate")
+    from astropy.io import fits
+    from click.testing import CliRunner
+
+    from astrohvae.cli import main
+
+    if not (WEIGHTS_DIR / "ae-hc").is_dir():
+        pytest.skip("no shipped segmenter weights")
+    sim_mod.write_simulation(tmp_path / "sim", seed=3, size=(192, 160))
+    runner = CliRunner()
+    res = runner.invoke(main, ["segment", str(tmp_path / "sim"), "--out", str(tmp_path / "seg.fits"),
+                               "--variant", "ae-hc", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    with fits.open(tmp_path / "seg.fits") as h:
+        assert h["SEGMAP"].data.shape == (160, 192)
+        assert h["SEGMAP"].data.max() >= 1
+        assert "CLASSMAP" not in h
+    bad = runner.invoke(main, ["segment", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "x.fits")])
+    assert bad.exit_code == 2 and "error" in bad.output
+    assert not (tmp_path / "x.fits").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "sdss" / "fields" / "004510-4-0030").is_dir(),
+                    reason="real SDSS data (../shared/data) not available")
+@shipped
+def test_real_field_recovers_catalogued_stars():
+    from astropy.io import fits
+
+    from astrohvae.io.readers import read_field
+    from astrohvae.stamps import estimate_background
+
+    folder = DATA / "sdss" / "fields" / "004510-4-0030"
+    field = read_field(folder)
+    seg = load_default_segmenter(device="cpu")
+    segm = seg.segment(field, estimate_background(field))
+    with fits.open(folder / "stars_in_frame_004510-4-0030.fits") as h:
+        stars = h[1].data
+    x, y = np.round(stars["x_r"]).astype(int), np.round(stars["y_r"]).astype(int)
+    ok = (x >= 0) & (x < field.shape[1]) & (y >= 0) & (y < field.shape[0])
+    hit = segm.data[y[ok], x[ok]] > 0
+    assert hit.mean() > 0.9
