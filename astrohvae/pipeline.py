@@ -23,6 +23,7 @@ a bounded number of fields in flight, and a resumable output folder:
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import re
@@ -382,30 +383,16 @@ def _predict(clf, stamps):
     if callable(both):
         return both(stamps)
     lat = clf.transform(stamps)
-    p = _proba_from_latents(clf, lat)
-    if p is not None:
-        return p, lat
-    p = clf.predict_proba(stamps)
+    # predict_proba of the astrohvae classifiers starts with self.transform(stamps):
+    # hand it the latents just computed instead of a second network pass.  A shallow
+    # copy keeps the shared (cached) classifier untouched and thread-safe.
+    shadow = copy.copy(clf)
+    shadow.transform = lambda *args, **kwargs: lat
+    p = shadow.predict_proba(stamps)
     p = np.asarray(p)
     if p.ndim == 2:  # (N, 2) [star, galaxy] in scikit-learn style
         p = p[:, -1]
     return p, lat
-
-
-def _proba_from_latents(clf, lat):
-    """p_galaxy of a HierarchicalClassifier from its latents, without a second network pass.
-
-    Mirrors ``HierarchicalClassifier.predict_proba``; None for other classifiers.
-    """
-    try:
-        from astrohvae.classify import HierarchicalClassifier, mixture_posterior
-    except ImportError:
-        return None
-    if type(clf) is not HierarchicalClassifier or not hasattr(clf, "_prior"):
-        return None
-    z, s = np.asarray(lat["z_hvae"]), np.asarray(lat["z_hvae_sigma"])
-    post = mixture_posterior(z[:, 0], s[:, 0], *clf._prior())
-    return np.asarray(post[:, 1 - clf.star_peak_], dtype=np.float32)
 
 
 def _classes(clf, p):

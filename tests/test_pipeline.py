@@ -106,6 +106,16 @@ def test_chunked_classification_equals_one_batch(tiny_weights):
     for col in ("p_galaxy", "z_hvae", "z_ae", "x", "flux_r", "flags"):
         np.testing.assert_allclose(np.asarray(a.table[col]), np.asarray(b.table[col]), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(a.masks, b.masks)
+    # one network pass per batch gives the classifier's own predict_proba
+    from astrohvae.pipeline import _predict
+    from astrohvae.stamps import cut_stamps, detect, estimate_background, measure_sources
+
+    bg = estimate_background(field)
+    segm = detect(field, bg)
+    st = cut_stamps(field, segm, measure_sources(field, segm, bg), bg)
+    p, lat = _predict(clf, st)
+    np.testing.assert_allclose(p, clf.predict_proba(st), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lat["z_ae"], clf.transform(st)["z_ae"], rtol=1e-5, atol=1e-6)
 
 
 def test_empty_field_gives_zero_row_catalogue(tmp_path, tiny_weights):
