@@ -296,3 +296,52 @@ def test_cli(tmp_path):
     assert len(res.output.strip().splitlines()) == 6
     res = CliRunner().invoke(main, ["simulate", str(tmp_path / "o"), "--seed", "5", "--size", "64x48"])
     assert res.exit_code == 2 and "already holds" in res.output
+
+
+def test_cli_bad_arguments(tmp_path):
+    from click.testing import CliRunner
+
+    from astrohvae.cli import main
+
+    for extra in (["--star-fraction", "1.5"], ["--size", "8x8"], ["--size", "abc"]):
+        res = CliRunner().invoke(main, ["simulate", str(tmp_path / "o"), "--seed", "5", *extra])
+        assert res.exit_code == 2, extra
+        assert "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["simulate", str(tmp_path / "o"), "--seed", "-3"])
+    assert res.exit_code == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_bleed_conserves_charge():
+    from astrohvae.simulate import _bleed
+
+    counts = np.full((40, 5), 100.0)
+    counts[20, 2] = 5000.0
+    counts[21, 2] = 3000.0
+    out = _bleed(counts, 1000.0)
+    assert out.max() <= 1000.0 + 1e-9
+    assert out.sum() == pytest.approx(counts.sum())
+    # the excess runs along the column only, symmetrically-ish around the core
+    np.testing.assert_array_equal(out[:, [0, 1, 3, 4]], counts[:, [0, 1, 3, 4]])
+    trail = np.nonzero(out[:, 2] >= 1000.0)[0]
+    assert trail.size >= 7 and np.all(np.diff(trail) == 1)
+    assert 20 in trail and 21 in trail
+
+
+@pytest.mark.slow
+def test_full_field_realistic():
+    import time
+
+    t0 = time.process_time()
+    s = simulate_field(1)
+    cpu = time.process_time() - t0
+    assert cpu < 60
+    t = s.truth
+    assert s.field.data.shape == (5, 1489, 2048)
+    # of order two thousand objects to r = 23.5, galaxies dominate faint of r ~ 20
+    assert 1000 < len(t) < 4000
+    faint = t["mag_r"] > 21
+    assert np.mean(t["type"][faint] == "galaxy") > 0.8
+    # objects cut by the edges, blends and cosmic rays are present
+    assert t["edge"].sum() > 20 and t["blended"].sum() > 20
+    assert sum(len(v) for v in s.meta["cosmic_rays"].values()) > 10
