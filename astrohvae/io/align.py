@@ -257,22 +257,36 @@ def find_alignment_stars(image, mask=None, nsigma=20.0, isolation=10, half=7, ma
     return bx[order], by[order]
 
 
-def windowed_centroids(image, x, y, half=7, sigma_w=1.5, iterations=8):
+def windowed_centroids(image, x, y, half=7, sigma_w=1.5, iterations=8, noise=None):
     """Gaussian-windowed centroids (SExtractor ``XWIN``-like) around integer positions.
 
     Unbiased for a symmetric PSF and much less sensitive to noise and
     neighbours than a plain centre of mass.  The local background is the
     median of the cutout's border.
 
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2-D image.
+    x, y : array_like of int
+        Starting positions (at least ``half`` pixels inside the image).
+    half, sigma_w, iterations
+        Cutout half-size, window width (px) and number of iterations.
+    noise : float, optional
+        Pixel noise of ``image``; when given the windowed S/N is returned.
+
     Returns
     -------
     cx, cy : numpy.ndarray
         Centroids in the image's pixel coordinates (NaN where undefined).
+    snr : numpy.ndarray
+        Signal-to-noise ratio of the windowed flux (only with ``noise``).
     """
     x = np.asarray(x, int)
     y = np.asarray(y, int)
     if x.size == 0:
-        return np.array([]), np.array([])
+        empty = (np.array([]), np.array([]))
+        return empty if noise is None else empty + (np.array([]),)
     off = np.arange(-half, half + 1)
     cut = image[y[:, None, None] + off[None, :, None], x[:, None, None] + off[None, None, :]].astype(float)
     border = np.concatenate([cut[:, 0, :], cut[:, -1, :], cut[:, 1:-1, 0], cut[:, 1:-1, -1]], axis=1)
@@ -283,7 +297,8 @@ def windowed_centroids(image, x, y, half=7, sigma_w=1.5, iterations=8):
     for _ in range(iterations):
         dx = xx[None] - cx[:, None, None]
         dy = yy[None] - cy[:, None, None]
-        w = np.exp(-(dx**2 + dy**2) / (2 * sigma_w**2)) * cut
+        win = np.exp(-(dx**2 + dy**2) / (2 * sigma_w**2))
+        w = win * cut
         s = w.sum(axis=(1, 2))
         with np.errstate(invalid="ignore", divide="ignore"):
             cx = cx + 2 * (w * dx).sum(axis=(1, 2)) / s
@@ -291,7 +306,12 @@ def windowed_centroids(image, x, y, half=7, sigma_w=1.5, iterations=8):
         bad = ~(s > 0) | (np.abs(cx) > half - 2) | (np.abs(cy) > half - 2)
         cx[bad] = np.nan
         cy[bad] = np.nan
-    return x + cx, y + cy
+    if noise is None:
+        return x + cx, y + cy
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = s / (noise * np.sqrt((win**2).sum(axis=(1, 2))))
+    snr[~np.isfinite(cx)] = np.nan
+    return x + cx, y + cy, snr
 
 
 def _jacobian(coords):
@@ -305,7 +325,8 @@ def _jacobian(coords):
 
 
 def align_band(image, mask, band_wcs, ref_wcs, ref_shape, order=1, spacing=NODE_SPACING,
-               ref_image=None, stars=None, min_stars=5, max_refine=3.0):
+               ref_image=None, stars=None, min_stars=5, min_snr=20.0, significance=3.0,
+               max_refine=3.0):
     """Resample one band onto the reference grid, optionally refined on stars.
 
     The WCS of each SDSS frame is good to ~0.1 px in most fields but off by up
@@ -315,7 +336,11 @@ def align_band(image, mask, band_wcs, ref_wcs, ref_shape, order=1, spacing=NODE_
     WCS, the median residual shift of the stars (windowed centroids, band
     minus r) is measured, and if at least ``min_stars`` stars give a finite,
     plausible (< ``max_refine`` px) shift the band is resampled once more with
-    that shift removed.
+    that shift removed.  Only stars with a windowed S/N >= ``min_snr`` in
+    both r and the band count, and the shift is applied only when it differs
+    from zero by more than ``significance`` times its uncertainty (robust
+    scatter of the stars / sqrt(n)): a noisy median never makes a correct
+    WCS worse.
 
     Returns
     -------
@@ -338,17 +363,24 @@ def align_band(image, mask, band_wcs, ref_wcs, ref_shape, order=1, spacing=NODE_
     sx, sy = stars
     ok = ~out_mask[sy, sx]
     sx, sy = sx[ok], sy[ok]
-    rx, ry = windowed_centroids(ref_image, sx, sy)
-    bx, by = windowed_centroids(data, sx, sy)  # data is 0 under its mask
-    good = np.isfinite(rx) & np.isfinite(bx) & np.isfinite(ry) & np.isfinite(by)
+    rx, ry, rsn = windowed_centroids(ref_image, sx, sy, noise=_robust_sigma(ref_image))
+    bx, by, bsn = windowed_centroids(data, sx, sy, noise=_robust_sigma(data, out_mask))  # 0 under mask
+    with np.errstate(invalid="ignore"):
+        good = (rsn >= min_snr) & (bsn >= min_snr)
+    good &= np.isfinite(rx) & np.isfinite(bx) & np.isfinite(ry) & np.isfinite(by)
+    info["nstars"] = int(good.sum())
     if good.sum() < min_stars:
         return data, out_mask, info
     ddx = bx[good] - rx[good]
     ddy = by[good] - ry[good]
     dx, dy = float(np.median(ddx)), float(np.median(ddy))
-    info["nstars"] = int(good.sum())
-    if not (abs(dx) < max_refine and abs(dy) < max_refine):
-        info["residual"] = float(np.median(np.hypot(ddx, ddy)))
+    info["residual"] = float(np.median(np.hypot(ddx, ddy)))
+    # uncertainty of the median (robust scatter / sqrt(n), x 1.25 for the median)
+    n = ddx.size
+    ex = 1.2533 * 1.4826 * np.median(np.abs(ddx - dx)) / np.sqrt(n)
+    ey = 1.2533 * 1.4826 * np.median(np.abs(ddy - dy)) / np.sqrt(n)
+    significant = np.hypot(dx / max(ex, 1e-3), dy / max(ey, 1e-3)) > significance
+    if not (abs(dx) < max_refine and abs(dy) < max_refine) or not significant:
         return data, out_mask, info
     jac = _jacobian(coords)
     shift = jac @ np.array([dy, dx])
