@@ -881,8 +881,9 @@ def split_by_field(fields, seed=0, fractions=(5, 1, 1)):
 
     Whole fields go to one split (neighbouring sources, which share stamps,
     never straddle splits).  The fields are shuffled with ``seed`` and dealt
-    in the proportions ``fractions`` (5:1:1), with at least one field in each
-    split.  With fewer than 3 fields the rows themselves are split at random
+    to validation, then test, greedily filling each up to its share of the
+    stamps (``fractions``, 5:1:1) -- fields differ a lot in source counts --
+    and every split gets at least one field.  With fewer than 3 fields the rows themselves are split at random
     (a `UserWarning` says so).
 
     Parameters
@@ -901,16 +902,29 @@ def split_by_field(fields, seed=0, fractions=(5, 1, 1)):
     rng = np.random.default_rng(seed)
     frac = np.asarray(fractions, float) / float(np.sum(fractions))
     out = np.empty(len(fields), dtype="<U5")
-    uniq = np.unique(fields)
+    uniq, counts = np.unique(fields, return_counts=True)
     if len(uniq) >= 3:
-        order = rng.permutation(uniq)
-        n_val = max(1, int(round(frac[1] * len(uniq))))
-        n_test = max(1, int(round(frac[2] * len(uniq))))
-        n_val = min(n_val, len(uniq) - 2)
-        n_test = min(n_test, len(uniq) - 1 - n_val)
-        val_f, test_f = set(order[:n_val]), set(order[n_val : n_val + n_test])
+        # deal the shuffled fields to val, then test, until each holds its share of the
+        # *stamps* (fields differ a lot in source counts); at least one field each
+        order = [uniq[i] for i in rng.permutation(len(uniq))]
+        size = dict(zip(uniq, counts))
+        target = frac * len(fields)
+        assign = {}
+        for name, share in (("val", target[1]), ("test", target[2])):
+            got = 0
+            for f in order:  # greedy fill in random order without overshooting the share
+                if f not in assign and got + size[f] <= share:
+                    assign[f] = name
+                    got += size[f]
+            if got == 0:  # every free field is larger than the share: take the smallest
+                free = [f for f in order if f not in assign]
+                f = min(free, key=lambda g: size[g])
+                assign[f] = name
+        if len(assign) == len(uniq):  # keep at least one field for training
+            biggest = max(uniq, key=lambda g: size[g])
+            assign.pop(biggest)
         for i, f in enumerate(fields):
-            out[i] = "val" if f in val_f else ("test" if f in test_f else "train")
+            out[i] = assign.get(f, "train")
         return out
     warnings.warn(f"only {len(uniq)} field(s): splitting train/val/test by stamp, not by field "
                   "(neighbouring sources may appear in two splits)", UserWarning, stacklevel=2)

@@ -203,6 +203,14 @@ def test_split_by_field():
         assert len(set(split[fields == f])) == 1  # a field never straddles splits
     assert sorted(np.unique(split)) == ["test", "train", "val"]
     assert (split == "train").sum() == 50
+    # one big field and many small ones: val and test are filled with small fields up to ~1/7 each
+    sizes = [700, 40, 40, 40, 40, 40, 40, 30, 30]
+    fields = np.repeat([f"g{i}" for i in range(len(sizes))], sizes)
+    for seed in range(5):
+        split = split_by_field(fields, seed=seed)
+        assert set(split[fields == "g0"]) == {"train"}
+        for k in ("val", "test"):
+            assert 0 < (split == k).sum() <= len(fields) / 7
     with pytest.warns(UserWarning, match="by stamp"):
         split2 = split_by_field(np.array(["a"] * 70), seed=0)
     assert (split2 == "val").sum() == 10 and (split2 == "test").sum() == 10
