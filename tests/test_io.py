@@ -194,12 +194,30 @@ def test_frames_one_file_folder_glob_list_agree(tmp_path):
             assert com(f.data[i], x, y) == pytest.approx((x, y), abs=0.02)
 
 
-def test_frames_bz2(tmp_path):
-    paths = write_frames(tmp_path / "f", suffix=".fits.bz2")
+def write_gz(folder):
+    import gzip
+
+    paths = write_frames(folder)
+    for b, p in paths.items():
+        gz = p.with_name(p.name + ".gz")
+        gz.write_bytes(gzip.compress(p.read_bytes()))
+        p.unlink()
+        paths[b] = gz
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["bz2", "gz"])
+def test_frames_compressed(tmp_path, kind):
+    if kind == "bz2":
+        paths = write_frames(tmp_path / "f", suffix=".fits.bz2")
+    else:
+        paths = write_gz(tmp_path / "f")
     f = read_field(paths["r"])
     plain = read_field(write_frames(tmp_path / "p")["r"])
     np.testing.assert_array_equal(f.data, plain.data)
     assert f.name == "004510-4-0030"
+    assert f.files == tuple(str(paths[b]) for b in BANDS)
+    assert read_field(f) is f  # a Field passes through
 
 
 def test_footprint_edges_are_masked(tmp_path):

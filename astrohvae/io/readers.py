@@ -453,8 +453,8 @@ def read_field(path_or_paths, *, order=1, refine=True):
 
     Parameters
     ----------
-    path_or_paths : str, os.PathLike or sequence of them
-        One of
+    path_or_paths : str, os.PathLike, sequence of them, or Field
+        One of (a `Field` is returned unchanged)
 
         * a multi-extension FITS file with one image HDU per band, each with
           ``FILTER`` = u/g/r/i/z (any order);
@@ -499,6 +499,8 @@ def read_field(path_or_paths, *, order=1, refine=True):
         shapes, all-NaN bands, missing WCS where alignment needs one, files
         of different fields mixed.
     """
+    if isinstance(path_or_paths, Field):
+        return path_or_paths
     opts = {"order": order, "refine": refine}
     if isinstance(path_or_paths, (str, os.PathLike)):
         text = os.fspath(path_or_paths)
