@@ -177,7 +177,7 @@ def test_latent_vae_and_hvae(data):
     # the 1-D latent orders the two blob widths (either sign): clearly separated medians
     narrow, wide = np.median(mu[width < 2]), np.median(mu[width > 2])
     spread = np.std(mu)
-    assert abs(narrow - wide) > 0.5 * spread
+    assert abs(narrow - wide) > 1.0 * spread  # measured 1.86-1.99 std over seeds 0-4
 
 
 # ----------------------------------------------------------------------------- store + CLI
