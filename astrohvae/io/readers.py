@@ -74,8 +74,12 @@ def _has_glob(text):
 
 
 # --------------------------------------------------------------------------- reading HDUs
-def _open_checked(path):
+def _open_checked(path, source=None):
     """Open a FITS file fully into memory; every failure becomes an InputError.
+
+    ``source`` is what `_source` returned for ``path`` (decompressed in
+    advance, possibly in another thread); parsing happens here, in the
+    calling thread, because `warnings.catch_warnings` is not thread-safe.
 
     Returns a list of ``(header, data)`` for all HDUs (data None for empty
     HDUs and tables, which are not needed).
@@ -83,10 +87,12 @@ def _open_checked(path):
     from astropy.io import fits
 
     path = Path(path)
+    if source is None:
+        source = _source(path)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with fits.open(_source(path), memmap=False, lazy_load_hdus=False) as hdul:
+            with fits.open(source, memmap=False, lazy_load_hdus=False) as hdul:
                 hdus = []
                 for hdu in hdul:
                     data = None
@@ -137,6 +143,8 @@ def _source(path):
             return io.BytesIO(fh.read())
     except EOFError:
         raise InputError(path, "truncated compressed file") from None
+    except (PermissionError, FileNotFoundError, IsADirectoryError) as exc:
+        raise InputError(path, f"cannot read file ({exc.strerror})") from None
     except (OSError, zlib.error) as exc:
         kind = "bzip2" if opener is bz2.open else "gzip"
         raise InputError(path, f"not a valid {kind} file ({exc})") from None
@@ -404,10 +412,9 @@ def _read_band_files(paths, opts, source):
         (a, pa), (b, pb) = list(ids.items())[:2]
         raise InputError(pb, f"frames of different fields mixed: {a} ({pa.name}) and {b}")
 
-    def load(p):
-        return p, _open_checked(p)
-
-    loaded = _map_threads(load, paths)
+    # decompression (the slow part) in threads, FITS parsing here
+    sources = _map_threads(_source, paths)
+    loaded = [(p, _open_checked(p, src)) for p, src in zip(paths, sources)]
     planes = {}
     hdr_ids = {}
     for p, hdus in loaded:
