@@ -978,6 +978,73 @@ def _store_sources(store, representation, rows_mask, split, in_memory_bytes):
     return out
 
 
+def _train_kind(model, train_src, val_src, ckdir, *, epochs, batch_size, lr, device, seed, patience, progress,
+                resume, augment, latent_dim, divergence, prior, beta, latent_epochs):
+    common = dict(epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed, val=val_src,
+                  patience=patience, progress=progress, resume=resume, augment=augment)
+    if model == "ae":
+        net, hist = fit_ae(train_src, latent_dim=latent_dim or 30, checkpoint=ckdir / "ae.pt", **common)
+        return net, {"ae": hist}
+    if model in ("vae", "vae-revised"):
+        net, hist = fit_vae(train_src, latent_dim=latent_dim or 2, divergence=divergence, prior=prior, beta=beta,
+                            checkpoint=ckdir / "vae.pt", **common)
+        return net, {"vae": hist}
+    return fit_hvae(train_src, latent_dim=latent_dim or 1, divergence=divergence, prior=prior, beta=beta,
+                    latent_epochs=latent_epochs, checkpoint=ckdir / "hvae.pt", **common)
+
+
+class _training_lock:
+    """``<out>.checkpoints/LOCK`` holding our PID: two runs must not share checkpoints."""
+
+    def __init__(self, ckdir):
+        self.path = Path(ckdir) / "LOCK"
+
+    def __enter__(self):
+        import os
+
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                    os.kill(pid, 0)
+                except (ValueError, ProcessLookupError, FileNotFoundError):
+                    self.path.unlink(missing_ok=True)  # stale lock of a dead run
+                    continue
+                except PermissionError:  # alive, another user's process
+                    pass
+                raise InputError(self.path.parent, f"another training run (pid {pid}) is using these checkpoints")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            return self
+        raise InputError(self.path.parent, "cannot take the checkpoint lock")
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+        return False
+
+
+def _check_run_settings(ckdir, settings, resume):
+    """With ``resume``, refuse checkpoints made with other settings; without, clear them."""
+    import json
+
+    path = Path(ckdir) / "run.json"
+    settings = json.loads(json.dumps(settings))
+    if resume and path.exists() and any(Path(ckdir).glob("*.pt")):
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(path, "unreadable run settings of the checkpoints") from exc
+        diff = sorted(k for k in settings if old.get(k) != settings[k])
+        if diff:
+            raise InputError(ckdir, f"cannot resume: the checkpoints were made with other settings ({', '.join(diff)})")
+    elif not resume:
+        for f in Path(ckdir).glob("*.pt"):
+            f.unlink()
+    path.write_text(json.dumps(settings, indent=2))
+
+
 def train_from_store(store, out, *, model="hvae", divergence=None, prior=None, beta=1.0, epochs=20,
                      latent_epochs=100, batch_size=128, lr=1e-3, latent_dim=None, device="auto", seed=0,
                      patience=5, resume=False, plots=False, representation=None, max_stamps=None,
@@ -1082,19 +1149,16 @@ def train_from_store(store, out, *, model="hvae", divergence=None, prior=None, b
 
     ckdir = out.with_name(out.name + ".checkpoints")
     ckdir.mkdir(exist_ok=True)
-    common = dict(epochs=epochs, batch_size=batch_size, lr=lr, device=dev, seed=seed, val=val_src,
-                  patience=patience, progress=progress, resume=resume, augment=augment)
-    if model == "ae":
-        net, hist = fit_ae(train_src, latent_dim=latent_dim or 30, checkpoint=ckdir / "ae.pt", **common)
-        histories = {"ae": hist}
-    elif model in ("vae", "vae-revised"):
-        net, hist = fit_vae(train_src, latent_dim=latent_dim or 2, divergence=divergence, prior=prior, beta=beta,
-                            checkpoint=ckdir / "vae.pt", **common)
-        histories = {"vae": hist}
-    else:
-        net, histories = fit_hvae(train_src, latent_dim=latent_dim or 1, divergence=divergence, prior=prior,
-                                  beta=beta, latent_epochs=latent_epochs, checkpoint=ckdir / "hvae.pt",
-                                  **common)
+    run_settings = {"store": str(getattr(st, "path", "")), "n_stamps_store": n_all, "model": model,
+                    "divergence": divergence, "prior": list(prior), "beta": beta, "latent_dim": latent_dim,
+                    "representation": representation, "max_stamps": max_stamps, "seed": seed,
+                    "batch_size": batch_size, "lr": lr}
+    with _training_lock(ckdir):
+        _check_run_settings(ckdir, run_settings, resume)
+        net, histories = _train_kind(model, train_src, val_src, ckdir, epochs=epochs, batch_size=batch_size,
+                                     lr=lr, device=dev, seed=seed, patience=patience, progress=progress,
+                                     resume=resume, augment=augment, latent_dim=latent_dim,
+                                     divergence=divergence, prior=prior, beta=beta, latent_epochs=latent_epochs)
     net.eval()
 
     metrics = {}

@@ -266,3 +266,27 @@ def test_train_from_store_streaming_matches_in_memory(tiny_store, tmp_path):
     # different batch order, same data: losses of the same magnitude, all finite
     for k in ("train_loss", "val_loss", "test_loss"):
         assert np.isfinite(b["metrics"][k]) and 0.2 < b["metrics"][k] / a["metrics"][k] < 5
+
+
+def test_train_from_store_guards_checkpoints(tiny_store, tmp_path):
+    """A live lock or checkpoints made with other settings stop a run before it trains."""
+    import json
+    import os
+
+    from astrohvae.train import train_from_store
+
+    out = tmp_path / "m"
+    ck = tmp_path / "m.checkpoints"
+    ck.mkdir()
+    (ck / "LOCK").write_text(str(os.getpid()))  # this very process: alive
+    kw = dict(model="ae", epochs=1, batch_size=16, device="cpu", progress=False, latent_dim=4, max_stamps=40)
+    with pytest.raises(InputError, match="another training run"):
+        train_from_store(tiny_store, out, **kw)
+    (ck / "LOCK").write_text("999999999")  # a dead process: stale, taken over
+    (ck / "run.json").write_text(json.dumps({"seed": 123}))
+    (ck / "ae.pt").write_bytes(b"x")
+    with pytest.raises(InputError, match="other settings"):
+        train_from_store(tiny_store, out, resume=True, **kw)
+    assert not (ck / "LOCK").exists() and not out.exists()
+    res = train_from_store(tiny_store, out, **kw)  # without --resume the old checkpoints are discarded
+    assert res["n"]["train"] > 0 and out.is_dir() and not ck.exists()
