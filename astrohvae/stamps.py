@@ -247,12 +247,7 @@ def _mad_std(values):
 def _background_band(image, bad, box_size, filter_size, source_mask=None):
     """(level, rms) maps of one band; falls back to scalars when the grid fails."""
     from astropy.stats import SigmaClip
-    from photutils.background import (
-        Background2D,
-        BkgZoomInterpolator,
-        MedianBackground,
-        StdBackgroundRMS,
-    )
+    from photutils.background import Background2D, MedianBackground, StdBackgroundRMS
 
     ny, nx = image.shape
     mask = bad if source_mask is None else (bad | source_mask)
@@ -278,15 +273,24 @@ def _background_band(image, bad, box_size, filter_size, source_mask=None):
                 sigma_clip=SigmaClip(sigma=3.0, maxiters=5),
                 bkg_estimator=MedianBackground(),
                 bkg_rms_estimator=StdBackgroundRMS(),
-                exclude_percentile=50.0,
-                interpolator=BkgZoomInterpolator(order=1),
+                # a box needs >= 10% unmasked pixels (crowded fields mask most)
+                exclude_percentile=90.0,
             )
-        level = np.asarray(bkg.background, np.float32)
-        rms = np.asarray(bkg.background_rms, np.float32)
-        if level.shape != image.shape or not np.all(np.isfinite(level)):
+        med = np.asarray(bkg.background_mesh, np.float32)
+        mrms = np.asarray(bkg.background_rms_mesh, np.float32)
+        if not (np.all(np.isfinite(med)) and np.all(np.isfinite(mrms))):
             raise ValueError("background grid incomplete")
-        return level, rms
+        # bilinear expansion of the box grid (photutils' own resize, a cubic
+        # zoom, is slower and its `interpolator` option is deprecated)
+        wy, wx = _linear_weights(ny, box[0], med.shape[0]), _linear_weights(nx, box[1], med.shape[1])
+        return (wy @ med @ wx.T).astype(np.float32), (wy @ mrms @ wx.T).astype(np.float32)
     except ValueError:
+        # too few usable boxes (e.g. a crowded field with most pixels masked as
+        # sources): box medians / MADs of whatever sky is left, then scalars
+        for m in (mask, bad):
+            coarse = _coarse_background(image, m, box_size)
+            if coarse is not None:
+                return coarse
         from astropy.stats import sigma_clipped_stats
 
         _, med, std = sigma_clipped_stats(image[good], sigma=3.0, maxiters=5)
