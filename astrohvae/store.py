@@ -35,7 +35,7 @@ from astropy.table import Table
 
 from astrohvae import BANDS, STAMP_SIZE
 from astrohvae.errors import InputError
-from astrohvae.stamps import StampSet, process_field
+from astrohvae.stamps import StampSet, cut_stamps, detect, estimate_background, measure_sources
 
 __all__ = ["build_store", "open_store", "StampStore", "match_truth", "STORE_FORMAT"]
 
@@ -61,6 +61,8 @@ META_DTYPES = {
     "truth_mag_r": ("float32", np.nan),
 }
 TRUTH_MATCH_RADIUS = 1.5
+CUT_CHUNK = 1024
+"""Sources cut and written per step (bounds memory for crowded fields)."""
 
 
 # ---------------------------------------------------------------------------
@@ -269,23 +271,32 @@ class _FieldResult:
     key: str
     name: str
     files: list
-    stamps: StampSet
+    field: object
+    background: object
+    segm: object
+    sources: Table
     truth_file: str | None
 
 
 def _process_input(inp, nsigma):
-    """Read one input and cut its stamps (pure; no store access)."""
+    """Read one input, detect and measure its sources (no store access).
+
+    The stamps themselves are cut later, `CUT_CHUNK` sources at a time, so
+    that memory does not grow with the number of sources in a field.
+    """
     field = _read(inp)
-    _, _, _, stamps = process_field(field, nsigma=nsigma)
+    bkg = estimate_background(field)
+    segm = detect(field, bkg, nsigma=nsigma)
+    sources = measure_sources(field, segm, bkg)
     truth_file = _find_truth_file(field)
-    ttype = np.full(len(stamps), -1, np.int8)
-    tmag = np.full(len(stamps), np.nan, np.float32)
+    ttype = np.full(len(sources), -1, np.int8)
+    tmag = np.full(len(sources), np.nan, np.float32)
     if truth_file is not None:
-        ttype, tmag = match_truth(stamps.meta, _read_truth(truth_file))
-    stamps.meta["truth_type"] = ttype
-    stamps.meta["truth_mag_r"] = tmag
+        ttype, tmag = match_truth(sources, _read_truth(truth_file))
+    sources["truth_type"] = ttype
+    sources["truth_mag_r"] = tmag
     return _FieldResult(
-        _input_key(inp), field.name, [str(f) for f in field.files], stamps,
+        _input_key(inp), field.name, [str(f) for f in field.files], field, bkg, segm, sources,
         str(truth_file) if truth_file else None,
     )
 
@@ -296,34 +307,42 @@ def _write_one(array, start, values):
     array[start : start + len(values)] = values
 
 
-def _append_field(g, res, nsigma):
-    """Append one field's rows, then record it (attributes last)."""
+def _append_field(g, res, nsigma, size):
+    """Cut and append one field's stamps chunk by chunk, then record it (attributes last)."""
     n0 = int(g.attrs["n"])
     fields = list(g.attrs["fields"])
-    k = len(res.stamps)
-    st = res.stamps
-    columns = {"flux": st.flux, "mask": st.mask, "sky_sigma": st.sky_sigma}
-    for name, (dtype, _) in META_DTYPES.items():
-        if name == "field":
-            columns["meta/field"] = np.full(k, len(fields), np.int32)
-        else:
-            columns[f"meta/{name}"] = np.asarray(st.meta[name]).astype(dtype)
     arrs = _arrays(g)
-    for name, values in columns.items():
-        _write_one(arrs[name], n0, values)
+    start = n0
+    src = res.sources
+    for a in range(0, len(src), CUT_CHUNK):
+        part = src[a : a + CUT_CHUNK]
+        st = cut_stamps(res.field, res.segm, part, res.background, size=size)
+        columns = {"flux": st.flux, "mask": st.mask, "sky_sigma": st.sky_sigma}
+        for name, (dtype, _) in META_DTYPES.items():
+            if name == "field":
+                values = np.full(len(st), len(fields), np.int32)
+            elif name in ("truth_type", "truth_mag_r"):
+                values = np.asarray(part[name])
+            else:
+                values = np.asarray(st.meta[name])
+            columns[f"meta/{name}"] = values.astype(dtype)
+        for name, values in columns.items():
+            _write_one(arrs[name], start, values)
+        start += len(st)
+        del st, columns
     fields.append(
         {
             "key": res.key,
             "name": res.name,
             "files": res.files,
             "start": n0,
-            "stop": n0 + k,
+            "stop": start,
             "nsigma": float(nsigma),
             "truth": res.truth_file,
         }
     )
-    g.attrs.update({"n": n0 + k, "fields": fields})  # the commit point
-    return k
+    g.attrs.update({"n": start, "fields": fields})  # the commit point
+    return start - n0
 
 
 # ---------------------------------------------------------------------------
@@ -334,7 +353,9 @@ def build_store(inputs, out, *, append=True, nsigma=1.5, progress=True, workers=
 
     Fields are processed one at a time (or ``workers`` at a time through
     dask's threaded scheduler) and appended to the store as soon as each is
-    done, so memory does not grow with the number of fields.
+    done, their stamps cut and written `CUT_CHUNK` sources at a time, so
+    memory grows neither with the number of fields nor with the number of
+    sources in a field.
 
     Parameters
     ----------
@@ -421,7 +442,7 @@ def build_store(inputs, out, *, append=True, nsigma=1.5, progress=True, workers=
                 tasks = [dask.delayed(_process_input)(inp, nsigma) for inp in batch]
                 results = dask.compute(*tasks, scheduler="threads", num_workers=step)
             for res in results:
-                added += _append_field(g, res, nsigma)
+                added += _append_field(g, res, nsigma, size)
                 names.append(res.name)
                 bar.update(1)
                 bar.set_postfix(stamps=int(g.attrs["n"]))

@@ -125,12 +125,14 @@ def test_interrupted_run_recovers_without_duplicates(tmp_path, fields, monkeypat
 def test_crash_inside_processing_keeps_previous_fields(tmp_path, fields, monkeypatch):
     out = tmp_path / "s.zarr"
 
-    def boom(field, nsigma=1.5):
-        if field.name == "f2":
-            raise RuntimeError("reader died")
-        return process_field(field, nsigma=nsigma)
+    real = store_mod.estimate_background
 
-    monkeypatch.setattr(store_mod, "process_field", boom)
+    def boom(field):
+        if field.name == "f2":
+            raise RuntimeError("died while processing f2")
+        return real(field)
+
+    monkeypatch.setattr(store_mod, "estimate_background", boom)
     with pytest.raises(RuntimeError):
         build_store(fields, out, progress=False)
     assert open_store(out).fields == ["f1"]
@@ -276,3 +278,31 @@ def test_cli_stamps_appends_and_skips(tmp_path, fields, monkeypatch):
     assert len(open_store(out)) == n12 + len(expected(fields[2]))
     r3 = runner.invoke(main, ["stamps", str(tmp_path / "nope"), "--out", str(out)])
     assert r3.exit_code == 2 and "no such file or folder" in r3.output
+
+
+def test_chunked_cutting_and_crash_after_some_chunks(tmp_path, fields, monkeypatch):
+    monkeypatch.setattr(store_mod, "CUT_CHUNK", 2)  # several write steps per field
+    out = tmp_path / "s.zarr"
+    real_write = store_mod._write_one
+    ncols = 3 + len(store_mod.META_DTYPES)
+    calls = {"n": 0}
+
+    def crashing_write(array, start, values):
+        calls["n"] += 1
+        if calls["n"] == 3 * ncols + ncols + 5:  # f1 = 3 chunks (5 stamps), then f2's 2nd chunk
+            raise KeyboardInterrupt("simulated kill")
+        real_write(array, start, values)
+
+    assert len(expected(fields[0])) == 5
+    monkeypatch.setattr(store_mod, "_write_one", crashing_write)
+    with pytest.raises(KeyboardInterrupt):
+        build_store(fields, out, progress=False)
+    monkeypatch.setattr(store_mod, "_write_one", real_write)
+    assert open_store(out).fields == ["f1"] and len(open_store(out)) == 5
+    build_store(fields, out, progress=False)
+    st = open_store(out)
+    exp = [expected(f) for f in fields]
+    np.testing.assert_array_equal(st.flux.compute(), np.concatenate([e.flux for e in exp]))
+    np.testing.assert_array_equal(st.mask.compute(), np.concatenate([e.mask for e in exp]))
+    np.testing.assert_array_equal(st.meta["x"], np.concatenate([e.meta["x"] for e in exp]))
+    np.testing.assert_array_equal(st.meta["flags"], np.concatenate([e.meta["flags"] for e in exp]))
