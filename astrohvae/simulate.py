@@ -52,6 +52,10 @@ Physics (see the module constants for the exact numbers):
   smaller than the PSF and looks like a star.  About 6 % of the objects are
   moved next to another object (close pairs, 1-4 arcsec apart); objects are
   placed up to 20 pixels beyond the field so that some are cut by its edges.
+* **Extinction**: every object is dimmed by Galactic extinction
+  ``A_b = R_b E(B-V)`` (Schlafly & Finkbeiner 2011 coefficients), E(B-V)
+  drawn per field around 0.03 (three times more in crowded fields); the truth
+  magnitudes are the observed, extincted ones.
 * **Cosmic rays**: a few (8 per full frame and band) short, sharp tracks
   (not convolved with the PSF), each in one band only - the real corrected
   frames have most cosmic rays already removed.
@@ -108,6 +112,8 @@ _STAR_AMP, _STAR_SLOPE = 800.0, 0.12
 _GAL_AMP, _GAL_SLOPE = 1320.0, 0.43
 #: Median disk half-light radius (arcsec) = _RE18 10^(_RE_SLOPE (r - 18)).
 _RE18, _RE_SLOPE = 1.8, -0.12
+#: Extinction coefficients A_b / E(B-V) (Schlafly & Finkbeiner 2011, as in SDSS DR8+).
+_EXT_R = {"u": 4.239, "g": 3.303, "r": 2.285, "i": 1.698, "z": 1.263}
 #: Seeing FWHM relative to r, per band (u worst).
 _SEEING_RATIO = {"u": 1.12, "g": 1.05, "r": 1.0, "i": 0.95, "z": 0.94}
 
@@ -387,8 +393,8 @@ def _star_colours(rng, mag_r):
     # position along the locus in g-r, a magnitude-dependent mixture
     faint = np.clip((mag_r - 16.0) / 5.0, 0.0, 1.0)
     comp = rng.random(n)
-    p_halo = 0.15 + 0.35 * faint
-    p_m = 0.15 + 0.25 * faint
+    p_halo = 0.10 + 0.25 * faint
+    p_m = 0.20 + 0.25 * faint
     gr = np.where(
         comp < p_halo,
         rng.normal(0.32, 0.08, n),
@@ -423,13 +429,13 @@ def _galaxy_colours(rng, mag_r, red):
     if red:
         ug = 1.75 + 0.6 * z + rng.normal(0, 0.15, n)
         gr = 0.72 + 1.6 * np.minimum(z, 0.45) + rng.normal(0, 0.06, n)
-        ri = 0.38 + 1.2 * np.clip(z - 0.25, 0, None) + rng.normal(0, 0.05, n)
-        iz = 0.30 + 0.5 * np.clip(z - 0.5, 0, None) + rng.normal(0, 0.06, n)
+        ri = 0.42 + 1.2 * np.clip(z - 0.25, 0, None) + rng.normal(0, 0.05, n)
+        iz = 0.36 + 0.5 * np.clip(z - 0.5, 0, None) + rng.normal(0, 0.06, n)
     else:
         ug = 1.0 + 0.4 * z + rng.normal(0, 0.2, n)
         gr = 0.40 + 0.5 * z + rng.normal(0, 0.1, n)
-        ri = 0.25 + 0.3 * z + rng.normal(0, 0.08, n)
-        iz = 0.15 + 0.2 * z + rng.normal(0, 0.08, n)
+        ri = 0.30 + 0.3 * z + rng.normal(0, 0.08, n)
+        iz = 0.21 + 0.2 * z + rng.normal(0, 0.08, n)
     return np.stack([ug, gr, ri, iz], axis=1)
 
 
@@ -481,6 +487,8 @@ def _field_params(rng, nx, ny):
     # field in ten is a low-latitude, crowded one
     p["star_density"] = rng.lognormal(0.0, 0.5) * (rng.uniform(4.0, 15.0) if rng.random() < 0.1 else 1.0)
     p["sky_resid"] = rng.normal(0, 0.05)
+    # Galactic reddening E(B-V): ~0.03 at high latitude, more in crowded fields
+    p["ebv"] = float(rng.lognormal(np.log(0.03), 0.5) * (3.0 if p["star_density"] > 3.0 else 1.0))
     return p
 
 
@@ -567,6 +575,9 @@ def _populations(rng, p, nx, ny, star_fraction, margin):
     fb = fb / _flux(0.0)  # relative to r = 0 -> scale
     fd = fd / _flux(0.0)
     fs = _flux(_mags_from_colours(star_m, scol))
+    # Galactic extinction (A_b = R_b E(B-V)), applied to every object
+    ext = 10.0 ** (-0.4 * p["ebv"] * np.array([_EXT_R[b] for b in BANDS]))
+    fs, fb, fd = fs * ext, fb * ext, fd * ext
     obj["flux"] = np.concatenate([fs, fb + fd])  # (n, 5) nanomaggies
     obj["flux_bulge"] = np.concatenate([np.zeros((ns, 5)), fb])
     obj["flux_disk"] = np.concatenate([np.zeros((ns, 5)), fd])
@@ -767,6 +778,7 @@ def simulate_field(seed, size=FULL_SIZE, star_fraction=None):
         hdr["DARKVAR"] = (round(p["dark"][b], 4), "dark variance [counts^2]")
         hdr["SATUR"] = (_SATUR, "saturation level [counts]")
         hdr["SKYSIG"] = (sky_sigma[b], "sky pixel noise sigma [nanomaggy]")
+        hdr["EBV"] = (round(p["ebv"], 4), "Galactic E(B-V) applied to the objects")
         hdr["PSF_FWHM"] = (fwhm[b], "pixel-integrated PSF FWHM [arcsec]")
         hdr["BANDDX"] = (p["offset"][b][0], "x offset of this band from r [pixels]")
         hdr["BANDDY"] = (p["offset"][b][1], "y offset of this band from r [pixels]")
@@ -805,7 +817,7 @@ def simulate_field(seed, size=FULL_SIZE, star_fraction=None):
     t["dec"] = np.asarray(dec, float)
     t["type"] = obj["type"]
     t["subtype"] = obj["subtype"]
-    t["mag_r"] = obj["mag_r"].astype(np.float32)
+    t["mag_r"] = mags[:, 2].astype(np.float32)
     for j, b in enumerate(BANDS):
         t[f"mag_{b}"] = mags[:, j].astype(np.float32)
     t["size"] = size_arcsec.astype(np.float32)
@@ -825,6 +837,7 @@ def simulate_field(seed, size=FULL_SIZE, star_fraction=None):
     t.meta["MASKTHR"] = MASK_THRESHOLD
     t.meta["FIELD"] = name
     t.meta["SEED"] = int(seed)
+    t.meta["EBV"] = round(p["ebv"], 4)
     meta = {"params": p, "cosmic_rays": crs, "run": run, "camcol": camcol, "field": fieldno}
     return Simulation(
         field=fld, frames=frames, truth=t, truth_mask=label, sky_sigma=sky_sigma, psf_fwhm=fwhm, meta=meta
