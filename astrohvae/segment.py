@@ -62,7 +62,7 @@ __all__ = [
 STRETCH = 3.0
 """asinh stretch of the network input, in units of the pixel noise."""
 
-DEFAULT_VARIANT = "ae-hc"
+DEFAULT_VARIANT = "ae-res-hc"
 """Variant `load_default_segmenter` returns when none is asked for."""
 
 DEFAULT_TAPS = ("out", "dec0", "dec1")
@@ -743,6 +743,9 @@ class NetworkSegmenter:
         with atomic_path(directory, directory=True) as tmp:
             save_file(tensors, str(tmp / "model.safetensors"))
             (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            tmp.chmod(0o755)
+            for f in tmp.iterdir():
+                f.chmod(0o644)
         return directory
 
     @classmethod

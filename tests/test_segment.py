@@ -254,7 +254,8 @@ def test_write_segmap(tmp_path):
 
 
 # --------------------------------------------------------------------------- shipped weights
-shipped = pytest.mark.skipif(not (WEIGHTS_DIR / "ae-hc").is_dir(), reason="no shipped segmenter weights")
+shipped = pytest.mark.skipif(not all((WEIGHTS_DIR / v).is_dir() for v in VARIANTS),
+                             reason="no shipped segmenter weights")
 
 
 @shipped
