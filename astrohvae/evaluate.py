@@ -338,8 +338,8 @@ def method_factories(names, quick=False):
     """
     from astrohvae.classify import HierarchicalClassifier, LatentProbe, ManifoldClassifier
 
-    ae_ep = 1 if quick else 4
-    vae_ep = 10 if quick else 40
+    ae_ep = 1 if quick else 3
+    vae_ep = 10 if quick else 30
     small = (8, 16, 32, 32)
 
     class _Classical(ClassicalClassifier):

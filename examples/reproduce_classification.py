@@ -32,7 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "sdss"
-TRAIN_SEEDS = tuple(range(100, 108))
+TRAIN_SEEDS = tuple(range(100, 106))
 TEST_SEEDS = tuple(range(500, 508))
 METHODS = ("classical", "a+vr", "a+vr-ae", "a+vr-paper", "v+m", "vr+m-sc", "vr+m-dkl", "vr+m-aw", "vr+m-pw",
            "probe")
@@ -74,8 +74,14 @@ def real_checks(log=print):
     from astrohvae.classify import load_default_classifier
     from astrohvae.evaluate import binary_metrics, load_dl4astro, star_recall
 
+    from astrohvae.errors import InputError
+
     out = {}
-    clf = load_default_classifier("cpu")
+    try:
+        clf = load_default_classifier("cpu")
+    except InputError as exc:
+        log(f"no default classifier: {exc}")
+        return out
     out["weights_hash"] = clf.weights_hash
     fld = SHARED / "fields" / "004510-4-0030"
     if fld.is_dir():

@@ -101,7 +101,7 @@ def main(argv=None):
     train = concatenate(sets)
     print(f"training on {len(train)} stamps", flush=True)
     clf = HierarchicalClassifier(random_state=args.seed, verbose=True).fit(train)
-    print(f"star peak {clf.star_peak_}, peak weights {clf.weights_}, concentrations {clf.label_concentrations_}")
+    print(f"star peak {clf.star_peak_}, peak weights {clf.weights_}, label stats {clf.label_stats_}")
     clf.save(args.out)
     print(f"wrote {args.out} in {time.time() - t0:.0f} s")
 

@@ -56,10 +56,11 @@ def test_mixture_posterior():
     assert p[0, 0] > 0.9 and p[2, 1] > 0.9 and p[3, 1] > 0.99
 
 
-def test_star_side_uses_concentration(train):
+def test_star_side_is_the_compact_group(train):
     y, _ = labels_from_meta(train.meta)
-    side, med = star_side(train, y)  # group 0 = true stars here
-    assert side == 0 and med[0] > med[1]
+    side, stats = star_side(train, y)  # group 0 = true stars here
+    assert side == 0 and stats["r_half"][0] < stats["r_half"][1]
+    assert stats["concentration"][0] > stats["concentration"][1]
     side2, _ = star_side(train, 1 - y)
     assert side2 == 1
 
