@@ -967,10 +967,10 @@ def write_simulation(out, seed, size=FULL_SIZE, star_fraction=None):
     ``truth-{run:06d}-{camcol}-{field:04d}.fits`` (HDU ``TRUTH``: the truth
     table; HDU ``MASK``: the int32 truth segmentation on the r grid).
     ``(run, camcol, field)`` come from the seed (`field_ids`).  Each file is
-    written atomically.  ``out`` may already hold other simulations (each
-    seed has its own file names), but an existing file of the same name is
-    not overwritten: that raises `~astrohvae.errors.InputError`, as does an
-    ``out`` that is a file.
+    written atomically.  ``out`` must be new or empty (hidden files aside):
+    one folder holds one field, as `astrohvae.io.readers.read_field` expects;
+    a non-empty folder, or an ``out`` that is a file, raises
+    `~astrohvae.errors.InputError` and nothing is written.
 
     Returns
     -------
@@ -986,9 +986,13 @@ def write_simulation(out, seed, size=FULL_SIZE, star_fraction=None):
         raise InputError(out, "exists and is not a folder")
     frame_names, truth_name = _names(seed)
     targets = [out / frame_names[b] for b in BANDS] + [out / truth_name]
-    clash = [p.name for p in targets if p.exists()]
-    if clash:
-        raise InputError(out, f"already holds {clash[0]} (simulation of seed {seed}); remove it or choose another folder")
+    if out.is_dir():
+        present = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        if present:
+            what = "a simulation of this seed" if any((out / n).exists() for n in (truth_name, frame_names["r"])) else "other files"
+            raise InputError(
+                out, f"is not empty (holds {present[0]}, {what}); write each field into a new or empty folder"
+            )
     sim = simulate_field(seed, size=size, star_fraction=star_fraction)
     out.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -275,15 +275,27 @@ def test_write_read_round_trip(tmp_path):
     np.testing.assert_allclose(t["x"], ref.truth["x"])
     # no half-written or temporary files left behind
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)
-    # writing the same seed again refuses instead of overwriting
-    with pytest.raises(InputError):
+    # writing again, or into a folder with other content, refuses and
+    # leaves the folder as it was
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(InputError, match="not empty"):
         write_simulation(out, seed=21, size=(96, 80))
-    # another seed can share the folder
-    write_simulation(out, seed=22, size=(64, 64))
-    with pytest.raises(InputError):
-        read_truth(out)  # now ambiguous
+    with pytest.raises(InputError, match="not empty"):
+        write_simulation(out, seed=22, size=(64, 64))
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    with pytest.raises(InputError, match="not a folder"):
+        write_simulation(paths[0], seed=23, size=(64, 64))
+    # an empty existing folder is fine
+    (tmp_path / "empty").mkdir()
+    assert len(write_simulation(tmp_path / "empty", seed=24, size=(32, 32))) == 6
+    # read_truth: ambiguous folder, missing file, not a truth file
+    (out / "truth-copy.fits").write_bytes(paths[-1].read_bytes())
+    with pytest.raises(InputError, match="expected exactly one"):
+        read_truth(out)
     with pytest.raises(InputError):
         read_truth(tmp_path / "nothing.fits")
+    with pytest.raises(InputError, match="not a truth file"):
+        read_truth(paths[0])
 
 
 def test_cli(tmp_path):
@@ -295,7 +307,7 @@ def test_cli(tmp_path):
     assert res.exit_code == 0, res.output
     assert len(res.output.strip().splitlines()) == 6
     res = CliRunner().invoke(main, ["simulate", str(tmp_path / "o"), "--seed", "5", "--size", "64x48"])
-    assert res.exit_code == 2 and "already holds" in res.output
+    assert res.exit_code == 2 and "not empty" in res.output
 
 
 def test_cli_bad_arguments(tmp_path):
