@@ -127,9 +127,24 @@ def measure(frames):
         fw, nfit = psf_fwhm(img)
         out[b] = (noise, fw, nfit)
         if b == "r":
-            segm, _, _ = detect(img)
+            segm, data, _ = detect(img)
             ndet = 0 if segm is None else segm.n_labels
+            out["hist"] = _mag_hist(data, segm)
     return out, ndet
+
+
+#: r-magnitude bins of the detection counts (segment flux, Pogson).
+MAG_BINS = np.arange(14.0, 25.0, 1.0)
+
+
+def _mag_hist(data, segm):
+    from photutils.segmentation import SourceCatalog
+
+    if segm is None:
+        return np.zeros(len(MAG_BINS) - 1, int)
+    f = np.asarray(SourceCatalog(data, segm).segment_flux)
+    f = f[np.isfinite(f) & (f > 0)]
+    return np.histogram(22.5 - 2.5 * np.log10(f), MAG_BINS)[0]
 
 
 def real_fields(root, nfields=None):
@@ -196,8 +211,24 @@ def main(argv=None):
     dr = [v[1] for v in real.values()]
     ds = [v[1] for v in sim.values()]
     print(f"r-band detections per field: real {_fmt_range(dr, '{:.0f}')}, simulated {_fmt_range(ds, '{:.0f}')}")
+    print("r detections per magnitude bin (segment flux), median over fields:")
+    print("  r bin     " + " ".join(f"{m:>5.0f}" for m in MAG_BINS[:-1]))
+    for label, group in (("real", real), ("sim", sim)):
+        if group:
+            h = np.median([v[0]["hist"] for v in group.values()], axis=0)
+            print(f"  {label:9} " + " ".join(f"{x:5.0f}" for x in h))
+    print("# per field: band noise/FWHM/number of PSF fits [sim: configured noise/FWHM]")
     for name, v in list(real.items()) + list(sim.items()):
-        print(f"#   {name}: " + ", ".join(f"{b} {v[0][b][0]:.4f}/{v[0][b][1]:.2f}\"/{v[0][b][2]}" for b in BANDS) + f"; r det {v[1]}")
+        cfg = conf.get(name)
+        print(
+            f"#   {name}: "
+            + ", ".join(
+                f"{b} {v[0][b][0]:.4f}/{v[0][b][1]:.2f}\"/{v[0][b][2]}"
+                + (f" [{cfg[0][b]:.4f}/{cfg[1][b]:.2f}\"]" if cfg else "")
+                for b in BANDS
+            )
+            + f"; r det {v[1]}"
+        )
 
 
 if __name__ == "__main__":
