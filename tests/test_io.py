@@ -14,7 +14,7 @@ from astropy.io import fits
 from astrohvae import BANDS
 from astrohvae.errors import InputError
 from astrohvae.io import Field, read_field
-from astrohvae.io.align import mapping_error, resample
+from astrohvae.io.align import mapping_error, noise_factor, resample
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_FIELD = DATA / "sdss" / "fields" / "004510-4-0030"
@@ -245,6 +245,24 @@ def test_nan_mask_propagates_through_resampling(tmp_path):
     ys, xs = np.where(inner)
     assert sorted(zip(ys + 10, xs + 10)) == [(32, 34), (32, 35), (33, 34), (33, 35)]
     assert np.all(f.data[gi][f.mask[gi]] == 0)
+
+
+@pytest.mark.parametrize("fx,fy", [(0.0, 0.0), (0.5, 0.5), (0.55, 0.24), (0.3, 0.0)])
+def test_noise_factor_bilinear_known_answer(fx, fy):
+    coords = np.mgrid[:50, :60].astype(float)
+    coords[0] += 7 + fy
+    coords[1] += 3 + fx
+    expected = np.sqrt((fx**2 + (1 - fx) ** 2) * (fy**2 + (1 - fy) ** 2))
+    assert noise_factor(coords, order=1) == pytest.approx(expected, rel=0.03)
+    assert noise_factor(coords, order=0) == pytest.approx(1.0, abs=0.01)
+
+
+def test_noise_factor_recorded_in_meta(tmp_path):
+    f = read_field(write_frames(tmp_path / "f")["r"])
+    for b in BANDS:
+        fx, fy = np.mod(SHIFTS[b], 1.0)
+        expected = np.sqrt((fx**2 + (1 - fx) ** 2) * (fy**2 + (1 - fy) ** 2))
+        assert f.meta["noise_factor"][b] == pytest.approx(expected, rel=0.03), b
 
 
 def test_resample_identity_and_order_check():

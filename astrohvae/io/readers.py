@@ -264,7 +264,7 @@ def _assemble(planes, *, name, files, require_wcs, order, source, refine=True):
             out[i] = np.where(masks[b], 0.0, datas[b])
             out_mask[i] = masks[b]
             infos[b] = {"offset": (0.0, 0.0), "wcs_offset": (0.0, 0.0), "refine": (0.0, 0.0),
-                        "nstars": 0, "residual": float("nan")}
+                        "nstars": 0, "residual": float("nan"), "noise_factor": 1.0}
 
     stars = None
     ref_filled = out[BANDS.index(REF_BAND)]
@@ -291,6 +291,7 @@ def _assemble(planes, *, name, files, require_wcs, order, source, refine=True):
         "offsets": {b: infos[b]["offset"] for b in BANDS},
         "wcs_offsets": {b: infos[b]["wcs_offset"] for b in BANDS},
         "refinement": {b: {k: infos[b][k] for k in ("refine", "nstars", "residual")} for b in BANDS},
+        "noise_factor": {b: infos[b]["noise_factor"] for b in BANDS},
         "aligned": [b for _, b in todo],
         "interpolation_order": order,
         "unit_source": notes,
@@ -496,6 +497,9 @@ def read_field(path_or_paths, *, order=1, refine=True):
         ``meta['wcs_offsets']`` the WCS part alone (median over the field),
         ``meta['refinement'][band]`` the star-based correction (``refine``
         (dx, dy), ``nstars``, ``residual`` median star residual in px),
+        ``meta['noise_factor'][band]`` the pixel-noise rms after / before
+        resampling (bilinear interpolation lowers and correlates the
+        noise: 0.5..1, 1 for bands not resampled),
         ``meta['aligned']`` the bands that were resampled,
         ``meta['headers']`` the per-band headers.
 
