@@ -608,8 +608,9 @@ def simulate_field(seed, size=FULL_SIZE, star_fraction=None):
         proportionally fewer objects.
     star_fraction : float or None, optional
         None (default): stars and galaxies follow their own observed number
-        counts (stars dominate bright of r ~ 18-19 at high latitude, galaxies
-        faint of it, about 10 % stars overall).  A number in [0, 1]: the
+        counts times the field's Galactic star density (at the typical
+        density: 86 % stars at r < 18, 45 % at r = 19-20, 17 % at
+        r = 21-22, 14 % overall to r = 23.5).  A number in [0, 1]: the
         fraction of all simulated objects (to the faint limit r = 23.5) that
         are point sources; the total number of objects is unchanged and each
         class keeps its own magnitude distribution.
