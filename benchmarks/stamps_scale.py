@@ -3,11 +3,11 @@
 Builds a fresh store from the first 2 and then from all 8 real SDSS fields in
 ``../shared/data/sdss/fields``, each run in its own subprocess, and prints
 for each: stamps, wall time, the child's peak resident memory (``ru_maxrss``
-from ``os.wait4``) and the store's size on disk.
+from ``os.wait4``), the peak after each field, and the store's size on disk.
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/stamps_scale.py [--counts 2 8] [--out-dir scratch/stamps]
+    OMP_NUM_THREADS=1 python benchmarks/stamps_scale.py [--counts 2 8] [--single 005405-6-0099]
 """
 
 from __future__ import annotations
@@ -25,11 +25,17 @@ ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ROOT.parent / "shared" / "data" / "sdss" / "fields"
 
 CHILD = """
-import json, sys, time
+import json, resource, sys, time
 from astrohvae.store import build_store
 t0 = time.perf_counter()
-s = build_store(sys.argv[2:], sys.argv[1], progress=False, workers=int({workers}))
+peaks = []
+# one build_store call per field (appending): same result as one call with all
+# fields, and lets us record the peak RSS after each field
+for inp in sys.argv[2:]:
+    s = build_store([inp], sys.argv[1], progress=False, workers=int({workers}))
+    peaks.append(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 s["seconds"] = time.perf_counter() - t0
+s["peaks"] = peaks
 print("RESULT " + json.dumps(s))
 """
 
@@ -61,6 +67,7 @@ def run(fields, out, workers=1):
         "build_s": round(res["seconds"], 1),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
         "store_mb": round(du(out) / 2**20, 1),
+        "peak_rss_mb_after_each_field": res["peaks"],
     }
 
 
@@ -69,6 +76,8 @@ def main(argv=None):
     ap.add_argument("--counts", type=int, nargs="+", default=[2, 8])
     ap.add_argument("--out-dir", type=Path, default=ROOT / "scratch" / "stamps")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--single", nargs="*", default=[],
+                    help="Also build a store from each of these fields alone (e.g. the most crowded one).")
     args = ap.parse_args(argv)
     if not FIELDS.is_dir():
         print(f"real SDSS fields not found at {FIELDS}; nothing to do")
@@ -80,10 +89,16 @@ def main(argv=None):
         row = run(fields[:n], args.out_dir / f"bench-{n}.zarr", args.workers)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    for name in args.single:
+        row = run([FIELDS / name], args.out_dir / f"bench-{name}.zarr", args.workers)
+        row["fields"] = f"1 ({name})"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     print()
     print(f"{'fields':>6} {'stamps':>7} {'wall s':>7} {'s/field':>8} {'peak RSS MB':>12} {'store MB':>9}")
     for r in rows:
-        print(f"{r['fields']:>6} {r['stamps']:>7} {r['wall_s']:>7} {r['wall_s'] / r['fields']:>8.1f} "
+        nf = r["fields"] if isinstance(r["fields"], int) else 1
+        print(f"{r['fields']!s:>6} {r['stamps']:>7} {r['wall_s']:>7} {r['wall_s'] / nf:>8.1f} "
               f"{r['peak_rss_mb']:>12} {r['store_mb']:>9}")
     return 0
 
