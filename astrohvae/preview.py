@@ -24,7 +24,8 @@ GALAXY_COLOUR = "#ff9f1c"
 def colour_image(field, *, q=8.0, stretch=None):
     """(ny, nx, 3) uint8 gri composite of ``field`` with an asinh stretch.
 
-    ``stretch`` (nanomaggies) defaults to 8 × the robust sky noise of the r band.
+    ``stretch`` (nanomaggies) defaults to 10 × the robust sky noise of the r band;
+    black is one sky sigma above zero.
     """
     from astropy.visualization import make_lupton_rgb
 
@@ -33,15 +34,15 @@ def colour_image(field, *, q=8.0, stretch=None):
     for b in ("i", "r", "g"):
         img = np.where(field.mask[idx[b]], 0.0, field.data[idx[b]]).astype(np.float32)
         planes.append(img)
+    r = planes[1][~field.mask[idx["r"]]]
+    sigma = 0.0
+    if r.size:
+        sample = r[:: max(1, r.size // 200_000)]
+        sigma = float(1.4826 * np.median(np.abs(sample - np.median(sample))))
     if stretch is None:
-        r = planes[1][~field.mask[idx["r"]]]
-        if r.size:
-            sample = r[:: max(1, r.size // 200_000)]
-            mad = np.median(np.abs(sample - np.median(sample)))
-            stretch = float(8.0 * 1.4826 * mad) or 0.05
-        else:
-            stretch = 0.05
-    return make_lupton_rgb(planes[0], planes[1], planes[2], minimum=0.0, stretch=stretch, Q=q)
+        stretch = 10.0 * sigma or 0.05
+    # the sky (sky-subtracted, ~0) sits one sigma below black: a dark, quiet background
+    return make_lupton_rgb(planes[0], planes[1], planes[2], minimum=sigma, stretch=stretch, Q=q)
 
 
 def write_preview(path, field, table, *, title=None, max_width_px=2048, marker_size=None):
