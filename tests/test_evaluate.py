@@ -100,3 +100,18 @@ def test_cli_evaluate_bad_input(tmp_path):
     res = CliRunner().invoke(main, ["evaluate", str(bad), "-o", str(tmp_path / "o")])
     assert res.exit_code == 2
     assert "astrohvae: error:" in res.output
+
+
+def test_cli_evaluate_on_a_simulated_store(tmp_path):
+    from astrohvae.simulate import write_simulation
+    from astrohvae.store import build_store
+
+    write_simulation(tmp_path / "sim", seed=4321, size=(400, 400), star_fraction=0.4)
+    build_store([tmp_path / "sim"], tmp_path / "s.zarr", progress=False)
+    out = tmp_path / "res"
+    res = CliRunner().invoke(main, ["evaluate", str(tmp_path / "s.zarr"), "-o", str(out),
+                                    "--methods", "classical", "--seeds", "1"])
+    assert res.exit_code == 0, res.output
+    assert "classical r_half" in res.output and "AUC r<19" in res.output
+    assert (out / "classification_roc.png").is_file() and (out / "classification.csv").is_file()
+    assert "classical" in (out / "classification.md").read_text()
