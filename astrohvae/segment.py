@@ -855,6 +855,8 @@ def classmap(segm, labels, classes=None):
     top = int(max(data.max(initial=0), max((int(i) for i in ids), default=0)))
     lut = np.zeros(top + 1, np.uint8)
     for i, c in zip(ids, classes):
+        if isinstance(c, (bytes, np.bytes_)):
+            c = c.decode()
         key = c.strip().lower() if isinstance(c, str) else int(c)
         if key not in _CLASS_CODE:
             raise ValueError(f"unknown class {c!r} (use 'star'/'galaxy' or 1/2)")

@@ -229,6 +229,7 @@ def test_classmap_forms():
     expect = np.array([[0, 1, 1], [2, 0, 0]], np.uint8)
     np.testing.assert_array_equal(classmap(seg, {1: "star", 2: "galaxy"}), expect)
     np.testing.assert_array_equal(classmap(seg, np.array([1, 2]), np.array(["star", "galaxy"])), expect)
+    np.testing.assert_array_equal(classmap(seg, np.array([1, 2]), np.array([b"star", b"galaxy"])), expect)
     np.testing.assert_array_equal(classmap(seg, Table({"id": [1, 2, 3], "class": ["star", "galaxy", "galaxy"]})),
                                   np.array([[0, 1, 1], [2, 0, 2]], np.uint8))
     assert classmap(seg, {1: 1}).dtype == np.uint8
