@@ -24,8 +24,8 @@ GALAXY_COLOUR = "#ff9f1c"
 def colour_image(field, *, q=8.0, stretch=None):
     """(ny, nx, 3) uint8 gri composite of ``field`` with an asinh stretch.
 
-    ``stretch`` (nanomaggies) defaults to 10 × the robust sky noise of the r band;
-    black is one sky sigma above zero.
+    ``stretch`` (nanomaggies) defaults to 8 × the robust sky noise of the r band;
+    black is the (subtracted) sky level.
     """
     from astropy.visualization import make_lupton_rgb
 
@@ -40,9 +40,9 @@ def colour_image(field, *, q=8.0, stretch=None):
         sample = r[:: max(1, r.size // 200_000)]
         sigma = float(1.4826 * np.median(np.abs(sample - np.median(sample))))
     if stretch is None:
-        stretch = 10.0 * sigma or 0.05
-    # the sky (sky-subtracted, ~0) sits one sigma below black: a dark, quiet background
-    return make_lupton_rgb(planes[0], planes[1], planes[2], minimum=sigma, stretch=stretch, Q=q)
+        stretch = 8.0 * sigma or 0.05
+    # black at the sky level (frames are sky-subtracted): faint sources stay visible
+    return make_lupton_rgb(planes[0], planes[1], planes[2], minimum=0.0, stretch=stretch, Q=q)
 
 
 def write_preview(path, field, table, *, title=None, max_width_px=2048, marker_size=None):
