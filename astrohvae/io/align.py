@@ -353,7 +353,7 @@ def _jacobian(coords):
 
 def align_band(image, mask, band_wcs, ref_wcs, ref_shape, order=1, spacing=NODE_SPACING,
                ref_image=None, stars=None, min_stars=5, min_snr=20.0, significance=3.0,
-               max_refine=3.0):
+               min_shift=0.1, max_refine=3.0):
     """Resample one band onto the reference grid, optionally refined on stars.
 
     The WCS of each SDSS frame is good to ~0.1 px in most fields but off by up
@@ -366,8 +366,11 @@ def align_band(image, mask, band_wcs, ref_wcs, ref_shape, order=1, spacing=NODE_
     that shift removed.  Only stars with a windowed S/N >= ``min_snr`` in
     both r and the band count, and the shift is applied only when it differs
     from zero by more than ``significance`` times its uncertainty (robust
-    scatter of the stars / sqrt(n)): a noisy median never makes a correct
-    WCS worse.
+    scatter of the stars / sqrt(n)) and is at least ``min_shift`` px: the
+    SDSS WCS is good to ~0.1 px in most fields, and below that the centroid
+    of an asymmetric PSF depends on the centroiding method (in the elongated-
+    PSF field 008162-6-0080 a windowed centroid and a 2-D Gaussian fit
+    disagree by ~0.15 px), so smaller corrections are not trusted.
 
     Returns
     -------
@@ -408,6 +411,7 @@ def align_band(image, mask, band_wcs, ref_wcs, ref_shape, order=1, spacing=NODE_
     ex = 1.2533 * 1.4826 * np.median(np.abs(ddx - dx)) / np.sqrt(n)
     ey = 1.2533 * 1.4826 * np.median(np.abs(ddy - dy)) / np.sqrt(n)
     significant = np.hypot(dx / max(ex, 1e-3), dy / max(ey, 1e-3)) > significance
+    significant &= np.hypot(dx, dy) >= min_shift
     if not (abs(dx) < max_refine and abs(dy) < max_refine) or not significant:
         return data, out_mask, info
     jac = _jacobian(coords)
