@@ -12,6 +12,10 @@ from astrohvae.errors import OutputError
 
 __all__ = ["atomic_path", "check_writable_dir"]
 
+# The process umask, read once (os.umask can only be read by setting it).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def check_writable_dir(path):
     """Raise `OutputError` unless the folder of ``path`` exists and is writable."""
@@ -40,6 +44,9 @@ def atomic_path(final, *, directory=False):
         os.close(fd)
         tmp = Path(name)
     try:
+        # mkstemp/mkdtemp create private (0600/0700) entries; give the output
+        # the permissions a plain open() would have given it.
+        os.chmod(tmp, (0o777 if directory else 0o666) & ~_UMASK)
         yield tmp
         if directory and final.exists():
             shutil.rmtree(final)
