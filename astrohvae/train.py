@@ -410,7 +410,8 @@ def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device
         best_epoch, bad, stopped = int(ck["best_epoch"]), int(ck["bad_epochs"]), bool(ck["stopped"])
         _set_rng_state(rng, ck["rng"])
 
-    epoch = start_epoch
+    epoch, step = start_epoch, 0
+    sync_every = 1 if device.type == "cpu" else 25
     while epoch < epochs and not stopped:
         t0 = time.perf_counter()
         model.train()
@@ -428,7 +429,9 @@ def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device
             with amp_ctx:
                 terms = loss_fn(model, xb)
             loss = terms["loss"].float().mean()
-            if not torch.isfinite(loss):
+            step += 1
+            # on a GPU, reading a value back synchronises: check and report every `sync_every` steps
+            if step % sync_every == 0 and not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss is {float(loss)} at epoch {epoch + 1}; lower lr?")
             opt.zero_grad(set_to_none=True)
             if scaler is not None and scaler.is_enabled():
@@ -439,13 +442,17 @@ def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device
                 loss.backward()
                 opt.step()
             bsz = xb.shape[0]
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach().float().sum())
+            with torch.no_grad():
+                for k, v in terms.items():
+                    t = v.detach().float().sum()
+                    sums[k] = sums[k] + t if k in sums else t
             n += bsz
-            if progress:
-                bar.set_postfix(loss=f"{sums['loss'] / n:.4g}")
+            if progress and step % sync_every == 0:
+                bar.set_postfix(loss=f"{float(sums['loss']) / n:.4g}")
         bar.close()
-        train_terms = {k: v / max(n, 1) for k, v in sums.items()}
+        train_terms = {k: float(v) / max(n, 1) for k, v in sums.items()}
+        if not all(math.isfinite(v) for v in train_terms.values()):
+            raise FloatingPointError(f"{desc}: non-finite training loss at epoch {epoch + 1}; lower lr?")
         val_terms = _mean_terms(model, loss_fn, val_source, batch_size, device) if val_source is not None else {}
         epoch += 1
         history["epoch"].append(epoch)

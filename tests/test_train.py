@@ -290,3 +290,11 @@ def test_train_from_store_guards_checkpoints(tiny_store, tmp_path):
     assert not (ck / "LOCK").exists() and not out.exists()
     res = train_from_store(tiny_store, out, **kw)  # without --resume the old checkpoints are discarded
     assert res["n"]["train"] > 0 and out.is_dir() and not ck.exists()
+
+
+def test_non_finite_loss_is_reported(data):
+    (x, _), _ = data
+    bad = x[:64].copy()
+    bad[3, 0, 5, 5] = np.nan
+    with pytest.raises(FloatingPointError, match="loss"):
+        fit_ae(bad, latent_dim=4, epochs=1, **SMALL)
