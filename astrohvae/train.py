@@ -432,7 +432,7 @@ def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device
             step += 1
             # on a GPU, reading a value back synchronises: check and report every `sync_every` steps
             if step % sync_every == 0 and not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss is {float(loss)} at epoch {epoch + 1}; lower lr?")
+                raise FloatingPointError(f"{desc}: loss is {float(loss.detach())} at epoch {epoch + 1}; lower lr?")
             opt.zero_grad(set_to_none=True)
             if scaler is not None and scaler.is_enabled():
                 scaler.scale(loss).backward()
