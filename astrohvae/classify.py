@@ -6,15 +6,20 @@ Estimators
     A convolutional AE (30 latents) on the stamps in a source-only,
     flux-normalised representation (`astrohvae.preprocess`), trained with a
     centrally weighted squared error and random 90-degree rotations / flips;
-    then a 1-D `~astrohvae.models.hvae.LatentVAE` on the AE latents with an
-    *asymmetric* two-component Gaussian-mixture prior (a narrow star peak of
-    weight ``star_weight``, a broad galaxy peak).  ``p_galaxy`` is the
-    posterior probability of the galaxy component given the encoder's
-    Gaussian ``q(v|x)``.  With ``physical=True`` (default) the LatentVAE's
-    input also holds three label-free morphology statistics measured against
-    the field's own stellar locus / PSF (`astrohvae.psf`): the log ratio of
-    the half-light radius to the stellar one, the log ratio of the
-    concentration to the stellar one and the PSF-fit flux over aperture flux.
+    then a 1-D `~astrohvae.models.hvae.LatentVAE` with an *asymmetric*
+    two-component Gaussian-mixture prior (a narrow peak and a broad peak,
+    their weights re-estimated by EM without labels).  ``p_galaxy`` is the
+    posterior probability of the galaxy peak given the encoder's Gaussian
+    ``q(v|x)`` (made monotone along the latent axis).  The LatentVAE's input
+    (``physical=True``, ``ae_components=0``, the shipped default) is eight
+    label-free physical statistics of each source: half-light radius and
+    concentration (fixed apertures), PSF-fit over aperture flux and
+    SExtractor's SPREAD_MODEL against the field's own PSF (estimated from its
+    compact bright sources, `astrohvae.psf`), and four aperture colours.
+    ``ae_components=None`` feeds the 30 AE latents as well (the paper's
+    hierarchical input); measured on simulated fields the AE latents follow
+    S/N and neighbours and spoil the 1-D split, see
+    ``benchmarks/results/classification.md``.
 `ManifoldClassifier` (V+M and Vr+M)
     A convolutional VAE (standard KL, or one of the paper's revised terms
     ``'sc'``, ``'dkl'``, ``'aw'``, ``'pw'``), its latent means embedded in one
@@ -27,9 +32,9 @@ Which peak is which, without labels (`star_side`)
 ------------------------------------------------
 Stars are point sources.  After fitting, the training stamps are split by
 the unsupervised model (peak membership, or the side of the 1-D embedding);
-the group whose members are more *concentrated* (median of flux within 1.5 px
-over flux within 5 px, g+r+i, other sources masked, sources with S/N > 20)
-is called ``star``.  No truth label enters any fit or this choice.
+the group whose members (S/N >= 20) have the smaller median half-light
+radius (g+r+i, 8-pixel aperture, other sources masked) is called ``star``.
+No truth label enters any fit or this choice.
 """
 
 from __future__ import annotations
