@@ -475,6 +475,11 @@ class HierarchicalClassifier:
         Re-estimate the two peaks' weights by EM on the training latents
         (label-free) after training; the peaks' positions stay those of the
         prior.
+    prior_tries : int
+        The prior says the stars form the narrow peak.  If, after training,
+        `star_side` finds the compact sources in the broad peak instead, the
+        LatentVAE is retrained from another initialisation, up to this many
+        times in all (label-free model selection; the last fit is kept).
     device : str
     random_state : int
     verbose : bool
@@ -485,9 +490,10 @@ class HierarchicalClassifier:
     def __init__(self, representation=DEFAULT_REPRESENTATION, crop=32, physical=True, star_weight=0.35,
                  star_mean=-1.5, star_sigma=0.35, galaxy_mean=1.0, galaxy_sigma=1.0, symmetric_prior=False,
                  ae_latent=30, channels=(16, 32, 64, 64), ae_epochs=4, vae_epochs=40, batch_size=128,
-                 lr=2e-3, center_weight=4.0, augment=True, ae_components=0, fit_weight=True, device="cpu",
-                 random_state=0, verbose=False):
+                 lr=2e-3, center_weight=4.0, augment=True, ae_components=0, fit_weight=True, prior_tries=1,
+                 device="cpu", random_state=0, verbose=False):
         self.fit_weight = fit_weight
+        self.prior_tries = prior_tries
         self.representation = representation
         self.crop = crop
         self.physical = physical
@@ -553,6 +559,24 @@ class HierarchicalClassifier:
         else:
             self.ref_ = None
         zin = np.concatenate(feats, axis=1).astype(np.float32)
+        feat = None
+        for attempt in range(max(1, int(self.prior_tries))):
+            self._fit_latent(zin, seed + 7919 * attempt, dev)
+            mu, sig = self._encode_latent(zin)
+            post = mixture_posterior(mu[:, 0], sig[:, 0], self.weights_, *self._prior()[1:])
+            groups = post.argmax(axis=1)  # 0 = narrow (star) peak of the prior, 1 = broad
+            if feat is None:
+                from astrohvae.psf import profile_features
+
+                feat = profile_features(stamps)
+            self.star_peak_, self.label_stats_ = star_side(stamps, groups, features=feat)
+            self.n_tries_ = attempt + 1
+            if self.star_peak_ == 0 or self.symmetric_prior:
+                break  # the compact sources sit in the narrow peak, as the prior says
+        self.train_peak_fraction_ = float((groups == self.star_peak_).mean())
+        return self
+
+    def _fit_latent(self, zin, seed, dev):
         self.vae_ = _train_latent_vae(zin, 1, self._prior(), self.vae_epochs, 256, 3e-3, seed, dev,
                                       log=self._log if self.verbose else None)
         mu, sig = self._encode_latent(zin)
@@ -564,11 +588,6 @@ class HierarchicalClassifier:
                     break
                 w = [w0, 1.0 - w0]
         self.weights_ = [float(v) for v in w]
-        post = mixture_posterior(mu[:, 0], sig[:, 0], self.weights_, m, s)
-        groups = post.argmax(axis=1)  # 0 = first peak, 1 = second
-        self.star_peak_, self.label_stats_ = star_side(stamps, groups)
-        self.train_peak_fraction_ = float((groups == self.star_peak_).mean())
-        return self
 
     def _posterior(self, mu, sigma):
         """Peak responsibilities, made monotone along the latent axis.
@@ -636,7 +655,8 @@ class HierarchicalClassifier:
     def get_config(self):
         keys = ["representation", "crop", "physical", "star_weight", "star_mean", "star_sigma", "galaxy_mean",
                 "galaxy_sigma", "symmetric_prior", "ae_latent", "channels", "ae_epochs", "vae_epochs",
-                "batch_size", "lr", "center_weight", "augment", "ae_components", "fit_weight", "random_state"]
+                "batch_size", "lr", "center_weight", "augment", "ae_components", "fit_weight", "prior_tries",
+                "random_state"]
         cfg = {k: getattr(self, k) for k in keys}
         cfg["channels"] = list(self.channels)
         cfg["star_peak"] = int(self.star_peak_)
@@ -673,7 +693,8 @@ class HierarchicalClassifier:
         tensors, cfg, digest = _load(directory)
         keys = ["representation", "crop", "physical", "star_weight", "star_mean", "star_sigma", "galaxy_mean",
                 "galaxy_sigma", "symmetric_prior", "ae_latent", "channels", "ae_epochs", "vae_epochs",
-                "batch_size", "lr", "center_weight", "augment", "ae_components", "fit_weight", "random_state"]
+                "batch_size", "lr", "center_weight", "augment", "ae_components", "fit_weight", "prior_tries",
+                "random_state"]
         self = cls(**{k: cfg[k] for k in keys if k in cfg})
         dev = resolve_device(device)
         self.device = str(dev)
