@@ -622,7 +622,14 @@ class HierarchicalClassifier:
 
     # inference -------------------------------------------------------------
     def transform(self, stamps, batch_size=256):
-        """Latents: dict ``z_ae`` (N, 30), ``z_hvae`` (N, 1), ``z_hvae_sigma`` (N, 1)."""
+        """Latents: dict ``z_ae`` (N, 30), ``z_hvae`` (N, 1), ``z_hvae_sigma`` (N, 1).
+
+        The physical statistics use the PSF of each field in ``stamps``
+        (``meta['field']``) when the call holds at least 30 of its sources
+        with S/N >= 50, else the PSF stored at fit time: give a whole field's
+        stamps in one call for a field-specific PSF; ``batch_size`` only sets
+        the network batches.
+        """
         _check_stamps(stamps)
         n = len(stamps.flux)
         if n == 0:
@@ -646,6 +653,12 @@ class HierarchicalClassifier:
         t = self.transform(stamps, batch_size)
         post = self._posterior(t["z_hvae"][:, 0], t["z_hvae_sigma"][:, 0])
         return post[:, 1 - self.star_peak_].astype(np.float32)
+
+    def predict_proba_transform(self, stamps, batch_size=256):
+        """``(p_galaxy, transform(stamps))`` in one pass (what a pipeline wants)."""
+        t = self.transform(stamps, batch_size)
+        p = self._posterior(t["z_hvae"][:, 0], t["z_hvae_sigma"][:, 0])[:, 1 - self.star_peak_]
+        return p.astype(np.float32), t
 
     def predict(self, stamps, batch_size=256):
         """``'star'`` / ``'galaxy'`` per stamp."""

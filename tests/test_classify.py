@@ -77,6 +77,9 @@ def test_hierarchical_api(fitted, test_set):
     assert np.all(t["z_hvae_sigma"] > 0)
     # batching does not change results
     np.testing.assert_allclose(fitted.predict_proba(test_set, batch_size=13), p, atol=1e-5)
+    p2, t2 = fitted.predict_proba_transform(test_set)
+    np.testing.assert_allclose(p2, p, atol=1e-6)
+    assert t2["z_ae"].shape == (len(test_set), 30)
     empty = fitted.transform(test_set[:0])
     assert empty["z_ae"].shape == (0, 30)
 
