@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/astrohvae run --example --out out/example.fits --preview
+	mkdir -p out
+	$(BIN)/astrohvae run --example --out out/example.cat.fits --preview
 
 test: install
 	$(BIN)/python -m pytest -q
