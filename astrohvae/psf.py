@@ -17,6 +17,8 @@ Everything here is measured from the stamps themselves, without any label:
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from astrohvae import BANDS
@@ -28,6 +30,7 @@ __all__ = [
     "psf_match",
     "recentre",
     "PSFModel",
+    "saturated",
 ]
 
 _GRI = [BANDS.index(b) for b in ("g", "r", "i")]
@@ -130,7 +133,17 @@ class PSFModel:
         return f"PSFModel(r_half={self.r_half:.3f} px, n_used={self.n_used})"
 
 
-def _stellar_locus(r_half, snr, min_snr):
+def _stellar_locus(r_half, snr, min_snr, min_members=5, min_share=0.2):
+    """Half-light radius of the stellar locus and the window's half-width (log units).
+
+    Point sources pile up in a narrow peak of the bright sources' half-light
+    radii.  Galaxies may outnumber them and form a broader, *higher* peak at
+    larger radii (good seeing, deep fields), so the locus is the
+    smallest-radius local maximum of a narrow kernel density estimate that
+    holds at least ``min_members`` sources and ``min_share`` of the highest
+    peak's sources (not the global mode); sharper isolated spikes (cosmic
+    rays, hot pixels) do not make such a peak.
+    """
     ok = np.isfinite(r_half) & (snr >= min_snr) & (r_half > 0.3)
     rr = np.log(r_half[ok])
     if rr.size < 5:
@@ -140,41 +153,42 @@ def _stellar_locus(r_half, snr, min_snr):
         raise ValueError("no measurable source to estimate the PSF from")
     grid = np.linspace(rr.min(), np.quantile(rr, 0.9), 200)
     bw = max(0.03, 0.5 * rr.std() * rr.size ** (-0.2) / 2)
-    dens = np.exp(-0.5 * ((grid[:, None] - rr[None]) / bw) ** 2).sum(axis=1)
-    mode = grid[np.argmax(dens)]
+    kb = 0.04  # the locus's own width at S/N >= 50 (log units)
+    dens = np.exp(-0.5 * ((grid[:, None] - rr[None]) / kb) ** 2).sum(axis=1)
+    peaks = np.flatnonzero((dens >= np.r_[-1.0, dens[:-1]]) & (dens >= np.r_[dens[1:], -1.0]))
+    members = np.array([(np.abs(rr - grid[k]) <= 2 * kb).sum() for k in peaks])
+    good = peaks[(members >= min(min_members, members.max())) & (members >= min_share * members.max())]
+    mode = grid[good[0]] if good.size else grid[np.argmax(dens)]
     return float(np.exp(mode)), float(bw)
 
 
-def estimate_psf(stamps, min_snr=50.0, max_stars=300, features=None):
-    """PSF of ``stamps`` from its most compact bright sources, without labels.
+def saturated(stamps, n_flat=4, half=8, rel=0.005, min_peak_snr=50.0):
+    """Saturated sources (flat-topped cores), without labels.
 
-    The bright sources (S/N >= ``min_snr``) are placed by half-light radius;
-    point sources pile up in a narrow peak (the stellar locus) at the small
-    end, galaxies spread over larger radii.  The sources within a narrow
-    window around the locus are recentred, divided by their flux and
-    median-stacked.
-
-    Parameters
-    ----------
-    stamps : StampSet-like
-    min_snr : float
-    max_stars : int
-    features : dict, optional
-        Precomputed `profile_features(stamps)`.
+    A saturated detector pixel is clipped at the full-well level, so the core
+    of a saturated source is a plateau of (nearly) equal values, and bleed
+    trails extend it along columns.  A source is called saturated when, in
+    any band, at least ``n_flat`` pixels of the central ``2 half`` x ``2 half``
+    box lie within a fraction ``rel`` of the box's maximum, and that maximum
+    is at least ``min_peak_snr`` times the sky noise (an unresolved noise peak
+    is never flat).  Measured on simulated fields: every star brighter than
+    r = 14 and most of 14 < r < 14.5 are caught, no galaxy is.
 
     Returns
     -------
-    PSFModel
+    ndarray bool (N,)
     """
-    feat = profile_features(stamps) if features is None else features
-    r_star, bw = _stellar_locus(feat["r_half"], feat["snr"], min_snr)
-    rh = feat["r_half"]
-    sel = np.isfinite(rh) & (np.abs(np.log(np.where(rh > 0, rh, 1e-3)) - np.log(r_star)) < max(bw, 0.06))
-    sel &= feat["snr"] >= min(min_snr, np.quantile(feat["snr"][sel], 0.5) if sel.any() else 0)
-    idx = np.flatnonzero(sel)
-    if idx.size == 0:
-        idx = np.argsort(np.abs(rh - r_star))[:5]
-    idx = idx[np.argsort(-feat["snr"][idx])][:max_stars]
+    flux = np.nan_to_num(np.asarray(stamps.flux, dtype=np.float32))
+    n, b, ny, nx = flux.shape
+    box = flux[:, :, ny // 2 - half : ny // 2 + half, nx // 2 - half : nx // 2 + half].reshape(n, b, -1)
+    mx = box.max(axis=2)
+    nflat = (box >= (mx * (1.0 - rel))[:, :, None]).sum(axis=2)
+    sky = np.asarray(stamps.sky_sigma, dtype=np.float32)
+    bright = mx >= min_peak_snr * np.where(np.isfinite(sky), sky, np.inf)
+    return ((nflat >= n_flat) & bright).any(axis=1)
+
+
+def _stack(stamps, idx):
     flux = np.asarray(stamps.flux[idx], dtype=np.float32)
     mask = np.asarray(stamps.mask[idx], dtype=np.uint8)
     clean = clean_stamps(flux, mask)
@@ -186,6 +200,72 @@ def estimate_psf(stamps, min_snr=50.0, max_stars=300, features=None):
     r = _radius_grid(*img.shape[1:])
     img = np.where(r[None] <= 12, img, 0.0)
     img /= img[_GRI].sum()
+    return img
+
+
+PSF_ITERATIONS = 2
+"""Rounds of `estimate_psf`'s sigma-clipping of the stellar locus in SPREAD_MODEL."""
+
+
+def estimate_psf(stamps, min_snr=50.0, max_stars=300, features=None, iterations=None):
+    """PSF of ``stamps`` from its most compact bright sources, without labels.
+
+    The bright sources (S/N >= ``min_snr``) are placed by half-light radius;
+    point sources pile up in a narrow peak (the stellar locus) at the small
+    end, galaxies spread over larger radii.  The bright sources (S/N >=
+    ``min_snr``, lowered only when fewer than 8) within a narrow window
+    (+-0.06 in log radius) around the locus, saturated ones excluded (`saturated`: their
+    clipped cores would broaden the PSF), are recentred, divided by their
+    flux and median-stacked.  Then, ``iterations`` times, SPREAD_MODEL of the
+    candidates against the current PSF is measured and the outliers (more
+    than 3 robust sigma from the candidates' median: compact galaxies,
+    blends) are dropped before stacking again.
+
+    Parameters
+    ----------
+    stamps : StampSet-like
+    min_snr : float
+    max_stars : int
+    features : dict, optional
+        Precomputed `profile_features(stamps)`.
+    iterations : int, optional
+        Default `PSF_ITERATIONS`.
+
+    Returns
+    -------
+    PSFModel
+    """
+    feat = profile_features(stamps) if features is None else features
+    sat = saturated(stamps)
+    rh = feat["r_half"]
+    snr = np.where(sat, 0.0, feat["snr"])
+    r_star, bw = _stellar_locus(rh, snr, min_snr)
+    win = np.isfinite(rh) & (np.abs(np.log(np.where(rh > 0, rh, 1e-3)) - np.log(r_star)) < 0.06) & ~sat
+    # bright locus members only: at low S/N compact galaxies scatter into the
+    # window and would outnumber the stars
+    for floor in (min_snr, 0.5 * min_snr, 0.0):
+        sel = win & (snr >= floor)
+        if sel.sum() >= 8:
+            break
+    idx = np.flatnonzero(sel)
+    if idx.size == 0:
+        idx = np.argsort(np.abs(np.where(sat, np.inf, rh) - r_star))[:5]
+    idx = idx[np.argsort(-snr[idx])][:max_stars]
+    img = _stack(stamps, idx)
+    n_iter = PSF_ITERATIONS if iterations is None else int(iterations)
+    for _ in range(n_iter):
+        if idx.size < 8:
+            break
+        sub = SimpleNamespace(flux=np.asarray(stamps.flux[idx]), mask=np.asarray(stamps.mask[idx]),
+                              sky_sigma=np.asarray(stamps.sky_sigma[idx]))
+        sp = psf_match(sub, PSFModel(img, r_star, idx.size))["spread_model"]
+        med = np.median(sp)
+        mad = 1.4826 * np.median(np.abs(sp - med))
+        keep = np.abs(sp - med) <= max(3.0 * mad, 1e-3)
+        if keep.all() or keep.sum() < 5:
+            break
+        idx = idx[keep]
+        img = _stack(stamps, idx)
     return PSFModel(img, r_star, idx.size)
 
 
