@@ -131,3 +131,25 @@ def test_manifold_and_probe(train, test_set):
     assert abs(frac - mc.star_fraction) < 0.1
     pr = LatentProbe(ae_epochs=1, channels=(8, 8, 16, 16), crop=32).fit(train)
     assert binary_metrics(y, pr.predict_proba(test_set))["auc"] > 0.7
+
+
+def test_stellar_locus_is_the_compact_peak_not_the_mode():
+    from astrohvae.psf import _stellar_locus
+
+    rng = np.random.default_rng(0)
+    stars = np.exp(rng.normal(np.log(1.3), 0.02, 15))  # good seeing: few bright stars
+    gals = np.exp(rng.normal(np.log(2.1), 0.03, 40))  # a denser galaxy clump at larger radii
+    r_star, _ = _stellar_locus(np.r_[stars, gals], np.full(55, 100.0), 50.0)
+    assert abs(r_star - 1.3) < 0.05
+
+
+def test_saturated_flat_core():
+    from types import SimpleNamespace
+
+    from astrohvae.psf import saturated
+
+    yy, xx = np.mgrid[:64, :64]
+    star = np.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / (2 * 1.5**2)) * 1000.0
+    flux = np.repeat(np.stack([star, np.minimum(star, 300.0)])[:, None], 5, axis=1).astype(np.float32)
+    st = SimpleNamespace(flux=flux, mask=np.zeros((2, 64, 64), np.uint8), sky_sigma=np.ones((2, 5), np.float32))
+    assert saturated(st).tolist() == [False, True]
