@@ -407,6 +407,7 @@ def build_store(inputs, out, *, append=True, nsigma=1.5, progress=True, workers=
             else:
                 raise InputError(out, "exists and is not an astrohvae stamp store")
     check_writable_dir(out)
+    created = not (out.exists() and append)
     if out.exists() and append:
         g = _open_group(out, "r+")
         _check_layout(out, g)
@@ -447,6 +448,13 @@ def build_store(inputs, out, *, append=True, nsigma=1.5, progress=True, workers=
                 bar.update(1)
                 bar.set_postfix(stamps=int(g.attrs["n"]))
             del results
+    except BaseException:
+        # A store this call created and that holds no finished field is
+        # removed, so bad input leaves nothing behind; finished fields of an
+        # interrupted build stay recorded (rerun to append the rest).
+        if created and not g.attrs["fields"]:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         bar.close()
     return {

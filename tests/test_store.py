@@ -306,3 +306,28 @@ def test_chunked_cutting_and_crash_after_some_chunks(tmp_path, fields, monkeypat
     np.testing.assert_array_equal(st.mask.compute(), np.concatenate([e.mask for e in exp]))
     np.testing.assert_array_equal(st.meta["x"], np.concatenate([e.meta["x"] for e in exp]))
     np.testing.assert_array_equal(st.meta["flags"], np.concatenate([e.meta["flags"] for e in exp]))
+
+
+@pytest.mark.parametrize("case", ["not_fits", "missing_band"])
+def test_cli_bad_input_leaves_no_store(tmp_path, case):
+    """A new store whose first input is bad is not left behind."""
+    from click.testing import CliRunner
+
+    from astrohvae.cli import main
+
+    if case == "not_fits":
+        bad = tmp_path / "field.fits"
+        bad.write_text("not a FITS file")
+    else:
+        bad = tmp_path / "frames"
+        bad.mkdir()
+        for b in "ugri":  # no z band
+            hdu = fits.PrimaryHDU(np.zeros((32, 32), np.float32))
+            hdu.header["FILTER"] = b
+            hdu.writeto(bad / f"frame-{b}-000001-1-0001.fits")
+    out = tmp_path / "s.zarr"
+    res = CliRunner().invoke(main, ["stamps", str(bad), "--out", str(out), "--quiet"])
+    assert res.exit_code == 2
+    assert str(bad.name) in res.output and res.output.count("\n") == 1
+    assert not out.exists()
+    assert not list(tmp_path.glob(".s.zarr*"))
