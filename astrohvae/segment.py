@@ -610,46 +610,48 @@ class NetworkSegmenter:
         return post[:, is_obj].sum(dim=1)
 
     def _tiled(self, img, want_hc=False):
-        """Run the network over a whole image in overlapping tiles (dask map_overlap)."""
-        import dask
-        import dask.array as da
+        """Run the network over a whole image in overlapping tiles.
 
+        The image is padded to a multiple of the network's down-sampling
+        factor (reflect) and by ``overlap`` pixels on every side (symmetric,
+        as dask's ``map_overlap`` reflect boundary did), then cut into a grid
+        of about ``tile``-pixel tiles, each run with its ``overlap`` halo and
+        trimmed.  A plain loop (no dask graph or thread pool): the network
+        call dominates and tiles need not be padded to a multiple of ``tile``.
+        """
         m = self.net_.multiple
-        T = int(np.ceil(self.tile / m) * m)
+        T = max(m, int(np.ceil(self.tile / m) * m))
         d = int(np.ceil(self.overlap / m) * m)
         C, ny, nx = img.shape
-        py, px = (-ny) % T, (-nx) % T
+        py, px = (-ny) % m, (-nx) % m
         xp = np.pad(img, ((0, 0), (0, py), (0, px)), mode="reflect") if (py or px) else img
+        xp = np.pad(xp, ((0, 0), (d, d), (d, d)), mode="symmetric") if d else xp
+        xp = np.ascontiguousarray(xp, dtype=np.float32)
+        H, W = ny + py, nx + px
         if want_hc:
             n_out = sum(self.net_.tap_channels(t) for t in self.taps) + C
         else:
             n_out = 1 + C
-        k = max(1, self.batch_size)
-        arr = da.from_array(xp, chunks=(C, T, T * k))
+        out = np.empty((n_out, ny, nx), np.float32)
 
-        def block(b):
-            # b: (C, T+2d, W+2d), W a multiple of T, padded by map_overlap
-            # (reflect at the field edges).  Cut it into W/T tiles with their
-            # own halos and run them through the network as one batch.
-            ntile = (b.shape[2] - 2 * d) // T
-            batch = np.stack([b[:, :, j * T:j * T + T + 2 * d] for j in range(ntile)])
-            res = self._forward(batch, want_hc=want_hc)
-            if want_hc:
-                hc, rec = res
-                o = np.concatenate([hc, rec], axis=1)
-            else:
-                p, rec = res
-                o = np.concatenate([p[:, None], rec], axis=1)
-            o = o[:, :, d:-d, d:-d]
-            return np.concatenate(list(o), axis=2).astype(np.float32)
+        def edges(n):
+            k = -(-n // T)
+            side = int(np.ceil(n / k / m) * m)
+            return [(a, min(n, a + side)) for a in range(0, n, side)]
 
-        res = da.map_overlap(block, arr, depth={0: 0, 1: d, 2: d},
-                             boundary={0: "none", 1: "reflect", 2: "reflect"}, trim=False,
-                             dtype=np.float32, chunks=((n_out,), arr.chunks[1], arr.chunks[2]),
-                             meta=np.empty((0, 0, 0), np.float32))
-        with dask.config.set(scheduler="threads"):
-            out = res.compute()
-        return out[:, :ny, :nx]
+        for y0, y1 in edges(H):
+            for x0, x1 in edges(W):
+                tile = xp[None, :, y0:y1 + 2 * d, x0:x1 + 2 * d]
+                res = self._forward(tile, want_hc=want_hc)
+                a, rec = res
+                if not want_hc:
+                    a = a[:, None]
+                ey, ex = min(y1, ny) - y0, min(x1, nx) - x0
+                if ey <= 0 or ex <= 0:
+                    continue
+                out[:-C, y0:y0 + ey, x0:x0 + ex] = a[0, :, d:d + ey, d:d + ex]
+                out[-C:, y0:y0 + ey, x0:x0 + ex] = rec[0, :, d:d + ey, d:d + ex]
+        return out
 
     def object_probability(self, field, background=None):
         """Per-pixel posterior probability of "object", and the reconstruction.
