@@ -705,7 +705,7 @@ class NetworkSegmenter:
             0 = background, k = source k (deblended, relabelled 1..N); None
             when no source is found.
         """
-        from photutils.segmentation import deblend_sources, detect_sources
+        from photutils.segmentation import detect_sources
         from scipy.ndimage import gaussian_filter
 
         img = np.asarray(field, np.float32) if isinstance(field, np.ndarray) else network_input(field, background)
@@ -715,10 +715,9 @@ class NetworkSegmenter:
             # linear noise units for deblending
             lin = np.sinh(img[_GRI] / STRETCH) * STRETCH if img.shape[0] == 5 else np.sinh(img / STRETCH) * STRETCH
             det = gaussian_filter(lin.sum(axis=0), self.deblend_fwhm / 2.3548)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                segm = deblend_sources(det, segm, self.n_pixels, n_levels=32, contrast=0.001,
-                                       progress_bar=False)
+            from astrohvae.stamps import deblend_segments
+
+            segm = deblend_segments(det, segm, self.n_pixels, n_levels=32, contrast=0.001)
         if return_maps:
             return segm, (p, recon)
         return segm

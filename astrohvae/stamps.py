@@ -58,6 +58,7 @@ __all__ = [
     "estimate_background",
     "detection_image",
     "detect",
+    "deblend_segments",
     "measure_sources",
     "cut_stamps",
     "process_field",
@@ -492,7 +493,7 @@ def detect(
         Labels 1..N (consecutive).  An empty field gives an all-zero
         SegmentationImage (``n_labels == 0``), never None.
     """
-    from photutils.segmentation import deblend_sources, detect_sources, make_2dgaussian_kernel
+    from photutils.segmentation import detect_sources, make_2dgaussian_kernel
 
     image, noise = detection_image(field, background, detection_bands)
     invalid = ~np.isfinite(noise)
@@ -508,12 +509,128 @@ def detect(
         if segm is None:
             return _empty_segm(field.shape)
         if deblend and segm.n_labels:
-            segm = deblend_sources(
-                conv, segm, npixels, n_levels=nlevels, contrast=contrast, progress_bar=False
-            )
+            segm = deblend_segments(conv, segm, npixels, n_levels=nlevels, contrast=contrast)
     if not segm.is_consecutive:
         segm.relabel_consecutive()
     return segm
+
+
+DEBLEND_MAX_AREA = 100_000
+"""Segments larger than this (pixels; crowded fields) are first cut into pieces (`deblend_segments`)."""
+
+
+def _split_huge(det, segm_data, label, slc, n_pixels, max_area, n_levels, first_label):
+    """Cut one huge segment into pieces by watershed from its brightest cores.
+
+    The threshold rises over ``n_levels`` exponentially spaced levels (as
+    photutils' deblender's) until no connected superlevel component of the
+    segment exceeds ``max_area``; its components of at least ``n_pixels``
+    pixels seed a watershed of ``-det`` over the whole segment.  Writes the
+    pieces (labels from ``first_label``) into ``segm_data``; returns how many.
+    """
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
+    seg = segm_data[slc]
+    own = seg == label
+    d = det[slc]
+    vals = d[own]
+    lo, hi = float(vals.min()), float(vals.max())
+    if not hi > lo:
+        return 0
+    if lo > 0:
+        levels = np.exp(np.linspace(np.log(lo), np.log(hi), n_levels + 2)[1:-1])
+    else:
+        levels = np.linspace(lo, hi, n_levels + 2)[1:-1]
+    st = np.ones((3, 3), bool)
+    markers = None
+    for t in levels:
+        lab, n = ndimage.label(own & (d > t), structure=st)
+        if n == 0:
+            break
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        markers = lab
+        if sizes.max() <= max_area:
+            break
+    if markers is None:
+        return 0
+    sizes = np.bincount(markers.ravel())
+    keep = sizes >= n_pixels
+    keep[0] = False
+    if keep.sum() < 2:
+        return 0
+    lut = np.zeros(len(sizes), np.int64)
+    lut[keep] = np.arange(1, keep.sum() + 1)
+    pieces = watershed(-d, lut[markers], mask=own, connectivity=2)
+    seg[own] = pieces[own] + (first_label - 1)
+    return int(keep.sum())
+
+
+def _local_peaks(det, data):
+    """Pixels of a segment not below any 8-neighbour of the same segment."""
+    peak = data > 0
+    ny, nx = data.shape
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == 0 and dx == 0:
+                continue
+            ys, yd = slice(max(dy, 0), ny + min(dy, 0)), slice(max(-dy, 0), ny + min(-dy, 0))
+            xs, xd = slice(max(dx, 0), nx + min(dx, 0)), slice(max(-dx, 0), nx + min(-dx, 0))
+            # neighbour (y+dy, x+dx) of pixel (y, x): pixel in [yd, xd], neighbour in [ys, xs]
+            lower = (data[ys, xs] == data[yd, xd]) & (det[ys, xs] > det[yd, xd])
+            peak[yd, xd] &= ~lower
+    return peak
+
+
+def deblend_segments(det, segm, n_pixels, n_levels=32, contrast=0.001, max_area=DEBLEND_MAX_AREA):
+    """photutils `deblend_sources`, only where it can change something, and bounded in crowded fields.
+
+    * Only segments of at least ``2 * n_pixels`` pixels with more than one
+      local maximum of ``det`` (3x3, inside the segment) are passed to
+      photutils: a segment with a single local maximum has one connected
+      component at every threshold, so the deblender leaves it whole.  The
+      result is the same as deblending every segment.
+    * A segment larger than ``max_area`` pixels (a crowded field's merged
+      blob, where photutils' one-marker-at-a-time contrast loop re-runs a
+      watershed of the whole blob hundreds of times, minutes per field) is
+      first cut by `_split_huge` into pieces, which are then deblended as
+      above with the contrast relative to their piece.  Pieces of a cut
+      segment touch each other, so they carry the blended flag (2).
+
+    Returns a `SegmentationImage` with consecutive labels.
+    """
+    from photutils.segmentation import SegmentationImage, deblend_sources
+    from scipy import ndimage
+
+    data = np.asarray(segm.data)
+    areas = np.asarray(segm.areas)
+    labels = np.asarray(segm.labels)
+    huge = labels[areas > max_area] if max_area else labels[:0]
+    if huge.size:
+        data = data.copy()
+        slices = segm.slices
+        idx = segm.get_indices(huge)
+        top = int(segm.max_label)
+        for lab, i in zip(huge, idx):
+            n = _split_huge(det, data, int(lab), slices[i], n_pixels, max_area, n_levels, top + 1)
+            top += n
+        segm = SegmentationImage(data)
+        areas = np.asarray(segm.areas)
+        labels = np.asarray(segm.labels)
+    cand = labels[areas >= 2 * n_pixels]
+    if cand.size == 0:
+        return segm
+    peak = _local_peaks(det, data)
+    npeak = np.bincount(data[peak], minlength=int(data.max()) + 1)
+    cand = cand[npeak[cand] > 1]
+    if cand.size == 0:
+        return segm
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = deblend_sources(det, segm, n_pixels, labels=cand, n_levels=n_levels, contrast=contrast,
+                              progress_bar=False)
+    return out
 
 
 # ---------------------------------------------------------------------------
