@@ -270,15 +270,17 @@ def _background_band(image, bad, box_size, filter_size, source_mask=None):
                 image,
                 box,
                 mask=mask,
-                filter_size=(fs, fs),
+                # the 3x3 median filter of the box grid is done below, vectorised
+                # (photutils calls nanmedian once per box through generic_filter)
+                filter_size=(1, 1),
                 sigma_clip=SigmaClip(sigma=3.0, maxiters=5),
                 bkg_estimator=MedianBackground(),
                 bkg_rms_estimator=StdBackgroundRMS(),
                 # a box needs >= 10% unmasked pixels (crowded fields mask most)
                 exclude_percentile=90.0,
             )
-        med = np.asarray(bkg.background_mesh, np.float32)
-        mrms = np.asarray(bkg.background_rms_mesh, np.float32)
+        med = np.asarray(_median_filter_grid(np.asarray(bkg.background_mesh), fs), np.float32)
+        mrms = np.asarray(_median_filter_grid(np.asarray(bkg.background_rms_mesh), fs), np.float32)
         if not (np.all(np.isfinite(med)) and np.all(np.isfinite(mrms))):
             raise ValueError("background grid incomplete")
         # bilinear expansion of the box grid (photutils' own resize, a cubic
@@ -296,6 +298,21 @@ def _background_band(image, bad, box_size, filter_size, source_mask=None):
 
         _, med, std = sigma_clipped_stats(image[good], sigma=3.0, maxiters=5)
         return (np.full(image.shape, med, np.float32), np.full(image.shape, std, np.float32))
+
+
+def _median_filter_grid(grid, size):
+    """``generic_filter(grid, nanmedian, size, mode='constant', cval=nan)`` (photutils'
+    box-grid filter), vectorised: the nanmedian of the stacked shifted grids."""
+    if size <= 1:
+        return grid
+    h = size // 2
+    gy, gx = grid.shape
+    padded = np.full((gy + 2 * h, gx + 2 * h), np.nan, dtype=grid.dtype)
+    padded[h:h + gy, h:h + gx] = grid
+    stack = np.stack([padded[i:i + gy, j:j + gx] for i in range(size) for j in range(size)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _nanmedian(stack, axis=0)
 
 
 def _nanmedian(a, axis):
@@ -318,14 +335,20 @@ def _linear_weights(n, box, ngrid):
     return w
 
 
-def _coarse_background(image, bad, box_size):
-    """Fast first-pass (level, rms): per-box median and MAD, bilinearly expanded."""
+def _coarse_background(image, bad, box_size, step=1):
+    """Fast first-pass (level, rms): per-box median and MAD, bilinearly expanded.
+
+    ``step`` > 1 takes the statistics on every ``step``-th row and column of
+    each box only (the first pass just has to find the sources).
+    """
     ny, nx = image.shape
     by, bx = min(box_size, ny), min(box_size, nx)
     gy, gx = -(-ny // by), -(-nx // bx)
     padded = np.full((gy * by, gx * bx), np.nan, np.float32)
     padded[:ny, :nx] = np.where(bad, np.nan, image)
-    boxes = padded.reshape(gy, by, gx, bx).transpose(0, 2, 1, 3).reshape(gy, gx, by * bx)
+    s = max(1, min(int(step), by // 4 or 1, bx // 4 or 1))
+    boxes = padded.reshape(gy, by, gx, bx)[:, ::s, :, ::s]
+    boxes = boxes.transpose(0, 2, 1, 3).reshape(gy, gx, -1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         med = _nanmedian(boxes, axis=2)
@@ -352,10 +375,18 @@ def _source_mask_from(residual, rms, bad, dilate=3, npixels=5):
         keep[0] = False
         hot = keep[labels]
     if dilate:
-        r = int(dilate)
-        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-        hot = ndimage.binary_dilation(hot, structure=(xx**2 + yy**2) <= r * r)
+        hot = _dilate_disk(hot, dilate)
     return hot
+
+
+def _dilate_disk(mask, r):
+    r = int(r)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return ndimage.binary_dilation(mask, structure=(xx**2 + yy**2) <= r * r)
+
+
+COARSE_STEP = 2
+"""The first (source-finding) background pass samples every 2nd row and column of each box."""
 
 
 def estimate_background(field, box_size=64, filter_size=3):
@@ -386,11 +417,13 @@ def estimate_background(field, box_size=64, filter_size=3):
     rms = np.zeros_like(data)
     srcmask = np.zeros(data.shape[1:], bool)
     for b in range(nb):
-        coarse = _coarse_background(data[b], bad[b], box_size)
+        coarse = _coarse_background(data[b], bad[b], box_size, step=COARSE_STEP)
         if coarse is None:
             continue
         lv, rm = coarse
-        srcmask |= _source_mask_from(data[b] - lv, rm, bad[b])
+        # dilation of the union = union of the dilations: dilate once below
+        srcmask |= _source_mask_from(data[b] - lv, rm, bad[b], dilate=0)
+    srcmask = _dilate_disk(srcmask, 3)
     sigma = np.full(nb, np.nan, np.float32)
     for b in range(nb):
         lv, rm = _background_band(data[b], bad[b], box_size, filter_size, srcmask)
