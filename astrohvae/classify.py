@@ -16,6 +16,12 @@ Estimators
     concentration (fixed apertures), PSF-fit over aperture flux and
     SExtractor's SPREAD_MODEL against the field's own PSF (estimated from its
     compact bright sources, `astrohvae.psf`), and four aperture colours.
+    The morphology statistics are calibrated per field on its stellar locus
+    (the smallest-radius peak of the bright sources' half-light radii):
+    r_half and concentration are divided by the locus values, SPREAD_MODEL
+    and the PSF ratio are zero-pointed on the locus stars, and saturated
+    sources (flat-topped cores, `astrohvae.psf.saturated`) get the
+    point-source values.
     ``ae_components=None`` feeds the 30 AE latents as well (the paper's
     hierarchical input); measured on simulated fields the AE latents follow
     S/N and neighbours and spoil the 1-D split, see
