@@ -238,10 +238,15 @@ class Background:
         return out.astype(np.float32, copy=False)
 
 
-def _mad_std(values):
+def _mad_std(values, overwrite=False):
+    """1.4826 x median absolute deviation; ``overwrite``: ``values`` is scratch (no copies)."""
     if values.size == 0:
         return np.nan
-    med = np.median(values)
+    med = np.median(values, overwrite_input=overwrite)
+    if overwrite:
+        dev = np.subtract(values, med, out=values)
+        np.abs(dev, out=dev)
+        return 1.482602218505602 * np.median(dev, overwrite_input=True)
     return 1.482602218505602 * np.median(np.abs(values - med))
 
 
@@ -267,7 +272,9 @@ def _background_band(image, bad, box_size, filter_size, source_mask=None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             bkg = Background2D(
-                image,
+                # float64: photutils then takes its box medians with bottleneck
+                # (for float32 it falls back to numpy's apply_along_axis, ~5x slower)
+                np.asarray(image, np.float64),
                 box,
                 mask=mask,
                 # the 3x3 median filter of the box grid is done below, vectorised
@@ -365,7 +372,7 @@ def _coarse_background(image, bad, box_size, step=1):
 
 def _source_mask_from(residual, rms, bad, dilate=3, npixels=5):
     """Pixels belonging to sources: 3x3-smoothed residual above 3 sigma, dilated."""
-    smooth = ndimage.uniform_filter(np.where(bad, 0.0, residual), 3, mode="constant")
+    smooth = _box3_mean(np.where(bad, np.float32(0), residual).astype(np.float32, copy=False))
     with np.errstate(invalid="ignore"):
         hot = (smooth > rms) & ~bad  # 3 sigma of the 3x3 mean (noise rms/3)
     labels, n = ndimage.label(hot)
@@ -377,6 +384,16 @@ def _source_mask_from(residual, rms, bad, dilate=3, npixels=5):
     if dilate:
         hot = _dilate_disk(hot, dilate)
     return hot
+
+
+def _box3_mean(a):
+    """``ndimage.uniform_filter(a, 3, mode='constant')`` by shifted sums (~4x faster)."""
+    p = np.zeros((a.shape[0] + 2, a.shape[1] + 2), a.dtype)
+    p[1:-1, 1:-1] = a
+    rows = p[:-2] + p[1:-1] + p[2:]
+    out = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+    out *= np.float32(1.0 / 9.0)
+    return out
 
 
 def _dilate_disk(mask, r):
@@ -431,7 +448,7 @@ def estimate_background(field, box_size=64, filter_size=3):
         sky = ~(bad[b] | srcmask)
         if sky.sum() < 10:
             sky = ~bad[b]
-        sigma[b] = _mad_std((data[b] - lv)[sky])
+        sigma[b] = _mad_std((data[b] - lv)[sky], overwrite=True)  # a fresh array: scratch
     return Background(level, rms, sigma, srcmask)
 
 
