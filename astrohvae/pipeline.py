@@ -23,7 +23,6 @@ a bounded number of fields in flight, and a resumable output folder:
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import re
@@ -351,45 +350,40 @@ def _stamp_store(field, segm, sources, background, batch_size, workdir, stamps_m
     return da.from_zarr(flux), da.from_zarr(mask), da.from_zarr(sky), meta
 
 
-def _classify_chunks(clf, dflux, dmask, dsky, meta, stamps_mod):
-    """Run the classifier block by block over the dask-chunked stamps."""
+def _classify_field(clf, dflux, dmask, dsky, meta, stamps_mod, batch_size):
+    """Classify all stamps of one field in one classifier call.
+
+    The classifier calibrates its morphology statistics on the field's own
+    stellar locus and PSF, estimated from all the sources of a field given in
+    one call; handing it the field chunk by chunk would make a source's class
+    depend on which chunk it fell in.  So the zarr-backed stamps are gathered
+    for the field (memory grows with the sources of one field, never with the
+    number of fields) and the classifier runs its networks in batches of
+    ``batch_size``.
+    """
     import dask
 
-    p_all, lat_all = [], {}
-    starts = np.cumsum((0,) + dflux.chunks[0])
-    for i in range(len(dflux.chunks[0])):
-        a, b = int(starts[i]), int(starts[i + 1])
-        f, m, s = dask.compute(dflux.blocks[i], dmask.blocks[i], dsky.blocks[i], scheduler="synchronous")
-        st = stamps_mod.StampSet(flux=f, mask=m, sky_sigma=s, meta=meta[a:b])
-        try:
-            p, lat = _predict(clf, st)
-        except (RuntimeError, ValueError, KeyError, IndexError) as exc:
-            raise ClassifierFailure(_one_line(f"{type(exc).__name__}: {exc}", 160)) from exc
-        p_all.append(np.asarray(p, dtype=np.float32).reshape(-1))
-        for k, v in lat.items():
-            lat_all.setdefault(k, []).append(np.asarray(v, dtype=np.float32))
-    p = np.concatenate(p_all)
-    lat = {k: np.concatenate(v) for k, v in lat_all.items()}
-    return p, lat
+    f, m, s = dask.compute(dflux, dmask, dsky, scheduler="synchronous")
+    st = stamps_mod.StampSet(flux=f, mask=m, sky_sigma=s, meta=meta)
+    try:
+        p, lat = _predict(clf, st, batch_size)
+    except (RuntimeError, ValueError, KeyError, IndexError) as exc:
+        raise ClassifierFailure(_one_line(f"{type(exc).__name__}: {exc}", 160)) from exc
+    p = np.asarray(p, dtype=np.float32).reshape(-1)
+    return p, {k: np.asarray(v, dtype=np.float32) for k, v in lat.items()}
 
 
 class ClassifierFailure(RuntimeError):
     """The classifier could not run on the stamps (weights that do not fit this code)."""
 
 
-def _predict(clf, stamps):
-    """p_galaxy and latents of one batch (one network pass when the classifier allows)."""
+def _predict(clf, stamps, batch_size=256):
+    """p_galaxy and latents (one network pass when the classifier offers it)."""
     both = getattr(clf, "predict_proba_transform", None)
     if callable(both):
-        return both(stamps)
+        return both(stamps, batch_size=batch_size)
     lat = clf.transform(stamps)
-    # predict_proba of the astrohvae classifiers starts with self.transform(stamps):
-    # hand it the latents just computed instead of a second network pass.  A shallow
-    # copy keeps the shared (cached) classifier untouched and thread-safe.
-    shadow = copy.copy(clf)
-    shadow.transform = lambda *args, **kwargs: lat
-    p = shadow.predict_proba(stamps)
-    p = np.asarray(p)
+    p = np.asarray(clf.predict_proba(stamps))
     if p.ndim == 2:  # (N, 2) [star, galaxy] in scikit-learn style
         p = p[:, -1]
     return p, lat
@@ -417,7 +411,7 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
     nsigma : float
         Detection threshold of the baseline, in background sigma.
     batch_size : int
-        Stamps per classifier batch (= zarr / dask chunk along N).
+        Stamps per network batch of the classifier (and zarr / dask chunk along N).
     workdir : path, optional
         Where the temporary stamp store goes (default: the system temp dir).
 
@@ -484,7 +478,7 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
                                                     stamps_mod)
             t["stamps"] = time.perf_counter() - t1
             t1 = time.perf_counter()
-            p, lat = _classify_chunks(classifier, dflux, dmask, dsky, meta, stamps_mod)
+            p, lat = _classify_field(classifier, dflux, dmask, dsky, meta, stamps_mod, batch_size)
             masks = (dmask.compute(scheduler="synchronous") & 1).astype(np.uint8)
             t["classify"] = time.perf_counter() - t1
 

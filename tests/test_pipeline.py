@@ -320,3 +320,24 @@ def test_example_with_shipped_weights(tmp_path, monkeypatch):
     assert len(cat) > 50
     frac = np.mean(np.asarray(cat.table["class"]) == "star")
     assert 0.02 < frac < 0.98
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (DATA / "sdss" / "fields" / "004510-4-0030").is_dir(), reason="../shared/data absent")
+def test_real_field_classes_do_not_depend_on_batch_size():
+    """The shipped classifier calibrates on the whole field: batches must not change a class."""
+    import warnings
+
+    from astrohvae.classify import load_default_classifier
+    from astrohvae.io.readers import read_field
+    from astrohvae.pipeline import process_field
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        field = read_field(DATA / "sdss" / "fields" / "004510-4-0030")
+        clf = load_default_classifier("cpu")
+        a = process_field(field, clf, batch_size=64)
+        b = process_field(field, clf, batch_size=4096)
+    assert len(a.table) == len(b.table) > 500
+    np.testing.assert_allclose(np.asarray(a.table["p_galaxy"]), np.asarray(b.table["p_galaxy"]), atol=1e-5)
+    assert list(a.table["class"]) == list(b.table["class"])
