@@ -144,12 +144,17 @@ def network_input(field, background=None, stretch=STRETCH):
     """
     bkg = _background(field, background)
     rms = np.asarray(bkg.rms, np.float32)
-    rms = np.where(rms > 0, rms, np.inf).astype(np.float32)
-    x = (field.data - np.asarray(bkg.level, np.float32)) / rms
-    x = np.arcsinh(x / stretch) * stretch
+    # rms * stretch in one scratch array (inf where rms <= 0), then in place
+    den = np.where(rms > 0, rms, np.float32(np.inf)).astype(np.float32, copy=False)
+    den = np.multiply(den, np.float32(stretch), dtype=np.float32)
+    x = np.subtract(np.asarray(field.data, np.float32), np.asarray(bkg.level, np.float32), dtype=np.float32)
+    np.divide(x, den, out=x)
+    del den
+    np.arcsinh(x, out=x)
+    x *= np.float32(stretch)
     x[field.mask] = 0.0
     x[~np.isfinite(x)] = 0.0
-    return x.astype(np.float32, copy=False)
+    return x
 
 
 # ----------------------------------------------------------------------------
@@ -553,6 +558,13 @@ class NetworkSegmenter:
                 # channels-last convolutions are ~2x faster on CPU for these few channels
                 self.net_.to(memory_format=torch.channels_last)
                 xt = xt.contiguous(memory_format=torch.channels_last)
+            if not want_hc:
+                # the rule's affine part applied to each tap at its native
+                # resolution; only its K*d outputs are upsampled (bilinear
+                # interpolation commutes with a per-pixel linear map)
+                recon, extra = self.net_(xt, taps=self.taps)
+                p = self._posterior_taps(extra, xt.shape[-2:])
+                return p.cpu().numpy(), recon.cpu().numpy()
             taps = list(self.taps)
             if "out" not in taps:
                 taps = taps + ["out"]
@@ -585,6 +597,46 @@ class NetworkSegmenter:
             c.append(P.T @ (b_pca - self.mix_means_[k]))
             const.append(np.log(self.mix_weights_[k]) + np.sum(np.log(np.diag(P))))
         return np.concatenate(A), np.concatenate(c), np.asarray(const)
+
+    def _rule_tensors(self, dev, dt):
+        import torch
+
+        cache = getattr(self, "_rule_cache", None)
+        if cache is None or cache[0] != (str(dev), id(self.mix_means_)):
+            A, c, const = self._rule_linear()
+            cache = ((str(dev), id(self.mix_means_)),
+                     torch.as_tensor(A, dtype=dt, device=dev)[:, :, None, None],
+                     torch.as_tensor(c, dtype=dt, device=dev),
+                     torch.as_tensor(const, dtype=dt, device=dev),
+                     torch.as_tensor(self.object_components_, device=dev))
+            self._rule_cache = cache
+        return cache[1:]
+
+    def _posterior_taps(self, extra, size):
+        """p_object from the taps at native resolution (same maps as `_posterior_torch`
+        on the upsampled hypercolumns, up to float rounding)."""
+        import torch
+        from torch.nn import functional as F
+
+        f0 = extra[self.taps[0]]
+        A, c, const, is_obj = self._rule_tensors(f0.device, f0.dtype)
+        q = None
+        i0 = 0
+        for t in self.taps:
+            f = extra[t]
+            n = f.shape[1]
+            qt = F.conv2d(f, A[:, i0:i0 + n])
+            i0 += n
+            if qt.shape[-2:] != size:
+                qt = F.interpolate(qt, size=size, mode="bilinear", align_corners=False)
+            q = qt if q is None else q.add_(qt)
+        q = q + c[None, :, None, None]
+        B, _, H, W = q.shape
+        K = const.shape[0]
+        q2 = (q * q).reshape(B, K, -1, H, W).sum(dim=2)
+        logp = const[None, :, None, None] - 0.5 * q2
+        post = torch.softmax(logp, dim=1)
+        return post[:, is_obj].sum(dim=1)
 
     def _posterior_torch(self, hc):
         import torch
