@@ -780,18 +780,28 @@ def measure_sources(field, segm, background, detection_bands=("g", "r", "i")):
     ny, nx = seg.shape
     nmax = int(labels.max())
     flat = seg.ravel()
-    nb = lambda w=None: np.bincount(flat, weights=w, minlength=nmax + 1)  # noqa: E731
+    # the per-label sums run over the labelled pixels only (label 0, the sky,
+    # is never read): the same sums in the same order, a fraction of the work
+    fg = np.flatnonzero(flat)
+    lab = flat[fg]
+    nb = lambda w=None: np.bincount(lab, weights=w, minlength=nmax + 1)  # noqa: E731
+
+    def on_fg(a):
+        a = np.asarray(a)
+        return (a if a.shape == (ny, nx) else np.broadcast_to(a, (ny, nx))).ravel()[fg]
 
     area = nb()
     det, _ = detection_image(field, background, detection_bands)
-    wpos = np.clip(det, 0, None)  # float32; products below stay float32 to save memory
+    wpos = np.clip(det.ravel()[fg], 0, None)  # float32; products below stay float32 to save memory
     del det
-    wsum = nb(wpos.ravel())
-    sx = nb((wpos * np.arange(nx, dtype=np.float32)).ravel())
-    sy = nb((wpos * np.arange(ny, dtype=np.float32)[:, None]).ravel())
+    xs = (fg % nx).astype(np.float32)
+    ys = (fg // nx).astype(np.float32)
+    wsum = nb(wpos)
+    sx = nb(wpos * xs)
+    sy = nb(wpos * ys)
     del wpos
-    gx = nb(np.broadcast_to(np.arange(nx, dtype=np.float32), (ny, nx)).ravel())
-    gy = nb(np.broadcast_to(np.arange(ny, dtype=np.float32)[:, None], (ny, nx)).ravel())
+    gx = nb(xs)
+    gy = nb(ys)
     with np.errstate(invalid="ignore", divide="ignore"):
         xw, yw = sx / wsum, sy / wsum
         xg, yg = gx / area, gy / area
@@ -803,9 +813,9 @@ def measure_sources(field, segm, background, detection_bands=("g", "r", "i")):
     cols = {"id": labels.astype(np.int32), "x": x, "y": y, "ra": ra, "dec": dec}
     fluxes, errs = {}, {}
     for i, b in enumerate(bands):
-        valid = ~field.mask[i]
-        resid = np.where(valid, field.data[i] - background.level[i], np.float32(0)).ravel()
-        var = np.where(valid, np.asarray(background.rms[i], np.float32) ** 2, np.float32(0)).ravel()
+        valid = ~on_fg(field.mask[i])
+        resid = np.where(valid, on_fg(field.data[i]) - on_fg(background.level[i]), np.float32(0))
+        var = np.where(valid, on_fg(np.asarray(background.rms[i], np.float32)) ** 2, np.float32(0))
         fluxes[b] = nb(resid)[labels].astype(np.float32)
         errs[b] = np.sqrt(nb(var)[labels]).astype(np.float32)
     for b in bands:
