@@ -765,8 +765,12 @@ class NetworkSegmenter:
         segm = detect_sources(p, self.threshold, n_pixels=self.n_pixels)
         if segm is not None and self.deblend:
             # linear noise units for deblending
-            lin = np.sinh(img[_GRI] / STRETCH) * STRETCH if img.shape[0] == 5 else np.sinh(img / STRETCH) * STRETCH
-            det = gaussian_filter(lin.sum(axis=0), self.deblend_fwhm / 2.3548)
+            lin = img[_GRI] if img.shape[0] == 5 else img.copy()   # a float32 copy: scratch
+            lin *= np.float32(1.0 / STRETCH)
+            np.sinh(lin, out=lin)
+            lin = lin.sum(axis=0)
+            lin *= np.float32(STRETCH)
+            det = gaussian_filter(lin, self.deblend_fwhm / 2.3548)
             from astrohvae.stamps import deblend_segments
 
             segm = deblend_segments(det, segm, self.n_pixels, n_levels=32, contrast=0.001)
