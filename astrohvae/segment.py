@@ -630,11 +630,15 @@ class NetworkSegmenter:
             if qt.shape[-2:] != size:
                 qt = F.interpolate(qt, size=size, mode="bilinear", align_corners=False)
             q = qt if q is None else q.add_(qt)
-        q = q + c[None, :, None, None]
+        q.add_(c[None, :, None, None])
         B, _, H, W = q.shape
         K = const.shape[0]
-        q2 = (q * q).reshape(B, K, -1, H, W).sum(dim=2)
+        q2 = q.mul_(q).reshape(B, K, -1, H, W).sum(dim=2)
         logp = const[None, :, None, None] - 0.5 * q2
+        if K == 2 and int(is_obj.sum()) == 1:
+            # two components: the softmax is a sigmoid of the log-ratio
+            o = int(torch.nonzero(is_obj)[0])
+            return torch.sigmoid(logp[:, o] - logp[:, 1 - o])
         post = torch.softmax(logp, dim=1)
         return post[:, is_obj].sum(dim=1)
 
