@@ -194,6 +194,8 @@ def star_side(stamps, groups, min_snr=20.0, features=None):
     return int(np.argmax(cc)), stats
 
 
+from astrohvae.psf import per_stamp_chunks as _per_stamp_chunks  # noqa: E402
+
 _PHYS_CACHE = {}
 
 
@@ -235,6 +237,7 @@ def _physical_compute(stamps, ref=None):
         sel = np.flatnonzero(fields == name)
         sub = {k: v[sel] for k, v in feat.items()}
         sat = sat_all[sel]
+        sub_st = stamps[sel] if len(sel) != n else stamps  # no copy for a one-field call
         bright = np.isfinite(sub["r_half"]) & (sub["snr"] >= 50) & ~sat
         locus = None
         try:
@@ -246,7 +249,7 @@ def _physical_compute(stamps, ref=None):
             if locus.sum() < MIN_LOCUS:
                 raise ValueError("too few stars")
             c_star = float(np.median(sub["concentration"][locus]))
-            psf = estimate_psf(stamps[sel] if hasattr(stamps, "__getitem__") else stamps, features=sub)
+            psf = estimate_psf(sub_st, features=sub)
         except ValueError:
             locus = None
             if ref is None:
@@ -255,7 +258,6 @@ def _physical_compute(stamps, ref=None):
                 r_star, c_star, psf = glob["r_star"], glob["c_star"], PSFModel(glob["psf"], glob["r_star"], 0)
             else:
                 r_star, c_star, psf = ref["r_star"], ref["c_star"], PSFModel(ref["psf"], ref["r_star"], 0)
-        sub_st = stamps[sel] if len(sel) != n else stamps
         m = psf_match(sub_st, psf)
         ratio, spread = m["psf_ratio"], m["spread_model"]
         if ZERO_POINT and locus is not None:
@@ -319,6 +321,7 @@ N_PHYSICAL = 8
 """Number of label-free physical statistics (see `_physical`)."""
 
 
+@_per_stamp_chunks
 def aperture_colours(stamps, radius=3.0):
     """u-g, g-r, r-i, i-z colours (asinh magnitudes) inside ``radius`` pixels, other sources masked."""
     from astrohvae import BANDS

@@ -65,6 +65,35 @@ def recentre(x, dy, dx):
     return out.astype(np.float32)
 
 
+
+CHUNK = 1024
+"""Stamps processed at once by the per-stamp statistics (bounds their temporaries)."""
+
+
+def per_stamp_chunks(fn):
+    """Run a per-stamp statistic ``fn(stamps, ...)`` on slices of `CHUNK` stamps.
+
+    The statistics below treat every stamp on its own, so slicing changes
+    nothing but the size of their float64 temporaries (a crowded field's
+    10,000 stamps would otherwise need several GB).  Outputs (arrays, or dicts
+    of arrays, along the stamp axis) are concatenated.
+    """
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(stamps, *args, **kwargs):
+        n = len(stamps.flux)
+        if n <= CHUNK or not hasattr(stamps, "__getitem__"):
+            return fn(stamps, *args, **kwargs)
+        parts = [fn(stamps[i : i + CHUNK], *args, **kwargs) for i in range(0, n, CHUNK)]
+        if isinstance(parts[0], dict):
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return np.concatenate(parts)
+
+    return wrapper
+
+
+@per_stamp_chunks
 def profile_features(stamps, band_sum=("g", "r", "i"), r_total=8.0):
     """Half-light radius and concentration of every stamp.
 
@@ -162,6 +191,7 @@ def _stellar_locus(r_half, snr, min_snr, min_members=5, min_share=0.2):
     return float(np.exp(mode)), float(bw)
 
 
+@per_stamp_chunks
 def saturated(stamps, n_flat=4, half=8, rel=0.005, min_peak_snr=50.0):
     """Saturated sources (flat-topped cores), without labels.
 
@@ -269,6 +299,7 @@ def estimate_psf(stamps, min_snr=50.0, max_stars=300, features=None, iterations=
     return PSFModel(img, r_star, idx.size)
 
 
+@per_stamp_chunks
 def psf_match(stamps, psf, radius=5.0):
     """PSF-fit flux over aperture flux, and the fit's normalised residual.
 
