@@ -668,46 +668,44 @@ class NetworkSegmenter:
     def _tiled(self, img, want_hc=False):
         """Run the network over a whole image in overlapping tiles.
 
-        The image is padded to a multiple of the network's down-sampling
-        factor (reflect) and by ``overlap`` pixels on every side (symmetric,
-        as dask's ``map_overlap`` reflect boundary did), then cut into a grid
-        of about ``tile``-pixel tiles, each run with its ``overlap`` halo and
-        trimmed.  A plain loop (no dask graph or thread pool): the network
-        call dominates and tiles need not be padded to a multiple of ``tile``.
+        The image is padded (reflect) to a multiple of the network's
+        down-sampling factor and cut into a grid of about ``tile``-pixel
+        blocks; `dask.array.map_overlap` hands each block to the network with
+        an ``overlap``-pixel halo from its neighbours (mirrored at the field
+        edge) and trims the halo again.  ``overlap`` is at least the
+        network's receptive radius, so there are no seams.  The blocks run one
+        after another (synchronous scheduler): the network call dominates and
+        uses the torch threads itself.
         """
+        import dask
+        import dask.array as da
+
         m = self.net_.multiple
         T = max(m, int(np.ceil(self.tile / m) * m))
         d = int(np.ceil(self.overlap / m) * m)
         C, ny, nx = img.shape
         py, px = (-ny) % m, (-nx) % m
         xp = np.pad(img, ((0, 0), (0, py), (0, px)), mode="reflect") if (py or px) else img
-        xp = np.pad(xp, ((0, 0), (d, d), (d, d)), mode="symmetric") if d else xp
         xp = np.ascontiguousarray(xp, dtype=np.float32)
         H, W = ny + py, nx + px
-        if want_hc:
-            n_out = sum(self.net_.tap_channels(t) for t in self.taps) + C
-        else:
-            n_out = 1 + C
-        out = np.empty((n_out, ny, nx), np.float32)
+        n_out = (sum(self.net_.tap_channels(t) for t in self.taps) + C) if want_hc else (1 + C)
 
-        def edges(n):
+        def sizes(n):
+            # about T-pixel blocks of equal size, each a multiple of m
             k = -(-n // T)
             side = int(np.ceil(n / k / m) * m)
-            return [(a, min(n, a + side)) for a in range(0, n, side)]
+            return tuple(min(side, n - a) for a in range(0, n, side))
 
-        for y0, y1 in edges(H):
-            for x0, x1 in edges(W):
-                tile = xp[None, :, y0:y1 + 2 * d, x0:x1 + 2 * d]
-                res = self._forward(tile, want_hc=want_hc)
-                a, rec = res
-                if not want_hc:
-                    a = a[:, None]
-                ey, ex = min(y1, ny) - y0, min(x1, nx) - x0
-                if ey <= 0 or ex <= 0:
-                    continue
-                out[:-C, y0:y0 + ey, x0:x0 + ex] = a[0, :, d:d + ey, d:d + ex]
-                out[-C:, y0:y0 + ey, x0:x0 + ex] = rec[0, :, d:d + ey, d:d + ex]
-        return out
+        def run(block):
+            a, rec = self._forward(block[None], want_hc=want_hc)
+            if not want_hc:
+                a = a[:, None]
+            return np.concatenate([a[0], rec[0]], axis=0).astype(np.float32, copy=False)
+
+        arr = da.from_array(xp, chunks=((C,), sizes(H), sizes(W)))
+        out = da.map_overlap(run, arr, depth={0: 0, 1: d, 2: d}, boundary="reflect",
+                             trim=True, dtype=np.float32, chunks=((n_out,), arr.chunks[1], arr.chunks[2]))
+        return out.compute(scheduler="synchronous")[:, :ny, :nx]
 
     def object_probability(self, field, background=None):
         """Per-pixel posterior probability of "object", and the reconstruction.
