@@ -44,7 +44,6 @@ Public API
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -647,17 +646,7 @@ class NetworkSegmenter:
         from torch.nn import functional as F
 
         B, D, H, W = hc.shape
-        dev, dt = hc.device, hc.dtype
-        cache = getattr(self, "_rule_cache", None)
-        if cache is None or cache[0] != (str(dev), id(self.mix_means_)):
-            A, c, const = self._rule_linear()
-            cache = ((str(dev), id(self.mix_means_)),
-                     torch.as_tensor(A, dtype=dt, device=dev)[:, :, None, None],
-                     torch.as_tensor(c, dtype=dt, device=dev),
-                     torch.as_tensor(const, dtype=dt, device=dev),
-                     torch.as_tensor(self.object_components_, device=dev))
-            self._rule_cache = cache
-        _, A, c, const, is_obj = cache
+        A, c, const, is_obj = self._rule_tensors(hc.device, hc.dtype)
         K = const.shape[0]
         q = F.conv2d(hc, A, c)                                            # (B, K*d, H, W)
         q2 = (q * q).reshape(B, K, -1, H, W).sum(dim=2)
@@ -677,7 +666,6 @@ class NetworkSegmenter:
         after another (synchronous scheduler): the network call dominates and
         uses the torch threads itself.
         """
-        import dask
         import dask.array as da
 
         m = self.net_.multiple
