@@ -23,7 +23,6 @@ import argparse
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,15 +38,9 @@ def sky_sigma(img, mask):
 
 
 def centroid(img, x, y, h=HALF):
-    from photutils.centroids import centroid_2dg
+    from astrohvae.io.align import gaussian_centroid
 
-    xi, yi = int(round(x)), int(round(y))
-    cut = img[yi - h : yi + h + 1, xi - h : xi + h + 1]
-    cut = cut - np.median(img[yi - 20 : yi + 21, xi - 20 : xi + 21])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cx, cy = centroid_2dg(cut)
-    return cx + xi - h, cy + yi - h
+    return gaussian_centroid(img, x, y, half=h)
 
 
 def moment_radius(img, x, y, h=HALF):

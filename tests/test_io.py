@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import bz2
-import glob
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ from astropy.io import fits
 from astrohvae import BANDS
 from astrohvae.errors import InputError
 from astrohvae.io import Field, read_field
-from astrohvae.io.align import mapping_error, noise_factor, resample
+from astrohvae.io.align import gaussian_centroid, mapping_error, noise_factor, resample
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_FIELD = DATA / "sdss" / "fields" / "004510-4-0030"
@@ -472,16 +470,6 @@ def _clean_bright_stars(field, stars, h):
     return keep
 
 
-def _centroid(img, x, y, h):
-    from photutils.centroids import centroid_2dg
-
-    xi, yi = int(round(x)), int(round(y))
-    cut = img[yi - h : yi + h + 1, xi - h : xi + h + 1]
-    cut = cut - np.median(img[yi - 20 : yi + 21, xi - 20 : xi + 21])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cx, cy = centroid_2dg(cut)
-    return cx + xi - h, cy + yi - h
 
 
 @pytest.fixture(scope="module")
@@ -535,8 +523,8 @@ def test_real_stars_aligned_within_02_px(real_field, real_stars):
             continue
         res = []
         for k in keep:
-            x0, y0 = _centroid(real_field.data[ri], real_stars["x_r"][k], real_stars["y_r"][k], h)
-            x1, y1 = _centroid(real_field.data[i], x0, y0, h)
+            x0, y0 = gaussian_centroid(real_field.data[ri], real_stars["x_r"][k], real_stars["y_r"][k], h)
+            x1, y1 = gaussian_centroid(real_field.data[i], x0, y0, h)
             res.append(np.hypot(x1 - x0, y1 - y0))
         res = np.array(res)
         assert np.median(res) < 0.1, (b, np.median(res))
@@ -556,12 +544,12 @@ def test_real_raw_frames_are_offset_by_several_pixels(real_field, real_stars):
     dx, dy = real_field.meta["offsets"]["g"]
     offs = []
     for k in keep:
-        x0, y0 = _centroid(real_field.data[ri], real_stars["x_r"][k], real_stars["y_r"][k], h)
+        x0, y0 = gaussian_centroid(real_field.data[ri], real_stars["x_r"][k], real_stars["y_r"][k], h)
         # search the raw g frame around the r position with a box big enough for the offset
         xi, yi = int(round(x0)), int(round(y0))
         box = raw_g[yi - 15 : yi + 16, xi - 15 : xi + 16]
         py, px = np.unravel_index(np.argmax(box), box.shape)
-        x1, y1 = _centroid(raw_g, xi - 15 + px, yi - 15 + py, h)
+        x1, y1 = gaussian_centroid(raw_g, xi - 15 + px, yi - 15 + py, h)
         offs.append((x1 - x0, y1 - y0))
     offs = np.array(offs)
     raw = np.hypot(offs[:, 0], offs[:, 1])
