@@ -76,6 +76,32 @@ class FieldProducts:
     header: dict
     timings: dict = dc_field(default_factory=dict)
     latent_dim: int = 1
+    cpu_timings: dict = dc_field(default_factory=dict)
+    """Process CPU seconds per step (all threads), next to the wall-clock `timings`."""
+
+
+class _Steps:
+    """Wall-clock and process-CPU seconds of named pipeline steps."""
+
+    def __init__(self):
+        self.wall, self.cpu = {}, {}
+        self._t0 = (time.perf_counter(), time.process_time())
+
+    def start(self):
+        self._mark = (time.perf_counter(), time.process_time())
+
+    def stop(self, name):
+        w, c = self._mark
+        self.wall[name] = time.perf_counter() - w
+        self.cpu[name] = time.process_time() - c
+
+    def zero(self, *names):
+        for n in names:
+            self.wall[n] = self.cpu[n] = 0.0
+
+    def total(self):
+        self.wall["total"] = time.perf_counter() - self._t0[0]
+        self.cpu["total"] = time.process_time() - self._t0[1]
 
 
 @dataclass
@@ -424,18 +450,18 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
     """
     from astrohvae import stamps as stamps_mod
 
-    t = {}
-    t0 = time.perf_counter()
+    t = _Steps()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        t.start()
         background = stamps_mod.estimate_background(field)
-        t["background"] = time.perf_counter() - t0
+        t.stop("background")
 
-        t1 = time.perf_counter()
+        t.start()
         segm = segmenter.segment(field, background) if segmenter is not None else None
         if segmenter is None:
             segm = stamps_mod.detect(field, background, nsigma=nsigma)
-        t["segment"] = time.perf_counter() - t1
+        t.stop("segment")
 
         header = {
             "FIELD": field.name or "",
@@ -449,12 +475,10 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
         latent_dim = int(getattr(classifier, "latent_dim", 0) or 0) or 1
         ny, nx = field.shape
         if segm is None or getattr(segm, "n_labels", 0) == 0:
-            t["measure"] = t["stamps"] = t["classify"] = 0.0
-            return FieldProducts(empty_table(latent_dim), np.zeros((ny, nx), np.int32),
-                                 np.zeros((ny, nx), np.uint8),
-                                 np.zeros((0, STAMP_SIZE, STAMP_SIZE), np.uint8), header, t, latent_dim)
+            t.zero("measure", "stamps", "classify")
+            return _empty_products(ny, nx, header, t, latent_dim)
 
-        t1 = time.perf_counter()
+        t.start()
         segm.relabel_consecutive()
         sources = stamps_mod.measure_sources(field, segm, background)
         ids = np.asarray(sources["id"], dtype=np.int64)
@@ -464,23 +488,22 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
             new = _relabel(segm.data, np.asarray(sources["id"]))
             segm.data = new if new.any() else segm.data
             sources["id"] = np.arange(1, len(sources) + 1, dtype=np.int32)
-        t["measure"] = time.perf_counter() - t1
+        t.stop("measure")
         n = len(sources)
         if n == 0:
-            return FieldProducts(empty_table(latent_dim), np.zeros((ny, nx), np.int32),
-                                 np.zeros((ny, nx), np.uint8),
-                                 np.zeros((0, STAMP_SIZE, STAMP_SIZE), np.uint8), header, t, latent_dim)
+            t.zero("stamps", "classify")
+            return _empty_products(ny, nx, header, t, latent_dim)
 
-        t1 = time.perf_counter()
+        t.start()
         tmp_ctx = tempfile.TemporaryDirectory(prefix="astrohvae-stamps-", dir=workdir)
         with tmp_ctx as tmp:
             dflux, dmask, dsky, meta = _stamp_store(field, segm, sources, background, batch_size, tmp,
                                                     stamps_mod)
-            t["stamps"] = time.perf_counter() - t1
-            t1 = time.perf_counter()
+            t.stop("stamps")
+            t.start()
             p, lat = _classify_field(classifier, dflux, dmask, dsky, meta, stamps_mod, batch_size)
             masks = (dmask.compute(scheduler="synchronous") & 1).astype(np.uint8)
-            t["classify"] = time.perf_counter() - t1
+            t.stop("classify")
 
     table = Table(sources, copy=True)
     table["id"] = np.arange(1, n + 1, dtype=np.int32)
@@ -502,8 +525,15 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
     latent_dim = z_hvae.shape[1]
     table = conform_table(table, latent_dim=latent_dim)
     classmap = make_classmap(segmap, cls)
-    t["total"] = time.perf_counter() - t0
-    return FieldProducts(table, segmap, classmap, masks, header, t, latent_dim)
+    t.total()
+    return FieldProducts(table, segmap, classmap, masks, header, t.wall, latent_dim, t.cpu)
+
+
+def _empty_products(ny, nx, header, steps, latent_dim):
+    steps.total()
+    return FieldProducts(empty_table(latent_dim), np.zeros((ny, nx), np.int32), np.zeros((ny, nx), np.uint8),
+                         np.zeros((0, STAMP_SIZE, STAMP_SIZE), np.uint8), header, steps.wall, latent_dim,
+                         steps.cpu)
 
 
 def _default_weights_dir():

@@ -83,12 +83,32 @@ def clean_stamps(flux, mask):
 
     Returns
     -------
-    ndarray float32, same shape as ``flux`` (a copy).
+    ndarray float32, same shape as ``flux``: a new, read-only array (the
+    last result is reused when the same ``flux`` and ``mask`` arrays are
+    cleaned again, as the per-stamp statistics of one classifier call do;
+    arrays changed in place in between are not detected).
     """
-    out = np.nan_to_num(np.asarray(flux, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    bad = (mask & (MASK_OTHER | MASK_INVALID)) != 0
-    out = np.where(bad[:, None], 0.0, out).astype(np.float32)
+    flux = np.asarray(flux)
+    mask = np.asarray(mask)
+    key = (id(flux), id(mask), flux.shape, mask.shape)
+    hit = _CLEAN_MEMO.get("last")
+    if hit is not None and hit[0] == key and hit[1] is flux and hit[2] is mask:
+        return hit[3]
+    out = np.array(flux, dtype=np.float32, copy=True)
+    zero = ~np.isfinite(out)
+    zero |= ((mask & (MASK_OTHER | MASK_INVALID)) != 0)[:, None]
+    np.copyto(out, np.float32(0.0), where=zero)
+    out.flags.writeable = False
+    _CLEAN_MEMO["last"] = (key, flux, mask, out) if out.nbytes <= _CLEAN_MEMO_BYTES else None
     return out
+
+
+_CLEAN_MEMO = {}
+"""The last `clean_stamps` result, keyed by the identity of its input arrays: the
+per-stamp statistics of one classifier call clean the same stamps several times."""
+
+_CLEAN_MEMO_BYTES = 1 << 27
+"""Results up to 128 MB (about 1600 stamps) are remembered."""
 
 
 def source_flux(flux, mask, sky_sigma=None, radius=4.0):
@@ -110,7 +130,7 @@ def source_flux(flux, mask, sky_sigma=None, radius=4.0):
     ndarray float64 (N,), strictly positive.
     """
     n, _, ny, nx = flux.shape
-    gri = flux[:, _GRI].astype(np.float64).sum(axis=1)  # (N, ny, nx)
+    gri = flux[:, _GRI].sum(axis=1, dtype=np.float64)  # (N, ny, nx)
     own = (mask & MASK_OWN) != 0
     f_seg = (gri * own).sum(axis=(1, 2))
     yy, xx = np.mgrid[:ny, :nx]
@@ -150,12 +170,15 @@ def _rep_source(stamps):
     flux, mask, sky = _arrays(stamps)
     clean = clean_stamps(flux, mask)
     f = source_flux(clean, mask, sky)
-    return (clean / f[:, None, None, None] * SOURCE_SCALE).astype(np.float32)
+    return clean * (SOURCE_SCALE / f).astype(np.float32)[:, None, None, None]
 
 
 def _rep_source_asinh(stamps):
     x = _rep_source(stamps)
-    return (np.arcsinh(x / ASINH_SOFT) * ASINH_SOFT).astype(np.float32)
+    x *= np.float32(1.0 / ASINH_SOFT)
+    np.arcsinh(x, out=x)
+    x *= np.float32(ASINH_SOFT)
+    return x
 
 
 REPRESENTATIONS = {

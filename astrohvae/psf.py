@@ -116,11 +116,16 @@ def profile_features(stamps, band_sum=("g", "r", "i"), r_total=8.0):
     mask = np.asarray(stamps.mask, dtype=np.uint8)
     clean = clean_stamps(flux, mask)
     idx = [BANDS.index(b) for b in band_sum]
-    img = clean[:, idx].sum(axis=1).astype(np.float64)
+    # every radius below is <= r_total: measure on the central window only
+    # (same pixels in the same order as on the whole stamp, so same values)
+    cy, cx = clean.shape[2] // 2, clean.shape[3] // 2
+    h = int(np.ceil(max(r_total, 5.0)))
+    win = (slice(max(cy - h, 0), cy + h + 1), slice(max(cx - h, 0), cx + h + 1))
+    img = clean[(slice(None), idx) + win].sum(axis=1).astype(np.float64)
     n, ny, nx = img.shape
-    r = _radius_grid(ny, nx)
+    r = _radius_grid(ny, nx, cy - win[0].start, cx - win[1].start)
     own = (mask & MASK_OWN) != 0
-    sel = (r <= r_total)[None] & ((mask & 6) == 0)
+    sel = (r <= r_total)[None] & ((mask[(slice(None),) + win] & 6) == 0)
     order = np.argsort(r.ravel(), kind="stable")
     rs = r.ravel()[order]
     vals = (img * sel).reshape(n, -1)[:, order]

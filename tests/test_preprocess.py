@@ -7,6 +7,7 @@ from astrohvae.photometry import luptitude
 from astrohvae.preprocess import (
     DEFAULT_REPRESENTATION,
     REPRESENTATIONS,
+    clean_stamps,
     network_input,
     source_flux,
 )
@@ -73,3 +74,26 @@ def test_source_removes_brightness_and_neighbours():
 def test_empty():
     st = _stamps()[0:0]
     assert network_input(st, "lupt").shape == (0, 5, 64, 64)
+
+
+def test_clean_stamps_zeroes_bad_pixels_and_is_not_served_stale():
+    rng = np.random.default_rng(3)
+    flux = rng.normal(size=(4, 5, 8, 8)).astype(np.float32)
+    flux[0, 1, 2, 3] = np.nan
+    flux[1, 2, 4, 4] = np.inf
+    flux[2, 0, 0, 0] = -np.inf
+    mask = np.zeros((4, 8, 8), np.uint8)
+    mask[3, 5:, :] = 2  # another source
+    mask[2, :2, :] = 4  # invalid
+    mask[1, 3, 3] = 1  # own segment: kept
+    want = np.where(np.isfinite(flux) & ((mask & 6) == 0)[:, None], flux, 0.0)
+    got = clean_stamps(flux, mask)
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.float32 and not got.flags.writeable
+    assert clean_stamps(flux, mask) is got  # the same arrays again: the same result
+    other = flux + 1.0  # same shape, other values: computed afresh
+    np.testing.assert_array_equal(
+        clean_stamps(other, mask), np.where(np.isfinite(other) & ((mask & 6) == 0)[:, None], other, 0.0)
+    )
+    # input untouched
+    assert np.isnan(flux[0, 1, 2, 3]) and np.isinf(flux[1, 2, 4, 4])
