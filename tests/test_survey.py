@@ -153,3 +153,40 @@ def test_kill_and_resume(tmp_path, fields, weights, reference):
     assert sorted(ledger["fields"]) == sorted(f.name for f in fields)
     assert all(v["status"] in ("done", "skipped") for v in ledger["fields"].values())
     assert sum(v.get("rows", 0) for v in ledger["fields"].values()) == sum(len(r) for r in reference.values())
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".fits.bz2", ".fits.gz"])
+def test_cost_hint_reads_galactic_latitude_from_the_header(tmp_path, suffix):
+    import bz2
+    import gzip
+
+    from astropy.coordinates import SkyCoord
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from astrohvae.pipeline import cost_hint
+
+    for b_true in (1.5, 62.0):
+        c = SkyCoord(l=120.0, b=b_true, unit="deg", frame="galactic").icrs
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.crval = [c.ra.deg, c.dec.deg]
+        w.wcs.crpix = [50.5, 40.5]
+        w.wcs.cdelt = [-0.396 / 3600, 0.396 / 3600]
+        hdu = fits.PrimaryHDU(np.zeros((80, 100), np.float32), header=w.to_header())
+        raw = tmp_path / f"raw-{b_true}.fits"
+        hdu.writeto(raw)
+        folder = tmp_path / f"b{b_true}{suffix.replace('.', '_')}"
+        folder.mkdir()
+        target = folder / f"frame-r-000001-1-0001{suffix}"
+        opener = {".fits": open, ".fits.bz2": bz2.open, ".fits.gz": gzip.open}[suffix]
+        with opener(target, "wb") as fh:
+            fh.write(raw.read_bytes())
+        assert cost_hint(folder) == pytest.approx(b_true, abs=0.01)
+        assert cost_hint(target) == pytest.approx(b_true, abs=0.01)
+    nowcs = tmp_path / "nowcs.fits"
+    fits.PrimaryHDU(np.zeros((8, 8), np.float32)).writeto(nowcs)
+    assert cost_hint(nowcs) is None
+    (tmp_path / "junk.fits").write_bytes(b"not a fits file at all")
+    assert cost_hint(tmp_path / "junk.fits") is None
+    assert cost_hint(tmp_path / "missing") is None
