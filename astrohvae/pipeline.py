@@ -448,16 +448,19 @@ def _classify_field(clf, dflux, dmask, dsky, meta, stamps_mod, batch_size):
     number of fields) and the classifier runs its networks in batches of
     ``batch_size``.
     """
-    import dask
+    import dask.array as da
 
-    f, m, s = dask.compute(dflux, dmask, dsky, scheduler="synchronous")
+    # chunk by chunk straight into one buffer per array (a compute() would
+    # concatenate the chunks: one more copy of the field's stamps)
+    f, m, s = (np.empty(d.shape, d.dtype) for d in (dflux, dmask, dsky))
+    da.store([dflux, dmask, dsky], [f, m, s], lock=False, scheduler="synchronous")
     st = stamps_mod.StampSet(flux=f, mask=m, sky_sigma=s, meta=meta)
     try:
         p, lat = _predict(clf, st, batch_size)
     except (RuntimeError, ValueError, KeyError, IndexError) as exc:
         raise ClassifierFailure(_one_line(f"{type(exc).__name__}: {exc}", 160)) from exc
     p = np.asarray(p, dtype=np.float32).reshape(-1)
-    return p, {k: np.asarray(v, dtype=np.float32) for k, v in lat.items()}
+    return p, {k: np.asarray(v, dtype=np.float32) for k, v in lat.items()}, m
 
 
 class ClassifierFailure(RuntimeError):
@@ -562,8 +565,9 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
                                                     stamps_mod)
             t.stop("stamps")
             t.start()
-            p, lat = _classify_field(classifier, dflux, dmask, dsky, meta, stamps_mod, batch_size)
-            masks = (dmask.compute(scheduler="synchronous") & 1).astype(np.uint8)
+            p, lat, stamp_mask = _classify_field(classifier, dflux, dmask, dsky, meta, stamps_mod, batch_size)
+            masks = (stamp_mask & 1).astype(np.uint8)
+            del stamp_mask
             t.stop("classify")
 
     table = Table(sources, copy=True)

@@ -213,9 +213,10 @@ def saturated(stamps, n_flat=4, half=8, rel=0.005, min_peak_snr=50.0):
     -------
     ndarray bool (N,)
     """
-    flux = np.nan_to_num(np.asarray(stamps.flux, dtype=np.float32))
+    flux = np.asarray(stamps.flux)
     n, b, ny, nx = flux.shape
-    box = flux[:, :, ny // 2 - half : ny // 2 + half, nx // 2 - half : nx // 2 + half].reshape(n, b, -1)
+    core = flux[:, :, ny // 2 - half : ny // 2 + half, nx // 2 - half : nx // 2 + half]
+    box = np.nan_to_num(np.asarray(core, dtype=np.float32)).reshape(n, b, -1)
     mx = box.max(axis=2)
     nflat = (box >= (mx * (1.0 - rel))[:, :, None]).sum(axis=2)
     sky = np.asarray(stamps.sky_sigma, dtype=np.float32)
@@ -328,9 +329,19 @@ def psf_match(stamps, psf, radius=5.0):
     clean = clean_stamps(flux, mask)
     img = clean[:, _GRI].sum(axis=1)
     dy, dx = centroids(img)
-    img = recentre(img[:, None], dy, dx)[:, 0].astype(np.float64)
+    img = recentre(img[:, None], dy, dx)[:, 0]
     p = psf.image[_GRI].sum(axis=0).astype(np.float64)
-    r = _radius_grid(*p.shape)
+    fwhm = 2.0 * psf.r_half if psf.r_half > 0 else 3.5
+    g = _extended_model(p, fwhm / 16.0)
+    # every weight below is 0 beyond 2 x radius: the sums run over the central
+    # window only (the recentring and the model above need the whole stamp)
+    ny, nx = p.shape
+    h = int(np.ceil(2 * radius))
+    win = (slice(max(ny // 2 - h, 0), ny // 2 + h + 1), slice(max(nx // 2 - h, 0), nx // 2 + h + 1))
+    img = img[(slice(None),) + win].astype(np.float64)
+    mask = mask[(slice(None),) + win]
+    p, g = p[win], g[win]
+    r = _radius_grid(*p.shape, ny // 2 - win[0].start, nx // 2 - win[1].start)
     ap = (r <= radius)
     good = ((mask & 6) == 0) & ap[None]
     pp = p[None] * good
@@ -345,8 +356,6 @@ def psf_match(stamps, psf, radius=5.0):
     chi = rms / np.sqrt(np.maximum(snr, 1.0))
     # SExtractor's SPREAD_MODEL (Desai et al. 2012): linear discriminant
     # between the PSF and the PSF convolved with a small exponential disc
-    fwhm = 2.0 * psf.r_half if psf.r_half > 0 else 3.5
-    g = _extended_model(p, fwhm / 16.0)
     big = (r <= 2 * radius)[None] & ((mask & 6) == 0)
     gi = (g[None] * img * big).sum(axis=(1, 2))
     pi = (p[None] * img * big).sum(axis=(1, 2))
