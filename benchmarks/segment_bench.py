@@ -19,11 +19,19 @@ On a real SDSS field it reports the same with the photutils segments as the
 reference (their centroids as "truth"), plus the recall of the SDSS-catalogued
 stars when the field has a star list.
 
+The network variants run as `NetworkSegmenter.segment` ships them: network
+seeds, matched-filter seeds, deblending and isophotal growth to 0.5 r sky
+sigma (see `astrohvae.segment`).  ``--plain`` adds each variant with the
+network's own footprints only (``isophote=None, seed_nsigma=None``).
+
+Writes ``segment_bench.json`` and ``README.md`` (the tables) into ``--out``;
+``--readme-only`` rewrites the README from an existing JSON.
+
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/segment_bench.py [--seeds 1 2] \
-        [--real 004510-4-0030] [--weights astrohvae/data/segment] [--refit] \
-        [--out benchmarks/results/segment]
+        [--real 004510-4-0030] [--weights astrohvae/data/segment] [--refit] [--plain] \
+        [--plots] [--out benchmarks/results/segment]
 """
 
 from __future__ import annotations
@@ -106,7 +114,7 @@ def table_for(segm, truth, truth_mask, shape):
     }
 
 
-def _segmenters(weights, refit, device="cpu"):
+def _segmenters(weights, refit, plain=False, device="cpu"):
     from astrohvae.segment import NetworkSegmenter
 
     out = {}
@@ -116,7 +124,60 @@ def _segmenters(weights, refit, device="cpu"):
             out[v] = NetworkSegmenter.load(d, device=device)
             if refit:
                 out[v + " (refit)"] = NetworkSegmenter.load(d, device=device, rule="refit")
+            if plain:
+                out[v + " (network footprints only)"] = NetworkSegmenter.load(
+                    d, device=device, isophote=None, seed_nsigma=None)
     return out
+
+
+def _f(x, nd=3):
+    return "–" if x is None else f"{x:.{nd}f}"
+
+
+def write_readme(report, out, command):
+    """The benchmark's tables as Markdown (``out/README.md``)."""
+    lines = ["# Segment benchmark (benchmarks/segment_bench.py)", "",
+             f"Command: `{command}`  ",
+             f"({report.get('machine', '')}; the machine is shared with other jobs: seconds are indicative).",
+             "Background estimated once per field (astrohvae.stamps.estimate_background) and shared by every method.",
+             "Matching: a truth object counts as detected if its true position lies in a segment or a segment "
+             "centroid lies within 2 px;",
+             "a segment is pure if it contains a truth position (any magnitude, simulated to r = 23.5) or its "
+             "centroid is within 2 px of one.",
+             "IoU: segm > 0 vs simulator truth mask > 0 (noiseless r surface brightness > 0.5 r sky sigma).",
+             "Network variants: network seeds + matched-filter seeds (4 sigma) + deblending + isophotal growth "
+             "to 0.5 r sky sigma, as shipped.", ""]
+    if report.get("simulated"):
+        lines += [f"## Simulated full fields ({'x'.join(str(v) for v in report.get('size', (2048, 1489)))})", "",
+                  "| field | method | IoU | purity | compl. r<22 | compl. r<22.5 | compl. 22-22.5 | segments | seconds |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for field, rows in report["simulated"].items():
+            for name, r in rows.items():
+                if name.startswith("_"):
+                    continue
+                c = r["completeness_by_mag"].get("22-22.5", [None])[0]
+                lines.append(f"| {field} | {name} | {_f(r['iou'])} | {_f(r['purity'])} | "
+                             f"{_f(r['completeness_r<22'])} | {_f(r['completeness_r<22.5'])} | {_f(c)} | "
+                             f"{r['n_segments']} | {r['seconds']:.1f} |")
+        lines.append("")
+    for field, rows in report.get("real", {}).items():
+        n = next((r.get("n_sdss_stars") for k, r in rows.items() if not k.startswith("_")), None)
+        lines += [f"## Real SDSS field (photutils as reference; {n} SDSS-catalogued stars)", "",
+                  "| field | method | recall of photutils sources | segments matching a photutils source | "
+                  "pixel IoU with photutils | SDSS star recall | segments | seconds |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, r in rows.items():
+            if name.startswith("_"):
+                continue
+            lines.append(f"| {field} | {name} | {_f(r['recall_of_photutils_sources'])} | "
+                         f"{_f(r['fraction_of_segments_matching_a_photutils_source'])} | "
+                         f"{_f(r['pixel_iou_with_photutils'])} | {_f(r.get('recall_sdss_stars'))} | "
+                         f"{r['n_segments']} | {r['seconds']:.1f} |")
+        lines.append("")
+    notes = Path(out) / "NOTES.md"
+    if notes.is_file():
+        lines += [notes.read_text().rstrip(), ""]
+    (Path(out) / "README.md").write_text("\n".join(lines))
 
 
 def run_one(field, bkg, segmenters, extra=None):
@@ -146,17 +207,29 @@ def main():
     ap.add_argument("--refit", action="store_true", help="also run each variant with the mixture refitted per field")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "segment"))
     ap.add_argument("--plots", action="store_true", help="write PNG panels per field")
+    ap.add_argument("--plain", action="store_true",
+                    help="also run each variant with the network's own footprints only (no extra seeds, no growth)")
+    ap.add_argument("--readme-only", action="store_true", help="rewrite README.md from the existing JSON")
     args = ap.parse_args()
+    import sys
+
+    command = "OMP_NUM_THREADS=1 python benchmarks/segment_bench.py " + " ".join(
+        a for a in sys.argv[1:] if a != "--readme-only")
+    out = Path(args.out)
+    if args.readme_only:
+        report = json.loads((out / "segment_bench.json").read_text())
+        write_readme(report, out, report.get("command", command))
+        print(f"wrote {out / 'README.md'}")
+        return
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     from astrohvae.stamps import estimate_background
 
-    segs = _segmenters(args.weights, args.refit)
-    out = Path(args.out)
+    segs = _segmenters(args.weights, args.refit, args.plain)
     out.mkdir(parents=True, exist_ok=True)
     report = {"machine": f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
-              "simulated": {}, "real": {}}
+              "command": command, "simulated": {}, "real": {}}
     for seed in args.seeds:
         from astrohvae.simulate import simulate_field
 
@@ -226,7 +299,8 @@ def main():
             plot_panels(img, results, out / f"real-{name}-zoom.png",
                         zoom=_zoom_window(ref, field.shape, 300), title=f"SDSS {name}, zoom")
     (out / "segment_bench.json").write_text(json.dumps(report, indent=1))
-    print(f"wrote {out / 'segment_bench.json'}")
+    write_readme(report, out, command)
+    print(f"wrote {out / 'segment_bench.json'} and README.md")
 
 
 if __name__ == "__main__":

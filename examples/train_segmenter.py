@@ -5,7 +5,12 @@ trained to reconstruct random 64x64 crops of five-band fields in noise units
 (`astrohvae.segment.network_input`): simulated fields (`astrohvae.simulate`)
 and real, unlabelled SDSS fields from ../shared/data.  Then a Gaussian mixture
 is fitted on the hypercolumns of random pixels and shipped with the weights.
-No truth table or label is read.
+No truth table or label is read.  The footprint rule applied after the
+network (matched-filter seeds at 4 sigma, isophotal growth to 0.5 r sky sigma;
+`astrohvae.segment.NetworkSegmenter`) has no trained parameters: its constants
+were chosen on simulated seeds 10-12 and are written into each config.json.
+Weights are written with `astrohvae.weights.save_weights` (network tensors in
+model.safetensors, the fitted pixel rule in config.json).
 
 Usage (a few minutes per variant on 2 CPU cores)::
 

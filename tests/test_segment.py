@@ -23,7 +23,9 @@ from astrohvae.segment import (  # noqa: E402
     WEIGHTS_DIR,
     NetworkSegmenter,
     classmap,
+    grow_isophotal,
     load_default_segmenter,
+    matched_filter_seeds,
     network_input,
     write_segmap,
 )
@@ -179,6 +181,63 @@ def test_no_seams_across_tiles(trained):
     assert len(labels) == 1
     ys, xs = np.nonzero(segm.data == labels[0])
     assert ys.min() < 64 <= ys.max() and xs.min() < 128 <= xs.max()
+    # the isophotal growth keeps it one segment across the corner, and grows it
+    seg.isophote = None
+    try:
+        seed_only = seg.segment(img)
+    finally:
+        seg.isophote = 0.5
+    assert (segm.data > 0).sum() > (seed_only.data > 0).sum()
+    assert np.all(segm.data[seed_only.data > 0] > 0)
+
+
+def _gauss(ny, nx, y, x, sigma, amp):
+    yy, xx = np.mgrid[:ny, :nx]
+    return amp * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma * sigma))
+
+
+def test_grow_isophotal_reaches_the_noiseless_isophote():
+    """Seeds cut at 3 sigma grow to the 0.5-sigma isophote of the noiseless profile."""
+    rng = np.random.default_rng(0)
+    ny, nx = 121, 160
+    model = _gauss(ny, nx, 60, 50, 2.5, 20.0) + _gauss(ny, nx, 60, 110, 3.5, 12.0)
+    image = (model + rng.normal(size=(ny, nx))).astype(np.float32)
+    seeds = np.zeros((ny, nx), np.int32)
+    seeds[model > 3.0] = 1
+    seeds[(model > 3.0) & (np.arange(nx)[None, :] > 80)] = 2
+    # a third, unrelated segment next to source 1 must keep its pixels
+    seeds[55:66, 60:63] = 3
+    truth = model > 0.5
+    grown = grow_isophotal(seeds, image, 0.5)
+    assert np.all(grown[seeds > 0] == seeds[seeds > 0])          # nothing lost or relabelled
+    iou_seed = ((seeds > 0) & truth).sum() / ((seeds > 0) | truth).sum()
+    iou = ((grown > 0) & truth).sum() / ((grown > 0) | truth).sum()
+    assert iou_seed < 0.7 and iou > 0.85
+    for lab, r_true in ((1, 2.5 * np.sqrt(2 * np.log(40.0))), (2, 3.5 * np.sqrt(2 * np.log(24.0)))):
+        area = (grown == lab).sum() + (lab == 1) * ((grown == 3) & truth).sum()
+        assert abs(np.sqrt(area / np.pi) - r_true) < 1.0
+    # a level above the seeds' own edge changes nothing; masked pixels are not grown into
+    np.testing.assert_array_equal(grow_isophotal(seeds, image, 50.0), seeds)
+    valid = np.ones((ny, nx), bool)
+    valid[:, :55] = False
+    g2 = grow_isophotal(seeds, image, 0.5, valid=valid)
+    assert not np.any((g2 > 0) & ~valid & (seeds == 0))
+
+
+def test_matched_filter_seeds_find_faint_sources_not_noise():
+    rng = np.random.default_rng(1)
+    ny, nx = 160, 160
+    noise = rng.normal(size=(ny, nx)).astype(np.float32)
+    assert matched_filter_seeds(noise, np.zeros((ny, nx), np.int32), 4.0, 1.5, 5).max() == 0
+    # peak 2 sigma per pixel: lost in the pixel noise, ~7 sigma after the PSF-matched filter
+    img = noise + _gauss(ny, nx, 80, 80, 2.0, 2.0).astype(np.float32)
+    found = matched_filter_seeds(img, np.zeros((ny, nx), np.int32), 4.0, 1.5, 5)
+    assert found[80, 80] == 1 and found.max() == 1
+    # an existing segment on it: nothing added, existing labels kept
+    existing = np.zeros((ny, nx), np.int32)
+    existing[79:82, 79:82] = 7
+    again = matched_filter_seeds(img, existing, 4.0, 1.5, 5)
+    np.testing.assert_array_equal(again, existing)
 
 
 def test_save_load_roundtrip(trained, tmp_path):

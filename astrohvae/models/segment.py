@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from astrohvae.models import register_model
+
 __all__ = ["SegmentNet", "VARIANTS", "build_segment_net", "hypercolumns", "receptive_radius"]
 
 VARIANTS = {
@@ -44,6 +46,7 @@ def _act():
     return nn.LeakyReLU(0.1)
 
 
+@register_model
 class SegmentNet(nn.Module):
     """A small fully convolutional (V)AE whose layers can be tapped.
 
@@ -93,6 +96,11 @@ class SegmentNet(nn.Module):
                 nn.Conv2d(self.widths[i + 1], self.widths[i], 3, padding=1), _act())
         self.dec = nn.ModuleList(dec)
         self.out = nn.Conv2d(self.widths[0], in_channels, 1)
+
+    def get_config(self):
+        """Constructor keyword arguments (for `astrohvae.weights.save_weights`)."""
+        return {"in_channels": self.in_channels, "widths": list(self.widths),
+                "variational": self.variational, "residual": self.residual}
 
     @property
     def multiple(self):
