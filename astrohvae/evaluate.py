@@ -21,6 +21,9 @@ import numpy as np
 
 __all__ = [
     "MAG_BINS",
+    "FAINT_BINS",
+    "SupervisedStatsCeiling",
+    "SupervisedCNNCeiling",
     "ClassicalClassifier",
     "binary_metrics",
     "summarise",
@@ -32,6 +35,11 @@ __all__ = [
 
 MAG_BINS = ((-np.inf, 19.0, "r<19"), (19.0, 21.0, "19<r<21"), (21.0, np.inf, "r>21"))
 """The r-magnitude bins of the table (lower, upper, name)."""
+
+FAINT_BINS = ((21.0, 22.0, "21<r<22"), (22.0, 23.0, "22<r<23"), (23.0, np.inf, "r>23"))
+"""Sub-bins of the faint end (r > 21), reported next to `MAG_BINS`."""
+
+ALL_BINS = MAG_BINS + FAINT_BINS
 
 
 def labels_from_meta(meta):
@@ -155,7 +163,7 @@ def summarise(y, mag_r, runs, threshold=0.5):
             v = np.array([m[c] for m in per], dtype=float)
             row[f"{c}_mean"] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
             row[f"{c}_std"] = float(np.nanstd(v)) if np.isfinite(v).any() else float("nan")
-        for lo, hi, bname in MAG_BINS:
+        for lo, hi, bname in ALL_BINS:
             sel = (mag_r >= lo) & (mag_r < hi)
             v = np.array([binary_metrics(np.asarray(y)[sel], np.asarray(p)[sel])["auc"] for p in plist])
             row[f"auc_{bname}_mean"] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
@@ -168,13 +176,13 @@ def summarise(y, mag_r, runs, threshold=0.5):
 def format_table(rows):
     """Markdown table of `summarise` rows (mean ± std)."""
     heads = ["method", "seeds", "AUC", "accuracy", "star pur.", "star compl.", "gal. pur.", "gal. compl."]
-    heads += [f"AUC {b[2]}" for b in MAG_BINS]
+    heads += [f"AUC {b[2]}" for b in ALL_BINS]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for r in rows:
         cells = [r["method"], str(r["n_seeds"])]
         for c in _COLS:
             cells.append(f"{r[c + '_mean']:.3f} ± {r[c + '_std']:.3f}")
-        for b in MAG_BINS:
+        for b in ALL_BINS:
             cells.append(f"{r[f'auc_{b[2]}_mean']:.3f} ± {r[f'auc_{b[2]}_std']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -350,14 +358,168 @@ class BrightnessOnly:
         return np.where(self.predict_proba(stamps) >= 0.5, "galaxy", "star")
 
 
-def method_factories(names, quick=False):
+def _truth(stamps, y=None):
+    if y is None:
+        if getattr(stamps, "meta", None) is None or "truth_type" not in stamps.meta.colnames:
+            raise ValueError("a supervised ceiling needs truth labels (meta['truth_type'] or y)")
+        y = np.asarray(stamps.meta["truth_type"]).astype(int)
+    return np.asarray(y).astype(int)
+
+
+class SupervisedStatsCeiling:
+    """SUPERVISED ceiling, never shipped: gradient boosting on the physical statistics.
+
+    scikit-learn's ``HistGradientBoostingClassifier`` trained with the truth
+    labels of the training stamps (``meta['truth_type']``) on the same
+    label-free statistics the default A+Vr reads
+    (`astrohvae.classify.physical_statistics`: morphology against the field's
+    PSF / stellar locus and the four aperture colours) plus log S/N.  It says how much of the
+    star/galaxy information these statistics hold at each magnitude; it is a
+    bound for the unsupervised methods, not a method.
+    """
+
+    method = "supervised ceiling: gradient boosting on physical stats"
+
+    def __init__(self, random_state=0):
+        self.random_state = random_state
+
+    def _x(self, stamps):
+        from astrohvae.classify import physical_statistics
+        from astrohvae.psf import profile_features
+
+
+        phys = physical_statistics(stamps, self.ref_)
+        snr = profile_features(stamps)["snr"]
+        return np.c_[phys, np.log10(np.clip(snr, 0.1, None))]
+
+    def fit(self, stamps, y=None):
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        from astrohvae.classify import physical_reference
+
+        y = _truth(stamps, y)
+        self.ref_ = physical_reference(stamps)
+        x = self._x(stamps)
+        ok = (y == 0) | (y == 1)
+        self.model_ = HistGradientBoostingClassifier(random_state=self.random_state, early_stopping=True)
+        self.model_.fit(x[ok], y[ok])
+        return self
+
+    def predict_proba(self, stamps):
+        return self.model_.predict_proba(self._x(stamps))[:, 1].astype(np.float32)
+
+    def predict(self, stamps):
+        return np.where(self.predict_proba(stamps) >= 0.5, "galaxy", "star")
+
+
+class SupervisedCNNCeiling:
+    """SUPERVISED ceiling, never shipped: a small CNN on the stamps, trained on truth labels.
+
+    The central 32x32 pixels of the five bands in sky-noise units (other
+    sources masked, ``asinh(flux / 3 sigma_sky)``) plus the source's log S/N, three conv layers and a logistic output,
+    trained by cross-entropy with rotations / flips on the training stamps
+    and, optionally, ``extra`` labelled stamps (more simulated fields).  It
+    bounds what the pixels allow a supervised learner at each magnitude.
+    """
+
+    method = "supervised ceiling: CNN on stamps"
+
+    def __init__(self, extra=None, epochs=12, crop=32, batch_size=128, lr=2e-3, random_state=0):
+        self.extra = extra
+        self.epochs = epochs
+        self.crop = crop
+        self.batch_size = batch_size
+        self.lr = lr
+        self.random_state = random_state
+
+    def _inputs(self, stamps):
+        from astrohvae.classify import _crop
+        from astrohvae.preprocess import clean_stamps
+        from astrohvae.psf import profile_features
+
+        x = _crop(clean_stamps(stamps.flux, stamps.mask), self.crop)
+        sky = np.maximum(np.asarray(stamps.sky_sigma, dtype=np.float32), 1e-12)[:, :, None, None]
+        x = np.arcsinh(x / (3.0 * sky)).astype(np.float32)  # pixels in sky-noise units, compressed
+        s = np.log10(np.clip(profile_features(stamps)["snr"], 0.1, None)).astype(np.float32)
+        return np.ascontiguousarray(np.nan_to_num(x)), s
+
+    def _net(self):
+        import torch.nn as nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Sequential(
+                    nn.Conv2d(5, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                    nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                    nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+                self.head = nn.Sequential(nn.Linear(64 * 4 + 1, 64), nn.ReLU(), nn.Linear(64, 1))
+
+            def forward(self, x, s):
+                import torch
+
+                return self.head(torch.cat([self.conv(x), s[:, None]], 1))[:, 0]
+
+        return Net()
+
+    def fit(self, stamps, y=None):
+        import torch
+
+        from astrohvae.classify import _augment
+
+        y = _truth(stamps, y)
+        x, s = self._inputs(stamps)
+        if self.extra is not None:
+            xe, se = self._inputs(self.extra)
+            x, s, y = np.concatenate([x, xe]), np.concatenate([s, se]), np.concatenate([y, _truth(self.extra)])
+        ok = (y == 0) | (y == 1)
+        x, s, y = torch.from_numpy(x[ok]), torch.from_numpy(s[ok]), torch.from_numpy(y[ok].astype(np.float32))
+        torch.manual_seed(int(self.random_state))
+        gen = torch.Generator().manual_seed(int(self.random_state))
+        self.net_ = self._net()
+        opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=1e-4)
+        n = len(y)
+        steps = self.epochs * int(np.ceil(n / self.batch_size))
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        self.net_.train()
+        for _ in range(self.epochs):
+            perm = torch.randperm(n, generator=gen)
+            for i in range(0, n, self.batch_size):
+                b = perm[i : i + self.batch_size]
+                loss = loss_fn(self.net_(_augment(x[b], gen), s[b]), y[b])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+        self.net_.eval()
+        return self
+
+    def predict_proba(self, stamps):
+        import torch
+
+        x, s = self._inputs(stamps)
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(x), 512):
+                out.append(torch.sigmoid(self.net_(torch.from_numpy(x[i : i + 512]), torch.from_numpy(s[i : i + 512]))))
+        return torch.cat(out).numpy().astype(np.float32) if out else np.zeros(0, np.float32)
+
+    def predict(self, stamps):
+        return np.where(self.predict_proba(stamps) >= 0.5, "galaxy", "star")
+
+
+def method_factories(names, quick=False, extra_train=None):
     """``{display name: factory(random_state) -> estimator}`` for method keys.
 
     Keys: ``classical``, ``brightness`` (reference failure), ``a+vr`` (the shipped recipe), ``a+vr-ae`` (A+Vr
     with AE latents + physical statistics), ``a+vr-paper`` (the paper's exact
     recipe: 'lupt' whole stamps, symmetric prior, AE latents only), ``v+m``,
-    ``vr+m-sc``, ``vr+m-dkl``, ``vr+m-aw``, ``vr+m-pw``, ``probe``.
-    ``quick`` shrinks the training (tests, smoke runs).
+    ``vr+m-sc``, ``vr+m-dkl``, ``vr+m-aw``, ``vr+m-pw``, ``probe``, ``a+vr-colour`` (A+Vr with the
+    opt-in colour likelihood), and the supervised ceilings ``ceiling-hgb`` / ``ceiling-cnn``
+    (`SupervisedStatsCeiling`, `SupervisedCNNCeiling`: they read the truth labels; never shipped).
+    ``quick`` shrinks the training (tests, smoke runs); ``extra_train`` are extra labelled stamps
+    for the CNN ceiling.
     """
     from astrohvae.classify import HierarchicalClassifier, LatentProbe, ManifoldClassifier
 
@@ -373,6 +535,9 @@ def method_factories(names, quick=False):
         "brightness": ("brightness only (reference failure)", lambda s: BrightnessOnly()),
         "a+vr": ("A+Vr (default: physical stats, asym. prior)",
                  lambda s: HierarchicalClassifier(ae_epochs=ae_ep, vae_epochs=vae_ep, random_state=s)),
+        "a+vr-colour": ("A+Vr + colour templates (opt-in colour_prior=True)",
+                        lambda s: HierarchicalClassifier(colour_prior=True, ae_epochs=ae_ep, vae_epochs=vae_ep,
+                                                         random_state=s)),
         "a+vr-ae": ("A+Vr (AE latents + physical stats)",
                     lambda s: HierarchicalClassifier(ae_components=None, ae_epochs=ae_ep, vae_epochs=vae_ep,
                                                      random_state=s)),
@@ -383,6 +548,11 @@ def method_factories(names, quick=False):
                                                         ae_epochs=ae_ep, vae_epochs=vae_ep, random_state=s)),
         "probe": ("probe: logistic on AE latents (supervised)",
                   lambda s: LatentProbe(channels=small, ae_epochs=ae_ep, random_state=s)),
+        "ceiling-hgb": ("SUPERVISED CEILING: gradient boosting on physical stats (truth labels; not shipped)",
+                        lambda s: SupervisedStatsCeiling(random_state=s)),
+        "ceiling-cnn": ("SUPERVISED CEILING: CNN on stamps (truth labels; not shipped)",
+                        lambda s: SupervisedCNNCeiling(extra=extra_train, epochs=2 if quick else 15,
+                                                       random_state=s)),
     }
     for kl in ("standard", "sc", "dkl", "aw", "pw"):
         key = "v+m" if kl == "standard" else f"vr+m-{kl}"

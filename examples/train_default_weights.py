@@ -76,6 +76,8 @@ def main(argv=None):
     ap.add_argument("--per-field", type=int, default=500)
     ap.add_argument("--cache", default=str(ROOT / "scratch" / "classify" / "cache"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--colour-prior", action="store_true",
+                    help="train the opt-in colour likelihood too (not the shipped default)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -100,8 +102,9 @@ def main(argv=None):
         print(f"simulated seed {s}: {len(st)} stamps, kept {len(sets[-1])} ({time.time() - t0:.0f} s)", flush=True)
     train = concatenate(sets)
     print(f"training on {len(train)} stamps", flush=True)
-    clf = HierarchicalClassifier(random_state=args.seed, verbose=True).fit(train)
+    clf = HierarchicalClassifier(random_state=args.seed, colour_prior=args.colour_prior, verbose=True).fit(train)
     print(f"star peak {clf.star_peak_}, peak weights {clf.weights_}, label stats {clf.label_stats_}")
+    print(f"colour templates (stars, galaxies): {getattr(clf, 'n_colour_templates_', None)}")
     clf.save(args.out)
     print(f"wrote {args.out} in {time.time() - t0:.0f} s")
 

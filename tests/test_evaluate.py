@@ -115,3 +115,33 @@ def test_cli_evaluate_on_a_simulated_store(tmp_path):
     assert "classical r_half" in res.output and "AUC r<19" in res.output
     assert (out / "classification_roc.png").is_file() and (out / "classification.csv").is_file()
     assert "classical" in (out / "classification.md").read_text()
+
+
+def test_faint_sub_bins_in_summary():
+    from astrohvae.evaluate import FAINT_BINS
+
+    rng = np.random.default_rng(1)
+    mag = rng.uniform(20, 24, 400)
+    y = rng.integers(0, 2, 400)
+    score = np.where(mag < 22, y + rng.normal(0, 0.2, 400), rng.normal(0, 1, 400))  # informative only bright
+    r = summarise(y, mag, {"s": [score]})[0]
+    for lo, hi, name in FAINT_BINS:
+        assert r[f"n_{name}"] == int(((mag >= lo) & (mag < hi)).sum())
+    assert r["auc_21<r<22_mean"] > 0.9 and abs(r["auc_22<r<23_mean"] - 0.5) < 0.15
+    assert r["n_21<r<22"] + r["n_22<r<23"] + r["n_r>23"] == r["n_r>21"]
+    assert "AUC 22<r<23" in format_table([r])
+
+
+def test_supervised_ceilings_need_and_use_labels():
+    from astrohvae.evaluate import SupervisedStatsCeiling
+    from classify_helpers import toy_stamps
+
+    train = toy_stamps(200, seed=4, mag_range=(16, 20))
+    test = toy_stamps(120, seed=5, mag_range=(16, 20))
+    y, _ = labels_from_meta(test.meta)
+    c = SupervisedStatsCeiling(random_state=0).fit(train)
+    assert binary_metrics(y, c.predict_proba(test))["auc"] > 0.9
+    no_labels = train[np.arange(len(train))]
+    no_labels.meta.remove_column("truth_type")
+    with pytest.raises(ValueError):
+        SupervisedStatsCeiling().fit(no_labels)
