@@ -1272,7 +1272,11 @@ def segment_file(field_path, out, variant=None, weights=None, classify=False, pl
     t_seg = time.perf_counter() - t1
     cmap = None
     header = {"SEGVAR": (seg.variant, "segmenter variant"), "SEGRULE": (seg.rule, "pixel rule"),
-              "SEGTHR": (seg.threshold, "posterior threshold of object")}
+              "SEGTHR": (seg.threshold, "posterior threshold of object"),
+              "SEGISO": (-1.0 if seg.isophote is None else seg.isophote,
+                         "footprint isophote, r sky sigma (-1: none)"),
+              "SEGMFSIG": (-1.0 if seg.seed_nsigma is None else seg.seed_nsigma,
+                           "matched-filter seed level, sigma (-1: none)")}
     try:
         from astrohvae.weights import weights_hash
 
