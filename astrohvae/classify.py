@@ -235,6 +235,7 @@ def _physical_compute(stamps, ref=None, colours=False):
     ) else np.array(["_"] * n)
     out = np.zeros((n, N_PHYSICAL + (8 if colours else 0)), dtype=np.float32)
     glob = None
+    scales = []
     for name in np.unique(fields):
         sel = np.flatnonzero(fields == name)
         sub = {k: v[sel] for k, v in feat.items()}
@@ -263,7 +264,14 @@ def _physical_compute(stamps, ref=None, colours=False):
         m = psf_match(sub_st, psf)
         ratio, spread = m["psf_ratio"], m["spread_model"]
         if colours:
-            out[sel, N_PHYSICAL:] = psf_colours(sub_st, psf.image)
+            nk = noise_scale(sub_st, psf.image)
+            if nk is not None:
+                scales.append(np.asarray(nk, dtype=float))
+            else:
+                nk = (ref if ref is not None else {}).get("noise_scale")
+                if nk is None:
+                    nk = noise_scale(stamps, psf.image)
+            out[sel, N_PHYSICAL:] = psf_colours(sub_st, psf.image, noise=nk)
         if ZERO_POINT and locus is not None:
             # the field's point sources define zero SPREAD_MODEL and unit
             # PSF/aperture ratio (residual PSF-model and centring systematics)
@@ -293,6 +301,8 @@ def _physical_compute(stamps, ref=None, colours=False):
     out[:, 4:8] = aperture_colours(stamps)
     out = np.nan_to_num(out)
     new_ref = ref if ref is not None else _physical_ref(stamps, feat)
+    if ref is None and scales:  # the fields' median correlated-noise factor, for cutouts too few to measure it
+        new_ref["noise_scale"] = [float(v) for v in np.median(scales, axis=0)]
     return out, new_ref
 
 
@@ -344,7 +354,55 @@ def aperture_colours(stamps, radius=3.0):
 
 
 @_per_stamp_chunks
-def psf_colours(stamps, psf_image, radius=5.0):
+def _blank_psf_fluxes(stamps, psf_image, radius=5.0, offset=16):
+    """PSF-fit fluxes on blank sky, in units of their white-noise error: (4 N, 5), NaN where not blank.
+
+    The PSF of each band is fitted, as in `psf_colours`, at four positions
+    ``offset`` pixels from the stamp centre along the diagonals, using only
+    pixels of no source (mask 0); a position with under 90 % of its pixels
+    usable gives NaN.
+    """
+    from astrohvae.psf import _radius_grid
+
+    flux = np.asarray(stamps.flux, dtype=np.float64)
+    mask = np.asarray(stamps.mask)
+    p = np.clip(np.asarray(psf_image, dtype=np.float64), 0.0, None)
+    p = p / np.maximum(p.sum(axis=(1, 2), keepdims=True), 1e-12)
+    ny, nx = p.shape[1:]
+    out = []
+    for dy, dx in ((-offset, -offset), (-offset, offset), (offset, -offset), (offset, offset)):
+        ps = np.roll(p, (dy, dx), axis=(1, 2))
+        disc = _radius_grid(ny, nx, ny // 2 + dy, nx // 2 + dx) <= radius
+        good = ((mask == 0) & disc[None])[:, None]
+        pp = ps[None] * good
+        norm = np.maximum((pp * ps[None]).sum(axis=(2, 3)), 1e-12)
+        f = (pp * flux).sum(axis=(2, 3)) / norm
+        sig = np.maximum(np.asarray(stamps.sky_sigma, dtype=np.float64), 1e-12) / np.sqrt(norm)
+        full = good.sum(axis=(2, 3)) >= 0.9 * disc.sum()
+        out.append(np.where(full, f / sig, np.nan))
+    return np.concatenate(out).astype(np.float32)
+
+
+def noise_scale(stamps, psf_image, min_samples=50):
+    """Per-band ratio of the measured to the white-noise error of a PSF-fit flux (>= 1), or None.
+
+    Measured on blank sky (`_blank_psf_fluxes`, robust standard deviation).
+    Resampling the bands onto the r-band grid (real SDSS frames, the
+    simulated ones) correlates the pixel noise, so the per-pixel
+    ``sky_sigma`` underestimates the noise of a flux summed over a PSF: by
+    x1.4-1.9 in u, g, i, z and ~x1.05 in r on the SDSS fields and the
+    simulations here.  None with fewer than ``min_samples`` blank positions.
+    """
+    z = _blank_psf_fluxes(stamps, psf_image)
+    n = np.isfinite(z).sum(axis=0)
+    if n.min() < min_samples:
+        return None
+    mad = 1.4826 * np.nanmedian(np.abs(z - np.nanmedian(z, axis=0)), axis=0)
+    return np.clip(mad, 1.0, 5.0)
+
+
+@_per_stamp_chunks
+def psf_colours(stamps, psf_image, radius=5.0, noise=None):
     """``(colours, errors)`` as one (N, 8) array from per-band PSF-fit fluxes (SDSS psfMag colours).
 
     Each band's flux is the least-squares amplitude of that band's PSF (the
@@ -355,8 +413,9 @@ def psf_colours(stamps, psf_image, radius=5.0):
     and field to field on real data: a point source's PSF colours are its
     true colours.  Colours are asinh magnitude differences (u-g, g-r, r-i,
     i-z); a band's error is ``1.0857 sigma_f / sqrt(f^2 + 4 b^2)`` with its
-    softening ``b`` (sky-limited: the source's photon noise is left out), a
-    colour's the two bands' in quadrature.
+    softening ``b`` (sky-limited: the source's photon noise is left out) and
+    ``sigma_f`` multiplied by ``noise`` (5,), the measured correlated-noise
+    factor (`noise_scale`); a colour's the two bands' in quadrature.
     """
     from astrohvae import BANDS, SOFTENING
     from astrohvae.photometry import luptitude
@@ -373,6 +432,8 @@ def psf_colours(stamps, psf_image, radius=5.0):
     norm = np.maximum((pp * p[None]).sum(axis=(2, 3)), 1e-12)
     f = (pp * img).sum(axis=(2, 3)) / norm
     sig = np.asarray(stamps.sky_sigma, dtype=np.float64) / np.sqrt(norm)
+    if noise is not None:
+        sig = sig * np.asarray(noise, dtype=np.float64)[None]
     lm = np.stack([luptitude(f[:, k], b) for k, b in enumerate(BANDS)], axis=1)
     b = np.array([SOFTENING[x] for x in BANDS]) * 1e9  # nanomaggies
     dm = 1.0857 * sig / np.sqrt(f**2 + 4 * b**2)
@@ -671,14 +732,16 @@ class HierarchicalClassifier:
         (`psf_colours`) of label-free template sources chosen by morphology at
         high S/N (stars: on the stellar locus of half-light radii, S/N >= 50;
         galaxies: r_half > 1.35 x the locus, S/N >= 30), each density
-        convolved with the source's own colour errors so that noisy faint
+        convolved with the source's own colour errors (with the field's
+        measured correlated-noise factor, `noise_scale`) so that noisy faint
         colours weigh little.  Measured (benchmarks/results/classification.md):
         on the simulated test fields AUC r>21 0.70 -> 0.82 and 19<r<21 0.97 ->
-        0.98, but on the real field 004510-4-0030 it labels 7-10 more of the
-        157 matched SDSS-catalogued stars (r ~ 21.7-23.5, S/N 8-30, ambiguous
-        morphology) galaxy: the bright template stars do not represent the
-        colours of faint (halo, M-dwarf) stars, and per-field colour offsets
-        differ on real data.  Hence not the default.
+        0.98, but on the real field 004510-4-0030 it labels fewer of the 157
+        matched SDSS-catalogued stars star (124 against 128 trained on the same
+        stamps without it; 121 before the noise calibration): the lost ones are
+        faint (r ~ 21.7-23.5, S/N 8-30) with ambiguous morphology, and the
+        bright template stars do not represent the colours of faint (halo,
+        M-dwarf) stars.  Hence not the default.
     prior_tries : int
         The prior says the stars form the narrow peak.  If, after training,
         `star_side` finds the compact sources in the broad peak instead, the
@@ -916,6 +979,8 @@ class HierarchicalClassifier:
         cfg["method"] = self.method
         if self.ref_ is not None:
             cfg["ref"] = {"r_star": self.ref_["r_star"], "c_star": self.ref_["c_star"]}
+            if self.ref_.get("noise_scale") is not None:
+                cfg["ref"]["noise_scale"] = [float(v) for v in self.ref_["noise_scale"]]
         return cfg
 
     def save(self, directory):

@@ -109,3 +109,24 @@ def test_colour_prior_round_trip_and_clip(colour_fitted, tmp_path):
 
 def test_default_has_no_colour_term():
     assert HierarchicalClassifier().colour_prior is False
+
+
+def test_noise_scale_measures_correlated_noise():
+    from astrohvae.classify import noise_scale
+
+    rng = np.random.default_rng(2)
+    n = 200
+    sky = np.full(5, 0.05, "f4")
+    white = rng.normal(0, 1, (n, 5, 64, 64)).astype("f4")
+    # band 1 smoothed by a 2x2 box (like resampling onto another grid), renormalised to the same pixel sigma
+    sm = (white[:, 1] + np.roll(white[:, 1], 1, -1) + np.roll(white[:, 1], 1, -2)
+          + np.roll(np.roll(white[:, 1], 1, -1), 1, -2)) / 2.0
+    img = white.copy()
+    img[:, 1] = sm
+    st = StampSet(img * sky[None, :, None, None], np.zeros((n, 64, 64), "u1"), np.tile(sky, (n, 1)),
+                  Table({"field": ["t"] * n}))
+    k = noise_scale(st, np.stack([_moffat()] * 5))
+    assert np.all(np.abs(k[[0, 2, 3, 4]] - 1.0) < 0.1)  # white noise: the formula is right
+    assert 1.6 < k[1] < 2.4  # correlated: a PSF-sized sum is ~2x noisier than white noise predicts
+    # too few blank positions: None
+    assert noise_scale(st[:5], np.stack([_moffat()] * 5)) is None
