@@ -716,7 +716,9 @@ class NetworkSegmenter:
             xt = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
             if dev.type == "cpu":
                 # channels-last convolutions are ~2x faster on CPU for these few channels
-                self.net_.to(memory_format=torch.channels_last)
+                if getattr(self, "_channels_last_net", None) is not self.net_:
+                    self.net_.to(memory_format=torch.channels_last)
+                    self._channels_last_net = self.net_
                 xt = xt.contiguous(memory_format=torch.channels_last)
             if not want_hc:
                 # the rule's affine part applied to each tap at its native
@@ -815,7 +817,7 @@ class NetworkSegmenter:
         post = torch.softmax(logp, dim=1)
         return post[:, is_obj].sum(dim=1)
 
-    def _tiled(self, img, want_hc=False):
+    def _tiled(self, img, want_hc=False, want_recon=True):
         """Run the network over a whole image in overlapping tiles.
 
         The image is padded (reflect) to a multiple of the network's
@@ -837,7 +839,7 @@ class NetworkSegmenter:
         xp = np.pad(img, ((0, 0), (0, py), (0, px)), mode="reflect") if (py or px) else img
         xp = np.ascontiguousarray(xp, dtype=np.float32)
         H, W = ny + py, nx + px
-        n_out = (sum(self.net_.tap_channels(t) for t in self.taps) + C) if want_hc else (1 + C)
+        n_out = (sum(self.net_.tap_channels(t) for t in self.taps) + C) if want_hc else (1 + C * want_recon)
 
         def sizes(n):
             # about T-pixel blocks of equal size, each a multiple of m
@@ -849,6 +851,8 @@ class NetworkSegmenter:
             a, rec = self._forward(block[None], want_hc=want_hc)
             if not want_hc:
                 a = a[:, None]
+                if not want_recon:
+                    return a[0].astype(np.float32, copy=False)
             return np.concatenate([a[0], rec[0]], axis=0).astype(np.float32, copy=False)
 
         arr = da.from_array(xp, chunks=((C,), sizes(H), sizes(W)))
@@ -856,7 +860,7 @@ class NetworkSegmenter:
                              trim=True, dtype=np.float32, chunks=((n_out,), arr.chunks[1], arr.chunks[2]))
         return out.compute(scheduler="synchronous")[:, :ny, :nx]
 
-    def object_probability(self, field, background=None):
+    def object_probability(self, field, background=None, reconstruction=True):
         """Per-pixel posterior probability of "object", and the reconstruction.
 
         Parameters
@@ -865,13 +869,16 @@ class NetworkSegmenter:
             A field, or its network input ``(5, ny, nx)``.
         background : optional
             As in `network_input`.
+        reconstruction : bool
+            Also return the network's reconstruction (None otherwise).
 
         Returns
         -------
         p : numpy.ndarray
             float32 ``(ny, nx)`` in [0, 1]; 0 where every band is masked.
-        recon : numpy.ndarray
-            float32 ``(5, ny, nx)`` reconstruction (network-input units).
+        recon : numpy.ndarray or None
+            float32 ``(5, ny, nx)`` reconstruction (network-input units);
+            None when ``reconstruction`` is False.
         """
         self._check_fitted()
         img = np.asarray(field, np.float32) if isinstance(field, np.ndarray) else network_input(field, background)
@@ -885,10 +892,10 @@ class NetworkSegmenter:
             est = copy.copy(self).fit_rule([img], n_samples=100_000)
         elif self.rule != "shipped":
             raise ValueError(f"rule must be 'shipped' or 'refit', not {self.rule!r}")
-        out = est._tiled(img)
+        out = est._tiled(img, want_recon=reconstruction)
         p = out[0]
         p[np.all(img == 0, axis=0)] = 0.0
-        return p, out[1:]
+        return p, (out[1:] if reconstruction else None)
 
     def segment(self, field, background=None, return_maps=False):
         """Segment a field.
@@ -912,7 +919,7 @@ class NetworkSegmenter:
         from scipy.ndimage import gaussian_filter
 
         img = np.asarray(field, np.float32) if isinstance(field, np.ndarray) else network_input(field, background)
-        p, recon = self.object_probability(img)
+        p, recon = self.object_probability(img, reconstruction=return_maps)
         segm = detect_sources(p, self.threshold, n_pixels=self.n_pixels)
         five = img.shape[0] == len(BANDS)
         grow = self.isophote is not None
