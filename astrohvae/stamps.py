@@ -878,6 +878,34 @@ def measure_sources(field, segm, background, detection_bands=("g", "r", "i")):
 # ---------------------------------------------------------------------------
 # Cutouts
 # ---------------------------------------------------------------------------
+CUT_VECTOR_MIN = 64
+"""From this many sources on, `cut_stamps` gathers all windows at once from a
+padded copy of the field (`_cut_windows`) instead of slicing source by source."""
+
+
+def _cut_windows(data, level, fmask, seg, y0, x0, size, flux, sseg, sbad):
+    """Fill ``flux``, ``sseg``, ``sbad`` with the ``size``-pixel windows at (y0, x0).
+
+    The background-subtracted field (masked pixels 0), its segmentation and
+    its invalid-pixel map are padded by ``size`` (0, 0 and invalid outside
+    the field) and every window is gathered in one indexing operation per
+    band: the same values as slicing source by source.
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    pad = size
+    yy, xx = y0 + pad, x0 + pad
+    for b in range(data.shape[0]):
+        sub = data[b] - level[b]  # as the per-source slices compute it (cast on assignment)
+        sub[fmask[b]] = 0.0
+        win = sliding_window_view(np.pad(sub, pad), (size, size))
+        flux[:, b] = win[yy, xx]
+    win = sliding_window_view(np.pad(seg, pad), (size, size))
+    sseg[:] = win[yy, xx]
+    win = sliding_window_view(np.pad(fmask.any(axis=0), pad, constant_values=True), (size, size))
+    sbad[:] = win[yy, xx]
+
+
 def cut_stamps(field, segm, sources, background, size=STAMP_SIZE):
     """One ``size x size x 5`` background-subtracted cutout per source.
 
@@ -921,18 +949,21 @@ def cut_stamps(field, segm, sources, background, size=STAMP_SIZE):
     flux = np.zeros((n, nbands, size, size), np.float32)
     sseg = np.zeros((n, size, size), seg.dtype)
     sbad = np.ones((n, size, size), bool)  # off-field stays invalid
-    # one slice per source (no copy of the whole field); clip windows to the field
-    fy0, fx0 = np.maximum(y0, 0), np.maximum(x0, 0)
-    fy1, fx1 = np.minimum(y0 + size, ny), np.minimum(x0 + size, nx)
-    for i in range(n):
-        ys, xs = slice(fy0[i], fy1[i]), slice(fx0[i], fx1[i])
-        ss = (slice(fy0[i] - y0[i], fy1[i] - y0[i]), slice(fx0[i] - x0[i], fx1[i] - x0[i]))
-        bad = fmask[:, ys, xs]
-        sub = data[:, ys, xs] - level[:, ys, xs]
-        sub[bad] = 0.0
-        flux[i][(slice(None),) + ss] = sub
-        sseg[i][ss] = seg[ys, xs]
-        sbad[i][ss] = bad.any(axis=0)
+    if n >= CUT_VECTOR_MIN:
+        _cut_windows(data, level, fmask, seg, y0, x0, size, flux, sseg, sbad)
+    else:
+        # one slice per source (no copy of the whole field); clip windows to the field
+        fy0, fx0 = np.maximum(y0, 0), np.maximum(x0, 0)
+        fy1, fx1 = np.minimum(y0 + size, ny), np.minimum(x0 + size, nx)
+        for i in range(n):
+            ys, xs = slice(fy0[i], fy1[i]), slice(fx0[i], fx1[i])
+            ss = (slice(fy0[i] - y0[i], fy1[i] - y0[i]), slice(fx0[i] - x0[i], fx1[i] - x0[i]))
+            bad = fmask[:, ys, xs]
+            sub = data[:, ys, xs] - level[:, ys, xs]
+            sub[bad] = 0.0
+            flux[i][(slice(None),) + ss] = sub
+            sseg[i][ss] = seg[ys, xs]
+            sbad[i][ss] = bad.any(axis=0)
     own = sseg == ids[:, None, None]
     mask = own.astype(np.uint8) * MASK_OWN
     mask |= ((sseg != 0) & ~own).astype(np.uint8) * MASK_OTHER
