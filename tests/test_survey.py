@@ -190,3 +190,24 @@ def test_cost_hint_reads_galactic_latitude_from_the_header(tmp_path, suffix):
     (tmp_path / "junk.fits").write_bytes(b"not a fits file at all")
     assert cost_hint(tmp_path / "junk.fits") is None
     assert cost_hint(tmp_path / "missing") is None
+
+
+def test_worker_environment_keeps_glibc_dynamic_mmap_threshold():
+    import dask
+
+    from astrohvae.pipeline import _worker_environ
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 65536,
+                                                                    "OMP_NUM_THREADS": 1}}):
+        env = _worker_environ()
+    assert "MALLOC_TRIM_THRESHOLD_" not in env and env["OMP_NUM_THREADS"] == 1
+
+
+def test_reader_threads_one_runs_in_the_calling_thread():
+    import threading
+
+    from astrohvae.io.readers import _map_threads
+
+    me = threading.get_ident()
+    assert _map_threads(lambda _: threading.get_ident(), range(5), threads=1) == [me] * 5
+    assert _map_threads(lambda x: x * x, range(5), threads=3) == [0, 1, 4, 9, 16]

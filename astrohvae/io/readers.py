@@ -211,7 +211,7 @@ def _celestial_wcs(header):
 
 
 # --------------------------------------------------------------------------- assembling a Field
-def _assemble(planes, *, name, files, require_wcs, order, source, refine=True):
+def _assemble(planes, *, name, files, require_wcs, order, source, refine=True, threads=None):
     """Build the Field from ``planes``: band -> (data, header, path).
 
     ``require_wcs``: alignment through the WCS is compulsory (SDSS frames).
@@ -284,7 +284,7 @@ def _assemble(planes, *, name, files, require_wcs, order, source, refine=True):
             raise InputError(planes[b][2], f"band {b} does not overlap the r-band footprint")
         return i, b, d, m, info
 
-    for i, b, d, m, info in _map_threads(work, todo):
+    for i, b, d, m, info in _map_threads(work, todo, threads):
         out[i], out_mask[i], infos[b] = d, m, info
 
     meta = {
@@ -311,11 +311,12 @@ def _is_identity(ref_wcs, band_wcs, shape, tol=1e-3):
     return bool(np.all(np.abs(bx - x) < tol) and np.all(np.abs(by - y) < tol))
 
 
-def _map_threads(fn, items):
+def _map_threads(fn, items, threads=None):
+    """``[fn(it) for it in items]`` on up to ``threads`` threads (default: one per CPU)."""
     items = list(items)
     if len(items) <= 1:
         return [fn(it) for it in items]
-    workers = min(len(items), os.cpu_count() or 1)
+    workers = min(len(items), int(threads or os.cpu_count() or 1))
     if workers <= 1:
         return [fn(it) for it in items]
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -414,7 +415,7 @@ def _read_band_files(paths, opts, source):
         raise InputError(pb, f"frames of different fields mixed: {a} ({pa.name}) and {b}")
 
     # decompression (the slow part) in threads, FITS parsing here
-    sources = _map_threads(_source, paths)
+    sources = _map_threads(_source, paths, opts.get("threads"))
     loaded = [(p, _open_checked(p, src)) for p, src in zip(paths, sources)]
     planes = {}
     hdr_ids = {}
@@ -456,7 +457,7 @@ def _read_band_files(paths, opts, source):
     return _assemble(planes, name=name, files=files, require_wcs=True, source=source, **opts)
 
 
-def read_field(path_or_paths, *, order=1, refine=True):
+def read_field(path_or_paths, *, order=1, refine=True, threads=None):
     """Read a five-band field onto the r-band pixel grid.
 
     Parameters
@@ -482,6 +483,9 @@ def read_field(path_or_paths, *, order=1, refine=True):
         SDSS frame WCSs disagree by up to ~1 px between bands in some
         fields).  Needs at least 5 usable stars; otherwise the WCS alone is
         used.  See `astrohvae.io.align.align_band`.
+    threads : int, optional
+        Threads for decompressing and aligning the bands (default: one per
+        CPU; a single-threaded survey worker passes 1).
 
     Returns
     -------
@@ -512,7 +516,7 @@ def read_field(path_or_paths, *, order=1, refine=True):
     """
     if isinstance(path_or_paths, Field):
         return path_or_paths
-    opts = {"order": order, "refine": refine}
+    opts = {"order": order, "refine": refine, "threads": threads}
     if isinstance(path_or_paths, (str, os.PathLike)):
         text = os.fspath(path_or_paths)
         p = Path(text)
