@@ -693,6 +693,19 @@ def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, pr
 
 # ----------------------------------------------------------------------------- survey
 def _peak_rss_mb():
+    """Peak resident memory of this process (MB).
+
+    Linux's ``VmHWM`` (this process image's own high-water mark); not
+    ``ru_maxrss``, which a spawned worker inherits across exec from the
+    process that started it.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
