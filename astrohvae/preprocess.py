@@ -107,8 +107,8 @@ _CLEAN_MEMO = {}
 """The last `clean_stamps` result, keyed by the identity of its input arrays: the
 per-stamp statistics of one classifier call clean the same stamps several times."""
 
-_CLEAN_MEMO_BYTES = 1 << 27
-"""Results up to 128 MB (about 1600 stamps) are remembered."""
+_CLEAN_MEMO_BYTES = 1 << 28
+"""Results up to 256 MB (about 3200 stamps: one `astrohvae.psf.CHUNK`) are remembered."""
 
 
 def source_flux(flux, mask, sky_sigma=None, radius=4.0):
@@ -132,11 +132,14 @@ def source_flux(flux, mask, sky_sigma=None, radius=4.0):
     n, _, ny, nx = flux.shape
     gri = flux[:, _GRI].sum(axis=1, dtype=np.float64)  # (N, ny, nx)
     own = (mask & MASK_OWN) != 0
-    f_seg = (gri * own).sum(axis=(1, 2))
     yy, xx = np.mgrid[:ny, :nx]
     circ = (yy - ny // 2) ** 2 + (xx - nx // 2) ** 2 <= radius**2
-    f_ap = (gri * circ).sum(axis=(1, 2))
-    f = np.where((own.sum(axis=(1, 2)) > 0) & (f_seg > 0), f_seg, f_ap)
+    h = int(np.ceil(radius))
+    win = (slice(max(ny // 2 - h, 0), ny // 2 + h + 1), slice(max(nx // 2 - h, 0), nx // 2 + h + 1))
+    f_ap = (gri[(slice(None),) + win] * circ[win]).sum(axis=(1, 2))  # the circle lies in the window
+    gri *= own  # gri is scratch from here on
+    f_seg = gri.sum(axis=(1, 2))
+    f = np.where(own.any(axis=(1, 2)) & (f_seg > 0), f_seg, f_ap)
     if sky_sigma is not None and np.all(np.isfinite(sky_sigma)):
         noise = np.sqrt((np.asarray(sky_sigma, dtype=np.float64)[:, _GRI] ** 2).sum(axis=1) * circ.sum())
     else:

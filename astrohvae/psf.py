@@ -66,7 +66,7 @@ def recentre(x, dy, dx):
 
 
 
-CHUNK = 1024
+CHUNK = 2048
 """Stamps processed at once by the per-stamp statistics (bounds their temporaries)."""
 
 
@@ -231,10 +231,15 @@ def _stack(stamps, idx):
     dy, dx = centroids(clean[:, _GRI].sum(axis=1))
     clean = recentre(clean, dy, dx)
     f = source_flux(clean, mask, np.asarray(stamps.sky_sigma[idx]))
-    norm = clean / f[:, None, None, None]
-    img = np.median(norm, axis=0)
-    r = _radius_grid(*img.shape[1:])
-    img = np.where(r[None] <= 12, img, 0.0)
+    # the PSF is kept within 12 px of the centre: the median over the central window only
+    ny, nx = clean.shape[-2:]
+    h = 12
+    win = (slice(None), slice(None), slice(max(ny // 2 - h, 0), ny // 2 + h + 1),
+           slice(max(nx // 2 - h, 0), nx // 2 + h + 1))
+    img = np.zeros(clean.shape[1:], np.result_type(clean.dtype, f.dtype))
+    img[win[1:]] = np.median(clean[win] / f[:, None, None, None], axis=0)
+    r = _radius_grid(ny, nx)
+    img = np.where(r[None] <= h, img, 0.0)
     img /= img[_GRI].sum()
     return img
 
