@@ -61,8 +61,10 @@ def recentre(x, dy, dx):
     ky = np.fft.fftfreq(ny)[None, :, None]
     kx = np.fft.rfftfreq(nx)[None, None, :]
     phase = np.exp(2j * np.pi * (ky * dy[:, None, None] + kx * dx[:, None, None]))
-    out = np.fft.irfft2(np.fft.rfft2(x, axes=(2, 3)) * phase[:, None], s=(ny, nx), axes=(2, 3))
-    return out.astype(np.float32)
+    ft = np.fft.rfft2(x, axes=(2, 3))  # complex64 for float32 images: float32 results either way
+    ft *= phase.astype(ft.dtype, copy=False)[:, None]
+    out = np.fft.irfft2(ft, s=(ny, nx), axes=(2, 3))
+    return out.astype(np.float32, copy=False)
 
 
 
