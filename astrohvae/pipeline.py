@@ -413,7 +413,7 @@ def _stamp_store(field, segm, sources, background, batch_size, workdir, stamps_m
 
     n = len(sources)
     chunk = max(1, min(batch_size, n))
-    cut = max(chunk, (CUT_CHUNK // chunk) * chunk)  # cut_stamps pads the whole field once per call
+    cut = max(chunk, (CUT_CHUNK // chunk) * chunk)  # whole zarr chunks per cut
     root = zarr.open_group(str(Path(workdir) / "stamps.zarr"), mode="w")
     kw = dict(compressors=None, fill_value=0)
     flux = root.create_array("flux", shape=(n, len(BANDS), STAMP_SIZE, STAMP_SIZE),
@@ -422,9 +422,10 @@ def _stamp_store(field, segm, sources, background, batch_size, workdir, stamps_m
                              chunks=(chunk, STAMP_SIZE, STAMP_SIZE), dtype="u1", **kw)
     sky = root.create_array("sky_sigma", shape=(n, len(BANDS)), chunks=(chunk, len(BANDS)), dtype="f4", **kw)
     metas = []
+    padded = stamps_mod.padded_planes(field, segm, background, STAMP_SIZE) if n > cut else None
     for a in range(0, n, cut):
         b = min(n, a + cut)
-        st = stamps_mod.cut_stamps(field, segm, sources[a:b], background, size=STAMP_SIZE)
+        st = stamps_mod.cut_stamps(field, segm, sources[a:b], background, size=STAMP_SIZE, padded=padded)
         if len(st) != b - a:
             raise RuntimeError(f"cut_stamps returned {len(st)} stamps for {b - a} sources")
         flux[a:b] = np.asarray(st.flux, dtype=np.float32)

@@ -61,6 +61,7 @@ __all__ = [
     "deblend_segments",
     "measure_sources",
     "cut_stamps",
+    "padded_planes",
     "process_field",
     "FLAG_TRUNCATED",
     "FLAG_BLENDED",
@@ -879,34 +880,49 @@ def measure_sources(field, segm, background, detection_bands=("g", "r", "i")):
 # Cutouts
 # ---------------------------------------------------------------------------
 CUT_VECTOR_MIN = 64
-"""From this many sources on, `cut_stamps` gathers all windows at once from a
-padded copy of the field (`_cut_windows`) instead of slicing source by source."""
+"""From this many sources on (or given ``padded``), `cut_stamps` copies the windows
+from a padded copy of the field (`padded_planes`) instead of clipping each
+window to the field."""
 
 
-def _cut_windows(data, level, fmask, seg, y0, x0, size, flux, sseg, sbad):
-    """Fill ``flux``, ``sseg``, ``sbad`` with the ``size``-pixel windows at (y0, x0).
+def padded_planes(field, segm, background, size=STAMP_SIZE):
+    """The field prepared for `cut_stamps`: background-subtracted bands (masked
+    pixels 0), segmentation and invalid-pixel map, each padded by ``size``.
 
-    The background-subtracted field (masked pixels 0), its segmentation and
-    its invalid-pixel map are padded by ``size`` (0, 0 and invalid outside
-    the field) and every window is gathered in one indexing operation per
-    band: the same values as slicing source by source.
+    Cutting a field's stamps in several calls, pass the result to every call
+    (``padded=``) so that the field is prepared once.
+
+    Returns
+    -------
+    tuple ``(sub, seg, bad, size)``
     """
-    from numpy.lib.stride_tricks import sliding_window_view
-
+    data, level = field.data, background.level
+    fmask = np.asarray(field.mask, bool)
     pad = size
-    yy, xx = y0 + pad, x0 + pad
-    for b in range(data.shape[0]):
-        sub = data[b] - level[b]  # as the per-source slices compute it (cast on assignment)
-        sub[fmask[b]] = 0.0
-        win = sliding_window_view(np.pad(sub, pad), (size, size))
-        flux[:, b] = win[yy, xx]
-    win = sliding_window_view(np.pad(seg, pad), (size, size))
-    sseg[:] = win[yy, xx]
-    win = sliding_window_view(np.pad(fmask.any(axis=0), pad, constant_values=True), (size, size))
-    sbad[:] = win[yy, xx]
+    nb = data.shape[0]
+    sub = np.zeros((nb,) + tuple(s + 2 * pad for s in data.shape[1:]), dtype=np.float32)
+    inner = (slice(pad, -pad), slice(pad, -pad))
+    for b in range(nb):
+        d = data[b] - level[b]  # as a per-source slice computes it (cast on assignment)
+        d[fmask[b]] = 0.0
+        sub[(b,) + inner] = d
+    pseg = np.pad(_segm_data(segm, field.shape), pad)
+    pbad = np.pad(fmask.any(axis=0), pad, constant_values=True)
+    return sub, pseg, pbad, size
 
 
-def cut_stamps(field, segm, sources, background, size=STAMP_SIZE):
+def _cut_windows(padded, y0, x0, flux, sseg, sbad):
+    """Fill ``flux``, ``sseg``, ``sbad`` with the windows at (y0, x0): one plain
+    slice copy each from `padded_planes` (the same values as clipping every
+    window to the field source by source)."""
+    sub, pseg, pbad, size = padded
+    for i, (y, x) in enumerate(zip((y0 + size).tolist(), (x0 + size).tolist())):
+        flux[i] = sub[:, y:y + size, x:x + size]
+        sseg[i] = pseg[y:y + size, x:x + size]
+        sbad[i] = pbad[y:y + size, x:x + size]
+
+
+def cut_stamps(field, segm, sources, background, size=STAMP_SIZE, padded=None):
     """One ``size x size x 5`` background-subtracted cutout per source.
 
     Parameters
@@ -920,6 +936,9 @@ def cut_stamps(field, segm, sources, background, size=STAMP_SIZE):
     background : Background
     size : int
         Stamp side; the source's integer pixel lands on index ``size // 2``.
+    padded : tuple, optional
+        `padded_planes` of the same field, segmentation, background and size
+        (made here when needed and not given).
 
     Returns
     -------
@@ -949,8 +968,10 @@ def cut_stamps(field, segm, sources, background, size=STAMP_SIZE):
     flux = np.zeros((n, nbands, size, size), np.float32)
     sseg = np.zeros((n, size, size), seg.dtype)
     sbad = np.ones((n, size, size), bool)  # off-field stays invalid
-    if n >= CUT_VECTOR_MIN:
-        _cut_windows(data, level, fmask, seg, y0, x0, size, flux, sseg, sbad)
+    if n >= CUT_VECTOR_MIN or padded is not None:
+        if padded is None or padded[3] != size:
+            padded = padded_planes(field, seg, background, size)
+        _cut_windows(padded, y0, x0, flux, sseg, sbad)
     else:
         # one slice per source (no copy of the whole field); clip windows to the field
         fy0, fx0 = np.maximum(y0, 0), np.maximum(x0, 0)

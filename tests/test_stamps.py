@@ -347,4 +347,10 @@ def test_cut_stamps_window_gather_equals_per_source_slices(monkeypatch):
     np.testing.assert_array_equal(a.mask, b.mask)
     np.testing.assert_array_equal(a.sky_sigma, b.sky_sigma)
     assert (b.mask[: len(sources)] & MASK_OWN).any() and (b.mask & MASK_INVALID).any()
+    # the field prepared once and handed to several calls (as the pipeline does)
+    planes = st.padded_planes(field, segm, bkg)
+    c = st.concatenate([st.cut_stamps(field, segm, src[:5], bkg, padded=planes),
+                        st.cut_stamps(field, segm, src[5:], bkg, padded=planes)])
+    np.testing.assert_array_equal(a.flux, c.flux)
+    np.testing.assert_array_equal(a.mask, c.mask)
     assert (b.flux[-1, 2] == 0).sum() >= 300  # the masked region lies in the last stamp
