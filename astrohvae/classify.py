@@ -225,7 +225,8 @@ def _physical_compute(stamps, ref=None, colours=False):
     their errors (`psf_colours`, for the colour likelihood).  ``ref`` holds the locus values and
     the PSF used for groups (fields) too small to estimate their own.
     """
-    from astrohvae.psf import PSFModel, _stellar_locus, estimate_psf, profile_features, psf_match, saturated
+    from astrohvae.psf import (PSFModel, _stellar_locus, band_saturated, estimate_psf, profile_features, psf_match,
+                               saturated)
 
     feat = profile_features(stamps)
     sat_all = saturated(stamps)
@@ -263,6 +264,8 @@ def _physical_compute(stamps, ref=None, colours=False):
                 r_star, c_star, psf = ref["r_star"], ref["c_star"], PSFModel(ref["psf"], ref["r_star"], 0)
         m = psf_match(sub_st, psf)
         ratio, spread = m["psf_ratio"], m["spread_model"]
+        if SATURATED_STELLAR:
+            sat = sat | band_saturated(sub_st, psf.image)
         if colours:
             nk = noise_scale(sub_st, psf.image)
             if nk is not None:
@@ -321,7 +324,8 @@ ZERO_POINT = True
 """Shift SPREAD_MODEL (divide the PSF/aperture ratio) so that the field's stellar locus sits at 0 (1)."""
 
 SATURATED_STELLAR = True
-"""Give saturated sources (`astrohvae.psf.saturated`) the point-source morphology."""
+"""Give saturated sources (`astrohvae.psf.saturated`: flat-topped cores; `astrohvae.psf.band_saturated`:
+cores saturated in some bands only, as SDSS frames interpolate them) the point-source morphology."""
 
 MIN_BRIGHT = 20
 """A field (``meta['field']``) gets its own PSF with at least this many S/N >= 50 sources ..."""

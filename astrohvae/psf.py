@@ -31,6 +31,7 @@ __all__ = [
     "recentre",
     "PSFModel",
     "saturated",
+    "band_saturated",
 ]
 
 _GRI = [BANDS.index(b) for b in ("g", "r", "i")]
@@ -224,6 +225,49 @@ def saturated(stamps, n_flat=4, half=8, rel=0.005, min_peak_snr=50.0):
     sky = np.asarray(stamps.sky_sigma, dtype=np.float32)
     bright = mx >= min_peak_snr * np.where(np.isfinite(sky), sky, np.inf)
     return ((nflat >= n_flat) & bright).any(axis=1)
+
+
+@per_stamp_chunks
+def band_saturated(stamps, psf_image, hi=0.85, lo=0.6, min_snr=50.0):
+    """Point sources saturated in some bands but not in others.
+
+    SDSS frames interpolate over saturated cores: not flat-topped (so
+    `saturated` misses them) but hollow, and a bright star then looks
+    extended in g, r, i while u or z, less sensitive, still shows the PSF.
+    A source is flagged when, among its bands measured at S/N >= ``min_snr``
+    (inside 5 px), one has the PSF's concentration (flux within 1.5 px over
+    flux within 5 px, at least ``hi`` times the field PSF's in that band) and
+    another a core deficit (at most ``lo`` times).  A galaxy is extended in
+    every band; on the real fields, galaxies reach at most 0.67.
+
+    Parameters
+    ----------
+    stamps : StampSet-like
+    psf_image : ndarray (B, ny, nx)
+        The field's PSF per band (`estimate_psf`).
+
+    Returns
+    -------
+    ndarray bool (N,)
+    """
+    flux = np.asarray(stamps.flux, dtype=np.float32)
+    mask = np.asarray(stamps.mask, dtype=np.uint8)
+    clean = clean_stamps(flux, mask)
+    ny, nx = clean.shape[-2:]
+    h = 5
+    win = (slice(ny // 2 - h, ny // 2 + h + 1), slice(nx // 2 - h, nx // 2 + h + 1))
+    r = _radius_grid(2 * h + 1, 2 * h + 1)
+    core, ap = (r <= 1.5), (r <= 5.0)
+    c = clean[(slice(None), slice(None)) + win].astype(np.float64)
+    f_in, f_ap = (c * core).sum(axis=(2, 3)), (c * ap).sum(axis=(2, 3))
+    p = np.asarray(psf_image, np.float64)[(slice(None),) + win]
+    c_psf = (p * core).sum(axis=(1, 2)) / np.maximum((p * ap).sum(axis=(1, 2)), 1e-12)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = f_in / f_ap / c_psf[None]
+        sky = np.asarray(stamps.sky_sigma, dtype=np.float64)
+        snr = f_ap / (sky * np.sqrt(ap.sum()))
+    ok = np.isfinite(rel) & (snr >= min_snr)
+    return ((rel >= hi) & ok).any(axis=1) & ((rel <= lo) & ok).any(axis=1)
 
 
 def _stack(stamps, idx):

@@ -153,3 +153,31 @@ def test_saturated_flat_core():
     flux = np.repeat(np.stack([star, np.minimum(star, 300.0)])[:, None], 5, axis=1).astype(np.float32)
     st = SimpleNamespace(flux=flux, mask=np.zeros((2, 64, 64), np.uint8), sky_sigma=np.ones((2, 5), np.float32))
     assert saturated(st).tolist() == [False, True]
+
+
+def test_band_saturated_hollow_core_in_some_bands_only():
+    """A star whose g, r, i cores were interpolated over (SDSS saturation) is flagged; an
+    unsaturated star, a galaxy extended in every band and a faint noisy source are not."""
+    from types import SimpleNamespace
+
+    from astrohvae.psf import band_saturated
+
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[:64, :64]
+    r2 = (yy - 32) ** 2 + (xx - 32) ** 2
+    psf = np.exp(-r2 / (2 * 1.4**2))
+    psf /= psf.sum()
+    gal = np.exp(-np.sqrt(r2) / 2.5)
+    gal /= gal.sum()
+    hollow = psf.copy()
+    core = r2 <= 4
+    hollow[core] = psf[~core & (r2 <= 9)].mean() * 0.8  # a low plateau where the core was
+    stamps = [
+        np.stack([psf] * 5) * 5e4,                                      # bright star
+        np.stack([psf, hollow, hollow, hollow, psf]) * 5e4,             # u, z fine; g, r, i saturated
+        np.stack([gal] * 5) * 5e4,                                      # bright galaxy
+        np.stack([psf, hollow, hollow, hollow, psf]) * 20 + rng.normal(0, 1, (5, 64, 64)),  # faint
+    ]
+    flux = np.stack(stamps).astype(np.float32)
+    st = SimpleNamespace(flux=flux, mask=np.zeros((4, 64, 64), np.uint8), sky_sigma=np.ones((4, 5), np.float32))
+    assert band_saturated(st, np.stack([psf] * 5)).tolist() == [False, True, False, False]
