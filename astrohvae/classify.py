@@ -237,6 +237,7 @@ def _physical_compute(stamps, ref=None, colours=False):
     out = np.zeros((n, N_PHYSICAL + (8 if colours else 0)), dtype=np.float32)
     glob = None
     scales = []
+    sat_groups = []
     for name in np.unique(fields):
         sel = np.flatnonzero(fields == name)
         sub = {k: v[sel] for k, v in feat.items()}
@@ -301,7 +302,13 @@ def _physical_compute(stamps, ref=None, colours=False):
             out[k, 3] = 0.0
             if colours:
                 out[k, N_PHYSICAL + 4 :] = 10.0  # saturated: colours unmeasurable (no colour evidence)
+            sat_groups.append((k, sel[locus] if locus is not None else sel[bright]))
     out[:, 4:8] = aperture_colours(stamps)
+    for k, ref_rows in sat_groups:
+        # a saturated core's aperture colours are the interpolation's, not the
+        # star's: such sources get their field's typical stellar colours
+        if ref_rows.size:
+            out[k, 4:8] = np.median(out[ref_rows, 4:8], axis=0)
     out = np.nan_to_num(out)
     new_ref = ref if ref is not None else _physical_ref(stamps, feat)
     if ref is None and scales:  # the fields' median correlated-noise factor, for cutouts too few to measure it
