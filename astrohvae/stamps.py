@@ -672,7 +672,6 @@ def deblend_segments(det, segm, n_pixels, n_levels=32, contrast=0.001, max_area=
     Returns a `SegmentationImage` with consecutive labels.
     """
     from photutils.segmentation import SegmentationImage, deblend_sources
-    from scipy import ndimage
 
     data = np.asarray(segm.data)
     areas = np.asarray(segm.areas)
