@@ -288,6 +288,10 @@ def _primary_header(path, max_blocks=40):
     return None
 
 
+COST_HINT_MAX_FIELDS = 500
+"""`run_survey` orders the fields by `cost_hint` when there are at most this many to do."""
+
+
 def cost_hint(path):
     """Absolute Galactic latitude of a field (degrees), or None if unknown.
 
@@ -898,8 +902,11 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
             else:
                 todo.append((name, inp, out))
 
-        # longest first (LPT): crowded low-latitude fields start at once
-        todo.sort(key=lambda item: (lambda b: 90.0 if b is None else b)(cost_hint(item[1])))
+        # longest first (LPT): crowded low-latitude fields start at once.  The
+        # order matters for the tail of a short survey; a long one balances
+        # itself, and its headers are not read (~30 ms a field) before starting
+        if len(todo) <= COST_HINT_MAX_FIELDS:
+            todo.sort(key=lambda item: (lambda b: 90.0 if b is None else b)(cost_hint(item[1])))
         n_workers = 0
         if todo:
             if scheduler:
