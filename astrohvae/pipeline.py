@@ -844,8 +844,9 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
         that exceeds it).  Memory is bounded per worker because each task
         holds one field and at most ``max_in_flight`` (default 2 × workers)
         fields are submitted at a time.  Fields are submitted in order of
-        increasing Galactic latitude (`cost_hint`): the crowded, slow fields
-        start first, so that no worker is left with one long field at the end.
+        increasing Galactic latitude (`cost_hint`, for up to
+        `COST_HINT_MAX_FIELDS` fields): the crowded, slow fields start first,
+        so that no worker is left with one long field at the end.
     processes : bool
         LocalCluster worker processes (True) or threads in this process.
 
