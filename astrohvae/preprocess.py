@@ -111,6 +111,16 @@ _CLEAN_MEMO_BYTES = 1 << 28
 """Results up to 256 MB (about 3200 stamps: one `astrohvae.psf.CHUNK`) are remembered."""
 
 
+def central_window(ny, nx, h):
+    """Slices of the pixels within ``h`` of the stamp centre ``(ny // 2, nx // 2)`` (clipped to the stamp).
+
+    Per-stamp statistics that only use pixels within ``h`` of the centre run on
+    this window instead of the whole stamp; the centre lies at
+    ``(ny // 2 - win[0].start, nx // 2 - win[1].start)`` inside it.
+    """
+    return (slice(max(ny // 2 - h, 0), ny // 2 + h + 1), slice(max(nx // 2 - h, 0), nx // 2 + h + 1))
+
+
 def source_flux(flux, mask, sky_sigma=None, radius=4.0):
     """The source's own flux in g+r+i (nanomaggies), used to remove brightness.
 
@@ -135,7 +145,7 @@ def source_flux(flux, mask, sky_sigma=None, radius=4.0):
     yy, xx = np.mgrid[:ny, :nx]
     circ = (yy - ny // 2) ** 2 + (xx - nx // 2) ** 2 <= radius**2
     h = int(np.ceil(radius))
-    win = (slice(max(ny // 2 - h, 0), ny // 2 + h + 1), slice(max(nx // 2 - h, 0), nx // 2 + h + 1))
+    win = central_window(ny, nx, h)
     f_ap = (gri[(slice(None),) + win] * circ[win]).sum(axis=(1, 2))  # the circle lies in the window
     gri *= own  # gri is scratch from here on
     f_seg = gri.sum(axis=(1, 2))

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from astrohvae import BANDS
-from astrohvae.preprocess import MASK_OWN, clean_stamps, source_flux
+from astrohvae.preprocess import MASK_OWN, central_window, clean_stamps, source_flux
 
 __all__ = [
     "profile_features",
@@ -122,8 +122,7 @@ def profile_features(stamps, band_sum=("g", "r", "i"), r_total=8.0):
     # every radius below is <= r_total: measure on the central window only
     # (same pixels in the same order as on the whole stamp, so same values)
     cy, cx = clean.shape[2] // 2, clean.shape[3] // 2
-    h = int(np.ceil(max(r_total, 5.0)))
-    win = (slice(max(cy - h, 0), cy + h + 1), slice(max(cx - h, 0), cx + h + 1))
+    win = central_window(*clean.shape[2:], int(np.ceil(max(r_total, 5.0))))
     img = clean[(slice(None), idx) + win].sum(axis=1).astype(np.float64)
     n, ny, nx = img.shape
     r = _radius_grid(ny, nx, cy - win[0].start, cx - win[1].start)
@@ -254,9 +253,9 @@ def band_saturated(stamps, psf_image, hi=0.85, lo=0.6, min_snr=50.0):
     mask = np.asarray(stamps.mask, dtype=np.uint8)
     clean = clean_stamps(flux, mask)
     ny, nx = clean.shape[-2:]
-    h = 5
-    win = (slice(ny // 2 - h, ny // 2 + h + 1), slice(nx // 2 - h, nx // 2 + h + 1))
-    r = _radius_grid(2 * h + 1, 2 * h + 1)
+    win = central_window(ny, nx, 5)
+    r = _radius_grid(win[0].stop - win[0].start, win[1].stop - win[1].start,
+                     ny // 2 - win[0].start, nx // 2 - win[1].start)
     core, ap = (r <= 1.5), (r <= 5.0)
     c = clean[(slice(None), slice(None)) + win].astype(np.float64)
     f_in, f_ap = (c * core).sum(axis=(2, 3)), (c * ap).sum(axis=(2, 3))
@@ -280,10 +279,9 @@ def _stack(stamps, idx):
     # the PSF is kept within 12 px of the centre: the median over the central window only
     ny, nx = clean.shape[-2:]
     h = 12
-    win = (slice(None), slice(None), slice(max(ny // 2 - h, 0), ny // 2 + h + 1),
-           slice(max(nx // 2 - h, 0), nx // 2 + h + 1))
+    win = (slice(None),) + central_window(ny, nx, h)
     img = np.zeros(clean.shape[1:], np.result_type(clean.dtype, f.dtype))
-    img[win[1:]] = np.median(clean[win] / f[:, None, None, None], axis=0)
+    img[win] = np.median(clean[(slice(None),) + win] / f[:, None, None, None], axis=0)
     r = _radius_grid(ny, nx)
     img = np.where(r[None] <= h, img, 0.0)
     img /= img[_GRI].sum()
@@ -387,8 +385,7 @@ def psf_match(stamps, psf, radius=5.0):
     # every weight below is 0 beyond 2 x radius: the sums run over the central
     # window only (the recentring and the model above need the whole stamp)
     ny, nx = p.shape
-    h = int(np.ceil(2 * radius))
-    win = (slice(max(ny // 2 - h, 0), ny // 2 + h + 1), slice(max(nx // 2 - h, 0), nx // 2 + h + 1))
+    win = central_window(ny, nx, int(np.ceil(2 * radius)))
     img = img[(slice(None),) + win].astype(np.float64)
     mask = mask[(slice(None),) + win]
     p, g = p[win], g[win]

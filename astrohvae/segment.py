@@ -317,13 +317,14 @@ def _anchored_em(Y, bg, n_obj, rng, n_iter=200, tol=1e-5, reg=1e-4):
 # ----------------------------------------------------------------------------
 def _robust_sigma(x, max_n=400_000):
     """1.4826 x the median absolute deviation of the non-zero pixels of ``x`` (subsampled)."""
-    v = x[x != 0]
+    from astrohvae.stamps import _mad_std
+
+    v = x[x != 0]  # a fresh array: scratch for _mad_std
     if v.size == 0:
         return 1.0
     if v.size > max_n:
         v = v[:: v.size // max_n]
-    med = np.median(v)
-    s = 1.4826 * float(np.median(np.abs(v - med)))
+    s = float(_mad_std(v, overwrite=True))
     return s if s > 0 else 1.0
 
 
