@@ -86,7 +86,7 @@ def _crop(x, crop):
 
 
 def _inputs(stamps, representation, crop):
-    return np.ascontiguousarray(_crop(network_input(stamps, representation), crop))
+    return np.ascontiguousarray(network_input(stamps, representation, crop))
 
 
 def _radial_weight(size, sigma, peak):
@@ -355,10 +355,13 @@ def aperture_colours(stamps, radius=3.0):
     from astrohvae.photometry import luptitude
     from astrohvae.preprocess import clean_stamps
 
-    cl = clean_stamps(stamps.flux, stamps.mask)
-    ny, nx = cl.shape[-2:]
-    yy, xx = np.mgrid[:ny, :nx]
-    ap = np.hypot(yy - ny // 2, xx - nx // 2) <= radius
+    from astrohvae.preprocess import central_window
+
+    ny, nx = np.shape(stamps.flux)[-2:]
+    win = central_window(ny, nx, int(np.ceil(radius)))  # the aperture lies in it
+    cl = clean_stamps(stamps.flux, stamps.mask, window=win)
+    yy, xx = np.mgrid[: cl.shape[2], : cl.shape[3]]
+    ap = np.hypot(yy - (ny // 2 - win[0].start), xx - (nx // 2 - win[1].start)) <= radius
     f = (cl * ap).sum(axis=(2, 3))
     lm = np.stack([luptitude(f[:, k], b) for k, b in enumerate(BANDS)], axis=1)
     return np.clip(-np.diff(lm, axis=1), -3.0, 3.0).astype(np.float32)

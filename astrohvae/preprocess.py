@@ -40,6 +40,8 @@ __all__ = [
     "network_input",
     "source_flux",
     "clean_stamps",
+    "clean_gri",
+    "crop_window",
     "SOURCE_SCALE",
     "ASINH_SOFT",
 ]
@@ -73,39 +75,81 @@ def _arrays(stamps):
     return flux, mask, sky
 
 
-def clean_stamps(flux, mask):
+def clean_stamps(flux, mask, window=None):
     """Zero the pixels of other sources and invalid pixels; NaN -> 0.
 
     Parameters
     ----------
     flux : ndarray (N, B, ny, nx)
     mask : ndarray uint8 (N, ny, nx)
+    window : tuple of slice, optional
+        ``(rows, cols)`` of the stamp to clean (e.g. `central_window`); the
+        result then covers only that window, with the same values as the
+        window of the whole cleaned stamp.  Statistics measured near the
+        centre clean only the pixels they read.
 
     Returns
     -------
-    ndarray float32, same shape as ``flux``: a new, read-only array (the
-    last result is reused when the same ``flux`` and ``mask`` arrays are
-    cleaned again, as the per-stamp statistics of one classifier call do;
-    arrays changed in place in between are not detected).
+    ndarray float32, same shape as ``flux`` (or its window): a new, read-only
+    array (the last whole-stamp result is reused when the same ``flux`` and
+    ``mask`` arrays are cleaned again; arrays changed in place in between are
+    not detected).
     """
     flux = np.asarray(flux)
     mask = np.asarray(mask)
+    if window is not None:
+        rows, cols = window
+        return _clean(flux[:, :, rows, cols], mask[:, rows, cols])
     key = (id(flux), id(mask), flux.shape, mask.shape)
     hit = _CLEAN_MEMO.get("last")
     if hit is not None and hit[0] == key and hit[1] is flux and hit[2] is mask:
         return hit[3]
+    out = _clean(flux, mask)
+    _CLEAN_MEMO["last"] = (key, flux, mask, out) if out.nbytes <= _CLEAN_MEMO_BYTES else None
+    return out
+
+
+def _clean(flux, mask):
     out = np.array(flux, dtype=np.float32, copy=True)
     zero = ~np.isfinite(out)
     zero |= ((mask & (MASK_OTHER | MASK_INVALID)) != 0)[:, None]
     np.copyto(out, np.float32(0.0), where=zero)
     out.flags.writeable = False
-    _CLEAN_MEMO["last"] = (key, flux, mask, out) if out.nbytes <= _CLEAN_MEMO_BYTES else None
+    return out
+
+
+def clean_gri(flux, mask):
+    """g+r+i image of the cleaned stamps (`clean_stamps`), float32 ``(N, ny, nx)``.
+
+    The whole-stamp image the centroids, the recentring and `source_flux`
+    need, made without a cleaned copy of all five bands.  The last result is
+    reused for the same ``flux`` and ``mask`` arrays (read-only).
+    """
+    flux = np.asarray(flux)
+    mask = np.asarray(mask)
+    key = (id(flux), id(mask), flux.shape, mask.shape)
+    hit = _GRI_MEMO.get("last")
+    if hit is not None and hit[0] == key and hit[1] is flux and hit[2] is mask:
+        return hit[3]
+    g, r, i = (np.asarray(flux[:, b], dtype=np.float32) for b in _GRI)
+    out = g + r
+    out += i
+    odd = np.flatnonzero(~np.isfinite(out).all(axis=(1, 2)))  # a finite sum has finite terms
+    if odd.size:
+        parts = [np.where(np.isfinite(x[odd]), x[odd], np.float32(0.0)) for x in (g, r, i)]
+        out[odd] = parts[0] + parts[1] + parts[2]
+    out[(mask & (MASK_OTHER | MASK_INVALID)) != 0] = 0.0
+    out.flags.writeable = False
+    _GRI_MEMO["last"] = (key, flux, mask, out)
     return out
 
 
 _CLEAN_MEMO = {}
 """The last `clean_stamps` result, keyed by the identity of its input arrays: the
 per-stamp statistics of one classifier call clean the same stamps several times."""
+
+_GRI_MEMO = {}
+"""The last `clean_gri` result, keyed likewise."""
 
 _CLEAN_MEMO_BYTES = 1 << 28
 """Results up to 256 MB (about 3200 stamps: one `astrohvae.psf.CHUNK`) are remembered."""
@@ -121,7 +165,7 @@ def central_window(ny, nx, h):
     return (slice(max(ny // 2 - h, 0), ny // 2 + h + 1), slice(max(nx // 2 - h, 0), nx // 2 + h + 1))
 
 
-def source_flux(flux, mask, sky_sigma=None, radius=4.0):
+def source_flux(flux, mask, sky_sigma=None, radius=4.0, gri=None):
     """The source's own flux in g+r+i (nanomaggies), used to remove brightness.
 
     Sum over the pixels of the source's own segment (mask bit 1).  Where the
@@ -131,24 +175,29 @@ def source_flux(flux, mask, sky_sigma=None, radius=4.0):
 
     Parameters
     ----------
-    flux : ndarray (N, 5, ny, nx), cleaned (see `clean_stamps`)
+    flux : ndarray (N, 5, ny, nx) or None
+        Cleaned (see `clean_stamps`); not read when ``gri`` is given.
     mask : ndarray uint8 (N, ny, nx)
     sky_sigma : ndarray (N, 5), optional
+    radius : float
+        Radius of the fallback circle, pixels.
+    gri : ndarray (N, ny, nx), optional
+        The g+r+i image of the cleaned stamps (`clean_gri`), if already made.
 
     Returns
     -------
     ndarray float64 (N,), strictly positive.
     """
-    n, _, ny, nx = flux.shape
-    gri = flux[:, _GRI].sum(axis=1, dtype=np.float64)  # (N, ny, nx)
+    if gri is None:
+        gri = np.asarray(flux)[:, _GRI].sum(axis=1, dtype=np.float64)  # (N, ny, nx)
+    n, ny, nx = gri.shape
     own = (mask & MASK_OWN) != 0
     yy, xx = np.mgrid[:ny, :nx]
     circ = (yy - ny // 2) ** 2 + (xx - nx // 2) ** 2 <= radius**2
     h = int(np.ceil(radius))
     win = central_window(ny, nx, h)
-    f_ap = (gri[(slice(None),) + win] * circ[win]).sum(axis=(1, 2))  # the circle lies in the window
-    gri *= own  # gri is scratch from here on
-    f_seg = gri.sum(axis=(1, 2))
+    f_ap = (gri[(slice(None),) + win] * circ[win]).sum(axis=(1, 2), dtype=np.float64)  # the circle lies in the window
+    f_seg = np.where(own, gri, 0).sum(axis=(1, 2), dtype=np.float64)
     f = np.where(own.any(axis=(1, 2)) & (f_seg > 0), f_seg, f_ap)
     if sky_sigma is not None and np.all(np.isfinite(sky_sigma)):
         noise = np.sqrt((np.asarray(sky_sigma, dtype=np.float64)[:, _GRI] ** 2).sum(axis=1) * circ.sum())
@@ -158,7 +207,15 @@ def source_flux(flux, mask, sky_sigma=None, radius=4.0):
     return np.maximum(f, floor)
 
 
-def _lupt(stamps, per_band=False):
+def crop_window(ny, nx, crop):
+    """Slices of the central ``crop`` x ``crop`` pixels (all of the stamp when ``crop`` is None or larger)."""
+    if crop is None or crop >= min(ny, nx):
+        return slice(None), slice(None)
+    cy, cx, h = ny // 2, nx // 2, crop // 2
+    return slice(cy - h, cy + h), slice(cx - h, cx + h)
+
+
+def _lupt(stamps, per_band=False, crop=None):
     flux, mask, _ = _arrays(stamps)
     flux = np.nan_to_num(flux)
     bands = BANDS[: flux.shape[1]]
@@ -168,26 +225,29 @@ def _lupt(stamps, per_band=False):
     axes = (2, 3) if per_band else (1, 2, 3)
     mu = x.mean(axis=axes, keepdims=True)
     sd = x.std(axis=axes, keepdims=True)
-    return ((x - mu) / np.maximum(sd, 1e-6)).astype(np.float32)
+    rows, cols = crop_window(*x.shape[2:], crop)
+    return ((x[..., rows, cols] - mu) / np.maximum(sd, 1e-6)).astype(np.float32)
 
 
-def _rep_lupt(stamps):
-    return _lupt(stamps, per_band=False)
+def _rep_lupt(stamps, crop=None):
+    return _lupt(stamps, per_band=False, crop=crop)
 
 
-def _rep_lupt_band(stamps):
-    return _lupt(stamps, per_band=True)
+def _rep_lupt_band(stamps, crop=None):
+    return _lupt(stamps, per_band=True, crop=crop)
 
 
-def _rep_source(stamps):
+def _rep_source(stamps, crop=None):
     flux, mask, sky = _arrays(stamps)
-    clean = clean_stamps(flux, mask)
-    f = source_flux(clean, mask, sky)
-    return clean * (SOURCE_SCALE / f).astype(np.float32)[:, None, None, None]
+    # the source flux is the whole stamp's; only the crop is cleaned and scaled
+    f = source_flux(None, mask, sky, gri=clean_gri(flux, mask))
+    x = np.array(clean_stamps(flux, mask, window=crop_window(*flux.shape[2:], crop)), dtype=np.float32)
+    x *= (SOURCE_SCALE / f).astype(np.float32)[:, None, None, None]
+    return x
 
 
-def _rep_source_asinh(stamps):
-    x = _rep_source(stamps)
+def _rep_source_asinh(stamps, crop=None):
+    x = _rep_source(stamps, crop)
     x *= np.float32(1.0 / ASINH_SOFT)
     np.arcsinh(x, out=x)
     x *= np.float32(ASINH_SOFT)
@@ -200,13 +260,13 @@ REPRESENTATIONS = {
     "source": _rep_source,
     "source_asinh": _rep_source_asinh,
 }
-"""Name -> function(stamps) -> float32 (N, 5, 64, 64)."""
+"""Name -> function(stamps, crop=None) -> float32 (N, 5, 64, 64), or its central crop."""
 
 DEFAULT_REPRESENTATION = "source_asinh"
 """Representation of the shipped classifier (see `astrohvae.classify`)."""
 
 
-def network_input(stamps, representation=DEFAULT_REPRESENTATION):
+def network_input(stamps, representation=DEFAULT_REPRESENTATION, crop=None):
     """Network input for ``stamps`` in the named representation.
 
     Parameters
@@ -215,10 +275,14 @@ def network_input(stamps, representation=DEFAULT_REPRESENTATION):
         ``mask`` uint8 (N,ny,nx) and ``sky_sigma`` (N,5).
     representation : str
         A key of `REPRESENTATIONS`.
+    crop : int, optional
+        Return only the central ``crop`` x ``crop`` pixels (`crop_window`),
+        with the values they have in the whole stamp's representation
+        (normalisations still use the whole stamp).
 
     Returns
     -------
-    ndarray float32 (N, 5, ny, nx)
+    ndarray float32 (N, 5, ny, nx), or (N, 5, crop, crop)
     """
     try:
         fn = REPRESENTATIONS[representation]
@@ -226,6 +290,8 @@ def network_input(stamps, representation=DEFAULT_REPRESENTATION):
         raise ValueError(
             f"unknown representation {representation!r}; choose from {sorted(REPRESENTATIONS)}"
         ) from None
-    if len(np.asarray(stamps.flux).shape) and np.asarray(stamps.flux).shape[0] == 0:
-        return np.zeros(np.asarray(stamps.flux).shape, dtype=np.float32)
-    return fn(stamps)
+    shape = np.asarray(stamps.flux).shape
+    if len(shape) and shape[0] == 0:
+        rows, cols = crop_window(*shape[2:], crop)
+        return np.zeros(shape, np.float32)[..., rows, cols].copy()
+    return fn(stamps, crop)

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from astrohvae import BANDS
-from astrohvae.preprocess import MASK_OWN, central_window, clean_stamps, source_flux
+from astrohvae.preprocess import MASK_OWN, central_window, clean_gri, clean_stamps, source_flux
 
 __all__ = [
     "profile_features",
@@ -47,26 +47,34 @@ def _radius_grid(ny, nx, cy=None, cx=None):
 def centroids(img, radius=3.0):
     """First-moment centroid offsets (dy, dx) of ``img`` (N, ny, nx) within ``radius`` of the centre."""
     n, ny, nx = img.shape
-    yy, xx = np.mgrid[:ny, :nx]
-    w = (_radius_grid(ny, nx) <= radius)[None] * np.clip(img, 0, None)
+    win = central_window(ny, nx, int(np.ceil(radius)))  # every weight outside it is 0
+    cy, cx = ny // 2 - win[0].start, nx // 2 - win[1].start
+    sub = np.asarray(img)[(slice(None),) + win]
+    wy, wx = sub.shape[1:]
+    yy, xx = np.mgrid[:wy, :wx]
+    w = (_radius_grid(wy, wx, cy, cx) <= radius)[None] * np.clip(sub, 0, None)
     tot = w.sum(axis=(1, 2))
     tot = np.where(tot > 0, tot, 1.0)
-    dy = (w * (yy - ny // 2)).sum(axis=(1, 2)) / tot
-    dx = (w * (xx - nx // 2)).sum(axis=(1, 2)) / tot
+    dy = (w * (yy - cy)).sum(axis=(1, 2)) / tot
+    dx = (w * (xx - cx)).sum(axis=(1, 2)) / tot
     return np.clip(dy, -1.0, 1.0), np.clip(dx, -1.0, 1.0)
 
 
 def recentre(x, dy, dx):
     """Shift images ``x`` (N, B, ny, nx) by (-dy, -dx) pixels with a Fourier shift."""
-    n, b, ny, nx = x.shape
-    ky = np.fft.fftfreq(ny)[None, :, None]
-    kx = np.fft.rfftfreq(nx)[None, None, :]
-    phase = np.exp(2j * np.pi * (ky * dy[:, None, None] + kx * dx[:, None, None]))
-    ft = np.fft.rfft2(x, axes=(2, 3))  # complex64 for float32 images: float32 results either way
-    ft *= phase.astype(ft.dtype, copy=False)[:, None]
-    out = np.fft.irfft2(ft, s=(ny, nx), axes=(2, 3))
-    return out.astype(np.float32, copy=False)
+    from scipy import fft
 
+    n, b, ny, nx = x.shape
+    ky = np.fft.fftfreq(ny)[None, :]
+    kx = np.fft.rfftfreq(nx)[None, :]
+    ft = fft.rfft2(x, axes=(2, 3))  # complex64 for float32 images: float32 results either way
+    # the phase ramp is separable: exp(2 pi i (ky dy + kx dx)) = exp(2 pi i ky dy) exp(2 pi i kx dx)
+    py = np.exp(2j * np.pi * ky * np.asarray(dy, float)[:, None]).astype(ft.dtype)
+    px = np.exp(2j * np.pi * kx * np.asarray(dx, float)[:, None]).astype(ft.dtype)
+    ft *= py[:, None, :, None]
+    ft *= px[:, None, None, :]
+    out = fft.irfft2(ft, s=(ny, nx), axes=(2, 3), overwrite_x=True)
+    return out.astype(np.float32, copy=False)
 
 
 CHUNK = 2048
@@ -117,13 +125,12 @@ def profile_features(stamps, band_sum=("g", "r", "i"), r_total=8.0):
     """
     flux = np.asarray(stamps.flux, dtype=np.float32)
     mask = np.asarray(stamps.mask, dtype=np.uint8)
-    clean = clean_stamps(flux, mask)
     idx = [BANDS.index(b) for b in band_sum]
     # every radius below is <= r_total: measure on the central window only
     # (same pixels in the same order as on the whole stamp, so same values)
-    cy, cx = clean.shape[2] // 2, clean.shape[3] // 2
-    win = central_window(*clean.shape[2:], int(np.ceil(max(r_total, 5.0))))
-    img = clean[(slice(None), idx) + win].sum(axis=1).astype(np.float64)
+    cy, cx = flux.shape[2] // 2, flux.shape[3] // 2
+    win = central_window(*flux.shape[2:], int(np.ceil(max(r_total, 5.0))))
+    img = clean_stamps(flux[:, idx], mask, window=win).sum(axis=1).astype(np.float64)
     n, ny, nx = img.shape
     r = _radius_grid(ny, nx, cy - win[0].start, cx - win[1].start)
     own = (mask & MASK_OWN) != 0
@@ -151,7 +158,7 @@ def profile_features(stamps, band_sum=("g", "r", "i"), r_total=8.0):
     f_out = (img * (r <= 5.0)[None]).sum(axis=(1, 2))
     conc = np.where(f_out > 0, f_in / np.where(f_out > 0, f_out, 1.0), np.nan)
     sky = np.asarray(stamps.sky_sigma, dtype=np.float64)
-    fsrc = source_flux(clean, mask, sky)
+    fsrc = source_flux(None, mask, sky, gri=clean_gri(flux, mask))
     noise = np.sqrt((sky[:, idx] ** 2).sum(axis=1) * np.maximum(own.sum(axis=(1, 2)), 1))
     snr = fsrc / np.maximum(noise, 1e-12)
     return {"r_half": r_half, "concentration": conc, "flux": fsrc, "snr": snr}
@@ -251,13 +258,12 @@ def band_saturated(stamps, psf_image, hi=0.85, lo=0.6, min_snr=50.0):
     """
     flux = np.asarray(stamps.flux, dtype=np.float32)
     mask = np.asarray(stamps.mask, dtype=np.uint8)
-    clean = clean_stamps(flux, mask)
-    ny, nx = clean.shape[-2:]
+    ny, nx = flux.shape[-2:]
     win = central_window(ny, nx, 5)
     r = _radius_grid(win[0].stop - win[0].start, win[1].stop - win[1].start,
                      ny // 2 - win[0].start, nx // 2 - win[1].start)
     core, ap = (r <= 1.5), (r <= 5.0)
-    c = clean[(slice(None), slice(None)) + win].astype(np.float64)
+    c = clean_stamps(flux, mask, window=win).astype(np.float64)
     f_in, f_ap = (c * core).sum(axis=(2, 3)), (c * ap).sum(axis=(2, 3))
     p = np.asarray(psf_image, np.float64)[(slice(None),) + win]
     c_psf = (p * core).sum(axis=(1, 2)) / np.maximum((p * ap).sum(axis=(1, 2)), 1e-12)
@@ -375,8 +381,7 @@ def psf_match(stamps, psf, radius=5.0):
     flux = np.asarray(stamps.flux, dtype=np.float32)
     mask = np.asarray(stamps.mask, dtype=np.uint8)
     sky = np.asarray(stamps.sky_sigma, dtype=np.float64)
-    clean = clean_stamps(flux, mask)
-    img = clean[:, _GRI].sum(axis=1)
+    img = clean_gri(flux, mask)
     dy, dx = centroids(img)
     img = recentre(img[:, None], dy, dx)[:, 0]
     p = psf.image[_GRI].sum(axis=0).astype(np.float64)

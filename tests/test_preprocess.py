@@ -7,7 +7,9 @@ from astrohvae.photometry import luptitude
 from astrohvae.preprocess import (
     DEFAULT_REPRESENTATION,
     REPRESENTATIONS,
+    clean_gri,
     clean_stamps,
+    crop_window,
     network_input,
     source_flux,
 )
@@ -97,3 +99,34 @@ def test_clean_stamps_zeroes_bad_pixels_and_is_not_served_stale():
     )
     # input untouched
     assert np.isnan(flux[0, 1, 2, 3]) and np.isinf(flux[1, 2, 4, 4])
+
+
+def test_windowed_cleaning_and_gri_match_the_whole_stamp():
+    rng = np.random.default_rng(4)
+    flux = rng.normal(size=(5, 5, 16, 16)).astype(np.float32)
+    flux[0, 1, 8, 8] = np.nan  # g: a NaN inside the window and the g+r+i image
+    flux[1, 3, 2, 2] = np.inf  # i: outside the window
+    flux[2, 2, 7, 9] = -np.inf
+    mask = np.zeros((5, 16, 16), np.uint8)
+    mask[3, 6:10, 6:10] = 2
+    mask[4, :, 9:] = 4
+    full = clean_stamps(flux, mask)
+    win = (slice(5, 12), slice(4, 11))
+    part = clean_stamps(flux, mask, window=win)
+    np.testing.assert_array_equal(part, full[:, :, 5:12, 4:11])
+    gri = clean_gri(flux, mask)
+    np.testing.assert_array_equal(gri, full[:, 1] + full[:, 2] + full[:, 3])
+    assert np.isfinite(gri).all() and clean_gri(flux, mask) is gri
+    # source_flux from the g+r+i image = from the cleaned stamps
+    np.testing.assert_allclose(source_flux(None, mask, gri=gri), source_flux(full, mask), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(REPRESENTATIONS))
+def test_cropped_input_is_the_crop_of_the_whole_input(name):
+    st = _stamps(n=6)
+    st.mask[2, 40:50, 40:50] = 2  # a neighbour outside the crop still counts in the normalisation
+    whole = network_input(st, name)
+    rows, cols = crop_window(64, 64, 32)
+    assert (rows.start, rows.stop) == (16, 48)
+    np.testing.assert_allclose(network_input(st, name, crop=32), whole[:, :, rows, cols], rtol=1e-6, atol=1e-7)
+    assert network_input(st[0:0], name, crop=32).shape == (0, 5, 32, 32)
