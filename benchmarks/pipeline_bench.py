@@ -148,6 +148,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DATA, help="folder of SDSS field folders")
     ap.add_argument("--fields", type=int, default=8, help="how many fields (default all eight)")
+    ap.add_argument("--only", nargs="*", default=None, metavar="NAME",
+                    help="only these field folders (e.g. 005405-6-0099), instead of the first --fields")
     ap.add_argument("--weights", default=None, help="classifier weights (default: shipped)")
     ap.add_argument("--segmenter", default="auto", choices=["auto", "network", "photutils"])
     ap.add_argument("--batch-size", type=int, default=256)
@@ -169,6 +171,12 @@ def main(argv=None):
 
     torch.set_num_threads(1)
     fields = sorted(p for p in args.data.iterdir() if p.is_dir())[: args.fields]
+    if args.only:
+        fields = [args.data / name for name in args.only]
+        missing = [str(p) for p in fields if not p.is_dir()]
+        if missing:
+            print(f"no such field folder: {', '.join(missing)}", file=sys.stderr)
+            return 2
     result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
               "n_fields": len(fields), "segmenter_option": args.segmenter}
