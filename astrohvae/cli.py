@@ -354,3 +354,7 @@ def evaluate(test, train_path, truth, out_dir, methods, seeds, quick):
 
 
 # --- end evaluate ------------------------------------------------------------
+
+
+if __name__ == "__main__":  # ``python -m astrohvae.cli``, as the console script
+    main()

@@ -1,4 +1,11 @@
-"""Choice of the torch device: ``'auto'`` -> CUDA when available, else CPU."""
+"""Choice of the torch device: ``'auto'`` -> CUDA when available, else CPU.
+
+On CUDA, cuDNN's TF32 convolutions (on by default in torch) are turned off
+when a CUDA device is resolved: with them, the catalogue of a real SDSS field
+differed from the CPU one (segmaps by ~28 pixels, p_galaxy by up to 1.5e-3);
+in float32 they are identical (checked on an H200: same segmap, classes and
+masks, p_galaxy within 2e-7), at no measurable cost for these small networks.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ def resolve_device(device="auto"):
     else:
         name = str(device or "auto").strip().lower()
         if name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            name = "cuda" if torch.cuda.is_available() else "cpu"
         try:
             dev = torch.device(name)
         except RuntimeError as exc:
@@ -34,4 +41,12 @@ def resolve_device(device="auto"):
         raise ValueError(f"device {device!r} asked for but CUDA is not available on this machine")
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device {device!r} is not supported (use auto, cpu or cuda)")
+    if dev.type == "cuda":
+        _strict_float32(torch)
     return dev
+
+
+def _strict_float32(torch):
+    """Full float32 convolutions and matrix products on CUDA (no TF32): CPU and GPU catalogues agree."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False

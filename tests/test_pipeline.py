@@ -341,3 +341,30 @@ def test_real_field_classes_do_not_depend_on_batch_size():
     assert len(a.table) == len(b.table) > 500
     np.testing.assert_allclose(np.asarray(a.table["p_galaxy"]), np.asarray(b.table["p_galaxy"]), atol=1e-5)
     assert list(a.table["class"]) == list(b.table["class"])
+
+
+def test_module_entry_points_run_the_cli():
+    import subprocess
+    import sys
+
+    for mod in ("astrohvae", "astrohvae.cli"):
+        res = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert "run" in res.stdout and "survey" in res.stdout
+
+
+def test_device_resolution_and_strict_float32_on_cuda():
+    from types import SimpleNamespace
+
+    import torch
+
+    from astrohvae.device import _strict_float32, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="not a device|unknown device"):
+        resolve_device("warp-drive")
+    fake = SimpleNamespace(backends=SimpleNamespace(cudnn=SimpleNamespace(allow_tf32=True),
+                                                    cuda=SimpleNamespace(matmul=SimpleNamespace(allow_tf32=True))))
+    _strict_float32(fake)
+    assert fake.backends.cudnn.allow_tf32 is False and fake.backends.cuda.matmul.allow_tf32 is False
