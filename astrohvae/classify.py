@@ -199,20 +199,27 @@ from astrohvae.psf import per_stamp_chunks as _per_stamp_chunks  # noqa: E402
 _PHYS_CACHE = {}
 
 
-def _physical(stamps, ref=None, colours=False):
+def _physical(stamps, ref=None, colours=False, pass1=None):
     """Cached `_physical_compute` (the same stamp arrays are often scored many times)."""
     key = (id(stamps.flux), len(stamps.flux), ref is None, LOCUS_NORMALISE, bool(colours))
     hit = _PHYS_CACHE.get(key)
     if hit is not None and hit[0] is stamps.flux:
         return hit[1]
-    res = _physical_compute(stamps, ref, colours)
+    res = _physical_compute(stamps, ref, colours, pass1)
     if len(_PHYS_CACHE) > 8:
         _PHYS_CACHE.clear()
     _PHYS_CACHE[key] = (stamps.flux, res)
     return res
 
 
-def _physical_compute(stamps, ref=None, colours=False):
+def _pass1_statistics():
+    """The field-independent per-stamp statistics of `_physical_compute` (its first pass)."""
+    from astrohvae.psf import profile_features, saturated
+
+    return (profile_features, saturated, aperture_colours)
+
+
+def _physical_compute(stamps, ref=None, colours=False, pass1=None):
     """Label-free physical statistics of each source.
 
     Morphology against the stellar locus / PSF of each field (log r_half /
@@ -224,12 +231,19 @@ def _physical_compute(stamps, ref=None, colours=False):
     LatentVAE reads; with ``colours`` (N, 16): then the PSF-fit colours and
     their errors (`psf_colours`, for the colour likelihood).  ``ref`` holds the locus values and
     the PSF used for groups (fields) too small to estimate their own.
-    """
-    from astrohvae.psf import (PSFModel, _stellar_locus, band_saturated, estimate_psf, profile_features, psf_match,
-                               saturated)
 
-    feat = profile_features(stamps)
-    sat_all = saturated(stamps)
+    The stamps are read twice, chunk by chunk (`astrohvae.psf.chunked_statistics`;
+    they may be lazily backed): once for the field-independent statistics
+    (``pass1``: `profile_features`, `saturated`, `aperture_colours`, given
+    when the caller has made them in its own pass), once for those against
+    the field's PSF (`psf_match`, `band_saturated`).
+    """
+    from astrohvae.psf import (PSFModel, _stellar_locus, band_saturated, chunked_statistics, estimate_psf,
+                               psf_match)
+
+    if pass1 is None:
+        pass1 = chunked_statistics(stamps, *_pass1_statistics())
+    feat, sat_all, ap_colours = pass1
     n = len(feat["r_half"])
     fields = np.asarray(stamps.meta["field"]).astype(str) if (
         hasattr(stamps, "meta") and stamps.meta is not None and "field" in stamps.meta.colnames
@@ -254,7 +268,7 @@ def _physical_compute(stamps, ref=None, colours=False):
             if locus.sum() < MIN_LOCUS:
                 raise ValueError("too few stars")
             c_star = float(np.median(sub["concentration"][locus]))
-            psf = estimate_psf(sub_st, features=sub)
+            psf = estimate_psf(sub_st, features=sub, saturated_flags=sat)
         except ValueError:
             locus = None
             if ref is None:
@@ -263,10 +277,10 @@ def _physical_compute(stamps, ref=None, colours=False):
                 r_star, c_star, psf = glob["r_star"], glob["c_star"], PSFModel(glob["psf"], glob["r_star"], 0)
             else:
                 r_star, c_star, psf = ref["r_star"], ref["c_star"], PSFModel(ref["psf"], ref["r_star"], 0)
-        m = psf_match(sub_st, psf)
+        m, band_sat = chunked_statistics(sub_st, lambda c: psf_match(c, psf), lambda c: band_saturated(c, psf.image))
         ratio, spread = m["psf_ratio"], m["spread_model"]
         if SATURATED_STELLAR:
-            sat = sat | band_saturated(sub_st, psf.image)
+            sat = sat | band_sat
         if colours:
             nk = noise_scale(sub_st, psf.image)
             if nk is not None:
@@ -303,7 +317,7 @@ def _physical_compute(stamps, ref=None, colours=False):
             if colours:
                 out[k, N_PHYSICAL + 4 :] = 10.0  # saturated: colours unmeasurable (no colour evidence)
             sat_groups.append((k, sel[locus] if locus is not None else sel[bright]))
-    out[:, 4:8] = aperture_colours(stamps)
+    out[:, 4:8] = ap_colours
     for k, ref_rows in sat_groups:
         # a saturated core's aperture colours are the interpolation's, not the
         # star's: such sources get their field's typical stellar colours
@@ -774,6 +788,10 @@ class HierarchicalClassifier:
 
     method = "A+Vr"
 
+    reads_lazy_stamps = True
+    """`transform` reads the stamps chunk by chunk (`astrohvae.psf.chunked_statistics`):
+    they may be zarr/dask-backed, and a pipeline need not load a field's stamps at once."""
+
     def __init__(self, representation=DEFAULT_REPRESENTATION, crop=32, physical=True, star_weight=0.35,
                  star_mean=-1.5, star_sigma=0.35, galaxy_mean=1.0, galaxy_sigma=1.0, symmetric_prior=False,
                  ae_latent=30, channels=(16, 32, 64, 64), ae_epochs=4, vae_epochs=40, batch_size=128,
@@ -938,17 +956,25 @@ class HierarchicalClassifier:
         if n == 0:
             return {"z_ae": np.zeros((0, self.ae_latent), np.float32), "z_hvae": np.zeros((0, 1), np.float32),
                     "z_hvae_sigma": np.zeros((0, 1), np.float32)}
+        from astrohvae.psf import chunked_statistics
+
         dev = next(self.ae_.parameters()).device
-        zs = []
-        for i in range(0, n, max(1, batch_size)):
-            sub = stamps[i : i + batch_size]
-            x = _inputs(sub, self.representation, self.crop)
-            zs.append(_batched(self.ae_.encode, x, batch_size, dev)[0])
-        z = np.concatenate(zs).astype(np.float32)
+        bs = max(1, batch_size)
+
+        def encode(chunk):
+            zs = [_batched(self.ae_.encode, _inputs(chunk[i : i + bs], self.representation, self.crop), bs, dev)[0]
+                  for i in range(0, len(chunk.flux), bs)]
+            return np.concatenate(zs)
+
+        # one pass over the (possibly zarr/dask-backed) stamps for the AE
+        # latents and the field-independent statistics of each chunk
+        res = chunked_statistics(stamps, encode, *(_pass1_statistics() if self.physical else ()))
+        z = res[0].astype(np.float32)
         feats = [self._ae_feats(z)]
         phys = None
         if self.physical:
-            phys = _physical(stamps, self.ref_, colours=getattr(self, "colour_templates_", None) is not None)[0]
+            phys = _physical(stamps, self.ref_, colours=getattr(self, "colour_templates_", None) is not None,
+                             pass1=res[1:])[0]
             feats.append(phys[:, self._phys_cols()])
         mu, sig = self._encode_latent(np.concatenate(feats, axis=1))
         out = {"z_ae": z, "z_hvae": mu.astype(np.float32), "z_hvae_sigma": sig.astype(np.float32)}

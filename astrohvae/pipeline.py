@@ -448,17 +448,22 @@ def _classify_field(clf, dflux, dmask, dsky, meta, stamps_mod, batch_size):
     The classifier calibrates its morphology statistics on the field's own
     stellar locus and PSF, estimated from all the sources of a field given in
     one call; handing it the field chunk by chunk would make a source's class
-    depend on which chunk it fell in.  So the zarr-backed stamps are gathered
-    for the field (memory grows with the sources of one field, never with the
-    number of fields) and the classifier runs its networks in batches of
+    depend on which chunk it fell in.  A classifier that reads lazily backed
+    stamps (``reads_lazy_stamps``, as the shipped A+Vr) gets the zarr-backed
+    dask array of the fluxes and reads it chunk by chunk (memory bounded by
+    its chunk, whatever the field's number of sources); any other gets the
+    field's stamps gathered in memory.  The networks run in batches of
     ``batch_size``.
     """
     import dask.array as da
 
     # chunk by chunk straight into one buffer per array (a compute() would
-    # concatenate the chunks: one more copy of the field's stamps)
-    f, m, s = (np.empty(d.shape, d.dtype) for d in (dflux, dmask, dsky))
-    da.store([dflux, dmask, dsky], [f, m, s], lock=False, scheduler="synchronous")
+    # concatenate the chunks: one more copy)
+    lazy = bool(getattr(clf, "reads_lazy_stamps", False))
+    arrays = [dmask, dsky] if lazy else [dflux, dmask, dsky]
+    bufs = [np.empty(d.shape, d.dtype) for d in arrays]
+    da.store(arrays, bufs, lock=False, scheduler="synchronous")
+    f, m, s = ([dflux] + bufs) if lazy else bufs
     st = stamps_mod.StampSet(flux=f, mask=m, sky_sigma=s, meta=meta)
     try:
         p, lat = _predict(clf, st, batch_size)

@@ -13,6 +13,11 @@ Everything here is measured from the stamps themselves, without any label:
 * `psf_match` -- for every stamp the ratio of its PSF-fitted flux to its
   aperture flux (``~1`` for stars, ``< 1`` for extended sources, the analogue
   of SDSS's ``psfMag - modelMag``) and the normalised residual of the fit.
+
+The stamps may be lazily backed (dask or zarr arrays, as the pipeline's
+stamp store gives them): the per-stamp statistics read them `CHUNK` stamps
+at a time (`chunked_statistics`, `loaded`), so a field's stamps never need
+to be in memory at once.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from astrohvae import BANDS
 from astrohvae.preprocess import MASK_OWN, central_window, clean_gri, clean_stamps, source_flux
 
 __all__ = [
+    "chunked_statistics",
+    "loaded",
     "profile_features",
     "estimate_psf",
     "psf_match",
@@ -81,25 +88,77 @@ CHUNK = 2048
 """Stamps processed at once by the per-stamp statistics (bounds their temporaries)."""
 
 
+def _load(x, dtype):
+    if isinstance(x, np.ndarray):
+        return x
+    compute = getattr(x, "compute", None)
+    if compute is not None:  # a dask array: read in this thread (a worker's one core)
+        x = compute(scheduler="synchronous")
+    return np.asarray(x, dtype=dtype)
+
+
+def loaded(stamps):
+    """``stamps`` with numpy arrays: lazily backed ones (dask, zarr) are read, once.
+
+    StampSet-likes whose ``flux``, ``mask`` and ``sky_sigma`` are numpy arrays
+    are returned as they are.
+    """
+    parts = {"flux": np.float32, "mask": np.uint8, "sky_sigma": np.float32}
+    if all(isinstance(getattr(stamps, k), np.ndarray) for k in parts):
+        return stamps
+    arrays = {k: _load(getattr(stamps, k), t) for k, t in parts.items()}
+    meta = getattr(stamps, "meta", None)
+    if hasattr(stamps, "__getitem__") and meta is not None:
+        return type(stamps)(arrays["flux"], arrays["mask"], arrays["sky_sigma"], meta)
+    return SimpleNamespace(**arrays, meta=meta)
+
+
+def _concat(parts):
+    if isinstance(parts[0], dict):
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return np.concatenate(parts)
+
+
+def chunked_statistics(stamps, *fns):
+    """Run several per-stamp statistics over ``stamps``, reading each chunk once.
+
+    The stamps are taken `CHUNK` at a time (read from their store when lazily
+    backed, `loaded`); every ``fn(chunk)`` (an array, or a dict of arrays,
+    along the stamp axis) runs on the same chunk, so the chunk is read and
+    cleaned once for all of them (`astrohvae.preprocess.clean_gri` and
+    `clean_stamps` reuse their last result).
+
+    Returns
+    -------
+    list
+        One concatenated result per ``fn``.
+    """
+    n = len(stamps.flux)
+    if n <= CHUNK or not hasattr(stamps, "__getitem__"):
+        sub = loaded(stamps)
+        return [fn(sub) for fn in fns]
+    parts = [[] for _ in fns]
+    for i in range(0, n, CHUNK):
+        sub = loaded(stamps[i : i + CHUNK])
+        for k, fn in enumerate(fns):
+            parts[k].append(fn(sub))
+    return [_concat(p) for p in parts]
+
+
 def per_stamp_chunks(fn):
     """Run a per-stamp statistic ``fn(stamps, ...)`` on slices of `CHUNK` stamps.
 
     The statistics below treat every stamp on its own, so slicing changes
     nothing but the size of their float64 temporaries (a crowded field's
     10,000 stamps would otherwise need several GB).  Outputs (arrays, or dicts
-    of arrays, along the stamp axis) are concatenated.
+    of arrays, along the stamp axis) are concatenated.  Lazily backed stamps
+    are read chunk by chunk (`chunked_statistics`).
     """
     import functools
 
     @functools.wraps(fn)
     def wrapper(stamps, *args, **kwargs):
-        n = len(stamps.flux)
-        if n <= CHUNK or not hasattr(stamps, "__getitem__"):
-            return fn(stamps, *args, **kwargs)
-        parts = [fn(stamps[i : i + CHUNK], *args, **kwargs) for i in range(0, n, CHUNK)]
-        if isinstance(parts[0], dict):
-            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        return np.concatenate(parts)
+        return chunked_statistics(stamps, lambda sub: fn(sub, *args, **kwargs))[0]
 
     return wrapper
 
@@ -276,12 +335,12 @@ def band_saturated(stamps, psf_image, hi=0.85, lo=0.6, min_snr=50.0):
 
 
 def _stack(stamps, idx):
-    flux = np.asarray(stamps.flux[idx], dtype=np.float32)
-    mask = np.asarray(stamps.mask[idx], dtype=np.uint8)
+    flux = np.asarray(_load(stamps.flux[idx], np.float32), dtype=np.float32)
+    mask = np.asarray(_load(stamps.mask[idx], np.uint8), dtype=np.uint8)
     clean = clean_stamps(flux, mask)
     dy, dx = centroids(clean[:, _GRI].sum(axis=1))
     clean = recentre(clean, dy, dx)
-    f = source_flux(clean, mask, np.asarray(stamps.sky_sigma[idx]))
+    f = source_flux(clean, mask, _load(stamps.sky_sigma[idx], np.float32))
     # the PSF is kept within 12 px of the centre: the median over the central window only
     ny, nx = clean.shape[-2:]
     h = 12
@@ -298,7 +357,7 @@ PSF_ITERATIONS = 2
 """Rounds of `estimate_psf`'s sigma-clipping of the stellar locus in SPREAD_MODEL."""
 
 
-def estimate_psf(stamps, min_snr=50.0, max_stars=300, features=None, iterations=None):
+def estimate_psf(stamps, min_snr=50.0, max_stars=300, features=None, iterations=None, saturated_flags=None):
     """PSF of ``stamps`` from its most compact bright sources, without labels.
 
     The bright sources (S/N >= ``min_snr``) are placed by half-light radius;
@@ -321,13 +380,15 @@ def estimate_psf(stamps, min_snr=50.0, max_stars=300, features=None, iterations=
         Precomputed `profile_features(stamps)`.
     iterations : int, optional
         Default `PSF_ITERATIONS`.
+    saturated_flags : ndarray of bool, optional
+        Precomputed `saturated(stamps)`.
 
     Returns
     -------
     PSFModel
     """
     feat = profile_features(stamps) if features is None else features
-    sat = saturated(stamps)
+    sat = saturated(stamps) if saturated_flags is None else np.asarray(saturated_flags, bool)
     rh = feat["r_half"]
     snr = np.where(sat, 0.0, feat["snr"])
     r_star, bw = _stellar_locus(rh, snr, min_snr)
@@ -347,8 +408,8 @@ def estimate_psf(stamps, min_snr=50.0, max_stars=300, features=None, iterations=
     for _ in range(n_iter):
         if idx.size < 8:
             break
-        sub = SimpleNamespace(flux=np.asarray(stamps.flux[idx]), mask=np.asarray(stamps.mask[idx]),
-                              sky_sigma=np.asarray(stamps.sky_sigma[idx]))
+        sub = SimpleNamespace(flux=_load(stamps.flux[idx], np.float32), mask=_load(stamps.mask[idx], np.uint8),
+                              sky_sigma=_load(stamps.sky_sigma[idx], np.float32))
         sp = psf_match(sub, PSFModel(img, r_star, idx.size))["spread_model"]
         med = np.median(sp)
         mad = 1.4826 * np.median(np.abs(sp - med))
