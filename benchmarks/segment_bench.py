@@ -21,8 +21,10 @@ stars when the field has a star list.
 
 The network variants run as `NetworkSegmenter.segment` ships them: network
 seeds, matched-filter seeds, deblending and isophotal growth to 0.5 r sky
-sigma (see `astrohvae.segment`).  ``--plain`` adds each variant with the
-network's own footprints only (``isophote=None, seed_nsigma=None``).
+sigma (see `astrohvae.segment`), with the band test and the PSF-scaled growth
+of faint segments.  ``--plain`` adds each variant with the
+network's own footprints only (``isophote=None, seed_nsigma=None,
+band_nsigma=None``).
 
 Writes ``segment_bench.json`` and ``README.md`` (the tables) into ``--out``;
 ``--readme-only`` rewrites the README from an existing JSON.
@@ -126,7 +128,7 @@ def _segmenters(weights, refit, plain=False, device="cpu"):
                 out[v + " (refit)"] = NetworkSegmenter.load(d, device=device, rule="refit")
             if plain:
                 out[v + " (network footprints only)"] = NetworkSegmenter.load(
-                    d, device=device, isophote=None, seed_nsigma=None)
+                    d, device=device, isophote=None, seed_nsigma=None, band_nsigma=None)
     return out
 
 
