@@ -453,13 +453,15 @@ def windowed_centroids(image, cy, cx, sigma=1.5, half=6, n_iter=8, max_shift=3.0
     return y, x
 
 
-def band_support(bands, cy, cx, sigma=1.5, half=4, valid=None, n_sky=4000, random_state=0):
+def band_support(bands, cy, cx, sigma=1.5, half=4, valid=None, segm_data=None, n_sky=4000, random_state=0):
     """Matched-filter S/N of sources in each of several bands.
 
     Each band is weighted by a Gaussian of ``sigma`` pixels (about the
     PSF's) centred on every source; the noise of that sum is measured, not
-    assumed, as the robust spread of the same sum at ``n_sky`` random valid
-    positions of the field (the resampled bands' pixel noise is correlated).
+    assumed, as the robust spread of the same sum at up to ``n_sky`` random
+    valid positions of the field, off every segment of ``segm_data`` when
+    given (the resampled bands' pixel noise is correlated; in a crowded
+    field most random positions would land on sources).
 
     Parameters
     ----------
@@ -467,6 +469,16 @@ def band_support(bands, cy, cx, sigma=1.5, half=4, valid=None, n_sky=4000, rando
         ``(n_bands, ny, nx)``, background subtracted.
     cy, cx : numpy.ndarray
         Source centres (pixels).
+    sigma : float
+        Gaussian weight sigma (pixels).
+    half : int
+        Half side of the weighted window (pixels).
+    valid : numpy.ndarray of bool, optional
+        Pixels where the noise may be sampled.
+    segm_data : numpy.ndarray, optional
+        Labels; the noise is sampled where they are 0.
+    n_sky, random_state : int
+        Noise samples and their random seed (fixed: reproducible).
 
     Returns
     -------
@@ -477,11 +489,15 @@ def band_support(bands, cy, cx, sigma=1.5, half=4, valid=None, n_sky=4000, rando
 
     nb, ny, nx = bands.shape
     rng = np.random.default_rng(random_state)
-    sy = rng.uniform(half, ny - 1 - half, n_sky)
-    sx = rng.uniform(half, nx - 1 - half, n_sky)
+    sy = rng.uniform(half, ny - 1 - half, 5 * n_sky)
+    sx = rng.uniform(half, nx - 1 - half, 5 * n_sky)
+    iy, ix = np.rint(sy).astype(int), np.rint(sx).astype(int)
+    keep = np.ones(sy.size, bool)
     if valid is not None:
-        keep = valid[np.rint(sy).astype(int), np.rint(sx).astype(int)]
-        sy, sx = sy[keep], sx[keep]
+        keep &= valid[iy, ix]
+    if segm_data is not None:
+        keep &= segm_data[iy, ix] == 0
+    sy, sx = sy[keep][:n_sky], sx[keep][:n_sky]
     y = np.r_[np.asarray(cy, np.float64), sy]
     x = np.r_[np.asarray(cx, np.float64), sx]
     idx, inside, yy, xx = _stamps((ny, nx), y, x, half)
@@ -1256,7 +1272,7 @@ class NetworkSegmenter:
         lab = np.flatnonzero(W > 0)
         lab = lab[lab > 0]
         wy, wx = windowed_centroids(det, cy[lab], cx[lab], sigma=self.seed_sigma)
-        snr = band_support(gri, wy, wx, sigma=self.seed_sigma, valid=valid)
+        snr = band_support(gri, wy, wx, sigma=self.seed_sigma, valid=valid, segm_data=data)
         keep = np.zeros(n + 1, bool)
         keep[lab[np.sort(snr, axis=1)[:, -2] >= self.band_nsigma]] = True
         if keep.all() or not keep[1:].any():
