@@ -32,15 +32,17 @@ feature maps, upsampled to full resolution) are then split into "object" and
 7. each segment is grown to its analysis isophote, ``isophote`` (0.5) r sky
    sigma per pixel (`grow_isophotal`): the network's footprints stop near
    1.5-2 sigma per pixel and miss the faint wings, which single noisy
-   pixels cannot decide.  Segments with S/N >= ``psf_snr`` (12) find the
-   level on their azimuthally averaged profile in the ellipse of their
-   second moments; fainter ones, nearly unresolved and whose annulus at
-   the isophote has S/N ~ 1, get a circle about their windowed centroid
-   (`windowed_centroids`) out to where the field's own PSF profile
-   (`psf_profile`, measured on its most concentrated bright sources),
-   scaled to the source's matched-filter amplitude, falls to the level.
-   The result is a `photutils.segmentation.SegmentationImage`
-   (0 background, k = source k).
+   pixels cannot decide.  Segments with S/N >= ``psf_snr`` (12) grow in
+   the ellipse of their second moments, to the radius where their
+   azimuthally averaged profile falls to the level or, for point-like ones,
+   where the field's stellar profile (measured on its bright stars out to
+   30 px) scaled to their core amplitude does; fainter ones, nearly
+   unresolved and whose annulus at the isophote has S/N ~ 1, get a circle
+   about their windowed centroid (`windowed_centroids`) out to where the
+   field's PSF profile (`psf_profile`), scaled to their matched-filter
+   amplitude, falls to the level (at least their own area).  The result is
+   a `photutils.segmentation.SegmentationImage` (0 background, k = source
+   k).
 
 Whole fields run in overlapping tiles through `dask.array.map_overlap`
 (``tile`` pixels per block plus ``overlap`` pixels on each side, at least the
@@ -53,7 +55,7 @@ the plain AE and the VAE give blurred hypercolumns whose mixture "object"
 component swallows halos and noise (purity 0.2-0.5), as the seed paper
 describes qualitatively.  Steps 4-7 (parameters chosen on simulated
 seeds 10-12, none of the benchmark's) raise ae-res-hc's pixel IoU with the
-simulator's 0.5-sigma truth mask from 0.70-0.72 to 0.78-0.80 on those
+simulator's 0.5-sigma truth mask from 0.70-0.72 to 0.78-0.81 on those
 seeds, and its purity from 0.95 to 0.97-0.98.
 
 Public API
@@ -377,14 +379,16 @@ def matched_filter_seeds(det, segm_data, nsigma, sigma_px, n_pixels):
 def _segment_moments(segm_data, image):
     """Flux-weighted centre and second moments of every segment's own pixels, all at once.
 
-    Weights are ``image`` clipped at 0.  Returns ``(W, cy, cx, cxx, cxy, cyy)``,
-    arrays indexed by label (index 0 unused); 0.25 px^2 is added to the
-    diagonal (a pixel's own variance) as in `grow_isophotal`.
+    Weights are ``image`` clipped at 0.  Returns ``(W, cy, cx, cxx, cxy, cyy,
+    area, flux)``, arrays indexed by label (index 0 unused): the weight sum,
+    centre, second moments (0.25 px^2, a pixel's own variance, added to the
+    diagonal, as in `grow_isophotal`), pixel count and unclipped flux.
     """
     n = int(segm_data.max(initial=0))
     yy, xx = np.nonzero(segm_data)
     lab = segm_data[yy, xx]
-    w = np.clip(image[yy, xx], 0, None).astype(np.float64)
+    v = image[yy, xx].astype(np.float64)
+    w = np.clip(v, 0, None)
     W = np.bincount(lab, w, n + 1)
     Wd = np.where(W > 0, W, 1.0)
     cy = np.bincount(lab, w * yy, n + 1) / Wd
@@ -393,7 +397,7 @@ def _segment_moments(segm_data, image):
     cxx = np.bincount(lab, w * dx * dx, n + 1) / Wd + 0.25
     cxy = np.bincount(lab, w * dx * dy, n + 1) / Wd
     cyy = np.bincount(lab, w * dy * dy, n + 1) / Wd + 0.25
-    return W, cy, cx, cxx, cxy, cyy
+    return W, cy, cx, cxx, cxy, cyy, np.bincount(lab, minlength=n + 1), np.bincount(lab, v, n + 1)
 
 
 def _stamps(shape, cy, cx, half):
@@ -512,13 +516,14 @@ def band_support(bands, cy, cx, sigma=1.5, half=4, valid=None, segm_data=None, n
 
 
 def psf_profile(image, segm_data, cy, cx, snr, valid=None, snr_range=(30.0, 400.0), step=0.5, rmax=10.0,
-                fraction=0.3, min_stars=5):
+                fraction=0.3, min_stars=5, max_sources=400):
     """The field's azimuthal PSF profile, from its most concentrated bright sources.
 
     Segments with ``snr_range[0] <= snr < snr_range[1]`` are profiled in
     circular bins of ``step`` pixels about their centres (``cy, cx``:
     windowed centroids), over their own and free valid pixels, each profile
-    normalised by its mean within 1.5 px.  The ``fraction`` most concentrated
+    normalised by its mean within 1.5 px (at most ``max_sources``, those of
+    highest S/N, in a crowded field).  The ``fraction`` most concentrated
     ones (ratio of the mean within 1.5 px to the mean at 1.5-3 px: the stars,
     whatever the field's star-galaxy mix) are median-combined.  No labels,
     no PSF model: the profile is measured on the field itself.
@@ -532,6 +537,8 @@ def psf_profile(image, segm_data, cy, cx, snr, valid=None, snr_range=(30.0, 400.
     """
     lab = np.flatnonzero((snr >= snr_range[0]) & (snr < snr_range[1]))
     lab = lab[lab > 0]
+    if lab.size > max_sources:
+        lab = np.sort(lab[np.argsort(-snr[lab])[:max_sources]])
     n_use = int(round(fraction * lab.size))
     if n_use < min_stars:
         return None
@@ -591,8 +598,81 @@ def _psf_radii(image, segm_data, lab, cy, cx, psf, isophote, valid, fit_radius=3
     return np.minimum(R, half), idx, rr, ok & (s == 0)
 
 
+def _star_radii(image, segm_data, lab, cy, cx, isophote, valid=None, snr=None, rmax=30, step=0.5, n_template=50,
+                conc_fraction=0.9):
+    """Isophotal radii of bright point-like segments from the field's own stellar profile.
+
+    For segments ``lab`` (bright; centres ``cy, cx``: windowed centroids):
+    the core amplitude (mean within 1.5 px) and the concentration (core over
+    the mean at 1.5-3 px) are measured on small windows.  Segments at least
+    ``conc_fraction`` times as concentrated as the 70th percentile of those
+    with S/N 30-400 (``snr``), with a fully valid core, are point-like.  The
+    stellar profile out to ``rmax`` px is the inverse-variance weighted mean
+    (weights core^2 x pixels per bin) of the ``n_template`` brightest
+    point-like segments' profiles, each divided by its core amplitude: the
+    bright stars set the faint wings, where a star's own annulus at its
+    isophote has S/N ~ 4 only and a shallow slope, so its crossing radius
+    scatters by 1-2 px.  A point-like segment's radius is where its core
+    amplitude times that profile falls to ``isophote``.
+
+    Returns
+    -------
+    numpy.ndarray
+        One radius per ``lab``; NaN where the segment is not point-like or
+        its isophote lies beyond ``rmax``.
+    """
+    R = np.full(lab.size, np.nan)
+    if lab.size == 0:
+        return R
+
+    def windows(sel, half):
+        idx, inside, yy, xx = _stamps(image.shape, cy[sel], cx[sel], half)
+        sg = segm_data.ravel()[idx]
+        ok = inside & ((sg == 0) | (sg == lab[sel][:, None, None]))
+        if valid is not None:
+            ok &= valid.ravel()[idx]
+        rr = np.hypot(yy - cy[sel][:, None, None], xx - cx[sel][:, None, None])
+        return image.ravel()[idx], ok, inside, rr
+
+    allsel = np.arange(lab.size)
+    v, ok, inside, rr = windows(allsel, 3)
+    c_in = ok & (rr < 1.5)
+    core = (v * c_in).sum(axis=(1, 2)) / np.maximum(c_in.sum(axis=(1, 2)), 1)
+    m_in = ok & (rr >= 1.5) & (rr < 3.0)
+    conc = core / np.maximum((v * m_in).sum(axis=(1, 2)) / np.maximum(m_in.sum(axis=(1, 2)), 1), 1e-6)
+    full_core = ~np.any((rr < 2.0) & ~(ok & inside), axis=(1, 2))
+    ref = (snr >= 30.0) & (snr < 400.0) if snr is not None else np.ones(lab.size, bool)
+    if ref.sum() < 5:
+        return R
+    star = (conc >= conc_fraction * np.percentile(conc[ref], 70)) & full_core & (core > 0)
+    if star.sum() < 5:
+        return R
+    tmpl = np.flatnonzero(star)
+    tmpl = tmpl[np.argsort(-core[tmpl])][:n_template]
+    v, ok, _, rr = windows(tmpl, int(rmax))
+    nb = int(round(rmax / step))
+    k = (rr / step).astype(np.int64)
+    use = ok & (k < nb)
+    src = np.broadcast_to(np.arange(tmpl.size)[:, None, None], k.shape)
+    key = (src * nb + k)[use]
+    cnt = np.bincount(key, minlength=tmpl.size * nb).reshape(tmpl.size, nb)
+    tot = np.bincount(key, v[use], minlength=tmpl.size * nb).reshape(tmpl.size, nb)
+    # sum over stars of w * (tot / cnt / core) with w = core^2 * cnt  ==  core * tot
+    num = (core[tmpl, None] * tot).sum(axis=0)
+    den = (core[tmpl, None] ** 2 * cnt).sum(axis=0)
+    prof = np.where(den > 0, num / np.maximum(den, 1e-30), np.inf)
+    prof = np.fmin.accumulate(prof)
+    if not np.isfinite(prof[0]):
+        return R
+    radii = (np.arange(nb) + 0.5) * step
+    level = isophote / np.where(star, core, np.inf)
+    reach = star & (level > prof[-1])
+    R[reach] = np.interp(-level[reach], -prof, radii)
+    return R
+
+
 def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_image=None, psf_snr=None,
-                   psf=None):
+                   psf=None, moments=None, centres=None):
     """Grow each segment to the ``isophote`` level of its azimuthally averaged profile.
 
     The footprint of a source is the region where its *noiseless* surface
@@ -646,6 +726,11 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
     psf : tuple, optional
         ``(radii, profile)`` as returned by `psf_profile`; measured on
         ``image`` when None.
+    moments : tuple, optional
+        ``_segment_moments(segm_data, image)`` if already computed.
+    centres : tuple, optional
+        ``(cy, cx)`` windowed centroids indexed by label, if already
+        computed (`windowed_centroids` on ``centroid_image``).
 
     Returns
     -------
@@ -660,23 +745,27 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
     if n == 0:
         return out
     ny, nx = out.shape
-    W, cy, cx, cxx, cxy, cyy = _segment_moments(seg_in, image)
+    W, cy, cx, cxx, cxy, cyy, npx, flux = _segment_moments(seg_in, image) if moments is None else moments
     faint = np.zeros(n + 1, bool)
+    star_R = np.full(n + 1, np.nan)
     if psf_snr is not None:
-        npx = np.bincount(seg_in.ravel(), minlength=n + 1)
-        flux = np.bincount(seg_in.ravel(), image.ravel(), n + 1)
         snr = flux / np.sqrt(np.maximum(npx, 1))
         snr[0] = -np.inf
-        cimg = image if centroid_image is None else centroid_image
-        wy, wx = cy.copy(), cx.copy()
-        cand = np.flatnonzero((W > 0) & ((snr < psf_snr) | (snr >= 30.0)))
+        cand = np.flatnonzero(W > 0)
         cand = cand[cand > 0]
-        wy[cand], wx[cand] = windowed_centroids(cimg, cy[cand], cx[cand])
+        if centres is None:
+            cimg = image if centroid_image is None else centroid_image
+            wy, wx = cy.copy(), cx.copy()
+            wy[cand], wx[cand] = windowed_centroids(cimg, cy[cand], cx[cand])
+        else:
+            wy, wx = centres
         if psf is None:
             psf = psf_profile(image, seg_in, wy, wx, snr, valid=valid)
         if psf is not None:
             faint = (snr < psf_snr) & (W > 0)
             faint[0] = False
+        lab = cand[snr[cand] >= psf_snr]
+        star_R[lab] = _star_radii(image, seg_in, lab, wy[lab], wx[lab], isophote, valid=valid, snr=snr[lab])
     # candidate pixels of every segment: (flat index, depth r / R, label)
     c_idx, c_depth, c_lab = [], [], []
     bright = np.flatnonzero((W > 0) & ~faint)
@@ -687,6 +776,8 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
             continue
         y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
         pad = max(6, y1 - y0, x1 - x0)
+        if np.isfinite(star_R[lab]):
+            pad = max(pad, int(np.ceil(star_R[lab] * 1.5)) + 1)
         Y0, Y1, X0, X1 = max(0, y0 - pad), min(ny, y1 + pad), max(0, x0 - pad), min(nx, x1 + pad)
         seg = seg_in[Y0:Y1, X0:X1]
         own = seg == lab
@@ -701,15 +792,20 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
         avail = (seg == 0) | own
         if valid is not None:
             avail &= valid[Y0:Y1, X0:X1]
-        bins = (re[avail] / bin_px).astype(np.int64)
-        nb = int(bins.max(initial=0)) + 1
-        cnt = np.bincount(bins, minlength=nb)
-        prof = np.bincount(bins, img[avail], minlength=nb) / np.maximum(cnt, 1)
-        below = np.flatnonzero((prof < isophote) & (cnt > 0))
-        if below.size == 0 or below[0] == 0:
+        if np.isfinite(star_R[lab]):
+            R = star_R[lab]
+        else:
+            bins = (re[avail] / bin_px).astype(np.int64)
+            nb = int(bins.max(initial=0)) + 1
+            cnt = np.bincount(bins, minlength=nb)
+            prof = np.bincount(bins, img[avail], minlength=nb) / np.maximum(cnt, 1)
+            below = np.flatnonzero((prof < isophote) & (cnt > 0))
+            if below.size == 0 or below[0] == 0:
+                continue
+            k = below[0]
+            R = bin_px * (k - 0.5 + (prof[k - 1] - isophote) / max(prof[k - 1] - prof[k], 1e-6))
+        if not R > 0:
             continue
-        k = below[0]
-        R = bin_px * (k - 0.5 + (prof[k - 1] - isophote) / max(prof[k - 1] - prof[k], 1e-6))
         ratio = (re / R).astype(np.float32)
         take = (ratio < 1) & (seg == 0) & avail
         ty, tx = np.nonzero(take)
@@ -719,6 +815,8 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
     if faint.any():
         lab = np.flatnonzero(faint)
         R, idx, rr, free = _psf_radii(image, seg_in, lab, wy[lab], wx[lab], psf, isophote, valid)
+        # the isophote encloses at least the seed's own area (the seed lies above it)
+        R = np.minimum(np.maximum(R, np.sqrt(npx[lab] / np.pi)), (idx.shape[1] - 1) / 2)
         depth = rr / np.maximum(R, 1e-9)[:, None, None]
         take = free & (depth < 1) & (R > 0)[:, None, None]
         c_idx.append(idx[take])
@@ -1246,40 +1344,57 @@ class NetworkSegmenter:
 
             segm = deblend_segments(det, segm, self.n_pixels, n_levels=32, contrast=0.001)
         valid = np.any(img != 0, axis=0)
+        stats = None
+        if segm is not None and (grow or (self.band_nsigma is not None and five)):
+            # r moments and windowed centroids of every segment, shared by the band test and the growth
+            data = np.asarray(segm.data)
+            mom = _segment_moments(data, r)
+            lab = np.flatnonzero(mom[0] > 0)
+            lab = lab[lab > 0]
+            wy, wx = mom[1].copy(), mom[2].copy()
+            wy[lab], wx[lab] = windowed_centroids(det, mom[1][lab], mom[2][lab], sigma=self.seed_sigma)
+            stats = (mom, (wy, wx), lab)
         if segm is not None and self.band_nsigma is not None and five:
-            segm = self._drop_single_band(segm, gri, det, valid)
+            segm, stats = self._drop_single_band(segm, gri, stats, valid)
         if segm is not None and grow:
             segm = SegmentationImage(grow_isophotal(segm.data, r, self.isophote, valid=valid, centroid_image=det,
-                                                    psf_snr=self.psf_snr))
+                                                    psf_snr=self.psf_snr, moments=stats[0], centres=stats[1]))
         if return_maps:
             return segm, (p, recon)
         return segm
 
-    def _drop_single_band(self, segm, gri, det, valid):
+    def _drop_single_band(self, segm, gri, stats, valid):
         """Remove segments seen in fewer than two of g, r, i (`band_support` below ``band_nsigma``).
 
         A real source is seen in at least two of g, r and i at a few sigma;
         a cosmic ray, a bad column or a noise peak of one band is not.  The
         test is the second-highest of the three per-band matched-filter
-        S/Ns at the segment's windowed centroid on ``det``.  Labels are
-        renumbered 1..N in their old order.
+        S/Ns at the segment's windowed centroid.  ``stats`` is
+        ``(moments, (cy, cx), labels)``: `_segment_moments` of r, the
+        windowed centroids and the labels with positive r flux (the others
+        are dropped), all indexed by label.  Labels are renumbered 1..N in
+        their old order; returns the segmentation (None if nothing is
+        left) and ``stats`` re-indexed to the new labels.
         """
         from photutils.segmentation import SegmentationImage
 
         data = np.asarray(segm.data)
         n = int(data.max(initial=0))
-        W, cy, cx = _segment_moments(data, det)[:3]
-        lab = np.flatnonzero(W > 0)
-        lab = lab[lab > 0]
-        wy, wx = windowed_centroids(det, cy[lab], cx[lab], sigma=self.seed_sigma)
-        snr = band_support(gri, wy, wx, sigma=self.seed_sigma, valid=valid, segm_data=data)
+        mom, (wy, wx), lab = stats
+        snr = band_support(gri, wy[lab], wx[lab], sigma=self.seed_sigma, valid=valid, segm_data=data)
         keep = np.zeros(n + 1, bool)
         keep[lab[np.sort(snr, axis=1)[:, -2] >= self.band_nsigma]] = True
-        if keep.all() or not keep[1:].any():
-            return segm if keep[1:].any() else None
-        lut = np.zeros(n + 1, np.int32)
-        lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-        return SegmentationImage(lut[data])
+        if keep[1:].all():
+            return segm, stats
+        if not keep[1:].any():
+            return None, None
+        keep[0] = True
+        lut = np.cumsum(keep).astype(np.int32) - 1
+        lut[~keep] = 0
+        old = np.flatnonzero(keep)
+        mom = tuple(m[old] for m in mom)
+        lab = np.flatnonzero(mom[0] > 0)
+        return SegmentationImage(lut[data]), (mom, (wy[old], wx[old]), lab[lab > 0])
 
     # -- persistence ------------------------------------------------------
     _RULE_ARRAYS = ("mean_", "scale_", "components_", "pca_mean_", "mix_weights_", "mix_means_",

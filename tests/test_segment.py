@@ -446,7 +446,7 @@ def test_grow_isophotal_psf_scaled_radius_of_faint_sources():
 def test_single_band_segments_are_dropped():
     from photutils.segmentation import SegmentationImage
 
-    from astrohvae.segment import NetworkSegmenter, band_support
+    from astrohvae.segment import NetworkSegmenter, _segment_moments, band_support, windowed_centroids
 
     rng = np.random.default_rng(4)
     ny, nx = 120, 160
@@ -461,5 +461,12 @@ def test_single_band_segments_are_dropped():
     data[38:43, 38:43] = 1
     data[79:82, 119:122] = 2
     det = gri.sum(axis=0)
-    out = NetworkSegmenter()._drop_single_band(SegmentationImage(data), gri, det, np.ones((ny, nx), bool))
+    mom = _segment_moments(data, gri[1])
+    lab = np.array([1, 2])
+    wy, wx = mom[1].copy(), mom[2].copy()
+    wy[lab], wx[lab] = windowed_centroids(det, mom[1][lab], mom[2][lab])
+    out, stats = NetworkSegmenter()._drop_single_band(SegmentationImage(data), gri, (mom, (wy, wx), lab),
+                                                      np.ones((ny, nx), bool))
     np.testing.assert_array_equal(out.data, np.where(data == 1, 1, 0))
+    # the statistics follow the relabelling: label 1 keeps its centre
+    assert stats[2].tolist() == [1] and abs(stats[1][0][1] - 40) < 0.5 and abs(stats[1][1][1] - 40) < 0.5
