@@ -470,3 +470,36 @@ def test_single_band_segments_are_dropped():
     np.testing.assert_array_equal(out.data, np.where(data == 1, 1, 0))
     # the statistics follow the relabelling: label 1 keeps its centre
     assert stats[2].tolist() == [1] and abs(stats[1][0][1] - 40) < 0.5 and abs(stats[1][1][1] - 40) < 0.5
+
+
+def test_grow_isophotal_bright_stars_follow_the_stellar_profile():
+    """Bright point sources: the isophote from the field's stellar profile beats each star's own noisy wing."""
+    from scipy.ndimage import gaussian_filter, label
+
+    rng = np.random.default_rng(5)
+    ny, nx = 420, 420
+    yy, xx = np.mgrid[:ny, :nx]
+    model = np.zeros((ny, nx))
+    stars = []
+    for k, (gy, gx) in enumerate((y, x) for y in range(35, ny - 20, 70) for x in range(35, nx - 20, 70)):
+        y, x = gy + rng.uniform(-0.5, 0.5), gx + rng.uniform(-0.5, 0.5)
+        amp = 10 ** rng.uniform(1.3, 3.0)
+        r2 = (yy - y) ** 2 + (xx - x) ** 2
+        model += amp * (1 + r2 / 4.0) ** -2.5 + 0.01 * amp * (1 + r2 / 36.0) ** -1.5   # Moffat core + wide wing
+        # radius where this star alone falls to 0.5
+        rr = np.linspace(0, 40, 4001)
+        prof = amp * (1 + rr ** 2 / 4.0) ** -2.5 + 0.01 * amp * (1 + rr ** 2 / 36.0) ** -1.5
+        stars.append((y, x, rr[np.argmax(prof < 0.5)]))
+    image = (model + rng.normal(size=(ny, nx))).astype(np.float32)
+    seeds, _ = label(model > 3.0)
+    crossing = grow_isophotal(seeds, image, 0.5)
+    new = grow_isophotal(seeds, image, 0.5, centroid_image=gaussian_filter(image, 0.85), psf_snr=12.0)
+    assert np.all(new[seeds > 0] == seeds[seeds > 0])
+    err_c, err_s = [], []
+    for y, x, r_true in stars:
+        lab = seeds[int(round(y)), int(round(x))]
+        err_c.append(np.sqrt((crossing == lab).sum() / np.pi) - r_true)
+        err_s.append(np.sqrt((new == lab).sum() / np.pi) - r_true)
+    err_c, err_s = np.abs(err_c), np.abs(err_s)
+    assert np.median(err_s) < 0.3
+    assert np.mean(err_s) < 0.6 * np.mean(err_c)     # measured 0.15 vs 0.38 px
