@@ -25,10 +25,11 @@ feature maps, upsampled to full resolution) are then split into "object" and
 5. all are deblended with photutils' `deblend_sources` on the
    noise-weighted g+r+i image smoothed by a Gaussian of ``deblend_fwhm``
    pixels;
-6. segments seen in fewer than two of g, r, i are dropped: the
-   second-highest of the three per-band matched-filter S/Ns at the
-   segment's windowed centroid must reach ``band_nsigma`` (2)
-   (`band_support`); this removes single-band cosmic rays and noise peaks;
+6. segments seen in fewer than two bands are dropped: the second-highest
+   of the five per-band matched-filter S/Ns at the segment's windowed
+   centroid must reach ``band_nsigma`` (2) (`band_support`); this removes
+   single-band cosmic rays and noise peaks and keeps very red (i + z) and
+   blue (u + g) objects;
 7. each segment is grown to its analysis isophote, ``isophote`` (0.5) r sky
    sigma per pixel (`grow_isophotal`): the network's footprints stop near
    1.5-2 sigma per pixel and miss the faint wings, which single noisy
@@ -457,7 +458,8 @@ def windowed_centroids(image, cy, cx, sigma=1.5, half=6, n_iter=8, max_shift=3.0
     return y, x
 
 
-def band_support(bands, cy, cx, sigma=1.5, half=4, valid=None, segm_data=None, n_sky=4000, random_state=0):
+def band_support(bands, cy, cx, sigma=1.5, half=4, valid=None, segm_data=None, n_sky=2000, random_state=0,
+                 linearise=None):
     """Matched-filter S/N of sources in each of several bands.
 
     Each band is weighted by a Gaussian of ``sigma`` pixels (about the
@@ -483,6 +485,9 @@ def band_support(bands, cy, cx, sigma=1.5, half=4, valid=None, segm_data=None, n
         Labels; the noise is sampled where they are 0.
     n_sky, random_state : int
         Noise samples and their random seed (fixed: reproducible).
+    linearise : callable, optional
+        Applied to the gathered pixel values of ``bands`` (e.g. undoing the
+        network input's asinh stretch on the windows only).
 
     Returns
     -------
@@ -509,7 +514,10 @@ def band_support(bands, cy, cx, sigma=1.5, half=4, valid=None, segm_data=None, n
     n = len(cy)
     out = np.empty((n, nb))
     for b in range(nb):
-        f = (w * bands[b].ravel()[idx]).sum(axis=(1, 2))
+        vb = bands[b].ravel()[idx]
+        if linearise is not None:
+            vb = linearise(vb)
+        f = (w * vb).sum(axis=(1, 2))
         noise = float(_mad_std(f[n:].copy(), overwrite=True)) if f.size > n else 1.0
         out[:, b] = f[:n] / (noise if noise > 0 else 1.0)
     return out
@@ -885,8 +893,9 @@ class NetworkSegmenter:
         scaled to their amplitude, the others on their own profile
         (`grow_isophotal`); None: all on their own profile.
     band_nsigma : float or None
-        Drop segments whose second-highest g, r, i matched-filter S/N is
-        below it (`band_support`); None keeps all.  Five-band inputs only.
+        Drop segments whose second-highest per-band (u, g, r, i, z)
+        matched-filter S/N is below it (`band_support`); None keeps all.
+        Five-band inputs only.
     """
 
     def __init__(self, variant=DEFAULT_VARIANT, taps=DEFAULT_TAPS, tap_weights=None,
@@ -1321,7 +1330,7 @@ class NetworkSegmenter:
         segm = detect_sources(p, self.threshold, n_pixels=self.n_pixels)
         five = img.shape[0] == len(BANDS)
         grow = self.isophote is not None
-        lin = r = gri = None
+        lin = r = None
         if (segm is not None and self.deblend) or self.seed_nsigma is not None or grow or self.band_nsigma is not None:
             # linear noise units of g, r, i (deblending, matched-filter seeds, growth)
             lin = img[_GRI] if five else img.copy()   # a float32 copy: scratch
@@ -1329,7 +1338,6 @@ class NetworkSegmenter:
             np.sinh(lin, out=lin)
             lin *= np.float32(STRETCH)
             r = lin[_GRI.index(BANDS.index("r"))].copy() if five else lin[0].copy()
-            gri = lin if five else None
             lin = lin.sum(axis=0)
         if self.seed_nsigma is not None:
             # (the threshold is relative to the smoothed image's measured noise: no scaling needed)
@@ -1355,7 +1363,7 @@ class NetworkSegmenter:
             wy[lab], wx[lab] = windowed_centroids(det, mom[1][lab], mom[2][lab], sigma=self.seed_sigma)
             stats = (mom, (wy, wx), lab)
         if segm is not None and self.band_nsigma is not None and five:
-            segm, stats = self._drop_single_band(segm, gri, stats, valid)
+            segm, stats = self._drop_single_band(segm, img, stats, valid)
         if segm is not None and grow:
             segm = SegmentationImage(grow_isophotal(segm.data, r, self.isophote, valid=valid, centroid_image=det,
                                                     psf_snr=self.psf_snr, moments=stats[0], centres=stats[1]))
@@ -1363,13 +1371,17 @@ class NetworkSegmenter:
             return segm, (p, recon)
         return segm
 
-    def _drop_single_band(self, segm, gri, stats, valid):
-        """Remove segments seen in fewer than two of g, r, i (`band_support` below ``band_nsigma``).
+    def _drop_single_band(self, segm, img, stats, valid):
+        """Remove segments seen in fewer than two bands (`band_support` below ``band_nsigma``).
 
-        A real source is seen in at least two of g, r and i at a few sigma;
-        a cosmic ray, a bad column or a noise peak of one band is not.  The
-        test is the second-highest of the three per-band matched-filter
-        S/Ns at the segment's windowed centroid.  ``stats`` is
+        A real source is seen in at least two of u, g, r, i, z at a few
+        sigma (a very red star or a high-redshift quasar in i and z only, a
+        blue one in u and g); a cosmic ray, a bad column or a noise peak of
+        one band is not.  The test is the second-highest of the per-band
+        matched-filter S/Ns at the segment's windowed centroid on ``img``
+        (the five-band network input; its asinh stretch is undone on the
+        windows), counting only the bands not masked there; a segment with
+        fewer than two such bands is kept.  ``stats`` is
         ``(moments, (cy, cx), labels)``: `_segment_moments` of r, the
         windowed centroids and the labels with positive r flux (the others
         are dropped), all indexed by label.  Labels are renumbered 1..N in
@@ -1381,9 +1393,16 @@ class NetworkSegmenter:
         data = np.asarray(segm.data)
         n = int(data.max(initial=0))
         mom, (wy, wx), lab = stats
-        snr = band_support(gri, wy[lab], wx[lab], sigma=self.seed_sigma, valid=valid, segm_data=data)
+        snr = band_support(img, wy[lab], wx[lab], sigma=self.seed_sigma, valid=valid, segm_data=data,
+                           linearise=lambda v: np.sinh(v * np.float32(1.0 / STRETCH)) * np.float32(STRETCH))
+        # bands masked at the centre (0 in the network input) do not count
+        iy = np.clip(np.rint(wy[lab]).astype(np.int64), 0, data.shape[0] - 1)
+        ix = np.clip(np.rint(wx[lab]).astype(np.int64), 0, data.shape[1] - 1)
+        masked = (img[:, iy, ix] == 0).T
+        snr[masked] = -np.inf
+        second = np.sort(snr, axis=1)[:, -2]
         keep = np.zeros(n + 1, bool)
-        keep[lab[np.sort(snr, axis=1)[:, -2] >= self.band_nsigma]] = True
+        keep[lab[(second >= self.band_nsigma) | ((~masked).sum(axis=1) < 2)]] = True
         if keep[1:].all():
             return segm, stats
         if not keep[1:].any():
@@ -1735,7 +1754,7 @@ def segment_file(field_path, out, variant=None, weights=None, classify=False, pl
               "SEGPSNR": (-1.0 if seg.psf_snr is None else seg.psf_snr,
                           "S/N below which PSF-scaled growth (-1: none)"),
               "SEGBANDS": (-1.0 if seg.band_nsigma is None else seg.band_nsigma,
-                           "2nd-best g,r,i S/N to keep a segment (-1: off)")}
+                           "2nd-best band S/N to keep a segment (-1: off)")}
     try:
         from astrohvae.weights import weights_hash
 

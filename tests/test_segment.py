@@ -446,30 +446,40 @@ def test_grow_isophotal_psf_scaled_radius_of_faint_sources():
 def test_single_band_segments_are_dropped():
     from photutils.segmentation import SegmentationImage
 
-    from astrohvae.segment import NetworkSegmenter, _segment_moments, band_support, windowed_centroids
+    from astrohvae.segment import STRETCH, NetworkSegmenter, _segment_moments, band_support, windowed_centroids
 
     rng = np.random.default_rng(4)
     ny, nx = 120, 160
-    gri = rng.normal(size=(3, ny, nx)).astype(np.float32)
-    real = _gauss(ny, nx, 40, 40, 1.5, 3.0)
-    gri += real[None].astype(np.float32)          # a faint source in g, r and i
-    gri[0] += 25.0 * _gauss(ny, nx, 80, 120, 0.5, 1.0).astype(np.float32)   # a cosmic ray in g only
-    snr = band_support(gri, np.array([40.0, 80.0]), np.array([40.0, 120.0]))
+    lin = rng.normal(size=(5, ny, nx)).astype(np.float32)
+    lin += _gauss(ny, nx, 40, 40, 1.5, 3.0)[None].astype(np.float32)          # a faint source in every band
+    lin[1] += 25.0 * _gauss(ny, nx, 80, 120, 0.5, 1.0).astype(np.float32)     # a cosmic ray in g only
+    lin[3:] += _gauss(ny, nx, 90, 40, 1.5, 3.0)[None].astype(np.float32)     # a very red source: i and z only
+    snr = band_support(lin, np.array([40.0, 80.0, 90.0]), np.array([40.0, 120.0, 40.0]))
     assert np.all(snr[0] > 3.0)
-    assert snr[1, 0] > 10.0 and np.sort(snr[1])[-2] < 2.0
+    assert snr[1, 1] > 10.0 and np.sort(snr[1])[-2] < 2.0
+    assert np.all(snr[2, 3:] > 3.0) and np.all(np.abs(snr[2, :3]) < 3.0)
+    img = (np.arcsinh(lin / STRETCH) * STRETCH).astype(np.float32)               # the network input
     data = np.zeros((ny, nx), np.int32)
     data[38:43, 38:43] = 1
     data[79:82, 119:122] = 2
-    det = gri.sum(axis=0)
-    mom = _segment_moments(data, gri[1])
-    lab = np.array([1, 2])
+    data[88:93, 38:43] = 3
+    mom = _segment_moments(data, lin[2])
+    lab = np.flatnonzero(mom[0] > 0)
+    lab = lab[lab > 0]
+    det = lin[1:4].sum(axis=0)
     wy, wx = mom[1].copy(), mom[2].copy()
     wy[lab], wx[lab] = windowed_centroids(det, mom[1][lab], mom[2][lab])
-    out, stats = NetworkSegmenter()._drop_single_band(SegmentationImage(data), gri, (mom, (wy, wx), lab),
+    out, stats = NetworkSegmenter()._drop_single_band(SegmentationImage(data), img, (mom, (wy, wx), lab),
                                                       np.ones((ny, nx), bool))
-    np.testing.assert_array_equal(out.data, np.where(data == 1, 1, 0))
-    # the statistics follow the relabelling: label 1 keeps its centre
-    assert stats[2].tolist() == [1] and abs(stats[1][0][1] - 40) < 0.5 and abs(stats[1][1][1] - 40) < 0.5
+    np.testing.assert_array_equal(out.data, np.select([data == 1, data == 3], [1, 2], 0))
+    # the statistics follow the relabelling
+    assert stats[2].tolist() == [1, 2] and abs(stats[1][0][2] - 90) < 1.5 and abs(stats[1][1][2] - 40) < 1.5
+    # a source whose other bands are all masked there is kept
+    img2 = img.copy()
+    img2[[0, 2, 3, 4], 75:86, 115:126] = 0.0
+    out2, _ = NetworkSegmenter()._drop_single_band(SegmentationImage(data), img2, (mom, (wy, wx), lab),
+                                                   np.ones((ny, nx), bool))
+    np.testing.assert_array_equal(out2.data, data)
 
 
 def test_grow_isophotal_bright_stars_follow_the_stellar_profile():
