@@ -147,9 +147,9 @@ def write_readme(report, out, command):
              "a segment is pure if it contains a truth position (any magnitude, simulated to r = 23.5) or its "
              "centroid is within 2 px of one.",
              "IoU: segm > 0 vs simulator truth mask > 0 (noiseless r surface brightness > 0.5 r sky sigma).",
-             "Network variants: network seeds + matched-filter seeds (4 sigma) + deblending + band test (2 of 5 "
-             "bands at 2 sigma) + growth to 0.5 r sky sigma (PSF-scaled circles below S/N 12, stellar profile for "
-             "bright point sources), as shipped.", ""]
+             "Network variants: network seeds + matched-filter seeds (4 sigma) + deblending + band test "
+             "(2 of 5 bands at 2 sigma) + growth to 0.5 r sky sigma (PSF-scaled circles below S/N 12, "
+             "stellar profile for bright point sources), as shipped.", ""]
     if report.get("simulated"):
         lines += [f"## Simulated full fields ({'x'.join(str(v) for v in report.get('size', (2048, 1489)))})", "",
                   "| field | method | IoU | purity | compl. r<22 | compl. r<22.5 | compl. 22-22.5 | segments | seconds |",
