@@ -25,13 +25,25 @@ feature maps, upsampled to full resolution) are then split into "object" and
 5. all are deblended with photutils' `deblend_sources` on the
    noise-weighted g+r+i image smoothed by a Gaussian of ``deblend_fwhm``
    pixels;
-6. each segment is grown to its analysis isophote, ``isophote`` (0.5) r sky
-   sigma per pixel, located on its azimuthally averaged profile in the
-   ellipse of its second moments (`grow_isophotal`): the network's
-   footprints stop near 1.5-2 sigma per pixel and miss the faint wings,
-   which single noisy pixels cannot decide but a profile averaged over an
-   annulus can.  The result is a `photutils.segmentation.SegmentationImage`
-   (0 background, k = source k).
+6. segments seen in fewer than two bands are dropped: the second-highest
+   of the five per-band matched-filter S/Ns at the segment's windowed
+   centroid must reach ``band_nsigma`` (2) (`band_support`); this removes
+   single-band cosmic rays and noise peaks and keeps very red (i + z) and
+   blue (u + g) objects;
+7. each segment is grown to its analysis isophote, ``isophote`` (0.5) r sky
+   sigma per pixel (`grow_isophotal`): the network's footprints stop near
+   1.5-2 sigma per pixel and miss the faint wings, which single noisy
+   pixels cannot decide.  Segments with S/N >= ``psf_snr`` (12) grow in
+   the ellipse of their second moments, to the radius where their
+   azimuthally averaged profile falls to the level or, for point-like ones,
+   where the field's stellar profile (measured on its bright stars out to
+   30 px) scaled to their core amplitude does; fainter ones, nearly
+   unresolved and whose annulus at the isophote has S/N ~ 1, get a circle
+   about their windowed centroid (`windowed_centroids`) out to where the
+   field's PSF profile (`psf_profile`), scaled to their matched-filter
+   amplitude, falls to the level (at least their own area).  The result is
+   a `photutils.segmentation.SegmentationImage` (0 background, k = source
+   k).
 
 Whole fields run in overlapping tiles through `dask.array.map_overlap`
 (``tile`` pixels per block plus ``overlap`` pixels on each side, at least the
@@ -42,15 +54,17 @@ Measured (``benchmarks/results/segment/README.md``): with this rule only the
 AE with residual connections (``ae-res-hc``, the default) gives clean seeds;
 the plain AE and the VAE give blurred hypercolumns whose mixture "object"
 component swallows halos and noise (purity 0.2-0.5), as the seed paper
-describes qualitatively.  Steps 4 and 6 (parameters chosen on simulated
+describes qualitatively.  Steps 4-7 (parameters chosen on simulated
 seeds 10-12, none of the benchmark's) raise ae-res-hc's pixel IoU with the
-simulator's 0.5-sigma truth mask from 0.68-0.71 to 0.76-0.78 on those seeds.
+simulator's 0.5-sigma truth mask from 0.70-0.72 to 0.78-0.81 on those
+seeds, and its purity from 0.95 to 0.97-0.98.
 
 Public API
 ----------
 `NetworkSegmenter` (fit / object_probability / segment / save / load),
 `load_default_segmenter`, `classmap`, `network_input`, `train_segment_net`,
-`grow_isophotal`, `matched_filter_seeds`.
+`grow_isophotal`, `matched_filter_seeds`, `band_support`, `psf_profile`,
+`windowed_centroids`.
 """
 
 from __future__ import annotations
@@ -71,6 +85,9 @@ __all__ = [
     "train_segment_net",
     "grow_isophotal",
     "matched_filter_seeds",
+    "band_support",
+    "psf_profile",
+    "windowed_centroids",
     "simple_background",
     "DEFAULT_VARIANT",
     "DEFAULT_TAPS",
@@ -360,21 +377,341 @@ def matched_filter_seeds(det, segm_data, nsigma, sigma_px, n_pixels):
     return np.where(segm_data > 0, segm_data, new).astype(np.int32)
 
 
-def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0):
+def _segment_moments(segm_data, image):
+    """Flux-weighted centre and second moments of every segment's own pixels, all at once.
+
+    Weights are ``image`` clipped at 0.  Returns ``(W, cy, cx, cxx, cxy, cyy,
+    area, flux)``, arrays indexed by label (index 0 unused): the weight sum,
+    centre, second moments (0.25 px^2, a pixel's own variance, added to the
+    diagonal, as in `grow_isophotal`), pixel count and unclipped flux.
+    """
+    n = int(segm_data.max(initial=0))
+    yy, xx = np.nonzero(segm_data)
+    lab = segm_data[yy, xx]
+    v = image[yy, xx].astype(np.float64)
+    w = np.clip(v, 0, None)
+    W = np.bincount(lab, w, n + 1)
+    Wd = np.where(W > 0, W, 1.0)
+    cy = np.bincount(lab, w * yy, n + 1) / Wd
+    cx = np.bincount(lab, w * xx, n + 1) / Wd
+    dy, dx = yy - cy[lab], xx - cx[lab]
+    cxx = np.bincount(lab, w * dx * dx, n + 1) / Wd + 0.25
+    cxy = np.bincount(lab, w * dx * dy, n + 1) / Wd
+    cyy = np.bincount(lab, w * dy * dy, n + 1) / Wd + 0.25
+    return W, cy, cx, cxx, cxy, cyy, np.bincount(lab, minlength=n + 1), np.bincount(lab, v, n + 1)
+
+
+def _stamps(shape, cy, cx, half):
+    """Square windows of side ``2 half + 1`` centred on the rounded ``(cy, cx)``.
+
+    Returns ``(flat index, inside, y, x)``, each ``(n, m, m)``; ``flat index``
+    is clipped to the field where ``inside`` is False.
+    """
+    ny, nx = shape
+    off = np.arange(-half, half + 1)
+    yy = np.rint(cy).astype(np.int64)[:, None, None] + off[None, :, None]
+    xx = np.rint(cx).astype(np.int64)[:, None, None] + off[None, None, :]
+    inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+    return np.clip(yy, 0, ny - 1) * nx + np.clip(xx, 0, nx - 1), inside, yy, xx
+
+
+def windowed_centroids(image, cy, cx, sigma=1.5, half=6, n_iter=8, max_shift=3.0):
+    """Gaussian-windowed centroids (SExtractor's XWIN/YWIN), all sources at once.
+
+    Iterates ``c <- c + 2 sum(w I (p - c)) / sum(w I)`` with
+    ``w = exp(-|p - c|^2 / (2 sigma^2))`` over a window of ``2 half + 1``
+    pixels around the start, which converges to the centre of a
+    Gaussian-like source.  A source whose centroid would move more than
+    ``max_shift`` pixels from its start, or whose windowed flux is not
+    positive, keeps its start.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(ny, nx)``, background subtracted (e.g. smoothed; noise units).
+    cy, cx : numpy.ndarray
+        Starting centres (pixels).
+    sigma : float
+        Window sigma (pixels), about the PSF's.
+
+    Returns
+    -------
+    cy, cx : numpy.ndarray
+    """
+    cy0, cx0 = np.asarray(cy, np.float64), np.asarray(cx, np.float64)
+    if cy0.size == 0:
+        return cy0.copy(), cx0.copy()
+    idx, inside, yy, xx = _stamps(image.shape, cy0, cx0, half)
+    v = np.where(inside, image.ravel()[idx], 0.0)
+    y, x = cy0.copy(), cx0.copy()
+    for _ in range(n_iter):
+        dy = yy - y[:, None, None]
+        dx = xx - x[:, None, None]
+        w = np.exp((dy * dy + dx * dx) * (-0.5 / sigma ** 2)) * v
+        W = w.sum(axis=(1, 2))
+        ok = W > 0
+        Ws = np.where(ok, W, 1.0)
+        y = np.where(ok, y + 2.0 * (w * dy).sum(axis=(1, 2)) / Ws, y)
+        x = np.where(ok, x + 2.0 * (w * dx).sum(axis=(1, 2)) / Ws, x)
+        far = np.hypot(y - cy0, x - cx0) > max_shift
+        y[far], x[far] = cy0[far], cx0[far]
+    return y, x
+
+
+def band_support(bands, cy, cx, sigma=1.5, half=4, valid=None, segm_data=None, n_sky=2000, random_state=0,
+                 linearise=None):
+    """Matched-filter S/N of sources in each of several bands.
+
+    Each band is weighted by a Gaussian of ``sigma`` pixels (about the
+    PSF's) centred on every source; the noise of that sum is measured, not
+    assumed, as the robust spread of the same sum at up to ``n_sky`` random
+    valid positions of the field, off every segment of ``segm_data`` when
+    given (the resampled bands' pixel noise is correlated; in a crowded
+    field most random positions would land on sources).
+
+    Parameters
+    ----------
+    bands : numpy.ndarray
+        ``(n_bands, ny, nx)``, background subtracted.
+    cy, cx : numpy.ndarray
+        Source centres (pixels).
+    sigma : float
+        Gaussian weight sigma (pixels).
+    half : int
+        Half side of the weighted window (pixels).
+    valid : numpy.ndarray of bool, optional
+        Pixels where the noise may be sampled.
+    segm_data : numpy.ndarray, optional
+        Labels; the noise is sampled where they are 0.
+    n_sky, random_state : int
+        Noise samples and their random seed (fixed: reproducible).
+    linearise : callable, optional
+        Applied to the gathered pixel values of ``bands`` (e.g. undoing the
+        network input's asinh stretch on the windows only).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_sources, n_bands)`` S/N.
+    """
+    from astrohvae.stamps import _mad_std
+
+    nb, ny, nx = bands.shape
+    rng = np.random.default_rng(random_state)
+    sy = rng.uniform(half, ny - 1 - half, 5 * n_sky)
+    sx = rng.uniform(half, nx - 1 - half, 5 * n_sky)
+    iy, ix = np.rint(sy).astype(int), np.rint(sx).astype(int)
+    keep = np.ones(sy.size, bool)
+    if valid is not None:
+        keep &= valid[iy, ix]
+    if segm_data is not None:
+        keep &= segm_data[iy, ix] == 0
+    sy, sx = sy[keep][:n_sky], sx[keep][:n_sky]
+    y = np.r_[np.asarray(cy, np.float64), sy]
+    x = np.r_[np.asarray(cx, np.float64), sx]
+    idx, inside, yy, xx = _stamps((ny, nx), y, x, half)
+    w = np.exp(((yy - y[:, None, None]) ** 2 + (xx - x[:, None, None]) ** 2) * (-0.5 / sigma ** 2)) * inside
+    n = len(cy)
+    out = np.empty((n, nb))
+    for b in range(nb):
+        vb = bands[b].ravel()[idx]
+        if linearise is not None:
+            vb = linearise(vb)
+        f = (w * vb).sum(axis=(1, 2))
+        noise = float(_mad_std(f[n:].copy(), overwrite=True)) if f.size > n else 1.0
+        out[:, b] = f[:n] / (noise if noise > 0 else 1.0)
+    return out
+
+
+def psf_profile(image, segm_data, cy, cx, snr, valid=None, snr_range=(30.0, 400.0), step=0.5, rmax=10.0,
+                fraction=0.3, min_stars=5, max_sources=400):
+    """The field's azimuthal PSF profile, from its most concentrated bright sources.
+
+    Segments with ``snr_range[0] <= snr < snr_range[1]`` are profiled in
+    circular bins of ``step`` pixels about their centres (``cy, cx``:
+    windowed centroids), over their own and free valid pixels, each profile
+    normalised by its mean within 1.5 px (at most ``max_sources``, those of
+    highest S/N, in a crowded field).  The ``fraction`` most concentrated
+    ones (ratio of the mean within 1.5 px to the mean at 1.5-3 px: the stars,
+    whatever the field's star-galaxy mix) are median-combined.  No labels,
+    no PSF model: the profile is measured on the field itself.
+
+    Returns
+    -------
+    (radii, profile) : tuple of numpy.ndarray, or None
+        Bin centres (pixels) and the monotonically non-increasing profile
+        (1 near the centre); None when fewer than ``min_stars`` sources
+        qualify.
+    """
+    lab = np.flatnonzero((snr >= snr_range[0]) & (snr < snr_range[1]))
+    lab = lab[lab > 0]
+    if lab.size > max_sources:
+        lab = np.sort(lab[np.argsort(-snr[lab])[:max_sources]])
+    n_use = int(round(fraction * lab.size))
+    if n_use < min_stars:
+        return None
+    half = int(np.ceil(rmax))
+    idx, inside, yy, xx = _stamps(image.shape, cy[lab], cx[lab], half)
+    s = segm_data.ravel()[idx]
+    ok = inside & ((s == 0) | (s == lab[:, None, None]))
+    if valid is not None:
+        ok &= valid.ravel()[idx]
+    v = image.ravel()[idx]
+    rr = np.hypot(yy - cy[lab][:, None, None], xx - cx[lab][:, None, None])
+    nb = int(round(rmax / step))
+    k = (rr / step).astype(np.int64)
+    use = ok & (k < nb)
+    src = np.broadcast_to(np.arange(lab.size)[:, None, None], k.shape)
+    key = (src * nb + k)[use]
+    cnt = np.bincount(key, minlength=lab.size * nb).reshape(lab.size, nb)
+    prof = np.bincount(key, v[use], minlength=lab.size * nb).reshape(lab.size, nb) / np.maximum(cnt, 1)
+    prof[cnt == 0] = np.nan
+
+    def mean_in(sel):
+        m = ok & sel
+        return (v * m).sum(axis=(1, 2)) / np.maximum(m.sum(axis=(1, 2)), 1)
+
+    core = mean_in(rr < 1.5)
+    conc = core / np.maximum(mean_in((rr >= 1.5) & (rr < 3.0)), 1e-6)
+    good = core > 0
+    if good.sum() < min_stars:
+        return None
+    order = np.flatnonzero(good)[np.argsort(-conc[good])][:max(min_stars, n_use)]
+    with np.errstate(all="ignore"):
+        prof = np.nanmedian(prof[order] / core[order, None], axis=0)
+    if np.isnan(prof[0]):
+        prof[0] = np.nanmax(prof)
+    prof = np.fmin.accumulate(np.where(np.isnan(prof), np.inf, prof))
+    return (np.arange(nb) + 0.5) * step, prof
+
+
+def _psf_radii(image, segm_data, lab, cy, cx, psf, isophote, valid, fit_radius=3.0, half=7):
+    """Isophotal radii of faint segments from their PSF-scaled profiles (see `grow_isophotal`).
+
+    Returns ``(R, idx, rr, free)`` for painting: radii (0: no growth), the
+    stamps' flat indices, radial distances and free-pixel masks.
+    """
+    radii, prof = psf
+    idx, inside, yy, xx = _stamps(image.shape, cy, cx, half)
+    s = segm_data.ravel()[idx]
+    ok = inside & ((s == 0) | (s == lab[:, None, None]))
+    if valid is not None:
+        ok &= valid.ravel()[idx]
+    rr = np.hypot(yy - cy[:, None, None], xx - cx[:, None, None])
+    t = np.interp(rr, radii, prof) * (ok & (rr < fit_radius))
+    A = (t * image.ravel()[idx]).sum(axis=(1, 2)) / np.maximum((t * t).sum(axis=(1, 2)), 1e-12)
+    R = np.zeros(lab.size)
+    grow = A * prof[0] > isophote
+    R[grow] = np.interp(-isophote / A[grow], -prof, radii)
+    return np.minimum(R, half), idx, rr, ok & (s == 0)
+
+
+def _star_radii(image, segm_data, lab, cy, cx, isophote, valid=None, snr=None, rmax=30, step=0.5, n_template=50,
+                conc_fraction=0.9):
+    """Isophotal radii of bright point-like segments from the field's own stellar profile.
+
+    For segments ``lab`` (bright; centres ``cy, cx``: windowed centroids):
+    the core amplitude (mean within 1.5 px) and the concentration (core over
+    the mean at 1.5-3 px) are measured on small windows.  Segments at least
+    ``conc_fraction`` times as concentrated as the 70th percentile of those
+    with S/N 30-400 (``snr``), with a fully valid core, are point-like.  The
+    stellar profile out to ``rmax`` px is the inverse-variance weighted mean
+    (weights core^2 x pixels per bin) of the ``n_template`` brightest
+    point-like segments' profiles, each divided by its core amplitude: the
+    bright stars set the faint wings, where a star's own annulus at its
+    isophote has S/N ~ 4 only and a shallow slope, so its crossing radius
+    scatters by 1-2 px.  A point-like segment's radius is where its core
+    amplitude times that profile falls to ``isophote``.
+
+    Returns
+    -------
+    numpy.ndarray
+        One radius per ``lab``; NaN where the segment is not point-like or
+        its isophote lies beyond ``rmax``.
+    """
+    R = np.full(lab.size, np.nan)
+    if lab.size == 0:
+        return R
+
+    def windows(sel, half):
+        idx, inside, yy, xx = _stamps(image.shape, cy[sel], cx[sel], half)
+        sg = segm_data.ravel()[idx]
+        ok = inside & ((sg == 0) | (sg == lab[sel][:, None, None]))
+        if valid is not None:
+            ok &= valid.ravel()[idx]
+        rr = np.hypot(yy - cy[sel][:, None, None], xx - cx[sel][:, None, None])
+        return image.ravel()[idx], ok, inside, rr
+
+    allsel = np.arange(lab.size)
+    v, ok, inside, rr = windows(allsel, 3)
+    c_in = ok & (rr < 1.5)
+    core = (v * c_in).sum(axis=(1, 2)) / np.maximum(c_in.sum(axis=(1, 2)), 1)
+    m_in = ok & (rr >= 1.5) & (rr < 3.0)
+    conc = core / np.maximum((v * m_in).sum(axis=(1, 2)) / np.maximum(m_in.sum(axis=(1, 2)), 1), 1e-6)
+    full_core = ~np.any((rr < 2.0) & ~(ok & inside), axis=(1, 2))
+    ref = (snr >= 30.0) & (snr < 400.0) if snr is not None else np.ones(lab.size, bool)
+    if ref.sum() < 5:
+        return R
+    star = (conc >= conc_fraction * np.percentile(conc[ref], 70)) & full_core & (core > 0)
+    if star.sum() < 5:
+        return R
+    tmpl = np.flatnonzero(star)
+    tmpl = tmpl[np.argsort(-core[tmpl])][:n_template]
+    v, ok, _, rr = windows(tmpl, int(rmax))
+    nb = int(round(rmax / step))
+    k = (rr / step).astype(np.int64)
+    use = ok & (k < nb)
+    src = np.broadcast_to(np.arange(tmpl.size)[:, None, None], k.shape)
+    key = (src * nb + k)[use]
+    cnt = np.bincount(key, minlength=tmpl.size * nb).reshape(tmpl.size, nb)
+    tot = np.bincount(key, v[use], minlength=tmpl.size * nb).reshape(tmpl.size, nb)
+    # sum over stars of w * (tot / cnt / core) with w = core^2 * cnt  ==  core * tot
+    num = (core[tmpl, None] * tot).sum(axis=0)
+    den = (core[tmpl, None] ** 2 * cnt).sum(axis=0)
+    prof = np.where(den > 0, num / np.maximum(den, 1e-30), np.inf)
+    prof = np.fmin.accumulate(prof)
+    if not np.isfinite(prof[0]):
+        return R
+    radii = (np.arange(nb) + 0.5) * step
+    level = isophote / np.where(star, core, np.inf)
+    reach = star & (level > prof[-1])
+    R[reach] = np.interp(-level[reach], -prof, radii)
+    return R
+
+
+def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_image=None, psf_snr=None,
+                   psf=None, moments=None, centres=None):
     """Grow each segment to the ``isophote`` level of its azimuthally averaged profile.
 
     The footprint of a source is the region where its *noiseless* surface
     brightness exceeds ``isophote`` (in sky sigma per pixel, as SExtractor's
     analysis threshold).  A single pixel's value there is mostly noise
-    (S/N ~ 0.5), so the level is found on the source's profile instead:
-    for each segment, the flux-weighted second moments of its own pixels give
-    an ellipse; ``image`` (noise units) is averaged in 1-pixel bins of the
-    (circularised) elliptical radius over the pixels that are free or its own
-    (other segments excluded), and the radius ``R`` where that profile first
-    drops below ``isophote`` is found by linear interpolation.  Free pixels
-    inside the ellipse of radius ``R`` join the segment; where two ellipses
-    overlap, the pixel goes to the segment in whose ellipse it lies deeper
-    (smaller r / R).  Segments never lose pixels; labels are unchanged.
+    (S/N ~ 0.5), so the level is found on the source's profile instead.
+
+    *Profile crossing* (every segment, or those at ``psf_snr`` and above):
+    the flux-weighted second moments of the segment's own pixels give an
+    ellipse; ``image`` (noise units) is averaged in 1-pixel bins of the
+    (circularised) elliptical radius over the pixels that are free or its
+    own (other segments excluded), and the radius ``R`` where that profile
+    first drops below ``isophote`` is found by linear interpolation.
+
+    *PSF-scaled profile* (segments whose S/N, the sum of their own pixels
+    over the square root of their area, is below ``psf_snr``): a faint
+    source's annulus at its isophote has S/N ~ 1, so the first crossing is
+    mostly noise (its radius scatters by ~40 %), and its own pixels' ellipse
+    is noise too.  Such a source is nearly unresolved: it is centred by a
+    Gaussian-windowed centroid on ``centroid_image`` (`windowed_centroids`),
+    its amplitude is fitted with the field's PSF profile (``psf``, measured
+    by `psf_profile` when not given) over its pixels within 3 px (the
+    matched filter: all of its flux, not one annulus), and ``R`` is where
+    that scaled profile falls to ``isophote``; the footprint is the circle
+    of radius ``R``.  When the field has too few bright compact sources to
+    measure the PSF, every segment uses the profile crossing.
+
+    Free pixels inside the ellipse (circle) of radius ``R`` join the
+    segment; where two overlap, the pixel goes to the segment in whose
+    ellipse it lies deeper (smaller r / R).  Segments never lose pixels;
+    labels are unchanged.
 
     Parameters
     ----------
@@ -387,7 +724,21 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0):
     valid : numpy.ndarray of bool, optional
         Pixels that may be used and grown into (default all).
     bin_px : float
-        Profile bin width in pixels.
+        Profile bin width in pixels (profile crossing).
+    centroid_image : numpy.ndarray, optional
+        Image for the windowed centroids (e.g. the smoothed g+r+i sum);
+        default ``image``.
+    psf_snr : float or None
+        Segments below this S/N use the PSF-scaled profile; None: none do
+        (every segment uses the profile crossing).
+    psf : tuple, optional
+        ``(radii, profile)`` as returned by `psf_profile`; measured on
+        ``image`` when None.
+    moments : tuple, optional
+        ``_segment_moments(segm_data, image)`` if already computed.
+    centres : tuple, optional
+        ``(cy, cx)`` windowed centroids indexed by label, if already
+        computed (`windowed_centroids` on ``centroid_image``).
 
     Returns
     -------
@@ -398,51 +749,95 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0):
 
     seg_in = np.asarray(segm_data)
     out = seg_in.astype(np.int32, copy=True)
+    n = int(seg_in.max(initial=0))
+    if n == 0:
+        return out
     ny, nx = out.shape
-    best = np.full(out.shape, np.inf, np.float32)
+    W, cy, cx, cxx, cxy, cyy, npx, flux = _segment_moments(seg_in, image) if moments is None else moments
+    faint = np.zeros(n + 1, bool)
+    star_R = np.full(n + 1, np.nan)
+    if psf_snr is not None:
+        snr = flux / np.sqrt(np.maximum(npx, 1))
+        snr[0] = -np.inf
+        cand = np.flatnonzero(W > 0)
+        cand = cand[cand > 0]
+        if centres is None:
+            cimg = image if centroid_image is None else centroid_image
+            wy, wx = cy.copy(), cx.copy()
+            wy[cand], wx[cand] = windowed_centroids(cimg, cy[cand], cx[cand])
+        else:
+            wy, wx = centres
+        if psf is None:
+            psf = psf_profile(image, seg_in, wy, wx, snr, valid=valid)
+        if psf is not None:
+            faint = (snr < psf_snr) & (W > 0)
+            faint[0] = False
+        lab = cand[snr[cand] >= psf_snr]
+        star_R[lab] = _star_radii(image, seg_in, lab, wy[lab], wx[lab], isophote, valid=valid, snr=snr[lab])
+    # candidate pixels of every segment: (flat index, depth r / R, label)
+    c_idx, c_depth, c_lab = [], [], []
+    bright = np.flatnonzero((W > 0) & ~faint)
     slices = ndimage.find_objects(seg_in)
-    for i, sl in enumerate(slices):
+    for lab in bright[bright > 0]:
+        sl = slices[lab - 1]
         if sl is None:
             continue
-        lab = i + 1
         y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
         pad = max(6, y1 - y0, x1 - x0)
+        if np.isfinite(star_R[lab]):
+            pad = max(pad, int(np.ceil(star_R[lab] * 1.5)) + 1)
         Y0, Y1, X0, X1 = max(0, y0 - pad), min(ny, y1 + pad), max(0, x0 - pad), min(nx, x1 + pad)
         seg = seg_in[Y0:Y1, X0:X1]
         own = seg == lab
         img = image[Y0:Y1, X0:X1]
-        oy, ox = np.nonzero(own)
-        w = np.clip(img[oy, ox], 0, None).astype(np.float64)
-        W = w.sum()
-        if not W > 0:
-            continue
-        cy, cx = (w @ oy) / W, (w @ ox) / W
-        ody, odx = oy - cy, ox - cx
-        cov = np.array([[w @ (odx * odx), w @ (odx * ody)],
-                        [w @ (odx * ody), w @ (ody * ody)]]) / W + 0.25 * np.eye(2)
+        cov = np.array([[cxx[lab], cxy[lab]], [cxy[lab], cyy[lab]]])
         ci = np.linalg.inv(cov)
         scale = np.sqrt(np.sqrt(np.linalg.det(cov)))
-        dy = (np.arange(Y1 - Y0, dtype=np.float32) - np.float32(cy))[:, None]
-        dx = (np.arange(X1 - X0, dtype=np.float32) - np.float32(cx))[None, :]
+        dy = (np.arange(Y0, Y1, dtype=np.float32) - np.float32(cy[lab]))[:, None]
+        dx = (np.arange(X0, X1, dtype=np.float32) - np.float32(cx[lab]))[None, :]
         q = np.float32(ci[0, 0]) * dx * dx + np.float32(2 * ci[0, 1]) * dx * dy + np.float32(ci[1, 1]) * dy * dy
         re = np.sqrt(np.maximum(q, 0)) * np.float32(scale)
         avail = (seg == 0) | own
         if valid is not None:
             avail &= valid[Y0:Y1, X0:X1]
-        bins = (re[avail] / bin_px).astype(np.int64)
-        nb = int(bins.max(initial=0)) + 1
-        cnt = np.bincount(bins, minlength=nb)
-        prof = np.bincount(bins, img[avail], minlength=nb) / np.maximum(cnt, 1)
-        below = np.flatnonzero((prof < isophote) & (cnt > 0))
-        if below.size == 0 or below[0] == 0:
+        if np.isfinite(star_R[lab]):
+            R = star_R[lab]
+        else:
+            bins = (re[avail] / bin_px).astype(np.int64)
+            nb = int(bins.max(initial=0)) + 1
+            cnt = np.bincount(bins, minlength=nb)
+            prof = np.bincount(bins, img[avail], minlength=nb) / np.maximum(cnt, 1)
+            below = np.flatnonzero((prof < isophote) & (cnt > 0))
+            if below.size == 0 or below[0] == 0:
+                continue
+            k = below[0]
+            R = bin_px * (k - 0.5 + (prof[k - 1] - isophote) / max(prof[k - 1] - prof[k], 1e-6))
+        if not R > 0:
             continue
-        k = below[0]
-        R = bin_px * (k - 0.5 + (prof[k - 1] - isophote) / max(prof[k - 1] - prof[k], 1e-6))
         ratio = (re / R).astype(np.float32)
-        bsub = best[Y0:Y1, X0:X1]
-        take = (ratio < 1) & (seg == 0) & avail & (ratio < bsub)
-        out[Y0:Y1, X0:X1][take] = lab
-        bsub[take] = ratio[take]
+        take = (ratio < 1) & (seg == 0) & avail
+        ty, tx = np.nonzero(take)
+        c_idx.append((ty + Y0) * nx + (tx + X0))
+        c_depth.append(ratio[take])
+        c_lab.append(np.full(ty.size, lab, np.int32))
+    if faint.any():
+        lab = np.flatnonzero(faint)
+        R, idx, rr, free = _psf_radii(image, seg_in, lab, wy[lab], wx[lab], psf, isophote, valid)
+        # the isophote encloses at least the seed's own area (the seed lies above it)
+        R = np.minimum(np.maximum(R, np.sqrt(npx[lab] / np.pi)), (idx.shape[1] - 1) / 2)
+        depth = rr / np.maximum(R, 1e-9)[:, None, None]
+        take = free & (depth < 1) & (R > 0)[:, None, None]
+        c_idx.append(idx[take])
+        c_depth.append(depth[take].astype(np.float32))
+        c_lab.append(np.broadcast_to(lab[:, None, None], take.shape)[take].astype(np.int32))
+    if c_idx and sum(a.size for a in c_idx):
+        idx = np.concatenate(c_idx)
+        depth = np.concatenate(c_depth)
+        labs = np.concatenate(c_lab)
+        order = np.lexsort((depth, idx))
+        idx, labs = idx[order], labs[order]
+        first = np.r_[True, idx[1:] != idx[:-1]]
+        out.ravel()[idx[first]] = labs[first]
     return out
 
 
@@ -491,14 +886,23 @@ class NetworkSegmenter:
         image above ``seed_nsigma`` times its measured noise that no network
         segment touches (`matched_filter_seeds`).  None: network seeds only.
     seed_sigma : float
-        Gaussian sigma (pixels) of that matched filter (about the PSF's).
+        Gaussian sigma (pixels) of that matched filter (about the PSF's),
+        also the window of the centroids and of the band test.
+    psf_snr : float or None
+        Segments below this S/N are grown with the field's PSF profile
+        scaled to their amplitude, the others on their own profile
+        (`grow_isophotal`); None: all on their own profile.
+    band_nsigma : float or None
+        Drop segments whose second-highest per-band (u, g, r, i, z)
+        matched-filter S/N is below it (`band_support`); None keeps all.
+        Five-band inputs only.
     """
 
     def __init__(self, variant=DEFAULT_VARIANT, taps=DEFAULT_TAPS, tap_weights=None,
                  widths=(8, 16, 32, 32), n_components=2, n_background=2, rule_kind="free", n_pca=8, threshold=0.5, n_pixels=5,
                  deblend=True, deblend_fwhm=2.0, rule="shipped", tile=512, overlap=48,
                  batch_size=8, device="auto", random_state=0, isophote=0.5, seed_nsigma=4.0,
-                 seed_sigma=1.5):
+                 seed_sigma=1.5, psf_snr=12.0, band_nsigma=2.0):
         self.variant = variant
         self.taps = tuple(taps)
         self.tap_weights = None if tap_weights is None else tuple(float(w) for w in tap_weights)
@@ -520,13 +924,15 @@ class NetworkSegmenter:
         self.isophote = None if isophote is None else float(isophote)
         self.seed_nsigma = None if seed_nsigma is None else float(seed_nsigma)
         self.seed_sigma = float(seed_sigma)
+        self.psf_snr = None if psf_snr is None else float(psf_snr)
+        self.band_nsigma = None if band_nsigma is None else float(band_nsigma)
 
     # -- parameters -------------------------------------------------------
     def get_params(self):
         """Constructor parameters as a dict (scikit-learn convention)."""
         keys = ("variant", "taps", "tap_weights", "widths", "n_components", "n_background", "rule_kind", "n_pca", "threshold",
                 "n_pixels", "deblend", "deblend_fwhm", "rule", "tile", "overlap", "batch_size",
-                "device", "random_state", "isophote", "seed_nsigma", "seed_sigma")
+                "device", "random_state", "isophote", "seed_nsigma", "seed_sigma", "psf_snr", "band_nsigma")
         return {k: getattr(self, k) for k in keys}
 
     def set_params(self, **params):
@@ -925,7 +1331,7 @@ class NetworkSegmenter:
         five = img.shape[0] == len(BANDS)
         grow = self.isophote is not None
         lin = r = None
-        if (segm is not None and self.deblend) or self.seed_nsigma is not None or grow:
+        if (segm is not None and self.deblend) or self.seed_nsigma is not None or grow or self.band_nsigma is not None:
             # linear noise units of g, r, i (deblending, matched-filter seeds, growth)
             lin = img[_GRI] if five else img.copy()   # a float32 copy: scratch
             lin *= np.float32(1.0 / STRETCH)
@@ -938,16 +1344,76 @@ class NetworkSegmenter:
             data = np.zeros(p.shape, np.int32) if segm is None else np.asarray(segm.data, np.int32)
             data = matched_filter_seeds(lin, data, self.seed_nsigma, self.seed_sigma, self.n_pixels)
             segm = SegmentationImage(data) if data.any() else None
-        if segm is not None and self.deblend:
+        det = None
+        if segm is not None and (self.deblend or grow or self.band_nsigma is not None):
             det = gaussian_filter(lin, self.deblend_fwhm / 2.3548)
+        if segm is not None and self.deblend:
             from astrohvae.stamps import deblend_segments
 
             segm = deblend_segments(det, segm, self.n_pixels, n_levels=32, contrast=0.001)
+        valid = np.any(img != 0, axis=0)
+        stats = None
+        if segm is not None and (grow or (self.band_nsigma is not None and five)):
+            # r moments and windowed centroids of every segment, shared by the band test and the growth
+            data = np.asarray(segm.data)
+            mom = _segment_moments(data, r)
+            lab = np.flatnonzero(mom[0] > 0)
+            lab = lab[lab > 0]
+            wy, wx = mom[1].copy(), mom[2].copy()
+            wy[lab], wx[lab] = windowed_centroids(det, mom[1][lab], mom[2][lab], sigma=self.seed_sigma)
+            stats = (mom, (wy, wx), lab)
+        if segm is not None and self.band_nsigma is not None and five:
+            segm, stats = self._drop_single_band(segm, img, stats, valid)
         if segm is not None and grow:
-            segm = SegmentationImage(grow_isophotal(segm.data, r, self.isophote, valid=np.any(img != 0, axis=0)))
+            segm = SegmentationImage(grow_isophotal(segm.data, r, self.isophote, valid=valid, centroid_image=det,
+                                                    psf_snr=self.psf_snr, moments=stats[0], centres=stats[1]))
         if return_maps:
             return segm, (p, recon)
         return segm
+
+    def _drop_single_band(self, segm, img, stats, valid):
+        """Remove segments seen in fewer than two bands (`band_support` below ``band_nsigma``).
+
+        A real source is seen in at least two of u, g, r, i, z at a few
+        sigma (a very red star or a high-redshift quasar in i and z only, a
+        blue one in u and g); a cosmic ray, a bad column or a noise peak of
+        one band is not.  The test is the second-highest of the per-band
+        matched-filter S/Ns at the segment's windowed centroid on ``img``
+        (the five-band network input; its asinh stretch is undone on the
+        windows), counting only the bands not masked there; a segment with
+        fewer than two such bands is kept.  ``stats`` is
+        ``(moments, (cy, cx), labels)``: `_segment_moments` of r, the
+        windowed centroids and the labels with positive r flux (the others
+        are dropped), all indexed by label.  Labels are renumbered 1..N in
+        their old order; returns the segmentation (None if nothing is
+        left) and ``stats`` re-indexed to the new labels.
+        """
+        from photutils.segmentation import SegmentationImage
+
+        data = np.asarray(segm.data)
+        n = int(data.max(initial=0))
+        mom, (wy, wx), lab = stats
+        snr = band_support(img, wy[lab], wx[lab], sigma=self.seed_sigma, valid=valid, segm_data=data,
+                           linearise=lambda v: np.sinh(v * np.float32(1.0 / STRETCH)) * np.float32(STRETCH))
+        # bands masked at the centre (0 in the network input) do not count
+        iy = np.clip(np.rint(wy[lab]).astype(np.int64), 0, data.shape[0] - 1)
+        ix = np.clip(np.rint(wx[lab]).astype(np.int64), 0, data.shape[1] - 1)
+        masked = (img[:, iy, ix] == 0).T
+        snr[masked] = -np.inf
+        second = np.sort(snr, axis=1)[:, -2]
+        keep = np.zeros(n + 1, bool)
+        keep[lab[(second >= self.band_nsigma) | ((~masked).sum(axis=1) < 2)]] = True
+        if keep[1:].all():
+            return segm, stats
+        if not keep[1:].any():
+            return None, None
+        keep[0] = True
+        lut = np.cumsum(keep).astype(np.int32) - 1
+        lut[~keep] = 0
+        old = np.flatnonzero(keep)
+        mom = tuple(m[old] for m in mom)
+        lab = np.flatnonzero(mom[0] > 0)
+        return SegmentationImage(lut[data]), (mom, (wy[old], wx[old]), lab[lab > 0])
 
     # -- persistence ------------------------------------------------------
     _RULE_ARRAYS = ("mean_", "scale_", "components_", "pca_mean_", "mix_weights_", "mix_means_",
@@ -1284,7 +1750,11 @@ def segment_file(field_path, out, variant=None, weights=None, classify=False, pl
               "SEGISO": (-1.0 if seg.isophote is None else seg.isophote,
                          "footprint isophote, r sky sigma (-1: none)"),
               "SEGMFSIG": (-1.0 if seg.seed_nsigma is None else seg.seed_nsigma,
-                           "matched-filter seed level, sigma (-1: none)")}
+                           "matched-filter seed level, sigma (-1: none)"),
+              "SEGPSNR": (-1.0 if seg.psf_snr is None else seg.psf_snr,
+                          "S/N below which PSF-scaled growth (-1: none)"),
+              "SEGBANDS": (-1.0 if seg.band_nsigma is None else seg.band_nsigma,
+                           "2nd-best band S/N to keep a segment (-1: off)")}
     try:
         from astrohvae.weights import weights_hash
 

@@ -21,8 +21,10 @@ stars when the field has a star list.
 
 The network variants run as `NetworkSegmenter.segment` ships them: network
 seeds, matched-filter seeds, deblending and isophotal growth to 0.5 r sky
-sigma (see `astrohvae.segment`).  ``--plain`` adds each variant with the
-network's own footprints only (``isophote=None, seed_nsigma=None``).
+sigma (see `astrohvae.segment`), with the band test and the PSF-scaled growth
+of faint segments.  ``--plain`` adds each variant with the
+network's own footprints only (``isophote=None, seed_nsigma=None,
+band_nsigma=None``).
 
 Writes ``segment_bench.json`` and ``README.md`` (the tables) into ``--out``;
 ``--readme-only`` rewrites the README from an existing JSON.
@@ -126,7 +128,7 @@ def _segmenters(weights, refit, plain=False, device="cpu"):
                 out[v + " (refit)"] = NetworkSegmenter.load(d, device=device, rule="refit")
             if plain:
                 out[v + " (network footprints only)"] = NetworkSegmenter.load(
-                    d, device=device, isophote=None, seed_nsigma=None)
+                    d, device=device, isophote=None, seed_nsigma=None, band_nsigma=None)
     return out
 
 
@@ -145,8 +147,9 @@ def write_readme(report, out, command):
              "a segment is pure if it contains a truth position (any magnitude, simulated to r = 23.5) or its "
              "centroid is within 2 px of one.",
              "IoU: segm > 0 vs simulator truth mask > 0 (noiseless r surface brightness > 0.5 r sky sigma).",
-             "Network variants: network seeds + matched-filter seeds (4 sigma) + deblending + isophotal growth "
-             "to 0.5 r sky sigma, as shipped.", ""]
+             "Network variants: network seeds + matched-filter seeds (4 sigma) + deblending + band test "
+             "(2 of 5 bands at 2 sigma) + growth to 0.5 r sky sigma (PSF-scaled circles below S/N 12, "
+             "stellar profile for bright point sources), as shipped.", ""]
     if report.get("simulated"):
         lines += [f"## Simulated full fields ({'x'.join(str(v) for v in report.get('size', (2048, 1489)))})", "",
                   "| field | method | IoU | purity | compl. r<22 | compl. r<22.5 | compl. 22-22.5 | segments | seconds |",
