@@ -334,21 +334,31 @@ def band_saturated(stamps, psf_image, hi=0.85, lo=0.6, min_snr=50.0):
     return ((rel >= hi) & ok).any(axis=1) & ((rel <= lo) & ok).any(axis=1)
 
 
-def _stack(stamps, idx):
-    flux = np.asarray(_load(stamps.flux[idx], np.float32), dtype=np.float32)
-    mask = np.asarray(_load(stamps.mask[idx], np.uint8), dtype=np.uint8)
+_PSF_HALF = 12
+"""The PSF is kept within this many pixels of the stamp centre."""
+
+
+def _psf_candidates(flux, mask, sky):
+    """Recentred, flux-normalised central windows (N, B, 25, 25) of the PSF stars (float64)."""
+    flux = np.asarray(flux, dtype=np.float32)
+    mask = np.asarray(mask, dtype=np.uint8)
     clean = clean_stamps(flux, mask)
     dy, dx = centroids(clean[:, _GRI].sum(axis=1))
     clean = recentre(clean, dy, dx)
-    f = source_flux(clean, mask, _load(stamps.sky_sigma[idx], np.float32))
-    # the PSF is kept within 12 px of the centre: the median over the central window only
-    ny, nx = clean.shape[-2:]
-    h = 12
-    win = (slice(None),) + central_window(ny, nx, h)
-    img = np.zeros(clean.shape[1:], np.result_type(clean.dtype, f.dtype))
-    img[win] = np.median(clean[(slice(None),) + win] / f[:, None, None, None], axis=0)
+    f = source_flux(clean, mask, sky)
+    # the median runs over the central window only
+    win = (slice(None), slice(None)) + central_window(*clean.shape[-2:], _PSF_HALF)
+    return clean[win] / f[:, None, None, None]
+
+
+def _stack(candidates, shape):
+    """The PSF image ``shape`` (B, ny, nx): median of the candidates, unit g+r+i flux within `_PSF_HALF`."""
+    ny, nx = shape[-2:]
+    win = (slice(None),) + central_window(ny, nx, _PSF_HALF)
+    img = np.zeros(shape, candidates.dtype)
+    img[win] = np.median(candidates, axis=0)
     r = _radius_grid(ny, nx)
-    img = np.where(r[None] <= h, img, 0.0)
+    img = np.where(r[None] <= _PSF_HALF, img, 0.0)
     img /= img[_GRI].sum()
     return img
 
@@ -403,21 +413,25 @@ def estimate_psf(stamps, min_snr=50.0, max_stars=300, features=None, iterations=
     if idx.size == 0:
         idx = np.argsort(np.abs(np.where(sat, np.inf, rh) - r_star))[:5]
     idx = idx[np.argsort(-snr[idx])][:max_stars]
-    img = _stack(stamps, idx)
+    # the candidates are read, cleaned and recentred once; each round stacks a subset
+    sub = SimpleNamespace(flux=_load(stamps.flux[idx], np.float32), mask=_load(stamps.mask[idx], np.uint8),
+                          sky_sigma=_load(stamps.sky_sigma[idx], np.float32))
+    shape = (sub.flux.shape[1],) + tuple(sub.flux.shape[-2:])
+    cand = _psf_candidates(sub.flux, sub.mask, sub.sky_sigma)
+    img = _stack(cand, shape)
     n_iter = PSF_ITERATIONS if iterations is None else int(iterations)
     for _ in range(n_iter):
         if idx.size < 8:
             break
-        sub = SimpleNamespace(flux=_load(stamps.flux[idx], np.float32), mask=_load(stamps.mask[idx], np.uint8),
-                              sky_sigma=_load(stamps.sky_sigma[idx], np.float32))
         sp = psf_match(sub, PSFModel(img, r_star, idx.size))["spread_model"]
         med = np.median(sp)
         mad = 1.4826 * np.median(np.abs(sp - med))
         keep = np.abs(sp - med) <= max(3.0 * mad, 1e-3)
         if keep.all() or keep.sum() < 5:
             break
-        idx = idx[keep]
-        img = _stack(stamps, idx)
+        idx, cand = idx[keep], cand[keep]
+        sub = SimpleNamespace(flux=sub.flux[keep], mask=sub.mask[keep], sky_sigma=sub.sky_sigma[keep])
+        img = _stack(cand, shape)
     return PSFModel(img, r_star, idx.size)
 
 
