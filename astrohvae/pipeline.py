@@ -419,7 +419,10 @@ def _stamp_store(field, segm, sources, background, batch_size, workdir, stamps_m
     chunk = max(1, min(batch_size, n))
     cut = max(chunk, (CUT_CHUNK // chunk) * chunk)  # whole zarr chunks per cut
     root = zarr.open_group(str(Path(workdir) / "stamps.zarr"), mode="w")
-    kw = dict(compressors=None, fill_value=0)
+    # every chunk is written as it is: zarr's default first compares each
+    # chunk with the fill value to skip empty ones, an extra pass over the
+    # stamps (~40 % of the write time) that never pays here
+    kw = dict(compressors=None, fill_value=0, config={"write_empty_chunks": True})
     flux = root.create_array("flux", shape=(n, len(BANDS), STAMP_SIZE, STAMP_SIZE),
                              chunks=(chunk, len(BANDS), STAMP_SIZE, STAMP_SIZE), dtype="f4", **kw)
     mask = root.create_array("mask", shape=(n, STAMP_SIZE, STAMP_SIZE),
