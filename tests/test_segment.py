@@ -24,6 +24,7 @@ from astrohvae.segment import (  # noqa: E402
     NetworkSegmenter,
     classmap,
     grow_isophotal,
+    halo_peaks,
     load_default_segmenter,
     matched_filter_seeds,
     network_input,
@@ -513,3 +514,45 @@ def test_grow_isophotal_bright_stars_follow_the_stellar_profile():
     err_c, err_s = np.abs(err_c), np.abs(err_s)
     assert np.median(err_s) < 0.3
     assert np.mean(err_s) < 0.6 * np.mean(err_c)     # measured 0.15 vs 0.38 px
+
+
+def test_halo_peaks_drops_only_what_stands_out_on_a_bright_halo():
+    """A bright star's halo lifts noise peaks over the threshold: those go, real sources stay."""
+    rng = np.random.default_rng(5)
+    ny, nx = 400, 400
+    yy, xx = np.mgrid[:ny, :nx]
+    cy, cx = 120.0, 130.0
+    rho = np.hypot(yy - cy, xx - cx)
+    halo = 5.0 * (np.maximum(rho, 20.0) / 40.0) ** -3.0  # 5 sigma at 40 px, a power-law wing
+    sm = halo + rng.normal(0, 1, (ny, nx))
+    sm[rho < 20] = 20000.0 * np.exp(-rho[rho < 20] ** 2 / 50.0)
+    seg = np.zeros((ny, nx), np.int32)
+    seg[rho < 20] = 1
+    labels, cys, cxs = [1], [cy], [cx]
+
+    def add(y, x, amp):
+        k = len(labels) + 1
+        box = (slice(y - 2, y + 3), slice(x - 2, x + 3))
+        sm[box] = sm[box] + amp * np.exp(-((yy[box] - y) ** 2 + (xx[box] - x) ** 2) / 3.0)
+        seg[box] = k
+        labels.append(k)
+        cys.append(float(y))
+        cxs.append(float(x))
+        return k
+
+    spurious = [add(int(cy + 42 * np.sin(a)), int(cx + 42 * np.cos(a)), 2.0) for a in np.linspace(0, 2 * np.pi, 8, endpoint=False)]
+    real = add(int(cy - 45), int(cx), 25.0)
+    ordinary = [add(int(y), int(x), a) for y, x, a in zip(rng.uniform(250, 390, 40), rng.uniform(10, 390, 40),
+                                                         rng.uniform(5.0, 12.0, 40))]
+    centres = (np.r_[np.nan, cys], np.r_[np.nan, cxs])
+    drop = set(halo_peaks(seg, sm.astype(np.float32), centres).tolist())
+    assert set(spurious) <= drop  # each peaks ~5-7 sigma, but only ~2 above its halo
+    assert real not in drop and 1 not in drop and not drop & set(ordinary)
+    # no bright star (no segment reaches min_peak): nothing is dropped
+    assert halo_peaks(seg, sm.astype(np.float32), centres, min_peak=1e6).size == 0
+
+
+def test_halo_peak_is_a_parameter():
+    seg = NetworkSegmenter()
+    assert seg.get_params()["halo_peak"] == 2000.0
+    assert seg.set_params(halo_peak=None).halo_peak is None
