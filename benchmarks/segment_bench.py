@@ -21,10 +21,10 @@ stars when the field has a star list.
 
 The network variants run as `NetworkSegmenter.segment` ships them: network
 seeds, matched-filter seeds, deblending and isophotal growth to 0.5 r sky
-sigma (see `astrohvae.segment`), with the band test and the PSF-scaled growth
-of faint segments.  ``--plain`` adds each variant with the
+sigma (see `astrohvae.segment`), with the band test, the halo test and the
+PSF-scaled growth of faint segments.  ``--plain`` adds each variant with the
 network's own footprints only (``isophote=None, seed_nsigma=None,
-band_nsigma=None``).
+band_nsigma=None, halo_peak=None``).
 
 Writes ``segment_bench.json`` and ``README.md`` (the tables) into ``--out``;
 ``--readme-only`` rewrites the README from an existing JSON.
@@ -128,7 +128,7 @@ def _segmenters(weights, refit, plain=False, device="cpu"):
                 out[v + " (refit)"] = NetworkSegmenter.load(d, device=device, rule="refit")
             if plain:
                 out[v + " (network footprints only)"] = NetworkSegmenter.load(
-                    d, device=device, isophote=None, seed_nsigma=None, band_nsigma=None)
+                    d, device=device, isophote=None, seed_nsigma=None, band_nsigma=None, halo_peak=None)
     return out
 
 
@@ -148,7 +148,8 @@ def write_readme(report, out, command):
              "centroid is within 2 px of one.",
              "IoU: segm > 0 vs simulator truth mask > 0 (noiseless r surface brightness > 0.5 r sky sigma).",
              "Network variants: network seeds + matched-filter seeds (4 sigma) + deblending + band test "
-             "(2 of 5 bands at 2 sigma) + growth to 0.5 r sky sigma (PSF-scaled circles below S/N 12, "
+             "(2 of 5 bands at 2 sigma) + halo test (segments that stand out only on a bright star's halo "
+             "dropped) + growth to 0.5 r sky sigma (PSF-scaled circles below S/N 12, "
              "stellar profile for bright point sources), as shipped.", ""]
     if report.get("simulated"):
         lines += [f"## Simulated full fields ({'x'.join(str(v) for v in report.get('size', (2048, 1489)))})", "",
