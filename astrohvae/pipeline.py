@@ -922,7 +922,14 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
                 client = Client(scheduler)
                 cluster = None
             else:
-                with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
+                # worker-saturation 1.0: a worker holds one field at a time and the
+                # others wait at the scheduler, so a field is never queued behind a
+                # long one on a busy worker while another worker idles (dask's 1.1
+                # gives a one-thread worker two)
+                with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ(),
+                                      "distributed.scheduler.worker-saturation": 1.0,
+                                      "distributed.worker.memory.monitor-interval": "1s",
+                                      "distributed.admin.system-monitor.interval": "2s"}):
                     cluster = LocalCluster(n_workers=int(workers or 1), threads_per_worker=threads_per_worker,
                                            processes=processes, memory_limit=memory_limit,
                                            dashboard_address=None, silence_logs=50)
