@@ -400,6 +400,22 @@ def matched_filter_seeds(det, segm_data, nsigma, sigma_px, n_pixels, sm_sn=None)
     return np.where(segm_data > 0, segm_data, new).astype(np.int32)
 
 
+def _annulus_sums(rr, ok, v, step, rmax):
+    """Pixel counts and sums of ``v`` in ``step``-px annuli out to ``rmax``, per window.
+
+    ``rr``, ``ok`` and ``v`` are ``(n_windows, h, w)``: radius, usable pixel,
+    value.  Returns ``(count, total)``, each ``(n_windows, round(rmax / step))``.
+    """
+    n = rr.shape[0]
+    nb = int(round(rmax / step))
+    k = (rr / step).astype(np.int64)
+    use = ok & (k < nb)
+    key = (np.broadcast_to(np.arange(n)[:, None, None], k.shape) * nb + k)[use]
+    cnt = np.bincount(key, minlength=n * nb).reshape(n, nb)
+    tot = np.bincount(key, v[use], minlength=n * nb).reshape(n, nb)
+    return cnt, tot
+
+
 def halo_peaks(segm_data, sm_sn, centres, min_peak=2000.0, floor_percentile=2.0, bin_px=4, reach=120.0):
     """Segments that stand out only on a bright star's halo (the labels to drop).
 
@@ -668,13 +684,8 @@ def psf_profile(image, segm_data, cy, cx, snr, valid=None, snr_range=(30.0, 400.
         ok &= valid.ravel()[idx]
     v = image.ravel()[idx]
     rr = np.hypot(yy - cy[lab][:, None, None], xx - cx[lab][:, None, None])
-    nb = int(round(rmax / step))
-    k = (rr / step).astype(np.int64)
-    use = ok & (k < nb)
-    src = np.broadcast_to(np.arange(lab.size)[:, None, None], k.shape)
-    key = (src * nb + k)[use]
-    cnt = np.bincount(key, minlength=lab.size * nb).reshape(lab.size, nb)
-    prof = np.bincount(key, v[use], minlength=lab.size * nb).reshape(lab.size, nb) / np.maximum(cnt, 1)
+    cnt, tot = _annulus_sums(rr, ok, v, step, rmax)
+    prof = tot / np.maximum(cnt, 1)
     prof[cnt == 0] = np.nan
 
     def mean_in(sel):
@@ -692,7 +703,7 @@ def psf_profile(image, segm_data, cy, cx, snr, valid=None, snr_range=(30.0, 400.
     if np.isnan(prof[0]):
         prof[0] = np.nanmax(prof)
     prof = np.fmin.accumulate(np.where(np.isnan(prof), np.inf, prof))
-    return (np.arange(nb) + 0.5) * step, prof
+    return (np.arange(prof.size) + 0.5) * step, prof
 
 
 def _psf_radii(image, segm_data, lab, cy, cx, psf, isophote, valid, fit_radius=3.0, half=7):
@@ -768,13 +779,7 @@ def _star_radii(image, segm_data, lab, cy, cx, isophote, valid=None, snr=None, r
     tmpl = np.flatnonzero(star)
     tmpl = tmpl[np.argsort(-core[tmpl])][:n_template]
     v, ok, _, rr = windows(tmpl, int(rmax))
-    nb = int(round(rmax / step))
-    k = (rr / step).astype(np.int64)
-    use = ok & (k < nb)
-    src = np.broadcast_to(np.arange(tmpl.size)[:, None, None], k.shape)
-    key = (src * nb + k)[use]
-    cnt = np.bincount(key, minlength=tmpl.size * nb).reshape(tmpl.size, nb)
-    tot = np.bincount(key, v[use], minlength=tmpl.size * nb).reshape(tmpl.size, nb)
+    cnt, tot = _annulus_sums(rr, ok, v, step, rmax)
     # sum over stars of w * (tot / cnt / core) with w = core^2 * cnt  ==  core * tot
     num = (core[tmpl, None] * tot).sum(axis=0)
     den = (core[tmpl, None] ** 2 * cnt).sum(axis=0)
@@ -782,7 +787,7 @@ def _star_radii(image, segm_data, lab, cy, cx, isophote, valid=None, snr=None, r
     prof = np.fmin.accumulate(prof)
     if not np.isfinite(prof[0]):
         return R
-    radii = (np.arange(nb) + 0.5) * step
+    radii = (np.arange(prof.size) + 0.5) * step
     level = isophote / np.where(star, core, np.inf)
     reach = star & (level > prof[-1])
     R[reach] = np.interp(-level[reach], -prof, radii)
