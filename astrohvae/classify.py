@@ -367,9 +367,7 @@ def aperture_colours(stamps, radius=3.0):
     """u-g, g-r, r-i, i-z colours (asinh magnitudes) inside ``radius`` pixels, other sources masked."""
     from astrohvae import BANDS
     from astrohvae.photometry import luptitude
-    from astrohvae.preprocess import clean_stamps
-
-    from astrohvae.preprocess import central_window
+    from astrohvae.preprocess import central_window, clean_stamps
 
     ny, nx = np.shape(stamps.flux)[-2:]
     win = central_window(ny, nx, int(np.ceil(radius)))  # the aperture lies in it
@@ -962,9 +960,9 @@ class HierarchicalClassifier:
         bs = max(1, batch_size)
 
         def encode(chunk):
-            zs = [_batched(self.ae_.encode, _inputs(chunk[i : i + bs], self.representation, self.crop), bs, dev)[0]
-                  for i in range(0, len(chunk.flux), bs)]
-            return np.concatenate(zs)
+            # the whole chunk's input at once (its g+r+i image is then reused by
+            # profile_features below); the network runs in batches of bs
+            return _batched(self.ae_.encode, _inputs(chunk, self.representation, self.crop), bs, dev)[0]
 
         # one pass over the (possibly zarr/dask-backed) stamps for the AE
         # latents and the field-independent statistics of each chunk

@@ -100,12 +100,17 @@ def clean_stamps(flux, mask, window=None):
     if window is not None:
         rows, cols = window
         return _clean(flux[:, :, rows, cols], mask[:, rows, cols])
+    return _last_result(_CLEAN_MEMO, flux, mask, _clean, _CLEAN_MEMO_BYTES)
+
+
+def _last_result(memo, flux, mask, make, max_bytes=None):
+    """``make(flux, mask)``, or its last result when called again with the same arrays (by identity)."""
     key = (id(flux), id(mask), flux.shape, mask.shape)
-    hit = _CLEAN_MEMO.get("last")
+    hit = memo.get("last")
     if hit is not None and hit[0] == key and hit[1] is flux and hit[2] is mask:
         return hit[3]
-    out = _clean(flux, mask)
-    _CLEAN_MEMO["last"] = (key, flux, mask, out) if out.nbytes <= _CLEAN_MEMO_BYTES else None
+    out = make(flux, mask)
+    memo["last"] = (key, flux, mask, out) if max_bytes is None or out.nbytes <= max_bytes else None
     return out
 
 
@@ -125,12 +130,10 @@ def clean_gri(flux, mask):
     need, made without a cleaned copy of all five bands.  The last result is
     reused for the same ``flux`` and ``mask`` arrays (read-only).
     """
-    flux = np.asarray(flux)
-    mask = np.asarray(mask)
-    key = (id(flux), id(mask), flux.shape, mask.shape)
-    hit = _GRI_MEMO.get("last")
-    if hit is not None and hit[0] == key and hit[1] is flux and hit[2] is mask:
-        return hit[3]
+    return _last_result(_GRI_MEMO, np.asarray(flux), np.asarray(mask), _gri)
+
+
+def _gri(flux, mask):
     g, r, i = (np.asarray(flux[:, b], dtype=np.float32) for b in _GRI)
     out = g + r
     out += i
@@ -140,7 +143,6 @@ def clean_gri(flux, mask):
         out[odd] = parts[0] + parts[1] + parts[2]
     out[(mask & (MASK_OTHER | MASK_INVALID)) != 0] = 0.0
     out.flags.writeable = False
-    _GRI_MEMO["last"] = (key, flux, mask, out)
     return out
 
 
