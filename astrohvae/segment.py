@@ -56,9 +56,10 @@ feature maps, upsampled to full resolution) are then split into "object" and
    of their image smoothed by 0.15 times that radius instead of an ellipse
    (a big galaxy's round bulge and flat disc give an outer isophote of
    another shape than its inner moments).  With ``trim``, a bright source
-   of radius 12 px or less gives up the pixels of its network seed that
-   lie outside its footprint (the network's footprints are blurred 1-2 px
-   past the isophote; bigger sources keep theirs: spikes, bleed trails).
+   of radius 12 px or less gives up the faint pixels of its network seed
+   that lie outside its footprint (the network's footprints are blurred
+   1-2 px past the isophote; bright pixels there are an undeblended
+   companion's; bigger sources keep theirs: spikes, bleed trails).
    The result is a `photutils.segmentation.SegmentationImage` (0
    background, k = source k).
 
@@ -843,11 +844,14 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
     segment; where two overlap, the pixel goes to the segment in whose
     ellipse it lies deeper (smaller r / R).  With ``trim``, the own pixels
     of a bright segment with ``R`` <= ``keep_radius`` that lie outside its
-    footprint are released (the network's footprints are blurred and reach
-    beyond a star's or a small galaxy's isophote); larger sources keep them
-    (a bright star's diffraction spikes and bleed trail, a big galaxy's
-    irregular outskirts); without ``trim`` segments never lose pixels.  A
-    segment is never emptied; labels are unchanged.
+    footprint and are faint (``image`` smoothed by a Gaussian of 1 px at
+    most twice ``isophote``) are released: the network's footprints are
+    blurred and reach beyond a star's or a small galaxy's isophote, while a
+    bright pixel outside the ellipse belongs to an undeblended companion.
+    Larger sources keep all their pixels (a bright star's diffraction
+    spikes and bleed trail, a big galaxy's irregular outskirts); without
+    ``trim`` segments never lose pixels.  A segment is never emptied;
+    labels are unchanged.
 
     Parameters
     ----------
@@ -897,6 +901,10 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
     if n == 0:
         return out
     ny, nx = out.shape
+    if trim:
+        # only faint seed pixels are released: a bright one outside the footprint is an undeblended
+        # companion or a spike, not a blurred edge
+        faint_px = ndimage.gaussian_filter(np.asarray(image, np.float32), 1.0) <= 2 * isophote
     W, cy, cx, cxx, cxy, cyy, npx, flux = _segment_moments(seg_in, image) if moments is None else moments
     faint = np.zeros(n + 1, bool)
     star_R = np.full(n + 1, np.nan)
@@ -965,7 +973,7 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
             inside = _smoothed_footprint(img, avail, own, isophote, 0.15 * R, ratio < 2)
         take = inside & (seg == 0) & avail
         if trim and not R > keep_radius:
-            ty, tx = np.nonzero(own & ~inside)
+            ty, tx = np.nonzero(own & ~inside & faint_px[Y0:Y1, X0:X1])
             c_cut.append((ty + Y0) * nx + (tx + X0))
         ty, tx = np.nonzero(take)
         c_idx.append((ty + Y0) * nx + (tx + X0))
