@@ -901,10 +901,6 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
     if n == 0:
         return out
     ny, nx = out.shape
-    if trim:
-        # only faint seed pixels are released: a bright one outside the footprint is an undeblended
-        # companion or a spike, not a blurred edge
-        faint_px = ndimage.gaussian_filter(np.asarray(image, np.float32), 1.0) <= 2 * isophote
     W, cy, cx, cxx, cxy, cyy, npx, flux = _segment_moments(seg_in, image) if moments is None else moments
     faint = np.zeros(n + 1, bool)
     star_R = np.full(n + 1, np.nan)
@@ -973,7 +969,7 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
             inside = _smoothed_footprint(img, avail, own, isophote, 0.15 * R, ratio < 2)
         take = inside & (seg == 0) & avail
         if trim and not R > keep_radius:
-            ty, tx = np.nonzero(own & ~inside & faint_px[Y0:Y1, X0:X1])
+            ty, tx = np.nonzero(own & ~inside)
             c_cut.append((ty + Y0) * nx + (tx + X0))
         ty, tx = np.nonzero(take)
         c_idx.append((ty + Y0) * nx + (tx + X0))
@@ -999,6 +995,9 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
         out.ravel()[idx[first]] = labs[first]
     if c_cut and sum(a.size for a in c_cut):
         cut = np.concatenate(c_cut)
+        # only faint seed pixels are released: a bright one outside the footprint is an undeblended
+        # companion or a spike, not a blurred edge
+        cut = cut[_smoothed_at(image, cut, 1.0) <= 2 * isophote]
         out.ravel()[cut] = 0
         # a segment is never emptied: one left without pixels keeps its own
         gone = np.bincount(out.ravel(), minlength=n + 1) == 0
@@ -1009,19 +1008,66 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
     return out
 
 
+def _smoothed_at(image, flat, sigma, truncate=4.0):
+    """``scipy.ndimage.gaussian_filter(image, sigma)`` (float32, 'reflect' edges) at the flat indices ``flat``.
+
+    Few pixels (a normal field's seed edges) are smoothed one by one; many
+    (a crowded field's) through the whole-image filter, which is then cheaper.
+    """
+    if np.size(flat) > np.size(image) // 100:
+        from scipy import ndimage
+
+        return ndimage.gaussian_filter(np.asarray(image, np.float32), sigma, truncate=truncate).ravel()[flat]
+    rad = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-rad, rad + 1)
+    k = np.exp(-0.5 * (x / float(sigma)) ** 2)
+    k /= k.sum()
+    ny, nx = image.shape
+    iy, ix = np.divmod(np.asarray(flat, np.int64), nx)
+    img = np.asarray(image, np.float32)
+    out = np.zeros(iy.size, np.float64)
+    # 'reflect' (d c b a | a b c d | d c b a) is numpy's 'symmetric'
+    ry = _reflect_index(iy[:, None] + x[None, :], ny)
+    rx = _reflect_index(ix[:, None] + x[None, :], nx)
+    for j in range(x.size):
+        out += k[j] * (img[ry[:, j][:, None], rx] @ k)
+    return out.astype(np.float32)
+
+
+def _reflect_index(i, n):
+    """Indices reflected into ``[0, n)`` as scipy.ndimage's 'reflect' mode does (edge pixel repeated)."""
+    period = 2 * n
+    i = np.mod(i, period)
+    return np.where(i >= n, period - 1 - i, i)
+
+
 def _smoothed_footprint(img, avail, own, isophote, sigma, reach):
     """Pixels of ``reach`` where ``img`` smoothed over ``avail`` exceeds ``isophote``, connected to ``own``.
 
     The smoothing is a normalised convolution (Gaussian of ``sigma`` pixels
     over the available pixels only, so other segments' flux does not leak
-    in); all arrays are one window around the segment.
+    in), computed on 2x2-pixel blocks (``sigma`` is 4.5 px or more here, so
+    the blocks do not change it) over the box of ``reach`` and ``own`` plus
+    3 ``sigma``; all arrays are one window around the segment.
     """
     from scipy import ndimage
 
-    w = avail.astype(np.float32)
-    num = ndimage.gaussian_filter(np.where(avail, img, 0).astype(np.float32), sigma)
-    den = ndimage.gaussian_filter(w, sigma)
-    above = (num > np.float32(isophote) * np.maximum(den, 1e-3)) & avail & reach
+    yy, xx = np.nonzero(reach | own)
+    m = int(np.ceil(3 * sigma))
+    y0, y1 = max(0, yy.min() - m), min(img.shape[0], yy.max() + 1 + m)
+    x0, x1 = max(0, xx.min() - m), min(img.shape[1], xx.max() + 1 + m)
+    h, w = y1 - y0, x1 - x0
+    H, W = h + h % 2, w + w % 2
+    ok = np.zeros((H, W), np.float32)
+    ok[:h, :w] = avail[y0:y1, x0:x1]
+    val = np.zeros((H, W), np.float32)
+    val[:h, :w] = np.where(avail[y0:y1, x0:x1], img[y0:y1, x0:x1], 0)
+    num = ndimage.gaussian_filter(val.reshape(H // 2, 2, W // 2, 2).sum(axis=(1, 3)), sigma / 2, truncate=3.0)
+    den = ndimage.gaussian_filter(ok.reshape(H // 2, 2, W // 2, 2).sum(axis=(1, 3)), sigma / 2, truncate=3.0)
+    hi = num > np.float32(isophote) * np.maximum(den, 1e-3)
+    above = np.zeros(img.shape, bool)
+    above[y0:y1, x0:x1] = np.repeat(np.repeat(hi, 2, axis=0), 2, axis=1)[:h, :w]
+    above &= avail & reach
     comp, _ = ndimage.label(above | own)
     ids = np.unique(comp[own])
     return above & np.isin(comp, ids[ids > 0])

@@ -614,3 +614,18 @@ def test_grow_isophotal_large_sources_follow_their_smoothed_isophote():
     assert iou[1] > 0.9 and iou[1] > iou[0] + 0.03                    # measured 0.918 vs 0.870
     # a threshold it never reaches: the ellipse path is used and nothing changes
     np.testing.assert_array_equal(grow_isophotal(seeds, image, 0.5, smooth_radius=1e6), ellipse)
+
+
+def test_smoothed_at_equals_the_whole_image_filter():
+    """The pixel-by-pixel smoothing used by the trim equals scipy's gaussian_filter, edges included."""
+    from scipy.ndimage import gaussian_filter
+
+    from astrohvae.segment import _smoothed_at
+
+    rng = np.random.default_rng(7)
+    img = rng.normal(size=(300, 400)).astype(np.float32)
+    ref = gaussian_filter(img, 1.0)
+    few = np.r_[rng.choice(img.size, 500, replace=False), 0, 399, img.size - 1, 3 * 400 + 1]
+    many = rng.choice(img.size, img.size // 50, replace=False)       # the whole-image path
+    for flat in (few, many):
+        np.testing.assert_allclose(_smoothed_at(img, flat, 1.0), ref.ravel()[flat], atol=1e-6)
