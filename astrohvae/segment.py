@@ -2030,7 +2030,7 @@ def segment_file(field_path, out, variant=None, weights=None, classify=False, pl
                           "halo test: bright-star peak S/N (-1: off)"),
               "SEGTRIM": (bool(getattr(seg, "trim", False)), "seeds trimmed to their footprints"),
               "SEGSMR": (-1.0 if getattr(seg, "smooth_radius", None) is None else seg.smooth_radius,
-                         "radius of smoothed-isophote footprints, px (-1: off)")}
+                         "smoothed isophote from radius, px (-1: off)")}
     try:
         from astrohvae.weights import weights_hash
 

@@ -354,6 +354,7 @@ def test_cli_segment(tmp_path):
         assert h["SEGMAP"].data.max() >= 1
         assert "CLASSMAP" not in h
         assert h[0].header["SEGISO"] == 0.5 and h[0].header["SEGMFSIG"] == 4.0
+        assert h[0].header["SEGTRIM"] is True and h[0].header["SEGSMR"] == 30.0
     bad = runner.invoke(main, ["segment", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "x.fits")])
     assert bad.exit_code == 2 and "error" in bad.output
     assert not (tmp_path / "x.fits").exists()
