@@ -612,7 +612,7 @@ def test_grow_isophotal_large_sources_follow_their_smoothed_isophote():
     smooth = grow_isophotal(seeds, image, 0.5, smooth_radius=30.0)
     iou = [((g > 0) & truth).sum() / ((g > 0) | truth).sum() for g in (ellipse, smooth)]
     assert truth.sum() > 3000 and np.sqrt(truth.sum() / np.pi) > 30
-    assert iou[1] > 0.9 and iou[1] > iou[0] + 0.03                    # measured 0.918 vs 0.870
+    assert iou[1] > 0.9 and iou[1] > iou[0] + 0.03                    # measured 0.921 vs 0.882
     # a threshold it never reaches: the ellipse path is used and nothing changes
     np.testing.assert_array_equal(grow_isophotal(seeds, image, 0.5, smooth_radius=1e6), ellipse)
 
