@@ -1046,9 +1046,10 @@ def _smoothed_footprint(img, avail, own, isophote, sigma, reach):
 
     The smoothing is a normalised convolution (Gaussian of ``sigma`` pixels
     over the available pixels only, so other segments' flux does not leak
-    in), computed on 2x2-pixel blocks (``sigma`` is 4.5 px or more here, so
-    the blocks do not change it) over the box of ``reach`` and ``own`` plus
-    3 ``sigma``; all arrays are one window around the segment.
+    in) over the box of ``reach`` and ``own`` plus 3 ``sigma``, computed on
+    2x2-pixel blocks when ``sigma`` is 4 px or more (it is 4.5 px or more
+    with the default ``smooth_radius``; the blocks do not change such a
+    smoothing); all arrays are one window around the segment.
     """
     from scipy import ndimage
 
@@ -1057,16 +1058,17 @@ def _smoothed_footprint(img, avail, own, isophote, sigma, reach):
     y0, y1 = max(0, yy.min() - m), min(img.shape[0], yy.max() + 1 + m)
     x0, x1 = max(0, xx.min() - m), min(img.shape[1], xx.max() + 1 + m)
     h, w = y1 - y0, x1 - x0
-    H, W = h + h % 2, w + w % 2
+    f = 2 if sigma >= 4 else 1
+    H, W = -(-h // f) * f, -(-w // f) * f
     ok = np.zeros((H, W), np.float32)
     ok[:h, :w] = avail[y0:y1, x0:x1]
     val = np.zeros((H, W), np.float32)
     val[:h, :w] = np.where(avail[y0:y1, x0:x1], img[y0:y1, x0:x1], 0)
-    num = ndimage.gaussian_filter(val.reshape(H // 2, 2, W // 2, 2).sum(axis=(1, 3)), sigma / 2, truncate=3.0)
-    den = ndimage.gaussian_filter(ok.reshape(H // 2, 2, W // 2, 2).sum(axis=(1, 3)), sigma / 2, truncate=3.0)
+    num = ndimage.gaussian_filter(val.reshape(H // f, f, W // f, f).sum(axis=(1, 3)), sigma / f, truncate=3.0)
+    den = ndimage.gaussian_filter(ok.reshape(H // f, f, W // f, f).sum(axis=(1, 3)), sigma / f, truncate=3.0)
     hi = num > np.float32(isophote) * np.maximum(den, 1e-3)
     above = np.zeros(img.shape, bool)
-    above[y0:y1, x0:x1] = np.repeat(np.repeat(hi, 2, axis=0), 2, axis=1)[:h, :w]
+    above[y0:y1, x0:x1] = np.repeat(np.repeat(hi, f, axis=0), f, axis=1)[:h, :w]
     above &= avail & reach
     comp, _ = ndimage.label(above | own)
     ids = np.unique(comp[own])
