@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	mkdir -p out
-	$(BIN)/astrohvae run --example --out out/example.cat.fits --preview
+	$(BIN)/astrohvae run --example --out out/example.cat.fits --preview --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -1097,7 +1097,7 @@ def _save(directory, modules, extra, config):
     for k, v in extra.items():
         tensors[k] = v.detach().cpu().contiguous()
     directory.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory, directory=True) as tmp:
+    with atomic_path(directory, directory=True, kind="weights") as tmp:
         save_file(tensors, str(Path(tmp) / "model.safetensors"))
         (Path(tmp) / "config.json").write_text(json.dumps(config, indent=1, default=float))
 

@@ -17,30 +17,103 @@ import click
 
 from astrohvae import __version__
 from astrohvae.errors import AstroHVAEError
+from astrohvae.preprocess import DEFAULT_REPRESENTATION
+from astrohvae.segment import DEFAULT_VARIANT
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """`warnings.showwarning` for the command line: ``astrohvae: warning: TEXT`` on one line."""
+    click.echo(f"astrohvae: warning: {' '.join(str(message).split())}", err=True)
 
 
 class _Group(click.Group):
-    """Click group that turns astrohvae errors into one-line messages."""
+    """Click group that turns astrohvae errors (and usage errors) into one-line messages.
+
+    It also prints warnings as one line and removes this process's temporary
+    outputs on SIGTERM/SIGHUP (`astrohvae.io.atomic.install_signal_cleanup`).
+    """
 
     def invoke(self, ctx):
+        import warnings
+
+        from astrohvae.io.atomic import install_signal_cleanup
+
+        warnings.showwarning = _one_line_warning
+        install_signal_cleanup()
         try:
             return super().invoke(ctx)
         except AstroHVAEError as exc:
-            click.echo(f"astrohvae: error: {exc}", err=True)
+            click.echo(f"astrohvae: error: {' '.join(str(exc).split())}", err=True)
             sys.exit(2)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "astrohvae"
+            msg = " ".join(exc.format_message().split())
+            click.echo(f"astrohvae: error: {msg} (see '{where} -h')", err=True)
+            sys.exit(exc.exit_code)
 
 
-@click.group(cls=_Group)
+@click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, prog_name="astrohvae")
 def main():
     """Unsupervised star/galaxy catalogues from five-band SDSS-style imaging."""
 
 
+def _verbosity(f):
+    """``--quiet`` (no progress bar or progress lines) and ``--verbose`` (warnings and step timings)."""
+    f = click.option("-v", "--verbose", is_flag=True, help="Show library warnings (one line each) and timings.")(f)
+    f = click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress lines on stderr.")(f)
+    return f
+
+
+def _overwrite_option(what):
+    return click.option("--overwrite", is_flag=True,
+                        help=f"Replace an existing {what} written by astrohvae (never any other file).")
+
+
+def _check_device(ctx, param, value):
+    """Resolve ``--device`` before any work: one line instead of a traceback when it is not available."""
+    if value is None or str(value).strip().lower() == "auto":
+        return value
+    from astrohvae.device import resolve_device
+    from astrohvae.errors import InputError
+
+    try:
+        resolve_device(value)
+    except ValueError as exc:
+        raise InputError("--device", str(exc)) from None
+    return value
+
+
+def _device_option(default="auto"):
+    return click.option("--device", default=default, show_default=True, callback=_check_device,
+                        help="auto (cuda when available, else cpu), cpu, cuda or cuda:N.")
+
+
+def _check_nsigma(ctx, param, value):
+    import math
+
+    from astrohvae.errors import InputError
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise InputError("--nsigma", f"{value!r} is not a finite number > 0")
+    return value
+
+
+def _inputs(items):
+    from astrohvae.pipeline import input_paths
+
+    return input_paths(list(items))
+
+
 def _parse_size(text):
+    from astrohvae.errors import InputError
+
     try:
         nx, ny = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not of the form NXxNY, e.g. 2048x1489")
+        raise InputError("--size", f"{text!r} is not of the form NXxNY, e.g. 2048x1489") from None
     return nx, ny
 
 
@@ -52,14 +125,19 @@ def _parse_size(text):
 @click.option("--size", default="2048x1489", show_default=True, help="Field size NXxNY in pixels.")
 @click.option("--star-fraction", type=click.FloatRange(0.0, 1.0), default=None,
               help="Fraction of all simulated objects that are stars (default: the observed star and galaxy number counts).")
-def simulate(out, seed, size, star_fraction):
+@_overwrite_option("simulation of the same seed in OUT")
+@_verbosity
+def simulate(out, seed, size, star_fraction, overwrite, quiet, verbose):
     """Write a simulated SDSS field (five frames + truth) into folder OUT."""
-    from astrohvae.simulate import write_simulation
+    from astrohvae.errors import InputError
+    from astrohvae.simulate import MAX_PIXELS, write_simulation
 
     nx, ny = _parse_size(size)
     if nx < 16 or ny < 16:
-        raise click.BadParameter(f"{size!r}: the field must be at least 16x16 pixels", param_hint="--size")
-    paths = write_simulation(out, seed=seed, size=(nx, ny), star_fraction=star_fraction)
+        raise InputError("--size", f"{size!r}: the field must be at least 16x16 pixels")
+    if nx * ny > MAX_PIXELS:
+        raise InputError("--size", f"{size!r}: at most {MAX_PIXELS:,} pixels (e.g. 6000x6000) can be simulated")
+    paths = write_simulation(out, seed=seed, size=(nx, ny), star_fraction=star_fraction, overwrite=overwrite)
     for p in paths:
         click.echo(str(p))
 
@@ -68,12 +146,15 @@ def simulate(out, seed, size, star_fraction):
 
 
 # --- run (owner: astrohvae/pipeline.py) --------------------------------------
-def _quiet_warnings():
-    """Keep stderr for the one-line error: silence library warnings."""
+def _quiet_warnings(verbose=False):
+    """Keep stderr for the one-line error: silence library warnings (shown, one line each, with --verbose)."""
     import warnings
 
     from astropy import log
 
+    if verbose:
+        warnings.simplefilter("default")
+        return
     warnings.simplefilter("ignore")
     log.setLevel("ERROR")
 
@@ -81,10 +162,10 @@ def _quiet_warnings():
 @main.command()
 @click.argument("field", nargs=-1, type=click.Path())
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
-              help="Catalogue FITS file [default: ./<field>.cat.fits].")
+              help="Catalogue FITS file; missing folders are created [default: ./<field>.cat.fits].")
 @click.option("--weights", type=click.Path(), default=None,
               help="Classifier weights folder (model.safetensors + config.json) [default: shipped].")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@_device_option()
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True,
               help="Stamps per classifier batch.")
 @click.option("--preview/--no-preview", default=False, help="Also write a PNG of the field with star/galaxy markers.")
@@ -92,18 +173,21 @@ def _quiet_warnings():
               help="Preview PNG [default: the catalogue name with .png].")
 @click.option("--segmenter", type=click.Choice(["auto", "network", "photutils"]), default="auto",
               show_default=True, help="Segmentation: the shipped network (auto: when installed) or photutils.")
-@click.option("--nsigma", type=float, default=1.5, show_default=True,
-              help="Detection threshold of the photutils segmentation, in sigma.")
+@click.option("--nsigma", type=float, default=1.5, show_default=True, callback=_check_nsigma,
+              help="Detection threshold of the photutils segmentation, in sigma (finite, > 0).")
 @click.option("--example", is_flag=True,
               help="Run on the embedded example (a 1024x744 field simulated with a fixed seed).")
-def run(field, out, weights, device, batch_size, preview, preview_out, segmenter, nsigma, example):
+@_overwrite_option("catalogue (and preview)")
+@_verbosity
+def run(field, out, weights, device, batch_size, preview, preview_out, segmenter, nsigma, example, overwrite,
+        quiet, verbose):
     """Catalogue one field: segmentation, stamps, star/galaxy classification.
 
     FIELD is any input the reader takes: an SDSS field folder, one frame
     (its sibling bands are found), several frame files, a glob, a
     multi-extension FITS with FILTER per HDU, or a cube with BANDS.
     """
-    _quiet_warnings()
+    _quiet_warnings(verbose)
     from astrohvae.pipeline import example_field, run_field
 
     if example == bool(field):
@@ -114,12 +198,15 @@ def run(field, out, weights, device, batch_size, preview, preview_out, segmenter
     else:
         src = field[0] if len(field) == 1 else list(field)
     res = run_field(src, out, weights=weights, device=device, batch_size=batch_size, preview=preview,
-                    preview_out=preview_out, segmenter=segmenter, nsigma=nsigma)
+                    preview_out=preview_out, segmenter=segmenter, nsigma=nsigma, overwrite=overwrite,
+                    progress=not quiet and sys.stderr.isatty())
     frac = f"{res.star_fraction:.3f}" if res.rows else "n/a"
     click.echo(f"catalogue: {res.catalog}  ({res.rows} sources: {res.n_star} stars, {res.n_galaxy} galaxies, "
                f"star fraction {frac}; {res.seconds:.1f} s)")
     if res.preview:
         click.echo(f"preview:   {res.preview}")
+    if verbose:
+        click.echo("timings:   " + ", ".join(f"{k} {v:.2f} s" for k, v in res.timings.items()), err=True)
 
 
 # --- end run -----------------------------------------------------------------
@@ -178,22 +265,38 @@ def survey(fields, out_dir, scheduler, workers, memory_limit, weights, device, b
 # --- segment (owner: astrohvae/segment.py) -----------------------------------
 @main.command()
 @click.argument("field", nargs=-1, required=True, type=click.Path())
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output FITS (SEGMAP [+ CLASSMAP]).")
-@click.option("--variant", type=click.Choice(["ae-res-hc", "ae-hc", "vae-hc"]), default=None,
-              help="Shipped segmenter variant [default: astrohvae.segment.DEFAULT_VARIANT].")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Output FITS (SEGMAP [+ CLASSMAP]); missing folders are created.")
+@click.option("--variant", type=click.Choice(["ae-res-hc", "ae-hc", "vae-hc"]), default=DEFAULT_VARIANT,
+              show_default=True, help="Shipped segmenter variant (ignored with --weights).")
 @click.option("--weights", type=click.Path(file_okay=False), default=None, help="Segmenter weights folder.")
 @click.option("--classify", is_flag=True, help="Classify the segments and write CLASSMAP (0 bkg, 1 star, 2 galaxy).")
 @click.option("--plots", is_flag=True, help="Also write <out>-segment.png and <out>-segment-zoom.png.")
-@click.option("--device", default="auto", show_default=True)
-def segment(field, out, variant, weights, classify, plots, device):
+@_device_option()
+@_overwrite_option("segmentation (and plots)")
+@_verbosity
+def segment(field, out, variant, weights, classify, plots, device, overwrite, quiet, verbose):
     """Segment FIELD (frames, a folder, a MEF or a cube) without labels; write SEGMAP to OUT."""
     import warnings
+    from pathlib import Path
 
+    from astrohvae.io.atomic import check_output
+    from astrohvae.pipeline import read_input
     from astrohvae.segment import segment_file
 
-    warnings.filterwarnings("ignore", module="photutils")
-    res = segment_file(list(field) if len(field) > 1 else field[0], out, variant=variant, weights=weights,
-                       classify=classify, plots=plots, device=device)
+    if not verbose:
+        warnings.filterwarnings("ignore", module="photutils")
+    inputs = _inputs(field)
+    check_output(out, inputs=inputs, kind="segmap", overwrite=overwrite)
+    if plots:
+        stem = Path(out)
+        stem = stem.with_name(stem.name[:-5] if stem.name.endswith(".fits") else stem.name)
+        for suffix in ("-segment.png", "-segment-zoom.png"):
+            check_output(f"{stem}{suffix}", inputs=inputs, kind="png", overwrite=overwrite)
+    src = list(field) if len(field) > 1 else field[0]
+    fld = read_input(src)  # every reader failure as one line
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    res = segment_file(fld, out, variant=variant, weights=weights, classify=classify, plots=plots, device=device)
     click.echo(f"{res['out']}: {res['n_sources']} sources; segmentation {res['segment_seconds']:.1f} s, "
                f"total {res['seconds']:.1f} s")
     for p in res["plots"]:
@@ -213,7 +316,8 @@ def segment(field, out, variant, weights, classify, plots, device):
 @click.option("--prior", nargs=2, type=float, default=None, metavar="M S",
               help="Two-peak prior 0.5 N(-M, S^2) + 0.5 N(M, S^2) [default: 2 0.5].")
 @click.option("--beta", type=float, default=1.0, show_default=True, help="Weight of the prior term.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (written atomically).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output weights folder (written atomically; an existing one only with --overwrite).")
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--latent-epochs", type=click.IntRange(1), default=100, show_default=True,
               help="Epochs of the hvae's latent VAE (cheap).")
@@ -222,18 +326,20 @@ def segment(field, out, variant, weights, classify, plots, device):
 @click.option("--latent-dim", type=click.IntRange(1), default=None,
               help="ae: AE latent (30); vae: 2; hvae: the high-level latent (1).")
 @click.option("--patience", type=click.IntRange(1), default=5, show_default=True, help="Early-stopping patience.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@_device_option()
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run with the same --out.")
 @click.option("--plots", is_flag=True, help="Write loss curves and latent plots (PNG) into OUT.")
-@click.option("--representation", default=None, help="Network input (default: preprocess.DEFAULT_REPRESENTATION).")
+@click.option("--representation", default=DEFAULT_REPRESENTATION, show_default=True, help="Network input.")
 @click.option("--max-stamps", type=click.IntRange(3), default=None, help="Train on a random subset of this size.")
 @click.option("--augment", is_flag=True, help="Random 90-degree rotations and flips.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_overwrite_option("weights folder")
+@_verbosity
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for torch (default: torch's choice; 1 is faster on a busy shared machine).")
 def train(store, model_kind, divergence, prior, beta, out, epochs, latent_epochs, batch_size, lr, latent_dim,
-          patience, device, seed, resume, plots, representation, max_stamps, augment, quiet, threads):
+          patience, device, seed, resume, plots, representation, max_stamps, augment, overwrite, quiet, verbose,
+          threads):
     """Train a network on the stamp store STORE and write its weights to --out."""
     from astrohvae.train import train_from_store
 
@@ -246,7 +352,8 @@ def train(store, model_kind, divergence, prior, beta, out, epochs, latent_epochs
                                epochs=epochs, latent_epochs=latent_epochs, batch_size=batch_size, lr=lr,
                                latent_dim=latent_dim, device=device, seed=seed, patience=patience,
                                resume=resume, plots=plots, representation=representation,
-                               max_stamps=max_stamps, augment=augment, progress=not quiet)
+                               max_stamps=max_stamps, augment=augment, progress=not quiet,
+                               overwrite=overwrite)
     except ValueError as exc:
         raise click.UsageError(str(exc))
     except KeyboardInterrupt:
@@ -279,8 +386,8 @@ def train(store, model_kind, divergence, prior, beta, out, epochs, latent_epochs
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Fields processed at once (memory grows with this, not with the number of fields).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store instead of appending to it.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def stamps(fields, out, nsigma, workers, overwrite, quiet):
+@_verbosity
+def stamps(fields, out, nsigma, workers, overwrite, quiet, verbose):
     """Cut 64x64x5 stamps of every source in FIELDS into the zarr store --out.
 
     Each FIELD is a folder of SDSS frames, a frame file or a MEF.  Fields
@@ -318,7 +425,9 @@ def stamps(fields, out, nsigma, workers, overwrite, quiet):
               show_default=True, help="Comma-separated method keys.")
 @click.option("--seeds", default=5, show_default=True, type=int, help="Training seeds per method.")
 @click.option("--quick", is_flag=True, help="Tiny training (smoke test).")
-def evaluate(test, train_path, truth, out_dir, methods, seeds, quick):
+@_overwrite_option("table and ROC plot in the folder")
+@_verbosity
+def evaluate(test, train_path, truth, out_dir, methods, seeds, quick, overwrite, quiet, verbose):
     """Score star/galaxy methods against truth; print the table, write it and the ROC plot.
 
     TEST is a labelled stamp store (truth_type from the simulator), or a
@@ -328,9 +437,15 @@ def evaluate(test, train_path, truth, out_dir, methods, seeds, quick):
 
     from astrohvae import evaluate as ev
     from astrohvae.errors import InputError
-    from astrohvae.io.atomic import atomic_path
+    from astrohvae.io.atomic import atomic_path, check_output
 
     out = Path(out_dir)
+    inputs = [p for p in (test, train_path, truth) if p is not None]
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder")
+    for name, kind in (("classification.md", "text"), ("classification.csv", "text"),
+                       ("classification_roc.png", "png")):
+        check_output(out / name, inputs=inputs, kind=kind, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     if truth is not None:
         rows, runs, y = ev.evaluate_catalog(test, truth)
@@ -345,7 +460,8 @@ def evaluate(test, train_path, truth, out_dir, methods, seeds, quick):
             raise InputError(test, "stamps hold no truth labels of both classes (truth_type)")
         facts = ev.method_factories([m.strip().lower() for m in methods.split(",") if m.strip()], quick=quick)
         rows, _ = ev.evaluate(train_st, test_st, facts, seeds=range(seeds), roc_path=out / "classification_roc.png",
-                              progress=lambda n, s, a: click.echo(f"{n} seed {s}: AUC {a:.3f}", err=True))
+                              progress=None if quiet else
+                              lambda n, s, a: click.echo(f"{n} seed {s}: AUC {a:.3f}", err=True))
     table = ev.format_table(rows)
     click.echo(table)
     with atomic_path(out / "classification.md") as tmp:

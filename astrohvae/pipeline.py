@@ -40,7 +40,7 @@ from astropy.table import Table
 
 from astrohvae import BANDS, STAMP_SIZE, __version__
 from astrohvae.errors import AstroHVAEError, InputError, OutputError
-from astrohvae.io.atomic import atomic_path, check_writable_dir
+from astrohvae.io.atomic import atomic_path, check_output, check_writable_dir
 from astrohvae.io.catalog import CLASS_CODES, conform_table, empty_table, write_catalog
 from astrohvae.io.field import Field
 
@@ -83,9 +83,10 @@ class FieldProducts:
 class _Steps:
     """Wall-clock and process-CPU seconds of named pipeline steps."""
 
-    def __init__(self):
+    def __init__(self, on_step=None):
         self.wall, self.cpu = {}, {}
         self._t0 = (time.perf_counter(), time.process_time())
+        self._on_step = on_step
 
     def start(self):
         self._mark = (time.perf_counter(), time.process_time())
@@ -94,10 +95,14 @@ class _Steps:
         w, c = self._mark
         self.wall[name] = time.perf_counter() - w
         self.cpu[name] = time.process_time() - c
+        if self._on_step is not None:
+            self._on_step(name)
 
     def zero(self, *names):
         for n in names:
             self.wall[n] = self.cpu[n] = 0.0
+            if self._on_step is not None:
+                self._on_step(n)
 
     def total(self):
         self.wall["total"] = time.perf_counter() - self._t0[0]
@@ -345,6 +350,31 @@ def read_input(path, threads=None):
     return field
 
 
+def input_paths(path):
+    """The existing paths an input argument names (a path, a glob pattern or a list of them)."""
+    import glob as _glob
+
+    items = [path] if isinstance(path, (str, os.PathLike)) else list(path or [])
+    found = []
+    for item in items:
+        text = os.fspath(item)
+        if os.path.lexists(text):
+            found.append(Path(text))
+        else:
+            found.extend(Path(m) for m in sorted(_glob.glob(text)))
+    return found
+
+
+def _check_nsigma(nsigma):
+    """A detection threshold must be a finite number > 0."""
+    try:
+        ok = np.isfinite(float(nsigma)) and float(nsigma) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError("--nsigma", f"{nsigma!r} is not a finite number > 0")
+
+
 def _one_line(text, limit=300):
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -497,8 +527,12 @@ def _classes(clf, p):
     return np.where(p >= thr, "galaxy", "star")
 
 
+PROCESS_STEPS = ("background", "segment", "measure", "stamps", "classify")
+"""The steps of `process_field`, in order."""
+
+
 def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, batch_size=256,
-                  workdir=None):
+                  workdir=None, on_step=None):
     """Catalogue pieces of one field.
 
     Parameters
@@ -517,6 +551,8 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
         Stamps per network batch of the classifier (and zarr / dask chunk along N).
     workdir : path, optional
         Where the temporary stamp store goes (default: the system temp dir).
+    on_step : callable, optional
+        Called with the name of each step (`PROCESS_STEPS`) when it ends.
 
     Returns
     -------
@@ -527,7 +563,7 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
     """
     from astrohvae import stamps as stamps_mod
 
-    t = _Steps()
+    t = _Steps(on_step)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t.start()
@@ -630,7 +666,8 @@ def default_output(name, directory="."):
 
 
 def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, preview=False,
-              segmenter="auto", nsigma=DEFAULT_NSIGMA, classifier=None, preview_out=None, threads=None):
+              segmenter="auto", nsigma=DEFAULT_NSIGMA, classifier=None, preview_out=None, threads=None,
+              overwrite=True, progress=False):
     """Read a field, make its catalogue, write it atomically (and a preview).
 
     Parameters
@@ -653,6 +690,12 @@ def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, pr
         An already loaded classifier (overrides ``weights``).
     threads : int, optional
         Threads for reading the bands (default one per CPU).
+    overwrite : bool
+        Replace an existing catalogue (and preview) written by astrohvae; never
+        an input or any other file (see `astrohvae.io.atomic.check_output`).
+        Missing output folders are created.
+    progress : bool
+        A progress bar over the steps on stderr (tqdm).
 
     Returns
     -------
@@ -667,37 +710,68 @@ def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, pr
         field = None
     name = field.name if field is not None else field_name(label)
     out = Path(out) if out is not None else default_output(name)
-    check_writable_dir(out)
+    inputs = [] if field is not None else input_paths(path)
+    check_output(out, inputs=inputs, kind="catalog", overwrite=overwrite)
     png = None
     if preview:
         png = Path(preview_out) if preview_out else out.with_suffix(".png")
-        check_writable_dir(png)
+        if os.path.abspath(png) == os.path.abspath(out):
+            raise OutputError(png, "the preview and the catalogue cannot be the same file")
+        check_output(png, inputs=inputs, kind="png", overwrite=overwrite)
+    _check_nsigma(nsigma)
 
+    from tqdm.auto import tqdm
+
+    steps = ["load"] + (["read"] if field is None else []) + list(PROCESS_STEPS) + ["write"] + \
+        (["preview"] if png is not None else [])
+    bar = tqdm(total=len(steps), desc=str(name), unit="step", disable=not progress, file=sys.stderr, leave=False)
+
+    def on_step(done):
+        bar.update(1)
+        if done in steps and steps.index(done) + 1 < len(steps):
+            bar.set_postfix_str(steps[steps.index(done) + 1])
+
+    try:
+        return _run_field(path, field, label, name, out, png, weights, device, batch_size, segmenter, nsigma,
+                          classifier, threads, t0, on_step)
+    finally:
+        bar.close()
+
+
+def _run_field(path, field, label, name, out, png, weights, device, batch_size, segmenter, nsigma, classifier,
+               threads, t0, on_step):
     clf = classifier if classifier is not None else load_classifier(weights, device)
     seg = load_segmenter(segmenter, device)
+    on_step("load")
 
     timings = {}
     if field is None:
         t1 = time.perf_counter()
         field = read_input(path, threads=threads)
         timings["read"] = time.perf_counter() - t1
+        on_step("read")
     _check_field(field, label)
     try:
-        prod = process_field(field, clf, segmenter=seg, nsigma=nsigma, batch_size=batch_size, workdir=None)
+        prod = process_field(field, clf, segmenter=seg, nsigma=nsigma, batch_size=batch_size, workdir=None,
+                             on_step=on_step)
     except ClassifierFailure as exc:
         where = weights if weights is not None else _default_weights_dir()
         raise InputError(where, f"weights do not fit this version of the classifier ({exc})") from None
     timings.update(prod.timings)
     t1 = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
     write_catalog(out, prod.table, prod.segmap, prod.classmap, prod.masks, prod.header,
                   latent_dim=prod.latent_dim)
     timings["write"] = time.perf_counter() - t1
+    on_step("write")
     if png is not None:
         from astrohvae.preview import write_preview
 
         t1 = time.perf_counter()
+        png.parent.mkdir(parents=True, exist_ok=True)
         write_preview(png, field, prod.table, title=f"{name}: {len(prod.table)} sources")
         timings["preview"] = time.perf_counter() - t1
+        on_step("preview")
     cls = np.asarray(prod.table["class"])
     n_star = int(np.sum(cls == "star"))
     return RunResult(field=name, catalog=out, preview=png, rows=len(prod.table), n_star=n_star,

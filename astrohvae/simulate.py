@@ -90,6 +90,8 @@ MASK_THRESHOLD = 0.5
 
 #: Default field size (nx, ny) of an SDSS frame.
 FULL_SIZE = (2048, 1489)
+MAX_PIXELS = 6000 * 6000
+"""Largest field `write_simulation` makes, in pixels per band (bounds its memory; an SDSS field has 3.0 M)."""
 
 #: Area of a full SDSS frame in square degrees.
 _FULL_AREA_DEG2 = FULL_SIZE[0] * FULL_SIZE[1] * (PIXEL_SCALE / 3600.0) ** 2
@@ -958,7 +960,18 @@ def _names(seed):
     return frames, f"truth-{run:06d}-{camcol}-{fieldno:04d}.fits"
 
 
-def write_simulation(out, seed, size=FULL_SIZE, star_fraction=None):
+def _is_truth(path):
+    """True when ``path`` is a truth file written by `write_simulation`."""
+    from astropy.io import fits
+
+    try:
+        with fits.open(path) as hdul:
+            return "SIMSEED" in hdul[0].header and "TRUTH" in hdul
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return False
+
+
+def write_simulation(out, seed, size=FULL_SIZE, star_fraction=None, overwrite=False):
     """Simulate a field and write it as SDSS-style frames plus a truth file.
 
     Writes into folder ``out`` (created if needed) the five files
@@ -971,7 +984,10 @@ def write_simulation(out, seed, size=FULL_SIZE, star_fraction=None):
     written atomically.  ``out`` must be new or empty (hidden files aside):
     one folder holds one field, as `astrohvae.io.readers.read_field` expects;
     a non-empty folder, or an ``out`` that is a file, raises
-    `~astrohvae.errors.InputError` and nothing is written.
+    `~astrohvae.errors.InputError` and nothing is written.  With
+    ``overwrite``, a folder holding only a previous simulation of the same
+    seed (its six files) is rewritten.  Fields of more than `MAX_PIXELS`
+    pixels are refused.
 
     Returns
     -------
@@ -987,8 +1003,12 @@ def write_simulation(out, seed, size=FULL_SIZE, star_fraction=None):
         raise InputError(out, "exists and is not a folder")
     frame_names, truth_name = _names(seed)
     targets = [out / frame_names[b] for b in BANDS] + [out / truth_name]
+    if size[0] * size[1] > MAX_PIXELS:
+        raise InputError(out, f"a {size[0]}x{size[1]} field exceeds the {MAX_PIXELS:,}-pixel limit")
     if out.is_dir():
         present = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        if present and overwrite and set(present) <= {t.name for t in targets} and _is_truth(out / truth_name):
+            present = []
         if present:
             what = "a simulation of this seed" if any((out / n).exists() for n in (truth_name, frame_names["r"])) else "other files"
             raise InputError(

@@ -1055,7 +1055,7 @@ def _check_run_settings(ckdir, settings, resume):
 def train_from_store(store, out, *, model="hvae", divergence=None, prior=None, beta=1.0, epochs=20,
                      latent_epochs=100, batch_size=128, lr=1e-3, latent_dim=None, device="auto", seed=0,
                      patience=5, resume=False, plots=False, representation=None, max_stamps=None,
-                     augment=False, progress=True, in_memory_bytes=2 * 1024**3):
+                     augment=False, progress=True, in_memory_bytes=2 * 1024**3, overwrite=True):
     """Train a model on a stamp store and write it to ``out`` (what ``astrohvae train`` does).
 
     Parameters
@@ -1093,6 +1093,10 @@ def train_from_store(store, out, *, model="hvae", divergence=None, prior=None, b
     in_memory_bytes : int
         Load the network input into memory when it is smaller than this,
         else stream it from the store chunk by chunk every epoch.
+    overwrite : bool
+        Replace an existing ``out`` that is a weights folder written by
+        astrohvae; any other existing non-empty folder, or the store itself,
+        is refused before training (`astrohvae.io.atomic.check_output`).
 
     Returns
     -------
@@ -1108,7 +1112,7 @@ def train_from_store(store, out, *, model="hvae", divergence=None, prior=None, b
 
     from astrohvae import __version__
     from astrohvae.device import resolve_device
-    from astrohvae.io.atomic import atomic_path, check_writable_dir
+    from astrohvae.io.atomic import atomic_path, check_output
     from astrohvae.preprocess import DEFAULT_REPRESENTATION, REPRESENTATIONS
     from astrohvae.store import open_store
     from astrohvae.weights import save_weights, weights_hash
@@ -1127,7 +1131,9 @@ def train_from_store(store, out, *, model="hvae", divergence=None, prior=None, b
     prior = tuple(float(v) for v in (prior or DEFAULT_PRIOR))
     get_divergence(divergence or "standard", prior)  # fail early on a bad name
     out = Path(out)
-    check_writable_dir(out)
+    store_path = getattr(store, "path", store)
+    check_output(out, inputs=[store_path] if isinstance(store_path, (str, Path)) else [], kind="weights",
+                 overwrite=overwrite, directory=True)
     dev = resolve_device(device)
 
     st = store if hasattr(store, "flux") and hasattr(store, "meta") else open_store(store)
@@ -1193,7 +1199,8 @@ def train_from_store(store, out, *, model="hvae", divergence=None, prior=None, b
         "metrics": metrics,
         "astrohvae_version": __version__,
     }
-    with atomic_path(out, directory=True) as tmp:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out, directory=True, kind="weights") as tmp:
         save_weights(tmp, {"model": net}, config)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "history.json").write_text(json.dumps(histories, indent=2, default=float) + "\n")

@@ -275,8 +275,8 @@ def test_weights_never_execute_code(tmp_path, tiny_weights):
 
 def test_unwritable_output(tmp_path, tiny_weights):
     mef = write_mef(tmp_path / "toy.fits", toy_cube((96, 96)))
-    run_fails(tmp_path, mef, "--out", tmp_path / "no" / "such" / "c.fits", "--weights", tiny_weights, *FAST,
-              names="c.fits")
+    run_ok(mef, "--out", tmp_path / "no" / "such" / "c.fits", "--weights", tiny_weights, *FAST)
+    assert leftovers(tmp_path / "no" / "such") == ["c.fits"]  # missing output folders are created
     (tmp_path / "afile").write_text("x")
     run_fails(tmp_path, mef, "--out", tmp_path / "afile" / "c.fits", "--weights", tiny_weights, *FAST,
               names="afile")
@@ -296,7 +296,7 @@ def test_existing_catalogue_is_replaced_not_corrupted(tmp_path, tiny_weights, mo
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(fits.HDUList, "writeto", boom)
-    res = invoke("run", mef, "--out", out, "--weights", tiny_weights, *FAST)
+    res = invoke("run", mef, "--out", out, "--weights", tiny_weights, *FAST, "--overwrite")
     assert res.exit_code != 0
     assert out.read_bytes() == before
     assert leftovers(tmp_path) == ["c.fits", "toy.fits"]
