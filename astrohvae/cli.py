@@ -281,7 +281,7 @@ def segment(field, out, variant, weights, classify, plots, device, overwrite, qu
     from pathlib import Path
 
     from astrohvae.io.atomic import check_output
-    from astrohvae.pipeline import read_input
+    from astrohvae.pipeline import _check_field, read_input
     from astrohvae.segment import segment_file
 
     if not verbose:
@@ -295,6 +295,7 @@ def segment(field, out, variant, weights, classify, plots, device, overwrite, qu
             check_output(f"{stem}{suffix}", inputs=inputs, kind="png", overwrite=overwrite)
     src = list(field) if len(field) > 1 else field[0]
     fld = read_input(src)  # every reader failure as one line
+    _check_field(fld, src)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     res = segment_file(fld, out, variant=variant, weights=weights, classify=classify, plots=plots, device=device)
     click.echo(f"{res['out']}: {res['n_sources']} sources; segmentation {res['segment_seconds']:.1f} s, "

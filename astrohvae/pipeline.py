@@ -388,11 +388,16 @@ def example_field(seed=EXAMPLE_SEED, size=EXAMPLE_SIZE):
     return sim.field
 
 
+MIN_FIELD_SIDE = STAMP_SIZE
+"""Smallest field side (pixels) `run_field` accepts: one stamp (the segmenter's windows need it)."""
+
+
 def _check_field(field, path):
     if field.data.ndim != 3 or field.data.shape[0] != len(BANDS):
         raise InputError(path, f"expected {len(BANDS)} bands, got array of shape {field.data.shape}")
-    if field.data.shape[1] < 8 or field.data.shape[2] < 8:
-        raise InputError(path, f"field of {field.data.shape[2]}x{field.data.shape[1]} pixels is too small")
+    if field.data.shape[1] < MIN_FIELD_SIDE or field.data.shape[2] < MIN_FIELD_SIDE:
+        raise InputError(path, f"field of {field.data.shape[2]}x{field.data.shape[1]} pixels is too small "
+                               f"(at least {MIN_FIELD_SIDE}x{MIN_FIELD_SIDE}, one stamp)")
     if field.mask.all():
         raise InputError(path, "no valid pixels (all NaN/inf or masked)")
     ref = field.mask[field.ref_index]

@@ -1517,7 +1517,8 @@ class NetworkSegmenter:
         T = max(m, int(np.ceil(self.tile / m) * m))
         d = int(np.ceil(self.overlap / m) * m)
         C, ny, nx = img.shape
-        py, px = (-ny) % m, (-nx) % m
+        # padded to a multiple of m and to at least the halo (map_overlap needs blocks >= depth)
+        py, px = max(ny + (-ny) % m, d) - ny, max(nx + (-nx) % m, d) - nx
         xp = np.pad(img, ((0, 0), (0, py), (0, px)), mode="reflect") if (py or px) else img
         xp = np.ascontiguousarray(xp, dtype=np.float32)
         H, W = ny + py, nx + px

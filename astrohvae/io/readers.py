@@ -127,20 +127,126 @@ def _open_checked(path, source=None):
     return hdus
 
 
+MAX_HDU_BYTES = 2 * 1024**3
+"""Largest data part one HDU may declare (BITPIX x NAXISn); more is refused before reading."""
+MAX_HEADER_BLOCKS = 1000
+"""Longest header, in 2880-byte blocks, read before the file is refused."""
+MAX_HDUS = 1000
+"""Most HDUs read from one file."""
+
+
+def _card_int(card_text, key):
+    m = re.search(rf"(?m)^{key} *= *([-+]?\d+)", card_text)
+    return int(m.group(1)) if m else None
+
+
+def _declared_bytes(header_text, path, k):
+    """Bytes of data (without padding) the header ``header_text`` of HDU ``k`` declares."""
+    cards = "\n".join(header_text[i:i + 80] for i in range(0, len(header_text), 80))
+    bitpix = _card_int(cards, "BITPIX")
+    naxis = _card_int(cards, "NAXIS")
+    if bitpix is None or naxis is None:
+        return 0  # astropy will say what is wrong with the header
+    if naxis < 0 or naxis > 999 or abs(bitpix) not in (8, 16, 32, 64):
+        raise InputError(path, f"HDU {k}: invalid BITPIX = {bitpix} or NAXIS = {naxis}")
+    if naxis == 0:
+        return 0
+    n = 1
+    for i in range(1, naxis + 1):
+        ni = _card_int(cards, f"NAXIS{i}")
+        if ni is None or ni < 0:
+            raise InputError(path, f"HDU {k}: NAXIS{i} missing or negative")
+        n *= ni
+    pcount = _card_int(cards, "PCOUNT") or 0
+    gcount = _card_int(cards, "GCOUNT") or 1
+    if pcount < 0 or gcount < 0:
+        raise InputError(path, f"HDU {k}: negative PCOUNT or GCOUNT")
+    size = abs(bitpix) // 8 * gcount * (pcount + n)
+    if size > MAX_HDU_BYTES:
+        raise InputError(path, f"HDU {k} declares {size / 1024**3:.1f} GiB of data "
+                               f"(more than the {MAX_HDU_BYTES / 1024**3:.0f} GiB limit)")
+    return size
+
+
+def _read_declared(fh, path, keep=True):
+    """Read a FITS stream HDU by HDU, no further than its headers declare.
+
+    Stops at the end of the last HDU (trailing bytes that do not start an
+    ``XTENSION`` header are not read), so a compressed file cannot inflate
+    past what its headers declare, and refuses a header that declares more
+    than `MAX_HDU_BYTES` before its data is read.  With ``keep`` the bytes
+    read are returned (else None, and ``fh`` must be seekable).
+    """
+    out = bytearray() if keep else None
+    for k in range(MAX_HDUS):
+        text, blocks = b"", 0
+        while True:
+            block = fh.read(2880)
+            if blocks == 0 and not (block.startswith(b"SIMPLE") if k == 0 else block.startswith(b"XTENSION")):
+                if k == 0 and keep:
+                    out += block  # not FITS: astropy says so
+                return out
+            if keep:
+                out += block
+            if len(block) < 2880:
+                return out  # truncated: astropy says so
+            blocks += 1
+            text += block
+            if any(block[i:i + 80].rstrip() == b"END" for i in range(0, 2880, 80)):
+                break
+            if blocks >= MAX_HEADER_BLOCKS:
+                raise InputError(path, f"HDU {k}: no END card in the first {MAX_HEADER_BLOCKS} header blocks")
+        size = _declared_bytes(text.decode("ascii", "replace"), path, k)
+        padded = -(-size // 2880) * 2880
+        if keep:
+            data = fh.read(padded)
+            out += data
+            if len(data) < padded:
+                return out
+        else:
+            fh.seek(padded, io.SEEK_CUR)
+    raise InputError(path, f"more than {MAX_HDUS} HDUs")
+
+
+def _check_regular(path):
+    """Refuse an input that is not a regular file (a device such as /dev/zero, a fifo, a folder)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot read file ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(path, "is a folder, not a FITS file")
+    if not stat.S_ISREG(mode):
+        raise InputError(path, "is not a regular file (a device, fifo or socket)")
+
+
 def _source(path):
     """What to hand to ``fits.open``: the path, or the decompressed bytes.
 
     Compressed files are decompressed once into memory: astropy reading a
     ``.bz2`` file directly seeks back and forth in the compressed stream,
-    which restarts the decompression and makes reading ~3x slower.
+    which restarts the decompression and makes reading ~3x slower.  Only
+    the HDUs the headers declare are decompressed (`_read_declared`), and
+    headers declaring more than `MAX_HDU_BYTES` are refused first; plain
+    files get the same header check (without reading their data).
     """
+    _check_regular(path)
     name = path.name.lower()
     opener = bz2.open if name.endswith(".bz2") else gzip.open if name.endswith(".gz") else None
     if opener is None:
+        try:
+            with open(path, "rb") as fh:
+                _read_declared(fh, path, keep=False)
+        except OSError as exc:
+            raise InputError(path, f"cannot read file ({exc.strerror or exc})") from None
         return path
     try:
         with opener(path, "rb") as fh:
-            return io.BytesIO(fh.read())
+            return io.BytesIO(bytes(_read_declared(fh, path)))
     except EOFError:
         raise InputError(path, "truncated compressed file") from None
     except (PermissionError, FileNotFoundError, IsADirectoryError) as exc:
@@ -189,7 +295,25 @@ def _to_nanomaggy(data, header, path, band):
     raise InputError(path, f"band {band} has unit BUNIT={bunit!r}; expected nanomaggy (or counts with NMGY)")
 
 
-def _celestial_wcs(header):
+def _header_matrix(header):
+    """The 2x2 pixel-to-intermediate matrix the header's CD (or CDELT x PC) keywords give, unfixed."""
+    def val(key, default):
+        v = header.get(key, default)
+        return float(v) if v is not None else default
+
+    if any(f"CD{i}_{j}" in header for i in (1, 2) for j in (1, 2)):
+        return np.array([[val(f"CD{i}_{j}", 0.0) for j in (1, 2)] for i in (1, 2)])
+    pc = np.array([[val(f"PC{i}_{j}", float(i == j)) for j in (1, 2)] for i in (1, 2)])
+    return np.array([[val("CDELT1", 1.0)], [val("CDELT2", 1.0)]]) * pc
+
+
+def _celestial_wcs(header, path=None):
+    """The celestial WCS of ``header``, or None when it has none.
+
+    A WCS whose pixel-to-sky matrix is singular or not finite (e.g. a zero
+    CD matrix) would put every pixel at one sky position: with ``path`` it
+    raises `InputError`, without it is treated as no WCS.
+    """
     from astropy.wcs import WCS, FITSFixedWarning
 
     with warnings.catch_warnings():
@@ -206,6 +330,19 @@ def _celestial_wcs(header):
     # not a usable WCS for alignment.
     hdr_keys = set(header.keys())
     if not ({"CD1_1", "CDELT1", "PC1_1", "CD2_2", "CDELT2"} & hdr_keys):
+        return None
+    try:
+        # from the header itself: astropy's cdfix turns an all-zero CD matrix into the identity
+        m = _header_matrix(header)
+        det = float(np.linalg.det(m))
+        scale = float(np.max(np.abs(m)))
+        singular = not (np.all(np.isfinite(m)) and np.isfinite(det) and scale > 0
+                        and abs(det) > 1e-10 * scale * scale)
+    except Exception:  # noqa: BLE001 - a matrix astropy cannot build is no usable WCS
+        singular = True
+    if singular:
+        if path is not None:
+            raise InputError(path, "WCS has a singular pixel-to-sky matrix (CD/PC/CDELT zero or degenerate)")
         return None
     return cel
 
@@ -234,7 +371,7 @@ def _assemble(planes, *, name, files, require_wcs, order, source, refine=True, t
         datas[b] = data
         masks[b] = bad
 
-    wcss = {b: _celestial_wcs(planes[b][1]) for b in BANDS}
+    wcss = {b: _celestial_wcs(planes[b][1], planes[b][2]) for b in BANDS}
     ref_data = datas[REF_BAND]
     ref_shape = ref_data.shape
     ref_wcs = wcss[REF_BAND]
@@ -365,7 +502,7 @@ def _read_single_file(path, opts):
         hint = " (its sibling frames were not found)" if parsed else ""
         raise InputError(path, f"holds only band {b}{hint}; give all five bands")
     shapes = {planes[b][0].shape for b in planes}
-    if len(shapes) > 1 and not all(_celestial_wcs(planes[b][1]) is not None for b in planes):
+    if len(shapes) > 1 and not all(_celestial_wcs(planes[b][1], path) is not None for b in planes):
         desc = ", ".join(f"{b}:{planes[b][0].shape}" for b in BANDS if b in planes)
         raise InputError(path, f"bands have mismatched shapes ({desc}) and no WCS to align them")
     return _assemble(planes, name=_stem(path), files=[str(path)], require_wcs=False,
