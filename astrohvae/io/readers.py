@@ -122,6 +122,12 @@ def _open_checked(path, source=None):
         text = str(w.message)
         if "truncated" in text.lower():
             raise InputError(path, "truncated FITS file")
+    for k, (header, _) in enumerate(hdus):
+        for card in header.cards:
+            try:
+                card.value
+            except Exception:  # noqa: BLE001 - astropy's VerifyError: a value it cannot parse
+                raise InputError(path, f"HDU {k}: unparsable header card {card.keyword!r}") from None
     if not hdus:
         raise InputError(path, "not a FITS file (no HDU)")
     return hdus
@@ -572,7 +578,10 @@ def _read_band_files(paths, opts, source):
             raise InputError(p, f"band {band} given twice ({planes[band][2].name} and {p.name})")
         planes[band] = (data, header, p)
         if all(k in header for k in ("RUN", "CAMCOL", "FRAME")):
-            hdr_ids[band] = (int(header["RUN"]), int(header["CAMCOL"]), int(header["FRAME"]))
+            try:
+                hdr_ids[band] = tuple(int(header[k]) for k in ("RUN", "CAMCOL", "FRAME"))
+            except Exception:  # noqa: BLE001 - not numbers, or cards astropy cannot parse (VerifyError)
+                raise InputError(p, "RUN, CAMCOL and FRAME must be integers") from None
     # RUN and CAMCOL must agree; FRAME differs between the bands of one SDSS
     # field (each filter row of the drift-scan camera numbers its own frames).
     runcam = {b: v[:2] for b, v in hdr_ids.items()}
