@@ -64,7 +64,7 @@ def run_sigterm(work, src):
     env = dict(os.environ, PYTHONPATH=str(src))
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "astrohvae.cli", "simulate", str(out), "--seed", "2", "--size",
-                             "1500x1500"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "1500x1500"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sent = False
     while time.time() - t0 < 240 and proc.poll() is None:
         if out.is_dir() and any(p.name.endswith(".tmp") for p in out.iterdir()):

@@ -281,6 +281,22 @@ def _remove(p):
         pass
 
 
+_CLEANUP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signals_blocked():
+    """Hold SIGTERM/SIGHUP (in this thread) while a temporary is created and registered, or renamed."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _CLEANUP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _register(p):
     with _LIVE_LOCK:
         _LIVE.add(p)
@@ -334,13 +350,14 @@ def atomic_path(final, *, directory=False, kind=None, parents=False):
         elif os.path.exists(final) and not _is_regular(final):
             raise OutputError(final, f"is {_what(final)}, not a regular file; refusing to replace it")
     fd_dir = Path(os.path.abspath(final)).parent
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=fd_dir))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=fd_dir)
-        os.close(fd)
-        tmp = Path(name)
-    _register(tmp)
+    with _signals_blocked():  # a SIGTERM between creating and registering would leave it behind
+        if directory:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=fd_dir))
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=fd_dir)
+            os.close(fd)
+            tmp = Path(name)
+        _register(tmp)
     old = None
     try:
         # mkstemp/mkdtemp create private (0600/0700) entries; give the output
@@ -351,17 +368,20 @@ def atomic_path(final, *, directory=False, kind=None, parents=False):
             if any(final.iterdir()) and not (kind is not None and is_astrohvae_output(final, kind)):
                 raise OutputError(final, "is a folder that astrohvae did not write and is not empty; "
                                          "refusing to replace it")
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=fd_dir))
-            _register(old)
-            os.replace(final, old)  # rename(2) onto the empty placeholder folder
-            try:
-                os.replace(tmp, final)
-            except BaseException:
-                os.replace(old, final)
-                raise
+            with _signals_blocked():  # the swap is not interrupted half-way
+                old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=fd_dir))
+                _register(old)
+                os.replace(final, old)  # rename(2) onto the empty placeholder folder
+                try:
+                    os.replace(tmp, final)
+                except BaseException:
+                    os.replace(old, final)
+                    raise
+                _unregister(tmp)
         else:
-            os.replace(tmp, final)
-        _unregister(tmp)
+            with _signals_blocked():
+                os.replace(tmp, final)
+                _unregister(tmp)
     except BaseException:
         _remove(tmp)
         _unregister(tmp)
@@ -384,7 +404,7 @@ def _cleanup_temporaries():
         _remove(p)
 
 
-def install_signal_cleanup(signals=(signal.SIGTERM, signal.SIGHUP)):
+def install_signal_cleanup(signals=_CLEANUP_SIGNALS):
     """On these signals, remove this process's temporaries and exit with status 128 + signal number.
 
     The exit is a `SystemExit` raised in the main thread, so ``finally``
