@@ -630,13 +630,13 @@ def load_dl4astro(folder):
     return st, y
 
 
-def star_recall(clf, field_folder, stars_path, radius=3.0, batch_size=256):
+def star_recall(clf, field_folder, stars_path, radius=3.0, batch_size=256, segmenter="auto"):
     """Share of catalogued stars that ``clf`` labels star on a real field.
 
-    The field is read and processed by the baseline chain
-    (`astrohvae.stamps.process_field`); each catalogued star (``x_r``,
-    ``y_r``) is matched to the nearest detected source within ``radius``
-    pixels.
+    The field goes through the chain of ``astrohvae run``
+    (`astrohvae.pipeline.process_field` with the default segmenter); each
+    catalogued star (``x_r``, ``y_r``) is matched to the nearest catalogue
+    source within ``radius`` pixels (`astrohvae.store.match_truth`).
 
     Returns
     -------
@@ -647,18 +647,17 @@ def star_recall(clf, field_folder, stars_path, radius=3.0, batch_size=256):
     from astropy.table import Table
 
     from astrohvae.io.readers import read_field
-    from astrohvae.stamps import process_field
+    from astrohvae.pipeline import load_segmenter, process_field
+    from astrohvae.store import match_truth
 
     field = read_field(field_folder)
-    _, _, src, st = process_field(field)
-    pred = clf.predict(st, batch_size=batch_size)
+    cat = process_field(field, clf, segmenter=load_segmenter(segmenter), batch_size=batch_size).table
     stars = Table.read(stars_path)
-    sx, sy = np.asarray(stars["x_r"], float), np.asarray(stars["y_r"], float)
-    x, y = np.asarray(st.meta["x"], float), np.asarray(st.meta["y"], float)
-    d = np.hypot(sx[:, None] - x[None], sy[:, None] - y[None]) if len(x) else np.full((len(sx), 1), np.inf)
-    j = d.argmin(axis=1)
-    hit = d[np.arange(len(sx)), j] <= radius
-    n_star = int((pred[j[hit]] == "star").sum())
-    return {"n_catalogued": int(len(sx)), "n_matched": int(hit.sum()), "n_star": n_star,
-            "share": n_star / max(int(hit.sum()), 1), "n_sources": int(len(st)),
-            "star_fraction_all": float((pred == "star").mean()) if len(pred) else float("nan")}
+    points = Table({"x": np.asarray(stars["x_r"], float), "y": np.asarray(stars["y_r"], float)})
+    code, _ = match_truth(points, Table({"x": cat["x"], "y": cat["y"], "type": cat["class"]}), radius=radius)
+    hit = code >= 0
+    n_star = int(np.count_nonzero(code == 0))
+    labels = np.asarray(cat["class"])
+    return {"n_catalogued": int(len(points)), "n_matched": int(hit.sum()), "n_star": n_star,
+            "share": n_star / max(int(hit.sum()), 1), "n_sources": int(len(cat)),
+            "star_fraction_all": float((labels == "star").mean()) if len(labels) else float("nan")}

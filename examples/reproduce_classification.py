@@ -115,7 +115,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
     ap.add_argument("--compare-weights", default=None,
                     help="also run the real-data checks with these weights (e.g. the opt-in colour prior, "
-                         "from examples/train_default_weights.py --colour-prior --out DIR)")
+                         "from 'astrohvae train STORE --colour-prior --out DIR' on the shipped recipe's store, see README)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -210,7 +210,7 @@ def main(argv=None):
     if compare is not None:
         text += [
             f"## Real SDSS data, opt-in colour prior ({args.compare_weights}: "
-            "`examples/train_default_weights.py --colour-prior`, same training stamps and seed)",
+            "`astrohvae train STORE --colour-prior`, same training stamps and seed)",
             "",
             "```json",
             json.dumps(compare, indent=1, default=float),
