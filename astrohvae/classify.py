@@ -1096,10 +1096,14 @@ class ManifoldClassifier:
         self.sign_, self.threshold_, self.width_ = values["sign"], values["threshold"], values["width"]
 
     def transform(self, stamps, batch_size=256):
-        """dict ``z_vae`` (N, latent_dim) and ``embedding`` (N,) (galaxy-positive)."""
+        """dict ``z_vae`` (N, latent_dim), ``embedding`` (N,) (galaxy-positive) and ``z_hvae``.
+
+        ``z_hvae`` (N, 1) is the embedding again, under the name of the
+        catalogue's classifier-latent column.
+        """
         z = np.nan_to_num(self._latent(stamps, batch_size))
         e = self.sign_ * self.iso_.transform((z - self.center_) / self.scale_)[:, 0]
-        return {"z_vae": z, "embedding": e}
+        return {"z_vae": z, "embedding": e, "z_hvae": e[:, None].astype(np.float32)}
 
     def predict_proba(self, stamps, batch_size=256):
         e = self.transform(stamps, batch_size)["embedding"]

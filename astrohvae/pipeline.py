@@ -41,7 +41,7 @@ from astropy.table import Table
 from astrohvae import BANDS, STAMP_SIZE, __version__
 from astrohvae.errors import AstroHVAEError, InputError, OutputError
 from astrohvae.io.atomic import atomic_path, check_writable_dir
-from astrohvae.io.catalog import CLASS_CODES, conform_table, empty_table, write_catalog
+from astrohvae.io.catalog import CLASS_CODES, Z_AE_DIM, conform_table, empty_table, write_catalog
 from astrohvae.io.field import Field
 
 __all__ = [
@@ -623,7 +623,9 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
     sig = sig[:, None] if sig.ndim == 1 else sig
     table["z_hvae"] = z_hvae
     table["z_hvae_sigma"] = sig
-    table["z_ae"] = np.asarray(lat["z_ae"], np.float32)
+    # a classifier without the paper's 30-latent AE (V+M, Vr+M) leaves z_ae NaN
+    z_ae = lat.get("z_ae")
+    table["z_ae"] = np.asarray(z_ae, np.float32) if z_ae is not None else np.full((n, Z_AE_DIM), np.nan, np.float32)
     flags = np.asarray(table["flags"], dtype=np.int32) if "flags" in table.colnames else np.zeros(n, np.int32)
     if "flags" in meta.colnames:
         flags = flags | np.asarray(meta["flags"], dtype=np.int32)

@@ -54,6 +54,10 @@ __all__ = [
     "fit_ae",
     "fit_vae",
     "fit_latent_vae",
+    "fit_model",
+    "LabelledSource",
+    "RandomCrops",
+    "random_crops",
     "apply_batches",
     "loss_terms",
     "ChunkedSource",
@@ -244,6 +248,54 @@ class ChunkedSource:
             yield carry
 
 
+class LabelledSource:
+    """In-memory arrays of equal length yielded together as a tuple ``(x, *others)``, shuffled every epoch.
+
+    For supervised losses: ``loss_fn(model, (xb, yb))``.  Augmentation, when
+    asked for, applies to the first array only.
+    """
+
+    def __init__(self, x, *others):
+        self.arrays = [np.asarray(x)] + [np.asarray(o) for o in others]
+        self.n = len(self.arrays[0])
+        if self.n == 0 or any(len(a) != self.n for a in self.arrays):
+            raise ValueError("LabelledSource needs non-empty arrays of equal length")
+
+    def peek(self):
+        return np.asarray(self.arrays[0][:2], dtype=np.float32)
+
+    def batches(self, rng, batch_size, shuffle=True):
+        order = rng.permutation(self.n) if shuffle else np.arange(self.n)
+        for a in range(0, self.n, batch_size):
+            idx = order[a : a + batch_size]
+            yield tuple(np.ascontiguousarray(arr[idx]) for arr in self.arrays)
+
+
+class RandomCrops:
+    """``n`` random ``crop`` x ``crop`` windows of a list of (C, ny, nx) images per epoch (no labels)."""
+
+    def __init__(self, images, crop, n):
+        self.images, self.crop, self.n = list(images), int(crop), int(n)
+
+    def peek(self):
+        return next(self.batches(np.random.default_rng(0), 2))
+
+    def batches(self, rng, batch_size, shuffle=True):
+        for a in range(0, self.n, batch_size):
+            yield random_crops(self.images, min(batch_size, self.n - a), self.crop, rng)
+
+
+def random_crops(images, n, size, rng):
+    """``n`` random ``size`` x ``size`` windows of randomly chosen (C, ny, nx) ``images``: (n, C, size, size)."""
+    out = np.empty((n, images[0].shape[0], size, size), np.float32)
+    for k in range(n):
+        img = images[rng.integers(len(images))]
+        y = rng.integers(0, img.shape[1] - size + 1)
+        x = rng.integers(0, img.shape[2] - size + 1)
+        out[k] = img[:, y : y + size, x : x + size]
+    return out
+
+
 class _CallableSource:
     def __init__(self, fn):
         self.fn = fn
@@ -263,7 +315,7 @@ def make_source(x):
     """Wrap ``x`` (array, chunked array, source or callable) as a batch source."""
     if x is None:
         return None
-    if isinstance(x, (ArraySource, ChunkedSource, _CallableSource)):
+    if isinstance(x, (ArraySource, ChunkedSource, _CallableSource, LabelledSource, RandomCrops)):
         return x
     if hasattr(x, "batches") and hasattr(x, "peek"):
         return x
@@ -373,29 +425,53 @@ def _load_checkpoint(path):
 
 
 # --------------------------------------------------------------------------- the loop
-def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device, seed, patience,
-         progress, checkpoint, resume, on_epoch_end, augment, kind, rng, desc, min_delta=0.0, schedule=None):
-    """The one training loop: Adam, early stopping on the validation loss, checkpoints.
+def _to_device(batch, device):
+    """A numpy batch (or tuple of them, `LabelledSource`) as tensors on ``device``."""
+    import torch
 
-    ``loss_fn(model, xb) -> dict name -> per-sample tensor`` with key ``'loss'``.
-    ``schedule``: None (constant ``lr``) or ``'onecycle'`` (`torch.optim.lr_scheduler.OneCycleLR`
-    peaking at ``lr``, over ``epochs`` full passes; needs a source of known length).
+    def one(a):
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
+
+    return tuple(one(a) for a in batch) if isinstance(batch, tuple) else one(batch)
+
+
+def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device, seed, patience,
+         progress, checkpoint, resume, on_epoch_end, augment, kind, rng, desc, min_delta=0.0, schedule=None,
+         optimizer="adam"):
+    """The one training loop: Adam(W), early stopping on the validation loss, checkpoints.
+
+    ``loss_fn(model, xb) -> dict name -> per-sample tensor`` with key ``'loss'``
+    (``xb`` a tensor, or a tuple of tensors for a `LabelledSource`).
+    ``schedule``: None (constant ``lr``), ``'onecycle'``
+    (`torch.optim.lr_scheduler.OneCycleLR` peaking at ``lr``) or ``'cosine'``
+    (`~torch.optim.lr_scheduler.CosineAnnealingLR` from ``lr``), over
+    ``epochs`` full passes; both need a source of known length.
+    ``optimizer``: ``'adam'`` or ``'adamw'``.
     """
     import torch
     from tqdm.auto import tqdm
 
     source, val_source = make_source(x), make_source(val)
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer not in ("adam", "adamw"):
+        raise ValueError(f"unknown optimizer {optimizer!r}; use 'adam' or 'adamw'")
+    opt_cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(model.parameters(), lr=lr, weight_decay=weight_decay)
     amp_ctx, use_scaler = _amp_context(device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler) if device.type == "cuda" else None
 
     sched = None
-    if schedule == "onecycle" and source.n is not None:
+    if schedule not in (None, "onecycle", "cosine"):
+        raise ValueError(f"unknown schedule {schedule!r}; use None, 'onecycle' or 'cosine'")
+    if schedule is not None:
+        if source.n is None:
+            raise ValueError(f"schedule {schedule!r} needs a source of known length")
         steps = max(1, epochs * sum(1 for a in range(0, source.n, batch_size) if min(batch_size, source.n - a) >= 2))
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    elif schedule not in (None, "onecycle"):
-        raise ValueError(f"unknown schedule {schedule!r}; use None or 'onecycle'")
+        if schedule == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+        else:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
 
     history = {"epoch": [], "train_loss": [], "val_loss": [], "seconds": []}
     start_epoch, best_val, best_state, best_epoch, bad, stopped = 0, math.inf, None, 0, 0, False
@@ -430,12 +506,12 @@ def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device
         bar = tqdm(source.batches(rng, batch_size, shuffle=True), total=total, disable=not progress,
                    desc=f"{desc} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
         for xb in bar:
-            if xb.shape[0] < 2:  # BatchNorm needs two samples
+            bsz = len(xb[0]) if isinstance(xb, tuple) else xb.shape[0]
+            if bsz < 2:  # BatchNorm needs two samples
                 continue
-            xb = torch.from_numpy(np.ascontiguousarray(xb))
-            xb = (xb.pin_memory() if device.type == "cuda" else xb).to(device, non_blocking=True)
+            xb = _to_device(xb, device)
             if augment:
-                xb = _augment(xb, rng)
+                xb = (_augment(xb[0], rng),) + xb[1:] if isinstance(xb, tuple) else _augment(xb, rng)
             with amp_ctx:
                 terms = loss_fn(model, xb)
             loss = terms["loss"].float().mean()
@@ -453,7 +529,6 @@ def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device
                 opt.step()
             if sched is not None:
                 sched.step()
-            bsz = xb.shape[0]
             with torch.no_grad():
                 for k, v in terms.items():
                     t = v.detach().float().sum()
@@ -507,6 +582,36 @@ def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device
     history["stopped_early"] = stopped
     model.eval()
     return model, history
+
+
+def fit_model(model, loss_fn, x, *, epochs, batch_size=128, lr=1e-3, weight_decay=0.0, optimizer="adam",
+              schedule=None, augment=False, val=None, patience=None, device="auto", seed=0, progress=False,
+              checkpoint=None, resume=False, on_epoch_end=None, kind=None, desc="train"):
+    """Train any module with the one training loop (what every ``fit_*`` calls).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        With ``get_config()`` when ``checkpoint`` is used.
+    loss_fn : callable
+        ``loss_fn(model, batch) -> dict`` of per-sample tensors with key ``'loss'``.
+    x : array, source or callable
+        See the module docstring; `LabelledSource` for supervised training,
+        `RandomCrops` for random windows of whole images.
+    epochs, batch_size, lr, weight_decay, optimizer, schedule, augment, val, patience, device, seed,
+    progress, checkpoint, resume, on_epoch_end
+        See `fit_ae`; ``optimizer`` 'adam' or 'adamw', ``schedule`` None,
+        'onecycle' or 'cosine'.
+
+    Returns
+    -------
+    model, history
+    """
+    dev, rng = _prepare(device, seed)
+    return _fit(model, loss_fn, x, val=val, epochs=epochs, batch_size=batch_size, lr=lr,
+                weight_decay=weight_decay, device=dev, seed=seed, patience=patience, progress=progress,
+                checkpoint=checkpoint, resume=resume, on_epoch_end=on_epoch_end, augment=augment,
+                kind=kind or type(model).__name__, rng=rng, desc=desc, schedule=schedule, optimizer=optimizer)
 
 
 def _prepare(device, seed):
@@ -604,10 +709,10 @@ def _mean_terms(model, loss_fn, source, batch_size, device):
     sums, n = {}, 0
     with torch.inference_mode(), amp_ctx:
         for xb in source.batches(None, batch_size, shuffle=False):
-            xb = torch.from_numpy(np.ascontiguousarray(xb, dtype=np.float32)).to(device, non_blocking=True)
+            n += len(xb[0]) if isinstance(xb, tuple) else xb.shape[0]
+            xb = _to_device(xb, device)
             for k, v in loss_fn(model, xb).items():
                 sums[k] = sums.get(k, 0.0) + float(v.float().sum())
-            n += xb.shape[0]
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 

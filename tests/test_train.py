@@ -176,7 +176,7 @@ def test_onecycle_schedule(data):
     # the one-cycle schedule starts at lr / 25: a different (finite) first epoch from the same seed
     assert np.isfinite(cyc["train_loss"]).all() and cyc["train_loss"][0] != flat["train_loss"][0]
     with pytest.raises(ValueError, match="schedule"):
-        fit_ae(x[:64], latent_dim=4, epochs=1, schedule="cosine", **SMALL)
+        fit_ae(x[:64], latent_dim=4, epochs=1, schedule="linear", **SMALL)
 
 
 # ----------------------------------------------------------------------------- store + CLI
@@ -190,6 +190,18 @@ def tiny_store(tmp_path_factory):
     store_mod.build_store(fields, path, progress=False)
     st = store_mod.open_store(path)
     assert len(st) >= 60, f"simulated store too small ({len(st)} stamps)"
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    """Two 640x640 simulated fields: enough bright stars for the shipped recipe's stellar locus."""
+    from astrohvae import simulate as sim
+    from astrohvae import store as store_mod
+
+    fields = [sim.simulate_field(seed, size=(640, 640)).field for seed in (31, 32)]
+    path = tmp_path_factory.mktemp("store") / "small.zarr"
+    store_mod.build_store(fields, path, progress=False)
     return path
 
 
@@ -227,9 +239,10 @@ def test_select_training_rows_keeps_bright_sources(tiny_store):
     assert len(select_training_rows(st, per_field=None, max_stamps=17, seed=1)) == 17
 
 
-def test_train_cli_default_model_runs_and_hash_matches(tiny_store, tmp_path):
+def test_train_cli_default_model_runs_and_hash_matches(small_store, tmp_path):
     """`astrohvae train STORE --out W` makes the classifier `run --weights W` uses; MODELSHA = printed hash."""
     from astropy.io import fits
+    from astropy.table import Table
     from click.testing import CliRunner
 
     from astrohvae.classify import HierarchicalClassifier, load_model
@@ -238,7 +251,7 @@ def test_train_cli_default_model_runs_and_hash_matches(tiny_store, tmp_path):
     from astrohvae.weights import weights_hash
 
     out = tmp_path / "w"
-    res = CliRunner().invoke(main, ["train", str(tiny_store), "--out", str(out), "--epochs", "1",
+    res = CliRunner().invoke(main, ["train", str(small_store), "--out", str(out), "--epochs", "1",
                                     "--device", "cpu", "--quiet", "--plots"])
     assert res.exit_code == 0, res.output
     assert "A+Vr (avr)" in res.output
@@ -246,19 +259,28 @@ def test_train_cli_default_model_runs_and_hash_matches(tiny_store, tmp_path):
     assert printed == weights_hash(out)
     clf = load_model(out, device="cpu")
     assert type(clf) is HierarchicalClassifier and clf.ae_epochs == 1 and clf.vae_epochs == 40
-    assert clf.training_["n"] >= 60 and len(clf.training_["fields"]) == 3
+    assert clf.training_["n"] >= 200 and len(clf.training_["fields"]) == 2
     for png in ("loss.png", "latent_hist.png"):
         assert (out / png).stat().st_size > 1000
     field = tmp_path / "f"
-    write_simulation(field, seed=21, size=(256, 256))
+    write_simulation(field, seed=21, size=(512, 512))
     cat = tmp_path / "c.fits"
     res = CliRunner().invoke(main, ["run", str(field), "--out", str(cat), "--weights", str(out), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     with fits.open(cat) as h:
         assert h[0].header["MODELSHA"] == printed
         assert h[0].header["CLFMETH"] == "A+Vr"
-        p = np.asarray(h["CATALOG"].data["p_galaxy"])
-    assert len(p) > 10 and np.isfinite(p).all() and 0 < np.mean(p >= 0.5) < 1
+        table = Table(h["CATALOG"].data)
+    from astrohvae.evaluate import binary_metrics
+    from astrohvae.simulate import read_truth
+    from astrohvae.store import match_truth
+
+    truth, _ = read_truth(field)
+    ttype, tmag = match_truth(table, truth)
+    sel = (ttype >= 0) & (tmag < 21)
+    m = binary_metrics(ttype[sel].astype(int), np.asarray(table["p_galaxy"])[sel])
+    # a model retrained from the CLI on two small fields separates the bright stars and galaxies
+    assert sel.sum() >= 20 and m["auc"] >= 0.9, m
 
 
 @pytest.mark.parametrize("model,extra,method", [
