@@ -45,9 +45,6 @@ No truth label enters any fit or this choice.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +55,11 @@ from astrohvae.preprocess import DEFAULT_REPRESENTATION, network_input
 __all__ = [
     "HierarchicalClassifier",
     "ManifoldClassifier",
+    "AutoEncoderFeatures",
     "LatentProbe",
+    "MODELS",
+    "save_model",
+    "load_model",
     "load_default_classifier",
     "DEFAULT_WEIGHTS",
     "star_side",
@@ -96,47 +97,15 @@ def _radial_weight(size, sigma, peak):
     return (w / w.mean()).astype(np.float32)
 
 
-def _augment(xb, gen):
-    torch = _torch()
-    k = int(torch.randint(0, 4, (1,), generator=gen))
-    if k:
-        xb = torch.rot90(xb, k, dims=(2, 3))
-    if int(torch.randint(0, 2, (1,), generator=gen)):
-        xb = torch.flip(xb, dims=(3,))
-    return xb
-
-
-def kl_mixture(mu, logvar, weights, means, sigmas, n_points=16):
+def kl_mixture(mu, logvar, weights, means, sigmas):
     """KL(N(mu, exp(logvar)) || sum_k w_k N(m_k, s_k^2)) per sample, summed over dims.
 
-    Gauss–Hermite quadrature of ``E_q[log q - log p]``; uses
-    `astrohvae.models.priors.kl_mixture_quad` when that module provides it.
+    The one implementation is `astrohvae.models.priors.kl_mixture_quad`; this
+    name is kept for the estimators' readers.
     """
-    torch = _torch()
-    try:  # the shared implementation, when present
-        from astrohvae.models.priors import kl_mixture_quad
+    from astrohvae.models.priors import kl_mixture_quad
 
-        return kl_mixture_quad(mu, logvar, weights, means, sigmas)
-    except Exception:  # pragma: no cover - fallback
-        pass
-    x, w = np.polynomial.hermite.hermgauss(n_points)
-    x = torch.as_tensor(x, dtype=mu.dtype, device=mu.device)
-    w = torch.as_tensor(w / np.sqrt(np.pi), dtype=mu.dtype, device=mu.device)
-    sd = torch.exp(0.5 * logvar)
-    v = mu[..., None] + math.sqrt(2.0) * sd[..., None] * x  # (N, d, P)
-    wk = torch.as_tensor(weights, dtype=mu.dtype, device=mu.device)
-    mk = torch.as_tensor(means, dtype=mu.dtype, device=mu.device)
-    sk = torch.as_tensor(sigmas, dtype=mu.dtype, device=mu.device)
-    comp = (
-        torch.log(wk)
-        - torch.log(sk)
-        - 0.5 * math.log(2 * math.pi)
-        - 0.5 * ((v[..., None] - mk) / sk) ** 2
-    )  # (N, d, P, K)
-    logp = torch.logsumexp(comp, dim=-1)
-    e_logp = (logp * w).sum(-1)
-    neg_entropy = -0.5 * (1.0 + math.log(2 * math.pi) + logvar)
-    return (neg_entropy - e_logp).sum(-1)
+    return kl_mixture_quad(mu, logvar, weights, means, sigmas)
 
 
 def mixture_posterior(mu, sigma, weights, means, sigmas):
@@ -578,118 +547,54 @@ def _physical_ref(stamps, feat):
 
 
 # ---------------------------------------------------------------------------
-# training loops (small, CPU-friendly)
+# training: every network goes through the one engine, `astrohvae.train`
 # ---------------------------------------------------------------------------
-def _train_ae(x, latent_dim, channels, epochs, batch_size, lr, seed, weight, augment, device, log=None):
-    torch = _torch()
-    from astrohvae.models.ae import ConvAE
+def _train_ae(x, latent_dim, channels, epochs, batch_size, lr, seed, weight, augment, device, verbose=False):
+    """A ConvAE on network input ``x`` (one-cycle schedule, centrally weighted MSE)."""
+    from astrohvae.train import fit_ae
 
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    ae = ConvAE(latent_dim=latent_dim, size=x.shape[-1], channels=channels).to(device)
-    opt = torch.optim.Adam(ae.parameters(), lr=lr)
-    xt = torch.from_numpy(x)
-    w = torch.from_numpy(weight).to(device)
-    n = len(xt)
-    steps = max(1, epochs * math.ceil(n / batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    ae.train()
-    for ep in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        tot = 0.0
-        for i in range(0, n, batch_size):
-            xb = xt[perm[i : i + batch_size]].to(device)
-            if len(xb) < 2:
-                continue
-            if augment:
-                xb = _augment(xb, gen)
-            _, xh = ae(xb)
-            loss = ((xh - xb) ** 2 * w).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot += float(loss.detach()) * len(xb)
-        if log:
-            log(f"AE epoch {ep + 1}/{epochs}: loss {tot / n:.4g}")
-    return ae.eval()
+    net, hist = fit_ae(x, latent_dim=latent_dim, channels=channels, epochs=epochs, batch_size=batch_size, lr=lr,
+                       device=device, seed=seed, patience=None, pixel_weight=weight, augment=augment,
+                       progress=verbose, schedule="onecycle")
+    return net, hist
 
 
 def _train_conv_vae(x, latent_dim, kl, channels, epochs, batch_size, lr, seed, weight, augment, device,
-                    prior_m=1.0, prior_s=0.5, beta=1.0, log=None):
-    torch = _torch()
-    from astrohvae.models.ae import ConvVAE
+                    prior_m=1.0, prior_s=0.5, beta=1.0, verbose=False):
+    """A ConvVAE with divergence ``kl`` (``'standard'`` or a revised two-peak term)."""
+    from astrohvae.train import fit_vae
 
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    vae = ConvVAE(latent_dim=latent_dim, bounded_mu=2.0 if kl == "aw" else None, size=x.shape[-1],
-                  channels=channels).to(device)
-    kl_fn = _kl_term(kl, prior_m, prior_s)
-    opt = torch.optim.Adam(vae.parameters(), lr=lr)
-    xt = torch.from_numpy(x)
-    w = torch.from_numpy(weight).to(device)
-    n = len(xt)
-    npix = float(np.prod(x.shape[1:]))
-    vae.train()
-    for ep in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        for i in range(0, n, batch_size):
-            xb = xt[perm[i : i + batch_size]].to(device)
-            if len(xb) < 2:
-                continue
-            if augment:
-                xb = _augment(xb, gen)
-            mu, logvar, xh = vae(xb)
-            rec = ((xh - xb) ** 2 * w).mean() * npix / 2.0
-            loss = rec + beta * kl_fn(mu, logvar).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if log:
-            log(f"VAE({kl}) epoch {ep + 1}/{epochs}: loss {float(loss):.4g}")
-    return vae.eval()
+    # the engine's loss is sum(squared error) + beta' D; these estimators were
+    # defined with half the squared error (a Gaussian likelihood of unit
+    # variance): beta' = 2 beta is the same objective
+    net, hist = fit_vae(x, latent_dim=latent_dim, divergence=kl, prior=(prior_m, prior_s), beta=2.0 * beta,
+                        bounded_mu=2.0 if kl == "aw" else None, channels=channels, epochs=epochs,
+                        batch_size=batch_size, lr=lr, device=device, seed=seed, patience=None, pixel_weight=weight,
+                        augment=augment, progress=verbose)
+    return net, hist
 
 
-def _kl_term(kl, m, s):
-    torch = _torch()
-    if kl == "standard":
-        return lambda mu, lv: -0.5 * (1 + lv - mu**2 - lv.exp()).sum(-1)
-    if kl == "mixture":  # symmetric two-peak, exact by quadrature
-        return lambda mu, lv: kl_mixture(mu, lv, [0.5, 0.5], [-m, m], [s, s])
-    from astrohvae.models import priors
+def _train_latent_vae(z, latent_dim, prior, epochs, batch_size, lr, seed, device, beta=1.0, divergence=None,
+                      verbose=False):
+    """The 1-D LatentVAE with the Gaussian-mixture prior ``(weights, means, sigmas)``.
 
-    if kl == "aw":  # -||mu|| + ||sigma - s|| (mu bounded by tanh in the encoder)
-        return lambda mu, lv: priors.aw(mu, lv, s)
-    fn = {"sc": priors.kl_sc, "dkl": priors.kl_dkl, "pw": priors.pw}[kl]
-    return lambda mu, lv: fn(mu, lv, m, s)
+    ``divergence=None``: the exact KL to the mixture (quadrature); a revised
+    term (``'sc'``, ``'dkl'``, ``'aw'``, ``'pw'``) needs the symmetric prior
+    ``0.5 N(-m, s^2) + 0.5 N(m, s^2)``.
+    """
+    from astrohvae.train import fit_latent_vae
 
-
-def _train_latent_vae(z, latent_dim, prior, epochs, batch_size, lr, seed, device, beta=1.0, log=None):
-    torch = _torch()
-    from astrohvae.models.hvae import LatentVAE
-
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    vae = LatentVAE(in_dim=z.shape[1], latent_dim=latent_dim).to(device)
-    opt = torch.optim.Adam(vae.parameters(), lr=lr)
-    zt = torch.from_numpy(z.astype(np.float32))
-    n = len(zt)
     w, m, s = prior
-    vae.train()
-    for ep in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        for i in range(0, n, batch_size):
-            zb = zt[perm[i : i + batch_size]].to(device)
-            if len(zb) < 2:
-                continue
-            mu, logvar, rec, target = vae(zb)
-            loss = (0.5 * ((rec - target) ** 2).sum(-1) + beta * kl_mixture(mu, logvar, w, m, s)).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if log and (ep + 1) % max(1, epochs // 4) == 0:
-            log(f"LatentVAE epoch {ep + 1}/{epochs}: loss {float(loss):.4g}")
-    return vae.eval()
+    if divergence is None:
+        div, spec = "mixture", {"weights": list(w), "means": list(m), "sigmas": list(s)}
+    else:
+        if not (w[0] == w[1] and m[0] == -m[1] and s[0] == s[1]):
+            raise ValueError(f"divergence {divergence!r} needs the symmetric two-peak prior")
+        div, spec = divergence, (m[1], s[1])
+    net, hist = fit_latent_vae(z.astype(np.float32), latent_dim=latent_dim, divergence=div, prior=spec,
+                               beta=2.0 * beta, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
+                               seed=seed, patience=None, progress=verbose)
+    return net, hist
 
 
 def _batched(fn, x, batch_size, device):
@@ -768,6 +673,14 @@ class HierarchicalClassifier:
         faint (r ~ 21.7-23.5, S/N 8-30) with ambiguous morphology, and the
         bright template stars do not represent the colours of faint (halo,
         M-dwarf) stars.  Hence not the default.
+    prior : (m, s)
+        Peaks of the symmetric prior ½N(-m,s²)+½N(m,s²) when ``symmetric_prior``.
+    divergence : None or {'sc', 'dkl', 'aw', 'pw', 'quad'}
+        The LatentVAE's prior term: None = the exact KL to the prior mixture
+        (quadrature, `astrohvae.models.priors.kl_mixture_quad`); a revised
+        term of the paper needs ``symmetric_prior=True``.
+    beta : float
+        Weight of the prior term.
     prior_tries : int
         The prior says the stars form the narrow peak.  If, after training,
         `star_side` finds the compact sources in the broad peak instead, the
@@ -794,8 +707,12 @@ class HierarchicalClassifier:
                  star_mean=-1.5, star_sigma=0.35, galaxy_mean=1.0, galaxy_sigma=1.0, symmetric_prior=False,
                  ae_latent=30, channels=(16, 32, 64, 64), ae_epochs=4, vae_epochs=40, batch_size=128,
                  lr=2e-3, center_weight=4.0, augment=True, ae_components=0, fit_weight=True, prior_tries=5,
-                 colour_prior=False, device="cpu", random_state=0, verbose=False):
+                 colour_prior=False, prior=(1.0, 0.5), divergence=None, beta=1.0, device="cpu", random_state=0,
+                 verbose=False):
         self.colour_prior = colour_prior
+        self.prior = tuple(prior)
+        self.divergence = divergence
+        self.beta = beta
         self.fit_weight = fit_weight
         self.prior_tries = prior_tries
         self.representation = representation
@@ -823,7 +740,8 @@ class HierarchicalClassifier:
     # prior -----------------------------------------------------------------
     def _prior(self):
         if self.symmetric_prior:
-            return [0.5, 0.5], [-1.0, 1.0], [0.5, 0.5]
+            m, s = (float(v) for v in self.prior)
+            return [0.5, 0.5], [-m, m], [s, s]
         return ([self.star_weight, 1 - self.star_weight], [self.star_mean, self.galaxy_mean],
                 [self.star_sigma, self.galaxy_sigma])
 
@@ -840,13 +758,12 @@ class HierarchicalClassifier:
     def fit(self, stamps, y=None):
         """Fit on unlabelled stamps (``y`` is ignored; it is never used)."""
         _check_stamps(stamps)
-        torch = _torch()
         dev = self._dev()
         seed = 0 if self.random_state is None else int(self.random_state)
         x = _inputs(stamps, self.representation, self.crop)
         w = _radial_weight(x.shape[-1], 4.0, self.center_weight)
-        self.ae_ = _train_ae(x, self.ae_latent, self.channels, self.ae_epochs, self.batch_size, self.lr,
-                             seed, w, self.augment, dev, self._log if self.verbose else None)
+        self.ae_, self.ae_history_ = _train_ae(x, self.ae_latent, self.channels, self.ae_epochs, self.batch_size,
+                                               self.lr, seed, w, self.augment, dev, verbose=self.verbose)
         z = _batched(self.ae_.encode, x, 512, dev)[0]
         del x
         self.ae_mean_ = z.mean(axis=0)
@@ -896,8 +813,8 @@ class HierarchicalClassifier:
         return self
 
     def _fit_latent(self, zin, seed, dev):
-        self.vae_ = _train_latent_vae(zin, 1, self._prior(), self.vae_epochs, 256, 3e-3, seed, dev,
-                                      log=self._log if self.verbose else None)
+        self.vae_, self.vae_history_ = _train_latent_vae(zin, 1, self._prior(), self.vae_epochs, 256, 3e-3, seed,
+                                                         dev, beta=self.beta, divergence=self.divergence)
         mu, sig = self._encode_latent(zin)
         w, m, s = self._prior()
         if self.fit_weight:  # EM on the peak weights only (label-free), the peaks stay fixed
@@ -934,7 +851,6 @@ class HierarchicalClassifier:
         return ((z - self.ae_mean_) / self.ae_scale_) @ self.ae_pcs_.T
 
     def _encode_latent(self, zin, batch_size=4096):
-        torch = _torch()
         dev = next(self.vae_.parameters()).device
         mu, logvar = _batched(self.vae_.encode, zin.astype(np.float32), batch_size, dev)
         return mu, np.exp(0.5 * logvar)
@@ -1003,125 +919,58 @@ class HierarchicalClassifier:
         """``'star'`` / ``'galaxy'`` per stamp."""
         return np.where(self.predict_proba(stamps, batch_size) >= 0.5, "galaxy", "star")
 
-    # persistence -------------------------------------------------------------
-    def get_config(self):
-        keys = ["representation", "crop", "physical", "star_weight", "star_mean", "star_sigma", "galaxy_mean",
-                "galaxy_sigma", "symmetric_prior", "ae_latent", "channels", "ae_epochs", "vae_epochs",
-                "batch_size", "lr", "center_weight", "augment", "ae_components", "fit_weight", "prior_tries",
-                "colour_prior", "random_state"]
-        cfg = {k: getattr(self, k) for k in keys}
-        cfg["channels"] = list(self.channels)
-        cfg["star_peak"] = int(self.star_peak_)
-        cfg["weights"] = list(self.weights_)
-        cfg["label_stats"] = self.label_stats_
-        cfg["method"] = self.method
-        if self.ref_ is not None:
-            cfg["ref"] = {"r_star": self.ref_["r_star"], "c_star": self.ref_["c_star"]}
-            if self.ref_.get("noise_scale") is not None:
-                cfg["ref"]["noise_scale"] = [float(v) for v in self.ref_["noise_scale"]]
-        return cfg
+    # persistence (one format: `save_model` / `load_model`) ------------------
+    def get_params(self):
+        """Constructor parameters (scikit-learn convention)."""
+        return _get_params(self)
 
-    def save(self, directory):
-        """Write ``model.safetensors`` + ``config.json`` into ``directory`` (atomically)."""
-        torch = _torch()
-        mods = {"ae": self.ae_, "latent_vae": self.vae_}
-        extra = {}
+    def _fitted_state(self):
+        """``(modules, arrays, values)``: everything `fit` learnt, for `save_model`."""
+        arrays = {}
+        values = {"star_peak": int(self.star_peak_), "weights": [float(v) for v in self.weights_],
+                  "label_stats": self.label_stats_, "ref": None}
         if self.ref_ is not None:
-            extra["psf"] = torch.as_tensor(np.asarray(self.ref_["psf"], dtype=np.float32))
+            arrays["psf"] = np.asarray(self.ref_["psf"], dtype=np.float32)
+            values["ref"] = {"r_star": float(self.ref_["r_star"]), "c_star": float(self.ref_["c_star"])}
+            if self.ref_.get("noise_scale") is not None:
+                values["ref"]["noise_scale"] = [float(v) for v in self.ref_["noise_scale"]]
         ct = getattr(self, "colour_templates_", None)
         if ct is not None:
             for cls_name, parts in ct.items():
                 for part, arr in zip(("weights", "means", "covs"), parts):
-                    extra[f"colour_{cls_name}_{part}"] = torch.as_tensor(np.asarray(arr, dtype=np.float64))
+                    arrays[f"colour_{cls_name}_{part}"] = np.asarray(arr, dtype=np.float64)
         if self.ae_pcs_ is not None:
             for k in ("ae_mean_", "ae_scale_", "ae_pcs_"):
-                extra[k.strip("_")] = torch.as_tensor(np.asarray(getattr(self, k), dtype=np.float32))
-        cfg = self.get_config()
-        cfg["modules"] = {"ae": {"class": "ConvAE", "kwargs": self.ae_.get_config()},
-                          "latent_vae": {"class": "LatentVAE", "kwargs": self.vae_.get_config()}}
-        _save(directory, mods, extra, cfg)
-        return directory
+                arrays[k.strip("_")] = np.asarray(getattr(self, k), dtype=np.float32)
+        return {"ae": self.ae_, "latent_vae": self.vae_}, arrays, values
+
+    def _set_fitted_state(self, modules, arrays, values):
+        self.ae_, self.vae_ = modules["ae"], modules["latent_vae"]
+        self.star_peak_ = int(values["star_peak"])
+        self.weights_ = [float(v) for v in values["weights"]]
+        self.label_stats_ = values.get("label_stats")
+        self.ref_ = None
+        if self.physical:
+            if values.get("ref") is None or "psf" not in arrays:
+                raise ValueError("physical statistics need the fitted stellar-locus reference and PSF")
+            self.ref_ = dict(values["ref"])
+            self.ref_["psf"] = arrays["psf"]
+        self.colour_templates_ = None
+        if self.colour_prior and "colour_star_weights" in arrays:
+            self.colour_templates_ = {c: tuple(arrays[f"colour_{c}_{part}"] for part in ("weights", "means", "covs"))
+                                      for c in ("star", "galaxy")}
+        self.ae_pcs_ = None
+        if "ae_pcs" in arrays:
+            self.ae_mean_, self.ae_scale_, self.ae_pcs_ = arrays["ae_mean"], arrays["ae_scale"], arrays["ae_pcs"]
+
+    def save(self, directory, **config):
+        """Write the fitted classifier into ``directory`` (see `save_model`); returns its hash."""
+        return save_model(self, directory, **config)
 
     @classmethod
     def load(cls, directory, device="auto"):
-        """Load a classifier written by `save`."""
-        from astrohvae.device import resolve_device
-        from astrohvae.models.ae import ConvAE
-        from astrohvae.models.hvae import LatentVAE
-
-        tensors, cfg, digest = _load(directory)
-        keys = ["representation", "crop", "physical", "star_weight", "star_mean", "star_sigma", "galaxy_mean",
-                "galaxy_sigma", "symmetric_prior", "ae_latent", "channels", "ae_epochs", "vae_epochs",
-                "batch_size", "lr", "center_weight", "augment", "ae_components", "fit_weight", "prior_tries",
-                "colour_prior", "random_state"]
-        self = cls(**{k: cfg[k] for k in keys if k in cfg})
-        dev = resolve_device(device)
-        self.device = str(dev)
-        self.ae_ = ConvAE(**cfg["modules"]["ae"]["kwargs"])
-        self.vae_ = LatentVAE(**cfg["modules"]["latent_vae"]["kwargs"])
-        for name, mod in (("ae", self.ae_), ("latent_vae", self.vae_)):
-            sd = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
-            mod.load_state_dict(sd)
-            mod.to(dev).eval()
-        self.star_peak_ = int(cfg["star_peak"])
-        self.weights_ = list(cfg["weights"])
-        self.label_stats_ = cfg.get("label_stats")
-        if cfg.get("physical"):
-            self.ref_ = dict(cfg["ref"])
-            self.ref_["psf"] = tensors["psf"].numpy()
-        else:
-            self.ref_ = None
-        self.colour_templates_ = None
-        if "colour_star_weights" in tensors and cfg.get("colour_prior", False):
-            self.colour_templates_ = {c: tuple(tensors[f"colour_{c}_{part}"].numpy() for part in ("weights", "means", "covs"))
-                                      for c in ("star", "galaxy")}
-        self.ae_pcs_ = None
-        if "ae_pcs" in tensors:
-            self.ae_mean_ = tensors["ae_mean"].numpy()
-            self.ae_scale_ = tensors["ae_scale"].numpy()
-            self.ae_pcs_ = tensors["ae_pcs"].numpy()
-        self.weights_hash = digest
-        return self
-
-
-def _save(directory, modules, extra, config):
-    from safetensors.torch import save_file
-
-    from astrohvae.io.atomic import atomic_path
-
-    directory = Path(directory)
-    tensors = {}
-    for name, mod in modules.items():
-        for k, v in mod.state_dict().items():
-            tensors[f"{name}.{k}"] = v.detach().cpu().contiguous()
-    for k, v in extra.items():
-        tensors[k] = v.detach().cpu().contiguous()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory, directory=True, kind="weights") as tmp:
-        save_file(tensors, str(Path(tmp) / "model.safetensors"))
-        (Path(tmp) / "config.json").write_text(json.dumps(config, indent=1, default=float))
-
-
-def _load(directory):
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    st, cj = directory / "model.safetensors", directory / "config.json"
-    if not st.is_file() or not cj.is_file():
-        raise InputError(directory, "not a classifier folder (model.safetensors and config.json expected)")
-    try:
-        cfg = json.loads(cj.read_text())
-        tensors = load_file(str(st))
-    except Exception as exc:  # corrupt file
-        raise InputError(directory, f"cannot read classifier weights ({exc.__class__.__name__})") from None
-    h = hashlib.sha256(st.read_bytes())
-    h.update(cj.read_bytes())
-    return tensors, cfg, h.hexdigest()[:16]
-
-
-def load_default_classifier(device="auto"):
-    """The classifier shipped in ``astrohvae/data/default/`` (A+Vr)."""
-    return HierarchicalClassifier.load(DEFAULT_WEIGHTS, device=device)
+        """Load a classifier written by `save` (see `load_model`)."""
+        return load_model(directory, device=device, expect=cls)
 
 
 # ---------------------------------------------------------------------------
@@ -1143,13 +992,20 @@ class ManifoldClassifier:
         training stamps.
     representation, crop, channels, epochs, batch_size, lr, center_weight,
     augment, device, random_state : as for `HierarchicalClassifier`
+    prior : (m, s)
+        The two-peak prior of the revised terms.
+    beta : float
+        Weight of the divergence.
         (defaults: the paper's whole-stamp ``'lupt'`` recipe).
     """
 
     def __init__(self, kl="standard", latent_dim=4, star_fraction=0.35, n_neighbors=12, max_manifold=1500,
                  representation="lupt", crop=None, channels=(16, 32, 64, 64), epochs=6, batch_size=128,
-                 lr=2e-3, center_weight=0.0, augment=False, device="cpu", random_state=0, verbose=False):
+                 lr=2e-3, center_weight=0.0, augment=False, prior=(1.0, 0.5), beta=1.0, device="cpu",
+                 random_state=0, verbose=False):
         self.kl = kl
+        self.prior = tuple(prior)
+        self.beta = beta
         self.latent_dim = latent_dim
         self.star_fraction = star_fraction
         self.n_neighbors = n_neighbors
@@ -1180,7 +1036,6 @@ class ManifoldClassifier:
 
     def fit(self, stamps, y=None):
         """Fit on unlabelled stamps (``y`` ignored)."""
-        from sklearn.manifold import Isomap
 
         from astrohvae.device import resolve_device
 
@@ -1188,9 +1043,10 @@ class ManifoldClassifier:
         seed = 0 if self.random_state is None else int(self.random_state)
         x = _inputs(stamps, self.representation, self.crop)
         w = _radial_weight(x.shape[-1], 4.0, self.center_weight)
-        self.vae_ = _train_conv_vae(x, self.latent_dim, self.kl, self.channels, self.epochs, self.batch_size,
-                                    self.lr, seed, w, self.augment, resolve_device(self.device),
-                                    log=print if self.verbose else None)
+        self.vae_, self.history_ = _train_conv_vae(x, self.latent_dim, self.kl, self.channels, self.epochs,
+                                                   self.batch_size, self.lr, seed, w, self.augment,
+                                                   resolve_device(self.device), prior_m=self.prior[0],
+                                                   prior_s=self.prior[1], beta=self.beta, verbose=self.verbose)
         del x
         z = self._latent(stamps)
         z = np.nan_to_num(z)
@@ -1198,8 +1054,10 @@ class ManifoldClassifier:
         idx = rng.permutation(len(z))[: self.max_manifold]
         self.scale_ = z[idx].std(axis=0) + 1e-6
         self.center_ = z[idx].mean(axis=0)
-        self.iso_ = Isomap(n_neighbors=min(self.n_neighbors, len(idx) - 1), n_components=1)
-        e = self.iso_.fit_transform((z[idx] - self.center_) / self.scale_)[:, 0]
+        self.manifold_z_ = ((z[idx] - self.center_) / self.scale_).astype(np.float32)
+        self.iso_ = self._isomap().fit(self.manifold_z_)
+        e = self.iso_.embedding_[:, 0]
+        self.manifold_embedding_ = e.astype(np.float32)
         # orientation: which end is stars (more concentrated members), then the threshold
         thr0 = np.median(e)
         side, _ = star_side(stamps[idx], (e > thr0).astype(int))
@@ -1209,11 +1067,43 @@ class ManifoldClassifier:
         self.width_ = float(es.std() * 0.1 + 1e-9)
         return self
 
+    def _isomap(self):
+        from sklearn.manifold import Isomap
+
+        # the dense eigensolver is deterministic: `load_model` refits the
+        # embedding on the saved training latents and gets the same one
+        return Isomap(n_neighbors=min(self.n_neighbors, self.max_manifold - 1), n_components=1,
+                      eigen_solver="dense")
+
+    def get_params(self):
+        """Constructor parameters (scikit-learn convention)."""
+        return _get_params(self)
+
+    def _fitted_state(self):
+        arrays = {"scale": self.scale_, "center": self.center_, "manifold_z": self.manifold_z_,
+                  "manifold_embedding": self.manifold_embedding_}
+        values = {"sign": float(self.sign_), "threshold": float(self.threshold_), "width": float(self.width_)}
+        return {"vae": self.vae_}, arrays, values
+
+    def _set_fitted_state(self, modules, arrays, values):
+        self.vae_ = modules["vae"]
+        self.scale_, self.center_ = arrays["scale"], arrays["center"]
+        self.manifold_z_, self.manifold_embedding_ = arrays["manifold_z"], arrays["manifold_embedding"]
+        self.iso_ = self._isomap().fit(self.manifold_z_)
+        if float(np.dot(self.iso_.embedding_[:, 0], self.manifold_embedding_)) < 0:  # eigenvector sign
+            self.iso_.embedding_ *= -1
+            self.iso_.kernel_pca_.eigenvectors_ *= -1
+        self.sign_, self.threshold_, self.width_ = values["sign"], values["threshold"], values["width"]
+
     def transform(self, stamps, batch_size=256):
-        """dict ``z_vae`` (N, latent_dim) and ``embedding`` (N,) (galaxy-positive)."""
+        """dict ``z_vae`` (N, latent_dim), ``embedding`` (N,) (galaxy-positive) and ``z_hvae``.
+
+        ``z_hvae`` (N, 1) is the embedding again, under the name of the
+        catalogue's classifier-latent column.
+        """
         z = np.nan_to_num(self._latent(stamps, batch_size))
         e = self.sign_ * self.iso_.transform((z - self.center_) / self.scale_)[:, 0]
-        return {"z_vae": z, "embedding": e}
+        return {"z_vae": z, "embedding": e, "z_hvae": e[:, None].astype(np.float32)}
 
     def predict_proba(self, stamps, batch_size=256):
         e = self.transform(stamps, batch_size)["embedding"]
@@ -1221,6 +1111,76 @@ class ManifoldClassifier:
 
     def predict(self, stamps, batch_size=256):
         return np.where(self.predict_proba(stamps, batch_size) >= 0.5, "galaxy", "star")
+
+    def save(self, directory, **config):
+        """Write the fitted classifier into ``directory`` (see `save_model`); returns its hash."""
+        return save_model(self, directory, **config)
+
+
+# ---------------------------------------------------------------------------
+# the plain AE: a feature extractor, not a classifier
+# ---------------------------------------------------------------------------
+class AutoEncoderFeatures:
+    """The paper's convolutional AE alone: 30 latents per stamp, no classes.
+
+    ``transform(stamps)`` gives ``{'z_ae': (N, latent_dim)}``; it has no
+    ``predict_proba``, so ``astrohvae run`` refuses it.  Parameters as for
+    `HierarchicalClassifier` (defaults: the paper's whole-stamp ``'lupt'``
+    recipe).
+    """
+
+    method = "AE (features)"
+
+    def __init__(self, latent_dim=30, representation="lupt", crop=None, channels=(16, 32, 64, 64), epochs=6,
+                 batch_size=128, lr=2e-3, center_weight=0.0, augment=False, device="cpu", random_state=0,
+                 verbose=False):
+        self.latent_dim = latent_dim
+        self.representation = representation
+        self.crop = crop
+        self.channels = tuple(channels)
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.center_weight = center_weight
+        self.augment = augment
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def get_params(self):
+        """Constructor parameters (scikit-learn convention)."""
+        return _get_params(self)
+
+    def fit(self, stamps, y=None):
+        """Fit on unlabelled stamps (``y`` ignored)."""
+        from astrohvae.device import resolve_device
+
+        _check_stamps(stamps)
+        x = _inputs(stamps, self.representation, self.crop)
+        w = _radial_weight(x.shape[-1], 4.0, self.center_weight)
+        self.ae_, self.history_ = _train_ae(x, self.latent_dim, self.channels, self.epochs, self.batch_size, self.lr,
+                                            0 if self.random_state is None else int(self.random_state), w,
+                                            self.augment, resolve_device(self.device), verbose=self.verbose)
+        return self
+
+    def transform(self, stamps, batch_size=256):
+        """dict ``z_ae`` (N, latent_dim)."""
+        dev = next(self.ae_.parameters()).device
+        out = [np.zeros((0, self.latent_dim), np.float32)]
+        for i in range(0, len(stamps.flux), batch_size):
+            x = _inputs(stamps[i : i + batch_size], self.representation, self.crop)
+            out.append(_batched(self.ae_.encode, x, batch_size, dev)[0])
+        return {"z_ae": np.concatenate(out)}
+
+    def _fitted_state(self):
+        return {"ae": self.ae_}, {}, {}
+
+    def _set_fitted_state(self, modules, arrays, values):
+        self.ae_ = modules["ae"]
+
+    def save(self, directory, **config):
+        """Write the fitted AE into ``directory`` (see `save_model`); returns its hash."""
+        return save_model(self, directory, **config)
 
 
 # ---------------------------------------------------------------------------
@@ -1269,8 +1229,8 @@ class LatentProbe:
         seed = 0 if self.random_state is None else int(self.random_state)
         x = _inputs(stamps, self.representation, self.crop)
         w = _radial_weight(x.shape[-1], 4.0, self.center_weight)
-        self.ae_ = _train_ae(x, 30, self.channels, self.ae_epochs, 128, 2e-3, seed, w, self.augment,
-                             resolve_device(self.device))
+        self.ae_, _ = _train_ae(x, 30, self.channels, self.ae_epochs, 128, 2e-3, seed, w, self.augment,
+                                resolve_device(self.device))
         del x
         z = self._z(stamps)
         ok = (y == 0) | (y == 1)
@@ -1290,3 +1250,102 @@ class LatentProbe:
 
     def predict(self, stamps, batch_size=256):
         return np.where(self.predict_proba(stamps, batch_size) >= 0.5, "galaxy", "star")
+
+
+# ---------------------------------------------------------------------------
+# one format for every estimator: astrohvae.weights
+# ---------------------------------------------------------------------------
+MODELS = {cls.__name__: cls for cls in (HierarchicalClassifier, ManifoldClassifier, AutoEncoderFeatures)}
+"""The estimators a weights folder may hold (``config.json``'s ``estimator``)."""
+
+
+def _get_params(est):
+    """``__init__`` parameters of ``est`` as plain JSON values (scikit-learn's ``get_params``)."""
+    import inspect
+
+    names = [p for p in inspect.signature(type(est).__init__).parameters if p != "self"]
+    out = {}
+    for k in names:
+        v = getattr(est, k)
+        out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def save_model(estimator, directory, **config):
+    """Save a fitted estimator of `MODELS` with `astrohvae.weights.save_weights`.
+
+    ``config.json`` records the estimator's class, its method name, its
+    constructor parameters and its fitted values; the tensors file holds its
+    networks and fitted arrays.  Extra keyword arguments (e.g. the training
+    data) are recorded as they are.
+
+    Returns
+    -------
+    str
+        `astrohvae.weights.weights_hash` of the folder (what a catalogue
+        records as ``MODELSHA``).
+    """
+    from astrohvae.weights import save_weights, weights_hash
+
+    name = type(estimator).__name__
+    if MODELS.get(name) is not type(estimator):
+        raise ValueError(f"{name} is not one of astrohvae.classify.MODELS")
+    modules, arrays, values = estimator._fitted_state()
+    params = estimator.get_params()
+    for k in ("device", "verbose"):  # where and how loudly it ran: not part of the model
+        params.pop(k, None)
+    cfg = {"estimator": name, "method": str(estimator.method), "params": params, "fitted": values}
+    cfg.update(config)
+    save_weights(directory, modules, cfg, arrays)
+    return weights_hash(directory)
+
+
+def load_model(directory, device="auto", expect=None):
+    """Load an estimator saved by `save_model`.
+
+    Parameters
+    ----------
+    directory : path
+        A weights folder (``model.safetensors`` + ``config.json``).
+    device : str
+    expect : class or None
+        Refuse a folder that holds another estimator.
+
+    Raises
+    ------
+    InputError
+        Anything `astrohvae.weights.load_weights` refuses; an unknown
+        estimator, parameters it does not take, or fitted values that do not
+        fit it.
+    """
+    from astrohvae.device import resolve_device
+    from astrohvae.weights import CONFIG_FILE, load_weights, weights_hash
+
+    directory = Path(directory)
+    dev = resolve_device(device)
+    modules, cfg, arrays = load_weights(directory, device=dev, arrays=True)
+    cpath = directory / CONFIG_FILE
+    name = cfg.get("estimator")
+    cls = MODELS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise InputError(cpath, f"holds no astrohvae classifier (estimator {name!r}; expected one of "
+                                f"{', '.join(MODELS)}); was it written by 'astrohvae train'?")
+    if expect is not None and cls is not expect:
+        raise InputError(cpath, f"holds a {name}, not a {expect.__name__}")
+    params = cfg.get("params")
+    if not isinstance(params, dict):
+        raise InputError(cpath, "no 'params' object")
+    try:
+        est = cls(**params)
+        est.device = str(dev)
+        est._set_fitted_state(modules, arrays, cfg.get("fitted") or {})
+    except (TypeError, ValueError, KeyError) as exc:
+        raise InputError(cpath, f"does not describe a fitted {name} ({type(exc).__name__}: {exc})") from None
+    est.weights_hash = weights_hash(directory)
+    est.training_ = cfg.get("training")
+    return est
+
+
+def load_default_classifier(device="auto"):
+    """The classifier shipped in ``astrohvae/data/default/`` (A+Vr)."""
+    return load_model(DEFAULT_WEIGHTS, device=device)

@@ -17,9 +17,10 @@ import click
 
 from astrohvae import __version__
 from astrohvae.errors import AstroHVAEError
-from astrohvae.preprocess import DEFAULT_REPRESENTATION
+from astrohvae.preprocess import REPRESENTATIONS
 from astrohvae.segment import DEFAULT_VARIANT
 
+REPRESENTATION_NAMES = tuple(REPRESENTATIONS)
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 
@@ -310,38 +311,47 @@ def segment(field, out, variant, weights, classify, plots, device, overwrite, qu
 # --- train (owner: astrohvae/train.py) ---------------------------------------
 @main.command()
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
-@click.option("--model", "model_kind", type=click.Choice(["ae", "vae", "vae-revised", "hvae"]), default="hvae",
-              show_default=True, help="ae; vae (standard prior, V); vae-revised (two-peak term, Vr); hvae (A+Vr).")
-@click.option("--divergence", type=click.Choice(["standard", "sc", "dkl", "aw", "pw", "quad"]), default=None,
-              help="Prior term (default: standard for vae, sc for vae-revised and hvae).")
+@click.option("--model", "model_kind", type=click.Choice(["avr", "hvae", "vae", "vae-revised", "ae"]),
+              default="avr", show_default=True,
+              help="avr: the shipped A+Vr classifier; hvae: the paper's hierarchical AE -> VAE recipe; "
+                   "vae: V+M; vae-revised: Vr+M; ae: the AE alone (features, not usable by 'run').")
+@click.option("--divergence", type=click.Choice(["sc", "dkl", "aw", "pw", "quad"]), default=None,
+              help="Revised prior term of vae-revised [default: sc] or hvae [default: exact KL by quadrature].")
 @click.option("--prior", nargs=2, type=float, default=None, metavar="M S",
-              help="Two-peak prior 0.5 N(-M, S^2) + 0.5 N(M, S^2) [default: 2 0.5].")
-@click.option("--beta", type=float, default=1.0, show_default=True, help="Weight of the prior term.")
+              help="Two-peak prior 0.5 N(-M, S^2) + 0.5 N(M, S^2) of hvae / vae-revised [default: 1 0.5].")
+@click.option("--beta", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="Weight of the prior term (hvae, vae, vae-revised).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Output weights folder (written atomically; an existing one only with --overwrite).")
-@click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
-@click.option("--latent-epochs", type=click.IntRange(1), default=100, show_default=True,
-              help="Epochs of the hvae's latent VAE (cheap).")
-@click.option("--batch-size", type=click.IntRange(2), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
+              help="Weights folder for 'astrohvae run --weights' (written under a temporary name, then renamed).")
+@click.option("--epochs", type=click.IntRange(1), default=None,
+              help="Epochs of the image network [default: the model's own: avr 4, others 6].")
+@click.option("--latent-epochs", type=click.IntRange(1), default=None,
+              help="Epochs of the latent VAE of avr / hvae [default: 40].")
+@click.option("--batch-size", type=click.IntRange(2), default=None, help="[default: 128]")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="[default: 0.002]")
 @click.option("--latent-dim", type=click.IntRange(1), default=None,
-              help="ae: AE latent (30); vae: 2; hvae: the high-level latent (1).")
-@click.option("--patience", type=click.IntRange(1), default=5, show_default=True, help="Early-stopping patience.")
+              help="ae / avr / hvae: the AE latent [default: 30]; vae: its latent [default: 4].")
+@click.option("--per-field", type=click.IntRange(3), default=500, show_default=True,
+              help="Stamps per field: all bright ones (S/N >= 50, up to half) plus a random draw.")
+@click.option("--max-stamps", type=click.IntRange(3), default=None, help="Then at most this many in all.")
+@click.option("--representation", type=click.Choice(sorted(REPRESENTATION_NAMES)), default=None, help="Network input [default: the model's own: avr source_asinh, others lupt].")
+@click.option("--augment/--no-augment", default=None, help="Random 90-degree rotations and flips [default: avr on].")
+@click.option("--colour-prior", is_flag=True, help="avr: also learn the opt-in colour likelihood (not the shipped default).")
 @_device_option()
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue an interrupted run with the same --out.")
-@click.option("--plots", is_flag=True, help="Write loss curves and latent plots (PNG) into OUT.")
-@click.option("--representation", default=DEFAULT_REPRESENTATION, show_default=True, help="Network input.")
-@click.option("--max-stamps", type=click.IntRange(3), default=None, help="Train on a random subset of this size.")
-@click.option("--augment", is_flag=True, help="Random 90-degree rotations and flips.")
+@click.option("--plots", is_flag=True, help="Write loss curves and the latent histogram (PNG) into OUT.")
 @_overwrite_option("weights folder")
 @_verbosity
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for torch (default: torch's choice; 1 is faster on a busy shared machine).")
 def train(store, model_kind, divergence, prior, beta, out, epochs, latent_epochs, batch_size, lr, latent_dim,
-          patience, device, seed, resume, plots, representation, max_stamps, augment, overwrite, quiet, verbose,
-          threads):
-    """Train a network on the stamp store STORE and write its weights to --out."""
+          per_field, max_stamps, representation, augment, colour_prior, device, seed, plots, overwrite, quiet,
+          verbose, threads):
+    """Fit a classifier on the stamp store STORE and write it to --out.
+
+    With no --model this is exactly how the shipped classifier is made;
+    'astrohvae run --weights OUT' and 'astrohvae survey --weights OUT' use it.
+    """
     from astrohvae.train import train_from_store
 
     if threads is not None:
@@ -351,28 +361,15 @@ def train(store, model_kind, divergence, prior, beta, out, epochs, latent_epochs
     try:
         res = train_from_store(store, out, model=model_kind, divergence=divergence, prior=prior, beta=beta,
                                epochs=epochs, latent_epochs=latent_epochs, batch_size=batch_size, lr=lr,
-                               latent_dim=latent_dim, device=device, seed=seed, patience=patience,
-                               resume=resume, plots=plots, representation=representation,
-                               max_stamps=max_stamps, augment=augment, progress=not quiet,
-                               overwrite=overwrite)
+                               latent_dim=latent_dim, representation=representation, augment=augment,
+                               colour_prior=colour_prior, device=device, seed=seed, per_field=per_field,
+                               max_stamps=max_stamps, plots=plots,
+                               progress=not quiet, overwrite=overwrite)
     except ValueError as exc:
         raise click.UsageError(str(exc))
-    except KeyboardInterrupt:
-        from pathlib import Path
-
-        ckdir = Path(f"{out}.checkpoints")
-        if ckdir.is_dir() and any(ckdir.glob("*.pt")):
-            click.echo(f"astrohvae: interrupted; the last finished epoch is checkpointed in {ckdir} "
-                       "(rerun with --resume)", err=True)
-        else:
-            click.echo("astrohvae: interrupted before the first epoch finished; nothing to resume", err=True)
-        sys.exit(130)
-    n = res["n"]
-    click.echo(f"trained {model_kind} on {n['train']} stamps (val {n['val']}, test {n['test']}) -> {res['out']}")
-    for k, v in res["metrics"].items():
-        if k.endswith("loss"):
-            click.echo(f"  {k} = {v:.6g}")
-    click.echo(f"  weights sha256 {res['weights_sha256']}")
+    click.echo(f"trained {res['method']} ({model_kind}) on {res['n']} stamps of {len(res['fields'])} fields "
+               f"in {res['seconds']:.0f} s -> {res['out']}")
+    click.echo(f"  model sha256 {res['weights_sha256']}")
 
 
 # --- end train ---------------------------------------------------------------
@@ -382,13 +379,16 @@ def train(store, model_kind, divergence, prior, beta, out, epochs, latent_epochs
 @main.command()
 @click.argument("fields", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Stamp store folder (zarr).")
+@click.option("--segmenter", type=click.Choice(["auto", "network", "photutils"]), default="auto", show_default=True,
+              help="As for 'run' (the same default), so the store holds the stamps 'run' classifies.")
 @click.option("--nsigma", type=click.FloatRange(0, min_open=True), default=1.5, show_default=True,
-              help="Detection threshold in units of the detection image's noise.")
+              help="Detection threshold of the photutils segmenter, in units of the detection image's noise.")
+@_device_option()
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Fields processed at once (memory grows with this, not with the number of fields).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store instead of appending to it.")
 @_verbosity
-def stamps(fields, out, nsigma, workers, overwrite, quiet, verbose):
+def stamps(fields, out, segmenter, nsigma, device, workers, overwrite, quiet, verbose):
     """Cut 64x64x5 stamps of every source in FIELDS into the zarr store --out.
 
     Each FIELD is a folder of SDSS frames, a frame file or a MEF.  Fields
@@ -404,7 +404,7 @@ def stamps(fields, out, nsigma, workers, overwrite, quiet, verbose):
         if not Path(f).exists():
             raise InputError(f, "no such file or folder")
     s = build_store(list(fields), out, append=not overwrite, nsigma=nsigma, progress=not quiet,
-                    workers=workers)
+                    workers=workers, segmenter=segmenter, device=device)
     skipped = f", skipped {len(s['fields_skipped'])} already stored" if s["fields_skipped"] else ""
     click.echo(f"added {s['added']} stamps from {len(s['fields_added'])} fields{skipped}; "
                f"{s['out']} holds {s['total']} stamps from {s['n_fields']} fields")

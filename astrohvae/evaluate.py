@@ -17,6 +17,8 @@ number (higher = more galaxy-like).  Truth labels are 0 = star, 1 = galaxy,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 __all__ = [
@@ -465,7 +467,7 @@ class SupervisedCNNCeiling:
     def fit(self, stamps, y=None):
         import torch
 
-        from astrohvae.classify import _augment
+        from astrohvae.train import LabelledSource, fit_model
 
         y = _truth(stamps, y)
         x, s = self._inputs(stamps)
@@ -473,26 +475,16 @@ class SupervisedCNNCeiling:
             xe, se = self._inputs(self.extra)
             x, s, y = np.concatenate([x, xe]), np.concatenate([s, se]), np.concatenate([y, _truth(self.extra)])
         ok = (y == 0) | (y == 1)
-        x, s, y = torch.from_numpy(x[ok]), torch.from_numpy(s[ok]), torch.from_numpy(y[ok].astype(np.float32))
-        torch.manual_seed(int(self.random_state))
-        gen = torch.Generator().manual_seed(int(self.random_state))
-        self.net_ = self._net()
-        opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=1e-4)
-        n = len(y)
-        steps = self.epochs * int(np.ceil(n / self.batch_size))
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps)
-        loss_fn = torch.nn.BCEWithLogitsLoss()
-        self.net_.train()
-        for _ in range(self.epochs):
-            perm = torch.randperm(n, generator=gen)
-            for i in range(0, n, self.batch_size):
-                b = perm[i : i + self.batch_size]
-                loss = loss_fn(self.net_(_augment(x[b], gen), s[b]), y[b])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-        self.net_.eval()
+        bce = torch.nn.BCEWithLogitsLoss(reduction="none")
+
+        def loss_fn(net, batch):
+            xb, sb, yb = batch
+            return {"loss": bce(net(xb, sb), yb)}
+
+        self.net_, self.history_ = fit_model(
+            self._net(), loss_fn, LabelledSource(x[ok], s[ok], y[ok].astype(np.float32)), epochs=self.epochs,
+            batch_size=self.batch_size, lr=self.lr, weight_decay=1e-4, optimizer="adamw", schedule="onecycle",
+            augment=True, device="cpu", seed=int(self.random_state), kind="ceiling-cnn")
         return self
 
     def predict_proba(self, stamps):
@@ -567,6 +559,64 @@ def method_factories(names, quick=False, extra_train=None):
     return out
 
 
+def simulated_stamps(seeds, size, cache=None, segmenter="auto", log=None):
+    """Labelled stamps of simulated fields, cut by the chain of ``astrohvae run``.
+
+    Each field (`astrohvae.simulate.simulate_field`, ``size`` x ``size``)
+    goes through `astrohvae.pipeline.find_sources` with ``segmenter`` and
+    `astrohvae.stamps.cut_stamps`; the truth is matched by position
+    (`astrohvae.store.match_truth`) into ``meta['truth_type']`` /
+    ``meta['truth_mag_r']`` and is used only for scoring.
+
+    Parameters
+    ----------
+    seeds : sequence of int
+    size : int
+    cache : path or None
+        Folder of ``sim-<seed>-<size>-<segmenter>.npz`` files (read when present, else written).
+    segmenter : str
+        As for `astrohvae.pipeline.load_segmenter`.
+    log : callable or None
+
+    Returns
+    -------
+    astrohvae.stamps.StampSet
+    """
+    from astropy.table import Table
+
+    from astrohvae.pipeline import find_sources, load_segmenter
+    from astrohvae.simulate import simulate_field
+    from astrohvae.stamps import StampSet, concatenate, cut_stamps
+    from astrohvae.store import match_truth
+
+    seg = None
+    sets = []
+    for s in seeds:
+        f = None if cache is None else Path(cache) / f"sim-{s}-{size}-{segmenter}.npz"
+        if f is not None and f.exists():
+            z = np.load(f)
+        else:
+            if seg is None:
+                seg = load_segmenter(segmenter, device="cpu")
+            sim = simulate_field(s, size=(size, size))
+            bkg, segm, src = find_sources(sim.field, segmenter=seg)
+            st = cut_stamps(sim.field, segm, src, bkg)
+            tt, tm = match_truth(st.meta, sim.truth)
+            z = {"flux": st.flux, "mask": st.mask, "sky_sigma": st.sky_sigma, "truth_type": np.asarray(tt),
+                 "truth_mag_r": np.asarray(tm)}
+            if f is not None:
+                f.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(f, **z)
+        meta = Table({"field": np.array([f"sim{s}"] * len(z["flux"])),
+                      "truth_type": np.asarray(z["truth_type"]).astype(int),
+                      "truth_mag_r": np.asarray(z["truth_mag_r"], float)})
+        sets.append(StampSet(np.asarray(z["flux"]), np.asarray(z["mask"]), np.asarray(z["sky_sigma"]), meta))
+        if log is not None:
+            log(f"simulated seed {s}: {len(meta)} stamps, {(meta['truth_type'] == 0).sum()} stars, "
+                f"{(meta['truth_type'] == 1).sum()} galaxies")
+    return concatenate(sets)
+
+
 def evaluate_catalog(catalog, truth, radius=2.0):
     """Metrics of a catalogue's ``p_galaxy`` against a simulator truth table.
 
@@ -630,13 +680,13 @@ def load_dl4astro(folder):
     return st, y
 
 
-def star_recall(clf, field_folder, stars_path, radius=3.0, batch_size=256):
+def star_recall(clf, field_folder, stars_path, radius=3.0, batch_size=256, segmenter="auto"):
     """Share of catalogued stars that ``clf`` labels star on a real field.
 
-    The field is read and processed by the baseline chain
-    (`astrohvae.stamps.process_field`); each catalogued star (``x_r``,
-    ``y_r``) is matched to the nearest detected source within ``radius``
-    pixels.
+    The field goes through the chain of ``astrohvae run``
+    (`astrohvae.pipeline.process_field` with the default segmenter); each
+    catalogued star (``x_r``, ``y_r``) is matched to the nearest catalogue
+    source within ``radius`` pixels (`astrohvae.store.match_truth`).
 
     Returns
     -------
@@ -647,18 +697,17 @@ def star_recall(clf, field_folder, stars_path, radius=3.0, batch_size=256):
     from astropy.table import Table
 
     from astrohvae.io.readers import read_field
-    from astrohvae.stamps import process_field
+    from astrohvae.pipeline import load_segmenter, process_field
+    from astrohvae.store import match_truth
 
     field = read_field(field_folder)
-    _, _, src, st = process_field(field)
-    pred = clf.predict(st, batch_size=batch_size)
+    cat = process_field(field, clf, segmenter=load_segmenter(segmenter), batch_size=batch_size).table
     stars = Table.read(stars_path)
-    sx, sy = np.asarray(stars["x_r"], float), np.asarray(stars["y_r"], float)
-    x, y = np.asarray(st.meta["x"], float), np.asarray(st.meta["y"], float)
-    d = np.hypot(sx[:, None] - x[None], sy[:, None] - y[None]) if len(x) else np.full((len(sx), 1), np.inf)
-    j = d.argmin(axis=1)
-    hit = d[np.arange(len(sx)), j] <= radius
-    n_star = int((pred[j[hit]] == "star").sum())
-    return {"n_catalogued": int(len(sx)), "n_matched": int(hit.sum()), "n_star": n_star,
-            "share": n_star / max(int(hit.sum()), 1), "n_sources": int(len(st)),
-            "star_fraction_all": float((pred == "star").mean()) if len(pred) else float("nan")}
+    points = Table({"x": np.asarray(stars["x_r"], float), "y": np.asarray(stars["y_r"], float)})
+    code, _ = match_truth(points, Table({"x": cat["x"], "y": cat["y"], "type": cat["class"]}), radius=radius)
+    hit = code >= 0
+    n_star = int(np.count_nonzero(code == 0))
+    labels = np.asarray(cat["class"])
+    return {"n_catalogued": int(len(points)), "n_matched": int(hit.sum()), "n_star": n_star,
+            "share": n_star / max(int(hit.sum()), 1), "n_sources": int(len(cat)),
+            "star_fraction_all": float((labels == "star").mean()) if len(labels) else float("nan")}

@@ -41,7 +41,7 @@ from astropy.table import Table
 from astrohvae import BANDS, STAMP_SIZE, __version__
 from astrohvae.errors import AstroHVAEError, InputError, OutputError
 from astrohvae.io.atomic import atomic_path, check_output, check_writable_dir
-from astrohvae.io.catalog import CLASS_CODES, conform_table, empty_table, write_catalog
+from astrohvae.io.catalog import CLASS_CODES, Z_AE_DIM, conform_table, empty_table, write_catalog
 from astrohvae.io.field import Field
 
 __all__ = [
@@ -182,23 +182,20 @@ def _classifier_cached(key, weights, device):
 
 
 def _load_classifier_from(path, device):
-    """Load a classifier from a weights folder through astrohvae.classify.
+    """Load the estimator of a weights folder (`astrohvae.classify.load_model`) and check it classifies.
 
     Loading reads ``config.json`` (JSON) and ``model.safetensors`` (tensors
-    only), so nothing in the folder is ever executed.  Any failure, including
-    weights of another architecture, is reported as an `InputError`.
+    only), so nothing in the folder is ever executed.  A folder that holds a
+    feature extractor (``astrohvae train --model ae``) is refused in one line.
     """
-    from astrohvae import classify
+    from astrohvae.classify import load_model
 
-    fn = getattr(classify, "load_classifier", None)
-    try:
-        if callable(fn):
-            return fn(path, device=device)
-        return classify.HierarchicalClassifier.load(path, device=device)
-    except AstroHVAEError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - foreign or mismatched weights
-        raise InputError(path, _one_line(f"weights do not fit the classifier ({type(exc).__name__}: {exc})", 200))
+    est = load_model(path, device=device)
+    if not callable(getattr(est, "predict_proba", None)):
+        raise InputError(path, f"holds a {est.method} model, a feature extractor without classes; "
+                               "train a classifier for 'run' (astrohvae train STORE --out W, or --model "
+                               "hvae/vae/vae-revised)")
+    return est
 
 
 def load_segmenter(segmenter="auto", device="auto"):
@@ -243,7 +240,7 @@ def _load_default_segmenter(device, required):
         raise InputError(WEIGHTS_DIR, _one_line(f"cannot load the segmenter ({type(exc).__name__}: {exc})", 200))
 
 
-def _segmenter_name(seg):
+def segmenter_name(seg):
     if seg is None:
         return "photutils"
     return str(getattr(seg, "method", None) or getattr(seg, "variant", None) or "network")
@@ -536,6 +533,61 @@ PROCESS_STEPS = ("background", "segment", "measure", "stamps", "classify")
 """The steps of `process_field`, in order."""
 
 
+def find_sources(field, *, segmenter=None, nsigma=DEFAULT_NSIGMA, steps=None):
+    """Background, segmentation and measured sources of one field: the one field -> sources chain.
+
+    ``astrohvae run``, ``survey``, ``stamps`` (the training store) and
+    ``segment`` all find their sources here, so a model is trained on stamps
+    cut exactly as those it classifies.
+
+    Parameters
+    ----------
+    field : astrohvae.io.field.Field
+    segmenter : object or None
+        ``segment(field, background) -> SegmentationImage or None`` (see
+        `load_segmenter`); None uses the photutils baseline
+        `astrohvae.stamps.detect` at ``nsigma``.
+    nsigma : float
+    steps : _Steps or None
+        Timings of the ``background``, ``segment`` and ``measure`` steps.
+
+    Returns
+    -------
+    background : astrohvae.stamps.Background
+    segm : SegmentationImage or None
+        Labels 1..N, equal to the ``id`` column of ``sources``.
+    sources : astropy.table.Table or None
+        `astrohvae.stamps.measure_sources`; None when nothing was found.
+    """
+    from astrohvae import stamps as stamps_mod
+
+    t = steps if steps is not None else _Steps()
+    t.start()
+    background = stamps_mod.estimate_background(field)
+    t.stop("background")
+    t.start()
+    segm = segmenter.segment(field, background) if segmenter is not None else None
+    if segmenter is None:
+        segm = stamps_mod.detect(field, background, nsigma=nsigma)
+    t.stop("segment")
+    if segm is None or getattr(segm, "n_labels", 0) == 0:
+        return background, None, None
+    t.start()
+    segm.relabel_consecutive()
+    sources = stamps_mod.measure_sources(field, segm, background)
+    ids = np.asarray(sources["id"], dtype=np.int64)
+    if not np.array_equal(ids, np.arange(1, len(ids) + 1)) or len(ids) != segm.n_labels:
+        order = np.argsort(ids, kind="stable")
+        sources = sources[order]
+        new = _relabel(segm.data, np.asarray(sources["id"]))
+        segm.data = new if new.any() else segm.data
+        sources["id"] = np.arange(1, len(sources) + 1, dtype=np.int32)
+    t.stop("measure")
+    if len(sources) == 0:
+        return background, None, None
+    return background, segm, sources
+
+
 def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, batch_size=256,
                   workdir=None, on_step=None):
     """Catalogue pieces of one field.
@@ -571,47 +623,24 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
     t = _Steps(on_step)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        t.start()
-        background = stamps_mod.estimate_background(field)
-        t.stop("background")
-
-        t.start()
-        segm = segmenter.segment(field, background) if segmenter is not None else None
-        if segmenter is None:
-            segm = stamps_mod.detect(field, background, nsigma=nsigma)
-        t.stop("segment")
-
+        background, segm, sources = find_sources(field, segmenter=segmenter, nsigma=nsigma, steps=t)
         header = {
             "FIELD": field.name or "",
-            "MODELSHA": (str(getattr(classifier, "weights_hash", "unknown")), "hash of the classifier weights"),
+            # sha256 of the weights' config.json (`astrohvae.weights.weights_hash`, what 'train' prints);
+            # 64 characters leave no room for a comment on the card
+            "MODELSHA": str(getattr(classifier, "weights_hash", "unknown")),
             "CLFMETH": (str(getattr(classifier, "method", type(classifier).__name__)), "classifier method"),
-            "DETMETH": (_segmenter_name(segmenter), "segmentation method"),
+            "DETMETH": (segmenter_name(segmenter), "segmentation method"),
             "DETNSIG": (float(nsigma), "detection threshold [background sigma]"),
             "FLUXTYPE": ("segment", "flux_* summed over the source segment"),
             "INFILE": [Path(f).name for f in field.files] or [field.name or "in-memory"],
         }
         latent_dim = int(getattr(classifier, "latent_dim", 0) or 0) or 1
         ny, nx = field.shape
-        if segm is None or getattr(segm, "n_labels", 0) == 0:
+        if sources is None:
             t.zero("measure", "stamps", "classify")
             return _empty_products(ny, nx, header, t, latent_dim)
-
-        t.start()
-        segm.relabel_consecutive()
-        sources = stamps_mod.measure_sources(field, segm, background)
-        ids = np.asarray(sources["id"], dtype=np.int64)
-        if not np.array_equal(ids, np.arange(1, len(ids) + 1)) or len(ids) != segm.n_labels:
-            order = np.argsort(ids, kind="stable")
-            sources = sources[order]
-            new = _relabel(segm.data, np.asarray(sources["id"]))
-            segm.data = new if new.any() else segm.data
-            sources["id"] = np.arange(1, len(sources) + 1, dtype=np.int32)
-        t.stop("measure")
         n = len(sources)
-        if n == 0:
-            t.zero("stamps", "classify")
-            return _empty_products(ny, nx, header, t, latent_dim)
-
         t.start()
         tmp_ctx = tempfile.TemporaryDirectory(prefix="astrohvae-stamps-", dir=workdir)
         with tmp_ctx as tmp:
@@ -635,7 +664,9 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
     sig = sig[:, None] if sig.ndim == 1 else sig
     table["z_hvae"] = z_hvae
     table["z_hvae_sigma"] = sig
-    table["z_ae"] = np.asarray(lat["z_ae"], np.float32)
+    # a classifier without the paper's 30-latent AE (V+M, Vr+M) leaves z_ae NaN
+    z_ae = lat.get("z_ae")
+    table["z_ae"] = np.asarray(z_ae, np.float32) if z_ae is not None else np.full((n, Z_AE_DIM), np.nan, np.float32)
     flags = np.asarray(table["flags"], dtype=np.int32) if "flags" in table.colnames else np.zeros(n, np.int32)
     if "flags" in meta.colnames:
         flags = flags | np.asarray(meta["flags"], dtype=np.int32)

@@ -135,7 +135,9 @@ def chunked_statistics(stamps, *fns):
     """
     n = len(stamps.flux)
     if n <= CHUNK or not hasattr(stamps, "__getitem__"):
-        sub = loaded(stamps)
+        # a store (`astrohvae.store.StampStore`) is read through its own slicing
+        sub = loaded(stamps if isinstance(stamps.flux, np.ndarray) or not hasattr(stamps, "__getitem__")
+                     else stamps[0:n])
         return [fn(sub) for fn in fns]
     parts = [[] for _ in fns]
     for i in range(0, n, CHUNK):

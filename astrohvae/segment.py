@@ -211,19 +211,9 @@ def network_input(field, background=None, stretch=STRETCH):
 # ----------------------------------------------------------------------------
 # training (no labels)
 # ----------------------------------------------------------------------------
-def _random_crops(images, n, size, rng):
-    out = np.empty((n, images[0].shape[0], size, size), np.float32)
-    for k in range(n):
-        img = images[rng.integers(len(images))]
-        y = rng.integers(0, img.shape[1] - size + 1)
-        x = rng.integers(0, img.shape[2] - size + 1)
-        out[k] = img[:, y:y + size, x:x + size]
-    return out
-
-
 def train_segment_net(net, images, steps=600, batch_size=16, crop=64, lr=2e-3, beta=1e-3,
                       seed=0, device="cpu", log_every=0):
-    """Train a `SegmentNet` to reconstruct random crops of ``images``.
+    """Train a `SegmentNet` to reconstruct random crops of ``images`` (the one engine, `astrohvae.train`).
 
     Parameters
     ----------
@@ -231,11 +221,13 @@ def train_segment_net(net, images, steps=600, batch_size=16, crop=64, lr=2e-3, b
         Trained in place.
     images : list of numpy.ndarray
         ``(5, ny, nx)`` network inputs (`network_input`), no labels.
-    steps, batch_size, crop, lr : training schedule (Adam).
+    steps, batch_size, crop, lr : training schedule (Adam, cosine decay over ``steps`` batches).
     beta : float
         Weight of the KL term per latent element for the VAE (ignored for AEs).
     seed : int
     device : str
+    log_every : int
+        Show the engine's progress bar when non-zero.
 
     Returns
     -------
@@ -244,27 +236,23 @@ def train_segment_net(net, images, steps=600, batch_size=16, crop=64, lr=2e-3, b
     """
     import torch
 
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    net.to(device).train()
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    from astrohvae.train import RandomCrops, fit_model
+
     history = []
-    for step in range(steps):
-        xb = torch.from_numpy(_random_crops(images, batch_size, crop, rng)).to(device)
-        recon, extra = net(xb)
-        loss = torch.mean((recon - xb) ** 2)
-        if net.variational:
+
+    def loss_fn(m, xb):
+        recon, extra = m(xb)
+        loss = torch.mean((recon - xb) ** 2, dim=(1, 2, 3))
+        if m.variational:
             mu, logvar = extra["mu"], extra["logvar"]
-            kl = 0.5 * torch.mean(mu ** 2 + logvar.exp() - 1.0 - logvar)
+            kl = 0.5 * torch.mean(mu ** 2 + logvar.exp() - 1.0 - logvar, dim=tuple(range(1, mu.ndim)))
             loss = loss + beta * kl
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        history.append(float(loss.detach()))
-        if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"step {step:5d} loss {float(loss):.4f}", flush=True)
+        if m.training:
+            history.append(float(loss.detach().mean()))
+        return {"loss": loss}
+
+    fit_model(net, loss_fn, RandomCrops(images, crop, steps * batch_size), epochs=1, batch_size=batch_size, lr=lr,
+              schedule="cosine", device=device, seed=seed, progress=bool(log_every), kind="segment")
     net.eval()
     return history
 
@@ -1267,13 +1255,15 @@ class NetworkSegmenter:
 
     def _sample_hypercolumns(self, images, n_samples, rng, crop=256, border=32, per_crop=4000):
         """Hypercolumns (n, D) and mean reconstruction (n,) of random interior pixels."""
+        from astrohvae.train import random_crops
+
         m = self.net_.multiple
         n_crops = max(1, int(np.ceil(n_samples / per_crop / len(images))))
         feats, recon = [], []
         for img in images:
             c = min(crop, img.shape[1] // m * m, img.shape[2] // m * m)
             b = border if c > 4 * border else 0
-            crops = _random_crops([img], n_crops, c, rng)
+            crops = random_crops([img], n_crops, c, rng)
             for k in range(0, n_crops, self.batch_size):
                 hc, rec = self._forward(crops[k:k + self.batch_size], want_hc=True)
                 if b:

@@ -8,7 +8,9 @@ networks see::
     sources = measure_sources(field, segm, bkg) # astropy Table, catalogue columns
     stamps = cut_stamps(field, segm, sources, bkg)  # StampSet
 
-or, in one call, ``bkg, segm, sources, stamps = process_field(field)``.
+The one chain from a field to its sources, for ``run``, ``survey``, ``stamps``
+and ``segment`` alike (network segmenter or this baseline), is
+`astrohvae.pipeline.find_sources`.
 
 Conventions
 -----------
@@ -62,7 +64,6 @@ __all__ = [
     "measure_sources",
     "cut_stamps",
     "padded_planes",
-    "process_field",
     "FLAG_TRUNCATED",
     "FLAG_BLENDED",
     "FLAG_MASKED",
@@ -1019,26 +1020,6 @@ def cut_stamps(field, segm, sources, background, size=STAMP_SIZE, padded=None):
         }
     )
     return StampSet(flux, mask, sky, meta)
-
-
-def process_field(field, nsigma=1.5, npixels=5, deblend=True, size=STAMP_SIZE, **detect_kwargs):
-    """The baseline chain on one field.
-
-    Returns
-    -------
-    background : Background
-    segm : SegmentationImage
-    sources : astropy.table.Table
-        Output of `measure_sources`, with flag 1 added for truncated stamps.
-    stamps : StampSet
-    """
-    bkg = estimate_background(field)
-    segm = detect(field, bkg, nsigma=nsigma, npixels=npixels, deblend=deblend, **detect_kwargs)
-    sources = measure_sources(field, segm, bkg)
-    stamps = cut_stamps(field, segm, sources, bkg, size=size)
-    if len(sources):
-        sources["flags"] = stamps.meta["flags"]
-    return bkg, segm, sources, stamps
 
 
 # photutils' multi-threshold + watershed deblender (photutils 3.0

@@ -35,7 +35,7 @@ from astropy.table import Table
 
 from astrohvae import BANDS, STAMP_SIZE
 from astrohvae.errors import InputError
-from astrohvae.stamps import StampSet, cut_stamps, detect, estimate_background, measure_sources
+from astrohvae.stamps import StampSet, cut_stamps
 
 __all__ = ["build_store", "open_store", "StampStore", "match_truth", "STORE_FORMAT"]
 
@@ -278,20 +278,24 @@ class _FieldResult:
     truth_file: str | None
 
 
-def _process_input(inp, nsigma):
-    """Read one input, detect and measure its sources (no store access).
+def _process_input(inp, nsigma, segmenter=None):
+    """Read one input, find and measure its sources (no store access).
 
-    The stamps themselves are cut later, `CUT_CHUNK` sources at a time, so
-    that memory does not grow with the number of sources in a field.
+    The sources come from `astrohvae.pipeline.find_sources`, the chain
+    ``astrohvae run`` uses, so the store holds the stamps ``run`` would
+    classify.  The stamps themselves are cut later, `CUT_CHUNK` sources at
+    a time, so that memory does not grow with the number of sources in a field.
     """
+    from astrohvae.pipeline import find_sources
+
     field = _read(inp)
-    bkg = estimate_background(field)
-    segm = detect(field, bkg, nsigma=nsigma)
-    sources = measure_sources(field, segm, bkg)
+    bkg, segm, sources = find_sources(field, segmenter=segmenter, nsigma=nsigma)
+    if sources is None:  # nothing found: the field is recorded with no stamps
+        sources = Table()
     truth_file = _find_truth_file(field)
     ttype = np.full(len(sources), -1, np.int8)
     tmag = np.full(len(sources), np.nan, np.float32)
-    if truth_file is not None:
+    if truth_file is not None and len(sources):
         ttype, tmag = match_truth(sources, _read_truth(truth_file))
     sources["truth_type"] = ttype
     sources["truth_mag_r"] = tmag
@@ -307,7 +311,7 @@ def _write_one(array, start, values):
     array[start : start + len(values)] = values
 
 
-def _append_field(g, res, nsigma, size):
+def _append_field(g, res, nsigma, size, segmenter="photutils"):
     """Cut and append one field's stamps chunk by chunk, then record it (attributes last)."""
     n0 = int(g.attrs["n"])
     fields = list(g.attrs["fields"])
@@ -338,6 +342,7 @@ def _append_field(g, res, nsigma, size):
             "start": n0,
             "stop": start,
             "nsigma": float(nsigma),
+            "segmenter": segmenter,
             "truth": res.truth_file,
         }
     )
@@ -348,7 +353,8 @@ def _append_field(g, res, nsigma, size):
 # ---------------------------------------------------------------------------
 # public API
 # ---------------------------------------------------------------------------
-def build_store(inputs, out, *, append=True, nsigma=1.5, progress=True, workers=1, size=STAMP_SIZE):
+def build_store(inputs, out, *, append=True, nsigma=1.5, progress=True, workers=1, size=STAMP_SIZE,
+                segmenter="auto", device="auto"):
     """Cut the stamps of many fields into a zarr stamp store.
 
     Fields are processed one at a time (or ``workers`` at a time through
@@ -371,7 +377,12 @@ def build_store(inputs, out, *, append=True, nsigma=1.5, progress=True, workers=
         discarding rows a killed run left unrecorded).  With False an existing
         store is replaced.
     nsigma : float
-        Detection threshold (`astrohvae.stamps.detect`).
+        Detection threshold of the photutils segmenter (`astrohvae.stamps.detect`).
+    segmenter : {'auto', 'network', 'photutils'} or object
+        As for ``astrohvae run`` (`astrohvae.pipeline.load_segmenter`); the
+        default is ``run``'s, so the store holds the stamps ``run`` classifies.
+    device : str
+        Device of the network segmenter.
     progress : bool
         Show a tqdm progress bar over the inputs.
     workers : int
@@ -395,7 +406,9 @@ def build_store(inputs, out, *, append=True, nsigma=1.5, progress=True, workers=
     from tqdm.auto import tqdm
 
     from astrohvae.io.atomic import check_writable_dir
+    from astrohvae.pipeline import segmenter_name, load_segmenter
 
+    seg = load_segmenter(segmenter, device=device)
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     inputs = list(inputs)
@@ -436,14 +449,14 @@ def build_store(inputs, out, *, append=True, nsigma=1.5, progress=True, workers=
         for i in range(0, len(todo), step):
             batch = todo[i : i + step]
             if step == 1:
-                results = [_process_input(batch[0], nsigma)]
+                results = [_process_input(batch[0], nsigma, seg)]
             else:
                 import dask
 
-                tasks = [dask.delayed(_process_input)(inp, nsigma) for inp in batch]
+                tasks = [dask.delayed(_process_input)(inp, nsigma, seg) for inp in batch]
                 results = dask.compute(*tasks, scheduler="threads", num_workers=step)
             for res in results:
-                added += _append_field(g, res, nsigma, size)
+                added += _append_field(g, res, nsigma, size, segmenter_name(seg))
                 names.append(res.name)
                 bar.update(1)
                 bar.set_postfix(stamps=int(g.attrs["n"]))

@@ -5,7 +5,6 @@ Public functions
 `fit_ae`          convolutional auto-encoder on stamps (N, 5, 64, 64)
 `fit_vae`         convolutional VAE with a chosen divergence / prior
 `fit_latent_vae`  MLP VAE on AE latents (N, 30)
-`fit_hvae`        `fit_ae`, then `fit_latent_vae` on the AE's latents
 `apply_batches`   run a function of a batch over an array / source, batched
 `train_from_store` what ``astrohvae train`` does (see `astrohvae.cli`)
 
@@ -55,7 +54,10 @@ __all__ = [
     "fit_ae",
     "fit_vae",
     "fit_latent_vae",
-    "fit_hvae",
+    "fit_model",
+    "LabelledSource",
+    "RandomCrops",
+    "random_crops",
     "apply_batches",
     "loss_terms",
     "ChunkedSource",
@@ -65,7 +67,8 @@ __all__ = [
     "DIVERGENCES",
     "DEFAULT_PRIOR",
     "train_from_store",
-    "split_by_field",
+    "make_estimator",
+    "select_training_rows",
     "MODEL_KINDS",
 ]
 
@@ -245,6 +248,54 @@ class ChunkedSource:
             yield carry
 
 
+class LabelledSource:
+    """In-memory arrays of equal length yielded together as a tuple ``(x, *others)``, shuffled every epoch.
+
+    For supervised losses: ``loss_fn(model, (xb, yb))``.  Augmentation, when
+    asked for, applies to the first array only.
+    """
+
+    def __init__(self, x, *others):
+        self.arrays = [np.asarray(x)] + [np.asarray(o) for o in others]
+        self.n = len(self.arrays[0])
+        if self.n == 0 or any(len(a) != self.n for a in self.arrays):
+            raise ValueError("LabelledSource needs non-empty arrays of equal length")
+
+    def peek(self):
+        return np.asarray(self.arrays[0][:2], dtype=np.float32)
+
+    def batches(self, rng, batch_size, shuffle=True):
+        order = rng.permutation(self.n) if shuffle else np.arange(self.n)
+        for a in range(0, self.n, batch_size):
+            idx = order[a : a + batch_size]
+            yield tuple(np.ascontiguousarray(arr[idx]) for arr in self.arrays)
+
+
+class RandomCrops:
+    """``n`` random ``crop`` x ``crop`` windows of a list of (C, ny, nx) images per epoch (no labels)."""
+
+    def __init__(self, images, crop, n):
+        self.images, self.crop, self.n = list(images), int(crop), int(n)
+
+    def peek(self):
+        return next(self.batches(np.random.default_rng(0), 2))
+
+    def batches(self, rng, batch_size, shuffle=True):
+        for a in range(0, self.n, batch_size):
+            yield random_crops(self.images, min(batch_size, self.n - a), self.crop, rng)
+
+
+def random_crops(images, n, size, rng):
+    """``n`` random ``size`` x ``size`` windows of randomly chosen (C, ny, nx) ``images``: (n, C, size, size)."""
+    out = np.empty((n, images[0].shape[0], size, size), np.float32)
+    for k in range(n):
+        img = images[rng.integers(len(images))]
+        y = rng.integers(0, img.shape[1] - size + 1)
+        x = rng.integers(0, img.shape[2] - size + 1)
+        out[k] = img[:, y : y + size, x : x + size]
+    return out
+
+
 class _CallableSource:
     def __init__(self, fn):
         self.fn = fn
@@ -264,7 +315,7 @@ def make_source(x):
     """Wrap ``x`` (array, chunked array, source or callable) as a batch source."""
     if x is None:
         return None
-    if isinstance(x, (ArraySource, ChunkedSource, _CallableSource)):
+    if isinstance(x, (ArraySource, ChunkedSource, _CallableSource, LabelledSource, RandomCrops)):
         return x
     if hasattr(x, "batches") and hasattr(x, "peek"):
         return x
@@ -374,20 +425,53 @@ def _load_checkpoint(path):
 
 
 # --------------------------------------------------------------------------- the loop
-def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device, seed, patience,
-         progress, checkpoint, resume, on_epoch_end, augment, kind, rng, desc, min_delta=0.0):
-    """Generic loop: Adam, early stopping on the validation loss, checkpoints.
+def _to_device(batch, device):
+    """A numpy batch (or tuple of them, `LabelledSource`) as tensors on ``device``."""
+    import torch
 
-    ``loss_fn(model, xb) -> dict name -> per-sample tensor`` with key ``'loss'``.
+    def one(a):
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
+
+    return tuple(one(a) for a in batch) if isinstance(batch, tuple) else one(batch)
+
+
+def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device, seed, patience,
+         progress, checkpoint, resume, on_epoch_end, augment, kind, rng, desc, min_delta=0.0, schedule=None,
+         optimizer="adam"):
+    """The one training loop: Adam(W), early stopping on the validation loss, checkpoints.
+
+    ``loss_fn(model, xb) -> dict name -> per-sample tensor`` with key ``'loss'``
+    (``xb`` a tensor, or a tuple of tensors for a `LabelledSource`).
+    ``schedule``: None (constant ``lr``), ``'onecycle'``
+    (`torch.optim.lr_scheduler.OneCycleLR` peaking at ``lr``) or ``'cosine'``
+    (`~torch.optim.lr_scheduler.CosineAnnealingLR` from ``lr``), over
+    ``epochs`` full passes; both need a source of known length.
+    ``optimizer``: ``'adam'`` or ``'adamw'``.
     """
     import torch
     from tqdm.auto import tqdm
 
     source, val_source = make_source(x), make_source(val)
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer not in ("adam", "adamw"):
+        raise ValueError(f"unknown optimizer {optimizer!r}; use 'adam' or 'adamw'")
+    opt_cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(model.parameters(), lr=lr, weight_decay=weight_decay)
     amp_ctx, use_scaler = _amp_context(device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler) if device.type == "cuda" else None
+
+    sched = None
+    if schedule not in (None, "onecycle", "cosine"):
+        raise ValueError(f"unknown schedule {schedule!r}; use None, 'onecycle' or 'cosine'")
+    if schedule is not None:
+        if source.n is None:
+            raise ValueError(f"schedule {schedule!r} needs a source of known length")
+        steps = max(1, epochs * sum(1 for a in range(0, source.n, batch_size) if min(batch_size, source.n - a) >= 2))
+        if schedule == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+        else:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
 
     history = {"epoch": [], "train_loss": [], "val_loss": [], "seconds": []}
     start_epoch, best_val, best_state, best_epoch, bad, stopped = 0, math.inf, None, 0, 0, False
@@ -403,6 +487,8 @@ def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device
             raise InputError(checkpoint, f"checkpoint does not match the model: {exc}") from exc
         if scaler is not None and ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
+        if sched is not None and ck.get("scheduler"):
+            sched.load_state_dict(ck["scheduler"])
         history = ck["history"]
         start_epoch = int(ck["epoch"])
         best_val = float(ck["best_val"])
@@ -420,12 +506,12 @@ def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device
         bar = tqdm(source.batches(rng, batch_size, shuffle=True), total=total, disable=not progress,
                    desc=f"{desc} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
         for xb in bar:
-            if xb.shape[0] < 2:  # BatchNorm needs two samples
+            bsz = len(xb[0]) if isinstance(xb, tuple) else xb.shape[0]
+            if bsz < 2:  # BatchNorm needs two samples
                 continue
-            xb = torch.from_numpy(np.ascontiguousarray(xb))
-            xb = (xb.pin_memory() if device.type == "cuda" else xb).to(device, non_blocking=True)
+            xb = _to_device(xb, device)
             if augment:
-                xb = _augment(xb, rng)
+                xb = (_augment(xb[0], rng),) + xb[1:] if isinstance(xb, tuple) else _augment(xb, rng)
             with amp_ctx:
                 terms = loss_fn(model, xb)
             loss = terms["loss"].float().mean()
@@ -441,7 +527,8 @@ def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device
             else:
                 loss.backward()
                 opt.step()
-            bsz = xb.shape[0]
+            if sched is not None:
+                sched.step()
             with torch.no_grad():
                 for k, v in terms.items():
                     t = v.detach().float().sum()
@@ -480,6 +567,7 @@ def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device
                 "kind": kind, "config": model.get_config(), "epoch": epoch,
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else {},
+                "scheduler": sched.state_dict() if sched is not None else {},
                 "history": history, "best_val": best_val, "best_state": best_state,
                 "best_epoch": best_epoch, "bad_epochs": bad, "stopped": stopped,
                 "rng": _rng_state(rng),
@@ -494,6 +582,36 @@ def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device
     history["stopped_early"] = stopped
     model.eval()
     return model, history
+
+
+def fit_model(model, loss_fn, x, *, epochs, batch_size=128, lr=1e-3, weight_decay=0.0, optimizer="adam",
+              schedule=None, augment=False, val=None, patience=None, device="auto", seed=0, progress=False,
+              checkpoint=None, resume=False, on_epoch_end=None, kind=None, desc="train"):
+    """Train any module with the one training loop (what every ``fit_*`` calls).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        With ``get_config()`` when ``checkpoint`` is used.
+    loss_fn : callable
+        ``loss_fn(model, batch) -> dict`` of per-sample tensors with key ``'loss'``.
+    x : array, source or callable
+        See the module docstring; `LabelledSource` for supervised training,
+        `RandomCrops` for random windows of whole images.
+    epochs, batch_size, lr, weight_decay, optimizer, schedule, augment, val, patience, device, seed,
+    progress, checkpoint, resume, on_epoch_end
+        See `fit_ae`; ``optimizer`` 'adam' or 'adamw', ``schedule`` None,
+        'onecycle' or 'cosine'.
+
+    Returns
+    -------
+    model, history
+    """
+    dev, rng = _prepare(device, seed)
+    return _fit(model, loss_fn, x, val=val, epochs=epochs, batch_size=batch_size, lr=lr,
+                weight_decay=weight_decay, device=dev, seed=seed, patience=patience, progress=progress,
+                checkpoint=checkpoint, resume=resume, on_epoch_end=on_epoch_end, augment=augment,
+                kind=kind or type(model).__name__, rng=rng, desc=desc, schedule=schedule, optimizer=optimizer)
 
 
 def _prepare(device, seed):
@@ -541,6 +659,8 @@ _LOOP_DOC = """
         Continue from ``checkpoint`` if it exists.
     on_epoch_end : callable or None
         ``f(epoch, history)`` called after every epoch (and after the checkpoint).
+    schedule : None or 'onecycle'
+        Learning-rate schedule: constant ``lr``, or one cycle peaking at ``lr``.
 """
 
 
@@ -589,10 +709,10 @@ def _mean_terms(model, loss_fn, source, batch_size, device):
     sums, n = {}, 0
     with torch.inference_mode(), amp_ctx:
         for xb in source.batches(None, batch_size, shuffle=False):
-            xb = torch.from_numpy(np.ascontiguousarray(xb, dtype=np.float32)).to(device, non_blocking=True)
+            n += len(xb[0]) if isinstance(xb, tuple) else xb.shape[0]
+            xb = _to_device(xb, device)
             for k, v in loss_fn(model, xb).items():
                 sums[k] = sums.get(k, 0.0) + float(v.float().sum())
-            n += xb.shape[0]
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
@@ -640,7 +760,7 @@ def loss_terms(model, x, *, divergence="standard", prior=None, beta=1.0, pixel_w
 def fit_ae(x, *, latent_dim=30, channels=(16, 32, 64, 64), epochs=20, batch_size=128, lr=1e-3,
            weight_decay=0.0, device="auto", seed=0, val=None, patience=5, pixel_weight=None,
            augment=False, progress=True, checkpoint=None, resume=False, on_epoch_end=None, model=None,
-           min_delta=0.0):
+           min_delta=0.0, schedule=None):
     """Train a `~astrohvae.models.ConvAE` on stamps.
 
     Parameters
@@ -680,7 +800,7 @@ def fit_ae(x, *, latent_dim=30, channels=(16, 32, 64, 64), epochs=20, batch_size
     return _fit(model, loss_fn, x, val=val, epochs=epochs, batch_size=batch_size, lr=lr,
                 weight_decay=weight_decay, device=dev, seed=seed, patience=patience, progress=progress,
                 checkpoint=checkpoint, resume=resume, on_epoch_end=on_epoch_end, augment=augment,
-                kind="ae", rng=rng, desc="ae", min_delta=min_delta)
+                kind="ae", rng=rng, desc="ae", min_delta=min_delta, schedule=schedule)
 
 
 def _default_bound(divergence, prior, bounded_mu):
@@ -694,7 +814,7 @@ def fit_vae(x, *, latent_dim=2, divergence="standard", prior=None, beta=1.0, bou
             channels=(16, 32, 64, 64), epochs=20, batch_size=128, lr=1e-3, weight_decay=0.0,
             device="auto", seed=0, val=None, patience=5, pixel_weight=None, augment=False,
             progress=True, checkpoint=None, resume=False, on_epoch_end=None, model=None,
-           min_delta=0.0):
+           min_delta=0.0, schedule=None):
     """Train a `~astrohvae.models.ConvVAE` on stamps.
 
     The loss per stamp is ``sum of (weighted) squared errors + beta * D``, the
@@ -737,13 +857,13 @@ def fit_vae(x, *, latent_dim=2, divergence="standard", prior=None, beta=1.0, bou
     return _fit(model, loss_fn, x, val=val, epochs=epochs, batch_size=batch_size, lr=lr,
                 weight_decay=weight_decay, device=dev, seed=seed, patience=patience, progress=progress,
                 checkpoint=checkpoint, resume=resume, on_epoch_end=on_epoch_end, augment=augment,
-                kind="vae", rng=rng, desc=f"vae[{divergence}]", min_delta=min_delta)
+                kind="vae", rng=rng, desc=f"vae[{divergence}]", min_delta=min_delta, schedule=schedule)
 
 
 def fit_latent_vae(z, *, latent_dim=1, divergence="sc", prior=None, beta=1.0, bounded_mu=None,
                    hidden=(64, 32), epochs=100, batch_size=256, lr=1e-3, weight_decay=0.0,
                    device="auto", seed=0, val=None, patience=10, progress=True, checkpoint=None,
-                   resume=False, on_epoch_end=None, model=None, min_delta=0.0):
+                   resume=False, on_epoch_end=None, model=None, min_delta=0.0, schedule=None):
     """Train a `~astrohvae.models.LatentVAE` on AE latents ``z`` (N, in_dim).
 
     The loss per sample is the squared error of the reconstruction of the
@@ -779,7 +899,7 @@ def fit_latent_vae(z, *, latent_dim=1, divergence="sc", prior=None, beta=1.0, bo
     return _fit(model, loss_fn, z, val=val, epochs=epochs, batch_size=batch_size, lr=lr,
                 weight_decay=weight_decay, device=dev, seed=seed, patience=patience, progress=progress,
                 checkpoint=checkpoint, resume=resume, on_epoch_end=on_epoch_end, augment=False,
-                kind="latent_vae", rng=rng, desc=f"latent-vae[{divergence}]", min_delta=min_delta)
+                kind="latent_vae", rng=rng, desc=f"latent-vae[{divergence}]", min_delta=min_delta, schedule=schedule)
 
 
 def apply_batches(fn, x, *, batch_size=256, device="auto"):
@@ -821,278 +941,164 @@ def apply_batches(fn, x, *, batch_size=256, device="auto"):
     return res[0] if single else res
 
 
-def fit_hvae(x, *, ae_latent_dim=30, latent_dim=1, divergence="sc", prior=None, beta=1.0,
-             bounded_mu=None, channels=(16, 32, 64, 64), hidden=(64, 32), epochs=20, latent_epochs=100,
-             batch_size=128, latent_batch_size=256, lr=1e-3, latent_lr=1e-3, weight_decay=0.0,
-             device="auto", seed=0, val=None, patience=5, latent_patience=10, pixel_weight=None,
-             augment=False, progress=True, checkpoint=None, resume=False, ae=None):
-    """Train the hierarchical model (A+Vr): `fit_ae`, then `fit_latent_vae` on its latents.
+MODEL_KINDS = ("avr", "hvae", "vae", "vae-revised", "ae")
+"""Model names of ``astrohvae train --model`` (`make_estimator`):
+
+``avr``          the shipped A+Vr classifier (`astrohvae.classify.HierarchicalClassifier`, defaults)
+``hvae``         the paper's hierarchical recipe: AE (30 latents) on luptitude stamps -> 1-D VAE with
+                 the symmetric two-peak prior, reading the AE latents (``--divergence`` picks its term)
+``vae``          V+M: convolutional VAE, standard KL, Isomap (`~astrohvae.classify.ManifoldClassifier`)
+``vae-revised``  Vr+M: the same with a revised two-peak term (``--divergence sc|dkl|aw|pw``)
+``ae``           the AE alone (`~astrohvae.classify.AutoEncoderFeatures`): features, no classes
+"""
+
+REVISED_DIVERGENCES = ("sc", "dkl", "aw", "pw", "quad")
+
+
+def make_estimator(model="avr", *, divergence=None, prior=None, beta=1.0, epochs=None, latent_epochs=None,
+                   batch_size=None, lr=None, latent_dim=None, representation=None, augment=None, colour_prior=False,
+                   device="auto", seed=0, verbose=False):
+    """The unfitted estimator ``astrohvae train --model MODEL`` fits.
+
+    Options left at None keep the estimator's own default, so that
+    ``make_estimator('avr')`` is exactly the shipped classifier's recipe.
 
     Parameters
     ----------
-    x : stamps (array / chunked / source)
-    ae_latent_dim : int
-        The AE's latent size (30).
-    latent_dim : int
-        The high-level VAE's latent size (1 or 2).
-    divergence, prior, beta, bounded_mu, hidden
-        Passed to `fit_latent_vae`.
-    epochs, batch_size, lr, patience, pixel_weight, augment, channels
-        Passed to `fit_ae`.
-    latent_epochs, latent_batch_size, latent_lr, latent_patience
-        Passed to `fit_latent_vae`.
-    checkpoint : path or None
-        Base name; the two stages write ``<stem>-ae<suffix>`` and
-        ``<stem>-latent<suffix>`` (e.g. ``ck.pt`` -> ``ck-ae.pt``, ``ck-latent.pt``).
-    ae : ConvAE or None
-        A trained AE: skip the first stage.
+    model : str
+        One of `MODEL_KINDS`.
+    divergence : str or None
+        ``vae-revised`` / ``hvae``: one of `REVISED_DIVERGENCES` (default
+        ``'sc'`` for ``vae-revised``; for ``hvae`` None = the exact KL to the
+        two-peak prior by quadrature).  Refused for ``avr``, ``vae`` and ``ae``.
+    prior : (m, s) or None
+        Two-peak prior ``0.5 N(-m, s^2) + 0.5 N(m, s^2)`` of ``hvae`` /
+        ``vae-revised`` (defaults: the estimators' own, m = 1, s = 0.5).
+    beta : float
+        Weight of the divergence (``vae``, ``vae-revised``, ``hvae``).
+    epochs, latent_epochs, batch_size, lr, latent_dim, representation, augment
+        Training settings of the networks (``epochs``: the image network;
+        ``latent_epochs``: the hierarchical models' latent VAE).
+    colour_prior : bool
+        ``avr`` only: the opt-in colour likelihood (see `HierarchicalClassifier`).
+    device, seed, verbose
 
     Returns
     -------
-    model : HierarchicalVAE
-        In evaluation mode.
-    history : dict
-        ``{'ae': history of fit_ae or None, 'latent': history of fit_latent_vae}``.
+    estimator with ``fit(stamps)``
     """
-    from astrohvae.models import HierarchicalVAE
+    from astrohvae.classify import AutoEncoderFeatures, HierarchicalClassifier, ManifoldClassifier
 
-    ck_ae = ck_lat = None
-    if checkpoint is not None:
-        p = Path(checkpoint)
-        ck_ae = p.with_name(f"{p.stem}-ae{p.suffix or '.pt'}")
-        ck_lat = p.with_name(f"{p.stem}-latent{p.suffix or '.pt'}")
-    h_ae = None
-    if ae is None:
-        ae, h_ae = fit_ae(x, latent_dim=ae_latent_dim, channels=channels, epochs=epochs,
-                          batch_size=batch_size, lr=lr, weight_decay=weight_decay, device=device, seed=seed,
-                          val=val, patience=patience, pixel_weight=pixel_weight, augment=augment,
-                          progress=progress, checkpoint=ck_ae, resume=resume)
-    ae.eval()
-    z = apply_batches(ae.encode, x, batch_size=256, device=device)
-    zval = apply_batches(ae.encode, val, batch_size=256, device=device) if val is not None else None
-    lat, h_lat = fit_latent_vae(z, latent_dim=latent_dim, divergence=divergence, prior=prior, beta=beta,
-                                bounded_mu=bounded_mu, hidden=hidden, epochs=latent_epochs,
-                                batch_size=latent_batch_size, lr=latent_lr, weight_decay=weight_decay,
-                                device=device, seed=seed + 1, val=zval, patience=latent_patience,
-                                progress=progress, checkpoint=ck_lat, resume=resume)
-    model = HierarchicalVAE(ae, lat).eval()
-    return model, {"ae": h_ae, "latent": h_lat}
-
-
-MODEL_KINDS = ("ae", "vae", "vae-revised", "hvae")
-"""Model names accepted by `train_from_store` / ``astrohvae train --model``."""
-
-
-def split_by_field(fields, seed=0, fractions=(5, 1, 1)):
-    """Assign every row to ``'train'``, ``'val'`` or ``'test'`` by its field.
-
-    Whole fields go to one split (neighbouring sources, which share stamps,
-    never straddle splits).  The fields are shuffled with ``seed`` and dealt
-    to validation, then test, greedily filling each up to its share of the
-    stamps (``fractions``, 5:1:1) -- fields differ a lot in source counts --
-    and every split gets at least one field.  With fewer than 3 fields the rows themselves are split at random
-    (a `UserWarning` says so).
-
-    Parameters
-    ----------
-    fields : array of str or int, one per row
-    seed : int
-    fractions : (train, val, test)
-
-    Returns
-    -------
-    numpy array of str (``'train'``, ``'val'``, ``'test'``), one per row.
-    """
-    import warnings
-
-    fields = np.asarray(fields)
-    rng = np.random.default_rng(seed)
-    frac = np.asarray(fractions, float) / float(np.sum(fractions))
-    out = np.empty(len(fields), dtype="<U5")
-    uniq, counts = np.unique(fields, return_counts=True)
-    if len(uniq) >= 3:
-        # deal the shuffled fields to val, then test, until each holds its share of the
-        # *stamps* (fields differ a lot in source counts); at least one field each
-        order = [uniq[i] for i in rng.permutation(len(uniq))]
-        size = dict(zip(uniq, counts))
-        target = frac * len(fields)
-        assign = {}
-        for name, share in (("val", target[1]), ("test", target[2])):
-            got = 0
-            for f in order:  # greedy fill in random order without overshooting the share
-                if f not in assign and got + size[f] <= share:
-                    assign[f] = name
-                    got += size[f]
-            if got == 0:  # every free field is larger than the share: take the smallest
-                free = [f for f in order if f not in assign]
-                f = min(free, key=lambda g: size[g])
-                assign[f] = name
-        if len(assign) == len(uniq):  # keep at least one field for training
-            biggest = max(uniq, key=lambda g: size[g])
-            assign.pop(biggest)
-        for i, f in enumerate(fields):
-            out[i] = assign.get(f, "train")
-        return out
-    warnings.warn(f"only {len(uniq)} field(s): splitting train/val/test by stamp, not by field "
-                  "(neighbouring sources may appear in two splits)", UserWarning, stacklevel=2)
-    perm = rng.permutation(len(fields))
-    n_val = int(round(frac[1] * len(fields)))
-    n_test = int(round(frac[2] * len(fields)))
-    out[:] = "train"
-    out[perm[:n_val]] = "val"
-    out[perm[n_val : n_val + n_test]] = "test"
-    return out
-
-
-def _store_sources(store, representation, rows_mask, split, in_memory_bytes):
-    """One source per split: in memory when small, else streamed from the store."""
-    from astrohvae.preprocess import network_input
-
-    n = len(store)
-    bytes_per_row = int(np.prod(store.flux.shape[1:])) * 4
-    chunks = store.flux.chunks[0]
-    edges = np.concatenate([[0], np.cumsum(chunks)])
-    bounds = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
-
-    def get_chunk(a, b):
-        return network_input(store[a:b], representation)
-
-    selected = rows_mask.sum()
-    if selected * bytes_per_row <= in_memory_bytes:
-        parts = {k: [] for k in ("train", "val", "test")}
-        rows = {k: [] for k in ("train", "val", "test")}
-        for a, b in bounds:
-            keep = rows_mask[a:b]
-            if not keep.any():
-                continue
-            arr = get_chunk(a, b)
-            for k in parts:
-                sel = keep & (split[a:b] == k)
-                if sel.any():
-                    parts[k].append(arr[sel])
-                    rows[k].append(np.arange(a, b)[sel])
-        out = {}
-        for k in parts:
-            out[k] = (ArraySource(np.concatenate(parts[k])), np.concatenate(rows[k])) if parts[k] else (None, None)
-        return out
-    out = {}
-    for k in ("train", "val", "test"):
-        mask = rows_mask & (split == k)
-        if mask.any():
-            out[k] = (ChunkedSource(get_chunk, bounds, select=lambda a, b, m=mask: m[a:b]), np.flatnonzero(mask))
-        else:
-            out[k] = (None, None)
-    return out
-
-
-def _train_kind(model, train_src, val_src, ckdir, *, epochs, batch_size, lr, device, seed, patience, progress,
-                resume, augment, latent_dim, divergence, prior, beta, latent_epochs):
-    common = dict(epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed, val=val_src,
-                  patience=patience, progress=progress, resume=resume, augment=augment)
+    if model not in MODEL_KINDS:
+        raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODEL_KINDS)}")
+    if divergence is not None and model in ("avr", "vae", "ae"):
+        raise ValueError(f"--divergence does not apply to model {model!r} (only to vae-revised and hvae)")
+    if colour_prior and model != "avr":
+        raise ValueError("--colour-prior applies to the avr model only")
+    if divergence is not None and divergence not in REVISED_DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}; choose from {', '.join(REVISED_DIVERGENCES)}")
+    common = {"device": device, "random_state": seed, "verbose": verbose}
+    opt = {k: v for k, v in {"batch_size": batch_size, "lr": lr, "representation": representation,
+                              "augment": augment}.items() if v is not None}
+    if model in ("avr", "hvae"):
+        kw = dict(common, **opt)
+        if epochs is not None:
+            kw["ae_epochs"] = epochs
+        if latent_epochs is not None:
+            kw["vae_epochs"] = latent_epochs
+        if latent_dim is not None:
+            kw["ae_latent"] = latent_dim
+        if colour_prior:
+            kw["colour_prior"] = True
+        if model == "hvae":
+            kw = dict({"representation": "lupt", "crop": None, "physical": False, "ae_components": None,
+                       "symmetric_prior": True, "center_weight": 0.0, "divergence": divergence,
+                       "beta": beta}, **kw)
+            if prior is not None:
+                kw["prior"] = [float(v) for v in prior]
+        elif prior is not None:
+            raise ValueError("--prior applies to the symmetric two-peak models (hvae, vae-revised)")
+        return HierarchicalClassifier(**kw)
+    kw = dict(common, **opt)
+    if epochs is not None:
+        kw["epochs"] = epochs
     if model == "ae":
-        net, hist = fit_ae(train_src, latent_dim=latent_dim or 30, checkpoint=ckdir / "ae.pt", **common)
-        return net, {"ae": hist}
-    if model in ("vae", "vae-revised"):
-        net, hist = fit_vae(train_src, latent_dim=latent_dim or 2, divergence=divergence, prior=prior, beta=beta,
-                            checkpoint=ckdir / "vae.pt", **common)
-        return net, {"vae": hist}
-    return fit_hvae(train_src, latent_dim=latent_dim or 1, divergence=divergence, prior=prior, beta=beta,
-                    latent_epochs=latent_epochs, checkpoint=ckdir / "hvae.pt", **common)
+        if latent_dim is not None:
+            kw["latent_dim"] = latent_dim
+        return AutoEncoderFeatures(**kw)
+    kl = "standard" if model == "vae" else (divergence or "sc")
+    kw.update(kl=kl, beta=beta)
+    if latent_dim is not None:
+        kw["latent_dim"] = latent_dim
+    if prior is not None:
+        kw["prior"] = [float(v) for v in prior]
+    return ManifoldClassifier(**kw)
 
 
-class _training_lock:
-    """``<out>.checkpoints/LOCK`` holding our PID: two runs must not share checkpoints."""
+def select_training_rows(store, per_field=500, max_stamps=None, seed=0, min_snr=50.0):
+    """Rows of a stamp store to train on: per field, its bright sources and a random draw.
 
-    def __init__(self, ckdir):
-        self.path = Path(ckdir) / "LOCK"
+    The classifiers measure the stellar locus and the PSF on bright sources,
+    so every field keeps all its sources with S/N >= ``min_snr`` (up to half
+    of ``per_field``) and fills the rest at random.
 
-    def __enter__(self):
-        import os
+    Parameters
+    ----------
+    store : StampStore or StampSet
+    per_field : int or None
+        At most this many rows per field (None: all).
+    max_stamps : int or None
+        Then at most this many rows in all (a seeded random subset).
+    seed : int
 
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or 0)
-                    os.kill(pid, 0)
-                except (ValueError, ProcessLookupError, FileNotFoundError):
-                    self.path.unlink(missing_ok=True)  # stale lock of a dead run
-                    continue
-                except PermissionError:  # alive, another user's process
-                    pass
-                raise InputError(self.path.parent, f"another training run (pid {pid}) is using these checkpoints")
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
-            return self
-        raise InputError(self.path.parent, "cannot take the checkpoint lock")
+    Returns
+    -------
+    numpy array of int
+        Sorted row indices.
+    """
+    from astrohvae.psf import chunked_statistics, profile_features
 
-    def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
-        return False
-
-
-def _check_run_settings(ckdir, settings, resume):
-    """With ``resume``, refuse checkpoints made with other settings; without, clear them."""
-    import json
-
-    path = Path(ckdir) / "run.json"
-    settings = json.loads(json.dumps(settings))
-    if resume and path.exists() and any(Path(ckdir).glob("*.pt")):
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(path, "unreadable run settings of the checkpoints") from exc
-        diff = sorted(k for k in settings if old.get(k) != settings[k])
-        if diff:
-            raise InputError(ckdir, f"cannot resume: the checkpoints were made with other settings ({', '.join(diff)})")
-    elif not resume:
-        for f in Path(ckdir).glob("*.pt"):
-            f.unlink()
-    path.write_text(json.dumps(settings, indent=2))
+    rng = np.random.default_rng(seed)
+    fields = np.asarray(store.meta["field"]).astype(str)
+    rows = []
+    snr = None
+    for name in np.unique(fields):
+        idx = np.flatnonzero(fields == name)
+        if per_field is not None and len(idx) > per_field:
+            if snr is None:  # one pass over the store, only when some field must be cut
+                snr = chunked_statistics(store, lambda st: profile_features(st)["snr"])[0]
+            bright = idx[snr[idx] >= min_snr][: per_field // 2]
+            rest = np.setdiff1d(idx, bright)
+            idx = np.r_[bright, rng.choice(rest, per_field - len(bright), replace=False)]
+        rows.append(idx)
+    rows = np.sort(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+    if max_stamps is not None and len(rows) > max_stamps:
+        rows = np.sort(rng.choice(rows, size=int(max_stamps), replace=False))
+    return rows
 
 
-def train_from_store(store, out, *, model="hvae", divergence=None, prior=None, beta=1.0, epochs=20,
-                     latent_epochs=100, batch_size=128, lr=1e-3, latent_dim=None, device="auto", seed=0,
-                     patience=5, resume=False, plots=False, representation=None, max_stamps=None,
-                     augment=False, progress=True, in_memory_bytes=2 * 1024**3, overwrite=True):
-    """Train a model on a stamp store and write it to ``out`` (what ``astrohvae train`` does).
+def train_from_store(store, out, *, model="avr", divergence=None, prior=None, beta=1.0, epochs=None,
+                     latent_epochs=None, batch_size=None, lr=None, latent_dim=None, representation=None,
+                     augment=None, colour_prior=False, device="auto", seed=0, per_field=500, max_stamps=None,
+                     plots=False, progress=True, overwrite=True):
+    """Fit the estimator of ``model`` on a stamp store and save it to ``out`` (``astrohvae train``).
 
     Parameters
     ----------
     store : path or StampStore
-        A store made by `astrohvae.store.build_store`.
+        A store made by `astrohvae.store.build_store` (``astrohvae stamps``).
     out : path
-        Output folder, written atomically: ``model.safetensors``,
-        ``config.json`` (architecture, representation, divergence, prior,
-        training data, metrics), ``metrics.json``, ``history.json`` and, with
-        ``plots=True``, PNG figures.  Checkpoints go to ``<out>.checkpoints/``
-        while training and are removed on success.
-    model : {'ae', 'vae', 'vae-revised', 'hvae'}
-        ``vae`` is the standard-prior VAE (V), ``vae-revised`` the VAE with a
-        revised two-peak term (Vr, default ``divergence='sc'``), ``hvae`` the
-        hierarchical A+Vr model (default ``divergence='sc'``).
-    divergence : str or None
-        See `get_divergence`.
-    prior : (m, s) or None
-        Two-peak prior (default `DEFAULT_PRIOR`).
-    beta : float
-    epochs, latent_epochs, batch_size, lr, patience, augment, seed
-        Training settings (``latent_epochs``: the hvae's second stage).
-    latent_dim : int or None
-        ``ae``: the AE's latent size (30); ``vae``: 2; ``hvae``: the high-level latent (1).
-    device : str
-    resume : bool
-        Continue from the checkpoints of an interrupted run with the same ``out``.
+        Weights folder, written under a temporary name and renamed: the one
+        format of `astrohvae.classify.save_model` (``model.safetensors``,
+        ``config.json``), ``history.json`` and, with ``plots=True``, PNG
+        figures.  ``astrohvae run --weights OUT`` takes it.
+    model, divergence, prior, beta, epochs, latent_epochs, batch_size, lr, latent_dim, representation,
+    augment, colour_prior, device, seed
+        See `make_estimator`.
+    per_field, max_stamps
+        See `select_training_rows` (the shipped classifier: 500 per field).
     plots : bool
-    representation : str or None
-        A key of `astrohvae.preprocess.REPRESENTATIONS` (default
-        ``preprocess.DEFAULT_REPRESENTATION``).
-    max_stamps : int or None
-        Use a random subset (seeded) of at most this many stamps.
-    in_memory_bytes : int
-        Load the network input into memory when it is smaller than this,
-        else stream it from the store chunk by chunk every epoch.
+    progress : bool
     overwrite : bool
         Replace an existing ``out`` that is a weights folder written by
         astrohvae; any other existing non-empty folder, or the store itself,
@@ -1101,181 +1107,78 @@ def train_from_store(store, out, *, model="hvae", divergence=None, prior=None, b
     Returns
     -------
     dict
-        ``metrics`` (train/val/test losses), ``n`` (rows per split), ``out`` (path),
-        ``weights_sha256``.
+        ``out``, ``weights_sha256`` (`astrohvae.weights.weights_hash`, the
+        catalogue's ``MODELSHA``), ``n`` (stamps used), ``fields``, ``method``,
+        ``seconds``.
     """
     import json
-    import shutil
-    import warnings
 
-    import torch
-
-    from astrohvae import __version__
-    from astrohvae.device import resolve_device
+    from astrohvae.classify import save_model
     from astrohvae.io.atomic import atomic_path, check_output
-    from astrohvae.preprocess import DEFAULT_REPRESENTATION, REPRESENTATIONS
     from astrohvae.store import open_store
-    from astrohvae.weights import save_weights, weights_hash
 
-    if model not in MODEL_KINDS:
-        raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODEL_KINDS)}")
-    representation = representation or DEFAULT_REPRESENTATION
-    if representation not in REPRESENTATIONS:
-        raise ValueError(f"unknown representation {representation!r}; choose from {sorted(REPRESENTATIONS)}")
-    if model == "vae":
-        divergence = divergence or "standard"
-    elif model in ("vae-revised", "hvae"):
-        divergence = divergence or "sc"
-    if model == "vae-revised" and divergence == "standard":
-        raise ValueError("vae-revised needs a revised divergence (sc, dkl, aw, pw, quad)")
-    prior = tuple(float(v) for v in (prior or DEFAULT_PRIOR))
-    get_divergence(divergence or "standard", prior)  # fail early on a bad name
+    t0 = time.perf_counter()
+    est = make_estimator(model, divergence=divergence, prior=prior, beta=beta, epochs=epochs,
+                         latent_epochs=latent_epochs, batch_size=batch_size, lr=lr, latent_dim=latent_dim,
+                         representation=representation, augment=augment, colour_prior=colour_prior,
+                         device=device, seed=seed, verbose=progress)
     out = Path(out)
     store_path = getattr(store, "path", store)
     check_output(out, inputs=[store_path] if isinstance(store_path, (str, Path)) else [], kind="weights",
                  overwrite=overwrite, directory=True)
-    dev = resolve_device(device)
-
     st = store if hasattr(store, "flux") and hasattr(store, "meta") else open_store(store)
-    n_all = len(st)
-    if n_all < 3:
-        raise InputError(getattr(st, "path", store), f"only {n_all} stamps; need at least 3 to train")
-    meta = st.meta
-    fields = np.asarray(meta["field"]).astype(str)
-    rng = np.random.default_rng(seed)
-    rows_mask = np.ones(n_all, bool)
-    if max_stamps is not None and max_stamps < n_all:
-        rows_mask[:] = False
-        rows_mask[rng.choice(n_all, size=int(max_stamps), replace=False)] = True
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        split = split_by_field(fields, seed=seed)
-    notes = [str(w.message) for w in caught]
-    for msg in notes:
-        warnings.warn(msg, UserWarning, stacklevel=2)
-    srcs = _store_sources(st, representation, rows_mask, split, in_memory_bytes)
-    train_src, _ = srcs["train"]
-    val_src, _ = srcs["val"]
-    test_src, _ = srcs["test"]
-    if train_src is None:
-        raise InputError(getattr(st, "path", store), "no stamps in the training split")
-
-    ckdir = out.with_name(out.name + ".checkpoints")
-    ckdir.mkdir(exist_ok=True)
-    run_settings = {"store": str(getattr(st, "path", "")), "n_stamps_store": n_all, "model": model,
-                    "divergence": divergence, "prior": list(prior), "beta": beta, "latent_dim": latent_dim,
-                    "representation": representation, "max_stamps": max_stamps, "seed": seed,
-                    "batch_size": batch_size, "lr": lr}
-    with _training_lock(ckdir):
-        _check_run_settings(ckdir, run_settings, resume)
-        net, histories = _train_kind(model, train_src, val_src, ckdir, epochs=epochs, batch_size=batch_size,
-                                     lr=lr, device=dev, seed=seed, patience=patience, progress=progress,
-                                     resume=resume, augment=augment, latent_dim=latent_dim,
-                                     divergence=divergence, prior=prior, beta=beta, latent_epochs=latent_epochs)
-    net.eval()
-
-    metrics = {}
-    for name, (src, _) in (("train", srcs["train"]), ("val", srcs["val"]), ("test", srcs["test"])):
-        if src is None:
-            continue
-        terms = loss_terms(net, src, divergence=divergence or "standard", prior=prior, beta=beta,
-                           batch_size=256, device=dev)
-        metrics.update({f"{name}_{k}": v for k, v in terms.items()})
-    counts = {k: int(np.count_nonzero(rows_mask & (split == k))) for k in ("train", "val", "test")}
-    split_fields = {k: sorted(set(fields[rows_mask & (split == k)].tolist())) for k in ("train", "val", "test")}
-    config = {
-        "model": model,
-        "representation": representation,
-        "divergence": divergence,
-        "prior": None if model == "ae" or divergence == "standard" else list(prior),
-        "beta": beta,
-        "training": {
-            "store": str(getattr(st, "path", "")), "n_stamps_store": n_all, "n": counts,
-            "fields": split_fields, "split": "by field 5:1:1" if not notes else "by stamp 5:1:1 (< 3 fields)",
-            "max_stamps": max_stamps, "seed": seed, "epochs": epochs, "latent_epochs": latent_epochs,
-            "batch_size": batch_size, "lr": lr, "patience": patience, "augment": augment,
-            "device": str(dev), "torch_version": torch.__version__,
-        },
-        "metrics": metrics,
-        "astrohvae_version": __version__,
-    }
+    rows = select_training_rows(st, per_field=per_field, max_stamps=max_stamps, seed=seed)
+    if len(rows) < 3:
+        raise InputError(getattr(st, "path", store), f"only {len(rows)} stamps; need at least 3 to train")
+    stamps = st[rows]
+    fields = sorted(set(np.asarray(stamps.meta["field"]).astype(str).tolist()))
+    est.fit(stamps)
+    histories = {k.rstrip("_"): v for k, v in vars(est).items() if k.endswith("history_") and v}
+    training = {"store": str(getattr(st, "path", "")), "n_stamps_store": len(st), "n": int(len(rows)),
+                "fields": fields, "per_field": per_field, "max_stamps": max_stamps, "model": model,
+                "seconds": round(time.perf_counter() - t0, 1)}
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, directory=True, kind="weights") as tmp:
-        save_weights(tmp, {"model": net}, config)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        sha = save_model(est, tmp, training=training)
         (tmp / "history.json").write_text(json.dumps(histories, indent=2, default=float) + "\n")
         if plots:
-            _plots(tmp, net, histories, model, srcs, meta, dev)
-    sha = weights_hash(out)
-    shutil.rmtree(ckdir, ignore_errors=True)
-    return {"out": out, "metrics": metrics, "n": counts, "weights_sha256": sha}
+            _plots(tmp, est, histories, stamps)
+    return {"out": out, "weights_sha256": sha, "n": int(len(rows)), "fields": fields, "method": est.method,
+            "seconds": training["seconds"]}
 
 
-def _plots(folder, net, histories, kind, srcs, meta, device):
-    """Loss curves; for hvae the latent histogram and a scatter coloured by truth."""
+def _plots(folder, est, histories, stamps):
+    """Loss curves of every network; for a classifier the histogram of its latent by class."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     stages = [(k, h) for k, h in histories.items() if h]
-    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.6), squeeze=False)
-    for ax, (name, h) in zip(axes[0], stages):
-        ax.plot(h["epoch"], h["train_loss"], "o-", label="train")
-        if np.isfinite(h["val_loss"]).any():
-            ax.plot(h["epoch"], h["val_loss"], "s-", label="validation")
-        if h.get("best_epoch"):
-            ax.axvline(h["best_epoch"], color="grey", ls=":", label="best")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
-        ax.set_title(name)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "loss.png", dpi=110)
-    plt.close(fig)
-    if kind != "hvae":
+    if stages:
+        fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.6), squeeze=False)
+        for ax, (name, h) in zip(axes[0], stages):
+            ax.plot(h["epoch"], h["train_loss"], "o-", label="train")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("loss")
+            ax.set_title(name.replace("_", " "))
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(folder / "loss.png", dpi=110)
+        plt.close(fig)
+    if not callable(getattr(est, "predict_proba", None)):
         return
-
-    mus, sig, rows = [], [], []
-    for name in ("train", "val", "test"):
-        src, r = srcs[name]
-        if src is None:
-            continue
-        _, mu, logvar = apply_batches(net.encode, src, batch_size=256, device=device)
-        mus.append(mu)
-        sig.append(np.exp(0.5 * logvar))
-        rows.append(r)
-    mu, sig, rows = np.concatenate(mus), np.concatenate(sig), np.concatenate(rows)
-    truth = np.asarray(meta["truth_type"])[rows] if "truth_type" in meta.colnames else np.full(len(rows), -1)
+    p, t = est.predict_proba(stamps), est.transform(stamps)
+    z = t.get("z_hvae", t.get("embedding"))
+    z = np.asarray(z).reshape(len(p), -1)[:, 0]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    bins = np.linspace(np.percentile(mu[:, 0], 0.5), np.percentile(mu[:, 0], 99.5), 60)
-    ax.hist(mu[:, 0], bins=bins, color="0.6", label="all")
-    if (truth >= 0).any():
-        ax.hist(mu[truth == 0, 0], bins=bins, histtype="step", color="tab:blue", lw=1.5, label="true stars")
-        ax.hist(mu[truth == 1, 0], bins=bins, histtype="step", color="tab:red", lw=1.5, label="true galaxies")
-    ax.set_xlabel("z_hvae[0] (posterior mean)")
+    bins = np.linspace(np.percentile(z, 0.5), np.percentile(z, 99.5), 60)
+    ax.hist(z[p < 0.5], bins=bins, color="tab:blue", alpha=0.7, label=f"star ({np.count_nonzero(p < 0.5)})")
+    ax.hist(z[p >= 0.5], bins=bins, color="tab:red", alpha=0.7, label=f"galaxy ({np.count_nonzero(p >= 0.5)})")
+    ax.set_xlabel("classifier latent (training stamps)")
     ax.set_ylabel("stamps")
+    ax.set_title(est.method)
     ax.legend()
     fig.tight_layout()
     fig.savefig(folder / "latent_hist.png", dpi=110)
-    plt.close(fig)
-
-    if mu.shape[1] >= 2:
-        yv, ylabel = mu[:, 1], "z_hvae[1]"
-    elif "truth_mag_r" in meta.colnames and np.isfinite(np.asarray(meta["truth_mag_r"])[rows]).any():
-        yv, ylabel = np.asarray(meta["truth_mag_r"])[rows], "true r magnitude"
-    else:
-        yv, ylabel = np.log10(sig[:, 0]), "log10 sigma of z_hvae[0]"
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    colours = {-1: ("0.5", "no truth"), 0: ("tab:blue", "star"), 1: ("tab:red", "galaxy")}
-    # the most frequent class first, so that the rarer one (often the stars) stays visible on top
-    for code, (c, label) in sorted(colours.items(), key=lambda kv: -np.count_nonzero(truth == kv[0])):
-        sel = truth == code
-        if sel.any():
-            ax.scatter(mu[sel, 0], yv[sel], s=4, c=c, alpha=0.5, label=label, lw=0)
-    ax.set_xlabel("z_hvae[0]")
-    ax.set_ylabel(ylabel)
-    ax.legend(markerscale=3)
-    fig.tight_layout()
-    fig.savefig(folder / "latent_scatter.png", dpi=110)
     plt.close(fig)

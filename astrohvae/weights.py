@@ -19,7 +19,14 @@ Layout of ``config.json``::
       divergence, training data, metrics, ...)
     }
 
-Tensor names in the safetensors file are ``<module name>.<state_dict key>``.
+Tensor names in the safetensors file are ``<module name>.<state_dict key>``;
+fitted arrays that are not module parameters (a field PSF, colour templates,
+...) are stored as ``array.<name>``.
+
+This is the one weights format of the project: every estimator that
+``astrohvae train`` makes (`astrohvae.classify.MODELS`) is saved through
+`save_weights` and identified by `weights_hash` -- the value ``train``
+prints and a catalogue records as ``MODELSHA``.
 """
 
 from __future__ import annotations
@@ -36,13 +43,19 @@ from astrohvae.errors import InputError, OutputError
 from astrohvae.io.atomic import atomic_path
 
 __all__ = ["save_weights", "load_weights", "weights_hash", "build_module", "module_spec",
-           "WEIGHTS_FILE", "CONFIG_FILE", "FORMAT", "FORMAT_VERSION"]
+           "WEIGHTS_FILE", "CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "ARRAY_PREFIX", "MAX_PARAMETERS"]
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT = "astrohvae-weights"
 FORMAT_VERSION = 1
 _RESERVED = ("format", "format_version", "modules", "tensors_sha256")
+ARRAY_PREFIX = "array."
+"""Prefix of the fitted arrays (not module parameters) in the tensors file."""
+MAX_PARAMETERS = 50_000_000
+"""Largest number of parameters a weights file may ask for (the shipped
+classifier has ~0.26 M): a config is checked against it before anything is
+allocated."""
 
 
 def _json_default(obj):
@@ -101,7 +114,7 @@ def _sha256(path):
     return h.hexdigest()
 
 
-def save_weights(directory, modules, config=None):
+def save_weights(directory, modules, config=None, arrays=None):
     """Write ``modules`` and ``config`` into ``directory`` (created if needed).
 
     Parameters
@@ -118,6 +131,10 @@ def save_weights(directory, modules, config=None):
         Extra JSON-serialisable metadata (representation, prior, divergence,
         training data, metrics, ...).  Keys ``format``, ``format_version``,
         ``modules`` and ``tensors_sha256`` are reserved.
+    arrays : dict of str -> array-like, optional
+        Fitted numeric state that is not a module parameter (stored as
+        ``array.<name>`` tensors, dtype kept; returned by
+        ``load_weights(..., arrays=True)``).
 
     Returns
     -------
@@ -140,6 +157,10 @@ def save_weights(directory, modules, config=None):
         specs[name] = module_spec(module)
         for key, t in module.state_dict().items():
             tensors[f"{name}.{key}"] = t.detach().to("cpu").contiguous().clone()
+    import torch
+
+    for key, arr in (arrays or {}).items():
+        tensors[ARRAY_PREFIX + key] = torch.as_tensor(np.ascontiguousarray(arr)).clone()
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, "astrohvae_version": __version__,
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     full.update(config)
@@ -166,10 +187,16 @@ def save_weights(directory, modules, config=None):
 
 
 def weights_hash(directory):
-    """sha256 (hex) of ``directory/model.safetensors``; identifies the weights a catalogue used."""
-    path = Path(directory) / WEIGHTS_FILE
+    """sha256 (hex) of ``directory/config.json``: identifies a model.
+
+    The config records the sha256 of the tensors file (checked by
+    `load_weights`), so this one hash covers the tensors, the architecture,
+    the estimator's parameters and its fitted values.  ``astrohvae train``
+    prints it and a catalogue records it as ``MODELSHA``.
+    """
+    path = Path(directory) / CONFIG_FILE
     if not path.is_file():
-        raise InputError(path, "no such weights file")
+        raise InputError(path, "no such weights config")
     return _sha256(path)
 
 
@@ -189,7 +216,16 @@ def _read_config(cpath):
     return cfg
 
 
-def load_weights(directory, device="cpu"):
+def _n_parameters(spec):
+    """Parameters of the module ``spec`` describes, counted without allocating them."""
+    import torch
+
+    with torch.device("meta"):
+        module = build_module(spec)
+    return module, sum(int(t.numel()) for t in module.state_dict().values())
+
+
+def load_weights(directory, device="cpu", arrays=False):
     """Rebuild the modules saved by `save_weights`.
 
     Parameters
@@ -198,6 +234,8 @@ def load_weights(directory, device="cpu"):
         A folder with ``model.safetensors`` and ``config.json``.
     device : str or torch.device
         ``'cpu'``, ``'cuda'`` or ``'auto'``.
+    arrays : bool
+        Also return the fitted arrays saved with ``save_weights(arrays=...)``.
 
     Returns
     -------
@@ -205,11 +243,15 @@ def load_weights(directory, device="cpu"):
         In evaluation mode, on ``device``.
     config : dict
         The parsed ``config.json``.
+    arrays : dict of str -> numpy array
+        Only with ``arrays=True``.
 
     Raises
     ------
     InputError
         Missing, corrupt, truncated or foreign files; unknown architecture;
+        an architecture larger than `MAX_PARAMETERS` (checked before any
+        allocation: the modules are first built on torch's ``meta`` device);
         missing, unexpected, mis-shaped or non-finite tensors; a config that
         does not belong to the tensors.
     """
@@ -238,12 +280,14 @@ def load_weights(directory, device="cpu"):
     modules, used = {}, set()
     for name, spec in cfg["modules"].items():
         try:
-            module = build_module(spec)
+            meta_module, n_par = _n_parameters(spec)
         except KeyError as exc:
             raise InputError(cpath, f"module {name!r}: {exc.args[0]}") from exc
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RuntimeError) as exc:
             raise InputError(cpath, f"module {name!r}: bad architecture parameters ({exc})") from exc
-        expected = module.state_dict()
+        if n_par > MAX_PARAMETERS:
+            raise InputError(cpath, f"module {name!r} asks for {n_par:,} parameters (limit {MAX_PARAMETERS:,})")
+        expected = meta_module.state_dict()
         state = {}
         for key, ref in expected.items():
             full = f"{name}.{key}"
@@ -258,9 +302,17 @@ def load_weights(directory, device="cpu"):
                 raise InputError(wpath, f"tensor {full!r} has non-finite values")
             state[key] = t
             used.add(full)
+        module = build_module(spec)
         module.load_state_dict(state, strict=True)
         modules[name] = module.to(dev).eval()
+    fitted = {}
+    for full, t in tensors.items():
+        if full.startswith(ARRAY_PREFIX):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise InputError(wpath, f"array {full!r} has non-finite values")
+            fitted[full[len(ARRAY_PREFIX):]] = t.numpy()
+            used.add(full)
     extra = sorted(set(tensors) - used)
     if extra:
         raise InputError(wpath, f"unexpected tensors {extra[:3]}{' ...' if len(extra) > 3 else ''}")
-    return modules, cfg
+    return (modules, cfg, fitted) if arrays else (modules, cfg)

@@ -3,8 +3,8 @@
 From scratch, on a CPU, in under an hour (2 cores):
 
 1. simulate SDSS-like fields (`astrohvae.simulate`) -- training seeds and
-   *different* test seeds -- and cut their stamps with the baseline chain
-   (`astrohvae.stamps.process_field`); truth is matched by position
+   *different* test seeds -- and cut their stamps with the chain of
+   ``astrohvae run`` (`astrohvae.evaluate.simulated_stamps`); truth is matched by position
    (`astrohvae.store.match_truth`) and used only for scoring (and by the
    supervised probe, which is labelled as such);
 2. fit every method on the training stamps for several seeds and score the
@@ -41,46 +41,22 @@ METHODS = ("classical", "brightness", "a+vr", "a+vr-colour", "a+vr-ae", "a+vr-pa
 
 
 def simulated_stamps(seeds, size, cache=None, log=print):
-    """Labelled stamps of simulated fields (truth_type / truth_mag_r in meta)."""
-    from astropy.table import Table
+    """Labelled stamps of simulated fields, cut by the chain of ``astrohvae run`` (see evaluate.simulated_stamps)."""
+    from astrohvae.evaluate import simulated_stamps as make
 
-    from astrohvae.simulate import simulate_field
-    from astrohvae.stamps import StampSet, concatenate, process_field
-    from astrohvae.store import match_truth
-
-    sets = []
-    for s in seeds:
-        f = None if cache is None else Path(cache) / f"sim-{s}-{size}.npz"
-        if f is not None and f.exists():
-            z = np.load(f)
-        else:
-            sim = simulate_field(s, size=(size, size))
-            _, _, _, st = process_field(sim.field)
-            tt, tm = match_truth(st.meta, sim.truth)
-            z = {"flux": st.flux, "mask": st.mask, "sky_sigma": st.sky_sigma, "truth_type": np.asarray(tt),
-                 "truth_mag_r": np.asarray(tm)}
-            if f is not None:
-                f.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(f, **z)
-        meta = Table({"field": np.array([f"sim{s}"] * len(z["flux"])),
-                      "truth_type": np.asarray(z["truth_type"]).astype(int),
-                      "truth_mag_r": np.asarray(z["truth_mag_r"], float)})
-        sets.append(StampSet(np.asarray(z["flux"]), np.asarray(z["mask"]), np.asarray(z["sky_sigma"]), meta))
-        log(f"simulated seed {s}: {len(meta)} stamps, {(meta['truth_type'] == 0).sum()} stars, "
-            f"{(meta['truth_type'] == 1).sum()} galaxies")
-    return concatenate(sets)
+    return make(seeds, size, cache=cache, log=log)
 
 
 def real_checks(log=print, weights=None):
     """Real-data figures with the shipped classifier, or the one in ``weights`` (None where the data are absent)."""
-    from astrohvae.classify import HierarchicalClassifier, load_default_classifier
+    from astrohvae.classify import load_default_classifier, load_model
     from astrohvae.evaluate import binary_metrics, load_dl4astro, star_recall
 
     from astrohvae.errors import InputError
 
     out = {}
     try:
-        clf = load_default_classifier("cpu") if weights is None else HierarchicalClassifier.load(weights, "cpu")
+        clf = load_default_classifier("cpu") if weights is None else load_model(weights, "cpu")
     except InputError as exc:
         log(f"no default classifier: {exc}")
         return out
@@ -115,7 +91,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
     ap.add_argument("--compare-weights", default=None,
                     help="also run the real-data checks with these weights (e.g. the opt-in colour prior, "
-                         "from examples/train_default_weights.py --colour-prior --out DIR)")
+                         "from 'astrohvae train STORE --colour-prior --out DIR' on the shipped recipe's store, see README)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -210,7 +186,7 @@ def main(argv=None):
     if compare is not None:
         text += [
             f"## Real SDSS data, opt-in colour prior ({args.compare_weights}: "
-            "`examples/train_default_weights.py --colour-prior`, same training stamps and seed)",
+            "`astrohvae train STORE --colour-prior`, same training stamps and seed)",
             "",
             "```json",
             json.dumps(compare, indent=1, default=float),

@@ -88,8 +88,7 @@ def test_train_overwrite_keeps_foreign_folder(template, tmp_path):
     assert os.stat(w).st_ino == first
     train_from_store(paths["store"], w, overwrite=True, **kw)
     assert os.stat(w).st_ino != first  # a new folder renamed into place
-    assert sorted(p.name for p in w.iterdir()) == ["config.json", "history.json", "metrics.json",
-                                                   "model.safetensors"]
+    assert {"config.json", "model.safetensors"} <= {p.name for p in w.iterdir()}
     (w / "notes.txt").write_text("mine")
     with pytest.raises(OutputError, match="did not write"):
         train_from_store(paths["store"], w, overwrite=True, **kw)

@@ -21,8 +21,15 @@ from astrohvae.stamps import (
     detect,
     estimate_background,
     measure_sources,
-    process_field,
 )
+
+def baseline_chain(field):
+    """The photutils baseline through the pipeline's one field -> sources chain, then the stamps."""
+    from astrohvae.pipeline import find_sources
+
+    bkg, segm, src = find_sources(field, segmenter=None)
+    return bkg, segm, src, cut_stamps(field, segm, src, bkg)
+
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIGMAS = np.array([0.03, 0.01, 0.012, 0.015, 0.05], np.float32)
@@ -198,7 +205,7 @@ def test_cut_stamps_other_source_and_masked_pixels():
     mask = np.zeros((5, 200, 200), bool)
     mask[3, 95:98, 110:113] = True  # masked in i only
     field, _ = make_field([(100.0, 100.0, 8.0), (120.0, 100.0, 8.0)], shape=(200, 200), mask=mask)
-    bkg, segm, src, st = process_field(field)
+    bkg, segm, src, st = baseline_chain(field)
     assert len(st) == 2
     i = int(np.flatnonzero(np.isclose(st.meta["x"], 100.0, atol=0.5))[0])
     # the neighbour at +20 px in x appears at stamp column 52 as "another source"
@@ -264,7 +271,7 @@ def test_real_field_recovers_catalogued_stars():
     from astrohvae.io.readers import read_field
 
     field = read_field(folder)
-    bkg, segm, src, st = process_field(field)
+    bkg, segm, src, st = baseline_chain(field)
     assert 500 < len(src) < 5000 and len(st) == len(src)
     stars = Table.read(folder / "stars_in_frame_004510-4-0030.fits")
     from scipy.spatial import cKDTree

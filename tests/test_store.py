@@ -11,7 +11,8 @@ from astropy.table import Table
 import astrohvae.store as store_mod
 from astrohvae.errors import InputError
 from astrohvae.io.field import Field
-from astrohvae.stamps import process_field
+from astrohvae.pipeline import find_sources, load_segmenter
+from astrohvae.stamps import cut_stamps
 from astrohvae.store import build_store, match_truth, open_store
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -41,9 +42,10 @@ _EXPECTED = {}
 
 
 def expected(field):
-    """The stamps process_field cuts from ``field`` (cached by field name)."""
+    """The stamps `astrohvae run` would cut from ``field`` (cached by field name)."""
     if field.name not in _EXPECTED:
-        _EXPECTED[field.name] = process_field(field)[3]
+        bkg, segm, src = find_sources(field, segmenter=load_segmenter("auto", device="cpu"))
+        _EXPECTED[field.name] = cut_stamps(field, segm, src, bkg)
     return _EXPECTED[field.name]
 
 
@@ -125,14 +127,16 @@ def test_interrupted_run_recovers_without_duplicates(tmp_path, fields, monkeypat
 def test_crash_inside_processing_keeps_previous_fields(tmp_path, fields, monkeypatch):
     out = tmp_path / "s.zarr"
 
-    real = store_mod.estimate_background
+    import astrohvae.pipeline as pipeline_mod
 
-    def boom(field):
+    real = pipeline_mod.find_sources
+
+    def boom(field, **kw):
         if field.name == "f2":
             raise RuntimeError("died while processing f2")
-        return real(field)
+        return real(field, **kw)
 
-    monkeypatch.setattr(store_mod, "estimate_background", boom)
+    monkeypatch.setattr(pipeline_mod, "find_sources", boom)
     with pytest.raises(RuntimeError):
         build_store(fields, out, progress=False)
     assert open_store(out).fields == ["f1"]

@@ -152,7 +152,7 @@ def conform_table(table, latent_dim=1):
 def _primary_header(header, n, latent_dim):
     hdr = fits.Header()
     hdr["ASTHVVER"] = (__version__, "astrohvae version")
-    hdr["MODELSHA"] = ("unknown", "hash of the classifier weights")
+    hdr["MODELSHA"] = "unknown"  # sha256 of the weights config.json: 64 characters, no room for a comment
     hdr["BANDS"] = ("".join(BANDS), "band order of the flux/mag columns")
     hdr["REFBAND"] = (REF_BAND, "band whose pixel grid x, y, SEGMAP refer to")
     hdr["XYORIGIN"] = (0, "x, y are 0-based pixel coordinates")

@@ -1,0 +1,78 @@
+"""Classifiers side by side on the same test: the shipped weights against ones made by `astrohvae train`.
+
+For every weights folder given (default: the shipped classifier only):
+
+* AUC per r-magnitude bin on simulated test fields (seeds 500-507, 1024 px; never used in training),
+  stamps cut by the chain of ``astrohvae run`` (`astrohvae.evaluate.simulated_stamps`);
+* the SDSS star recall of the real field 004510-4-0030 (`astrohvae.evaluate.star_recall`);
+* the accuracy on the 20 labelled stamps of ../shared/data/sdss/stamps-dl4astro.
+
+    .venv/bin/python benchmarks/retrain_compare.py --weights shipped /tmp/acc/w-avr
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "sdss"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", nargs="+", default=["shipped"], help="weights folders ('shipped' = the default)")
+    ap.add_argument("--test-seeds", type=int, nargs="*", default=list(range(500, 508)))
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--cache", default=str(ROOT / "scratch" / "classify" / "run-chain-cache"))
+    ap.add_argument("--json", default=None, help="also write the figures here")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from astrohvae.classify import DEFAULT_WEIGHTS, load_model
+    from astrohvae.evaluate import (ALL_BINS, binary_metrics, labels_from_meta, load_dl4astro, simulated_stamps,
+                                    star_recall)
+
+    t0 = time.time()
+    test = simulated_stamps(args.test_seeds, args.size, cache=args.cache,
+                            log=lambda m: print(f"[{time.time() - t0:5.0f} s] {m}", flush=True))
+    test = test[np.asarray(test.meta["truth_type"]) >= 0]
+    y, mag = labels_from_meta(test.meta)
+    fld = SHARED / "fields" / "004510-4-0030"
+    rows = []
+    for w in args.weights:
+        path = DEFAULT_WEIGHTS if w == "shipped" else Path(w)
+        clf = load_model(path, device="cpu")
+        p = clf.predict_proba(test)
+        row = {"weights": w, "hash": clf.weights_hash[:12], "auc_all": binary_metrics(y, p)["auc"]}
+        for lo, hi, name in ALL_BINS:
+            sel = (mag >= lo) & (mag < hi)
+            row[f"auc {name}"] = binary_metrics(y[sel], p[sel])["auc"]
+        if fld.is_dir():
+            rec = star_recall(clf, fld, fld / "stars_in_frame_004510-4-0030.fits")
+            row["sdss stars"] = f"{rec['n_star']}/{rec['n_matched']}"
+            row["star recall"] = rec["share"]
+        if (SHARED / "stamps-dl4astro").is_dir():
+            st, yd = load_dl4astro(SHARED / "stamps-dl4astro")
+            row["dl4astro acc"] = binary_metrics(yd, clf.predict_proba(st))["accuracy"]
+        rows.append(row)
+        print(f"[{time.time() - t0:5.0f} s] {w}: done", flush=True)
+    keys = list(rows[0])
+    print(f"\ntest: {len(y)} labelled stamps of seeds {args.test_seeds} ({args.size} px)\n")
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
