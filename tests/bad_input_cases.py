@@ -206,11 +206,11 @@ def snapshot(root):
 
 
 def diff(before, after):
-    """Human-readable differences of two snapshots (new, gone, changed)."""
+    """Human-readable differences of two snapshots: ``-gone``, ``~changed``, then ``+new``."""
     new = sorted(set(after) - set(before))
     gone = sorted(set(before) - set(after))
     changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
-    return [f"+{k}" for k in new] + [f"-{k}" for k in gone] + [f"~{k}" for k in changed]
+    return [f"-{k}" for k in gone] + [f"~{k}" for k in changed] + [f"+{k}" for k in new]
 
 
 def isolated_env():
