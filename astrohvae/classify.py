@@ -78,14 +78,6 @@ def _torch():
     return torch
 
 
-def _crop(x, crop):
-    if crop is None or crop >= x.shape[-1]:
-        return x
-    c = x.shape[-1] // 2
-    h = crop // 2
-    return x[..., c - h : c + h, c - h : c + h]
-
-
 def _inputs(stamps, representation, crop):
     return np.ascontiguousarray(network_input(stamps, representation, crop))
 
@@ -207,7 +199,7 @@ def _physical_compute(stamps, ref=None, colours=False, pass1=None):
     when the caller has made them in its own pass), once for those against
     the field's PSF (`psf_match`, `band_saturated`).
     """
-    from astrohvae.psf import (PSFModel, _stellar_locus, band_saturated, chunked_statistics, estimate_psf,
+    from astrohvae.psf import (PSFModel, stellar_locus, band_saturated, chunked_statistics, estimate_psf,
                                psf_match)
 
     if pass1 is None:
@@ -231,7 +223,7 @@ def _physical_compute(stamps, ref=None, colours=False, pass1=None):
         try:
             if bright.sum() < MIN_BRIGHT:
                 raise ValueError("too few bright sources")
-            r_star, _ = _stellar_locus(sub["r_half"], np.where(sat, 0.0, sub["snr"]), 50.0)
+            r_star, _ = stellar_locus(sub["r_half"], np.where(sat, 0.0, sub["snr"]), 50.0)
             locus = np.abs(np.log(np.clip(sub["r_half"], 1e-3, None) / r_star)) < 0.08
             locus &= bright
             if locus.sum() < MIN_LOCUS:
@@ -303,7 +295,7 @@ LOCUS_NORMALISE = True
 """Divide r_half and concentration by the field's stellar values (else by fixed 2 px and 0.4).
 
 On since the stellar locus is the smallest-radius peak of the bright sources'
-half-light radii (`astrohvae.psf._stellar_locus`); the former global-mode
+half-light radii (`astrohvae.psf.stellar_locus`); the former global-mode
 estimate locked onto the galaxies in good-seeing fields and made the
 per-field normalisation look harmful.  Measured on the simulated test fields
 (seeds 500-507, with the new locus, PSF and saturation handling), the A+Vr
@@ -357,7 +349,7 @@ def _blank_psf_fluxes(stamps, psf_image, radius=5.0, offset=16):
     pixels of no source (mask 0); a position with under 90 % of its pixels
     usable gives NaN.
     """
-    from astrohvae.psf import _radius_grid
+    from astrohvae.psf import radius_grid
 
     flux = np.asarray(stamps.flux, dtype=np.float64)
     mask = np.asarray(stamps.mask)
@@ -367,7 +359,7 @@ def _blank_psf_fluxes(stamps, psf_image, radius=5.0, offset=16):
     out = []
     for dy, dx in ((-offset, -offset), (-offset, offset), (offset, -offset), (offset, offset)):
         ps = np.roll(p, (dy, dx), axis=(1, 2))
-        disc = _radius_grid(ny, nx, ny // 2 + dy, nx // 2 + dx) <= radius
+        disc = radius_grid(ny, nx, ny // 2 + dy, nx // 2 + dx) <= radius
         good = ((mask == 0) & disc[None])[:, None]
         pp = ps[None] * good
         norm = np.maximum((pp * ps[None]).sum(axis=(2, 3)), 1e-12)
@@ -415,14 +407,15 @@ def psf_colours(stamps, psf_image, radius=5.0, noise=None):
     from astrohvae import BANDS, SOFTENING
     from astrohvae.photometry import luptitude
     from astrohvae.preprocess import clean_stamps
-    from astrohvae.psf import _GRI, _radius_grid, centroids, recentre
+    from astrohvae.conventions import GRI as _GRI
+    from astrohvae.psf import centroids, radius_grid, recentre
 
     cl = clean_stamps(stamps.flux, stamps.mask)
     dy, dx = centroids(cl[:, _GRI].sum(axis=1))
     img = recentre(cl, dy, dx).astype(np.float64)
     p = np.clip(np.asarray(psf_image, dtype=np.float64), 0.0, None)
     p = p / np.maximum(p.sum(axis=(1, 2), keepdims=True), 1e-12)
-    good = (((np.asarray(stamps.mask) & 6) == 0) & (_radius_grid(*p.shape[1:]) <= radius)[None])[:, None]
+    good = (((np.asarray(stamps.mask) & 6) == 0) & (radius_grid(*p.shape[1:]) <= radius)[None])[:, None]
     pp = p[None] * good
     norm = np.maximum((pp * p[None]).sum(axis=(2, 3)), 1e-12)
     f = (pp * img).sum(axis=(2, 3)) / norm
@@ -508,10 +501,10 @@ def _physical_ref(stamps, feat):
     With several fields (``meta['field']``), each field with enough bright
     locus stars gets its own estimate and the reference is the field of median
     stellar half-light radius (typical seeing); pooling fields of different
-    seeing would make the smallest-radius peak (`_stellar_locus`) the
+    seeing would make the smallest-radius peak (`stellar_locus`) the
     best-seeing field's.  Otherwise all stamps are pooled.
     """
-    from astrohvae.psf import _stellar_locus, estimate_psf, profile_features, saturated
+    from astrohvae.psf import stellar_locus, estimate_psf, profile_features, saturated
 
     feat = profile_features(stamps) if feat is None else feat
     n = len(feat["r_half"])
@@ -526,7 +519,7 @@ def _physical_ref(stamps, feat):
         if (np.isfinite(rh) & (sn >= 50)).sum() < MIN_BRIGHT:
             continue
         try:
-            r_star, _ = _stellar_locus(rh, sn, 50.0)
+            r_star, _ = stellar_locus(rh, sn, 50.0)
         except ValueError:
             continue
         locus = (np.abs(np.log(np.clip(rh, 1e-3, None) / r_star)) < 0.08) & (sn >= 50)
@@ -537,7 +530,7 @@ def _physical_ref(stamps, feat):
         r_star, c_star, sel = per[(len(per) - 1) // 2]
         psf = estimate_psf(stamps[sel] if len(sel) != n else stamps, features={k: v[sel] for k, v in feat.items()})
         return {"r_star": float(r_star), "c_star": c_star, "psf": psf.image}
-    r_star, _ = _stellar_locus(feat["r_half"], snr, 50.0)
+    r_star, _ = stellar_locus(feat["r_half"], snr, 50.0)
     locus = (np.abs(np.log(np.clip(feat["r_half"], 1e-3, None) / r_star)) < 0.08) & (snr >= 50)
     c_star = float(np.median(feat["concentration"][locus])) if locus.sum() else float(
         np.nanquantile(feat["concentration"], 0.9)

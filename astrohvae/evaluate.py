@@ -83,10 +83,10 @@ class ClassicalClassifier:
         self.random_state = random_state
 
     def fit(self, stamps, y=None):
-        from astrohvae.psf import _stellar_locus, profile_features
+        from astrohvae.psf import stellar_locus, profile_features
 
         feat = profile_features(stamps)
-        self.r_star_, _ = _stellar_locus(feat["r_half"], feat["snr"], 50.0)
+        self.r_star_, _ = stellar_locus(feat["r_half"], feat["snr"], 50.0)
         return self
 
     def score_samples(self, stamps):
@@ -435,11 +435,11 @@ class SupervisedCNNCeiling:
         self.random_state = random_state
 
     def _inputs(self, stamps):
-        from astrohvae.classify import _crop
-        from astrohvae.preprocess import clean_stamps
+        from astrohvae.preprocess import clean_stamps, crop_window
         from astrohvae.psf import profile_features
 
-        x = _crop(clean_stamps(stamps.flux, stamps.mask), self.crop)
+        flux = stamps.flux
+        x = clean_stamps(flux, stamps.mask, window=crop_window(flux.shape[-2], flux.shape[-1], self.crop))
         sky = np.maximum(np.asarray(stamps.sky_sigma, dtype=np.float32), 1e-12)[:, :, None, None]
         x = np.arcsinh(x / (3.0 * sky)).astype(np.float32)  # pixels in sky-noise units, compressed
         s = np.log10(np.clip(profile_features(stamps)["snr"], 0.1, None)).astype(np.float32)

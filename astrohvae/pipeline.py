@@ -39,9 +39,10 @@ import numpy as np
 from astropy.table import Table
 
 from astrohvae import BANDS, STAMP_SIZE, __version__
+from astrohvae.conventions import FLAG_MASKED
 from astrohvae.errors import AstroHVAEError, InputError, OutputError
 from astrohvae.io.atomic import atomic_path, check_writable_dir
-from astrohvae.io.catalog import CLASS_CODES, Z_AE_DIM, conform_table, empty_table, write_catalog
+from astrohvae.io.catalog import Z_AE_DIM, conform_table, empty_table, write_catalog
 from astrohvae.io.field import Field
 
 __all__ = [
@@ -377,7 +378,6 @@ def _relabel(segm_data, ids):
     return lut[segm_data]
 
 
-FLAG_MASKED = 4
 MASK_GROW = 2
 
 
@@ -402,9 +402,9 @@ def _masked_flags(segmap, mask, n, grow=MASK_GROW):
 
 def make_classmap(segmap, classes):
     """uint8 map: 0 sky, 1 star, 2 galaxy, from a segmap with labels 1..N and N class names."""
-    codes = np.zeros(len(classes) + 1, dtype=np.uint8)
-    codes[1:] = [CLASS_CODES[c] for c in classes]
-    return codes[segmap]
+    from astrohvae.segment import classmap
+
+    return classmap(segmap, np.arange(1, len(classes) + 1), classes)
 
 
 def _stamp_store(field, segm, sources, background, batch_size, workdir, stamps_mod):

@@ -32,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 
 from astrohvae import BANDS
+from astrohvae.conventions import GRI as _GRI
+from astrohvae.conventions import MASK_INVALID, MASK_OTHER, MASK_OWN
 from astrohvae.photometry import luptitude
 
 __all__ = [
@@ -46,9 +48,6 @@ __all__ = [
     "ASINH_SOFT",
 ]
 
-MASK_OWN = 1
-MASK_OTHER = 2
-MASK_INVALID = 4
 
 SOURCE_SCALE = 10.0
 """Multiplier applied after dividing by the source flux (a PSF of FWHM ~1.4"
@@ -57,7 +56,6 @@ puts ~7 % of its flux in the central pixel, so point sources peak near 0.7)."""
 ASINH_SOFT = 0.05
 """Softening of the ``'source_asinh'`` compression, in ``'source'`` units."""
 
-_GRI = [BANDS.index(b) for b in ("g", "r", "i")]
 
 
 def _arrays(stamps):

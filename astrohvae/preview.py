@@ -13,7 +13,6 @@ import numpy as np
 
 from astrohvae.errors import OutputError
 from astrohvae.io.atomic import atomic_path
-from astrohvae.io.catalog import _public_mode
 
 __all__ = ["colour_image", "write_preview"]
 
@@ -102,7 +101,6 @@ def write_preview(path, field, table, *, title=None, max_width_px=2048, marker_s
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=dpi)
-            _public_mode(tmp)
     except OSError as exc:
         raise OutputError(path, f"cannot write preview ({exc.strerror or exc})") from None
     finally:

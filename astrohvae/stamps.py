@@ -54,6 +54,7 @@ from astrohvae import BANDS, STAMP_SIZE
 from astrohvae.photometry import luptitude
 
 __all__ = [
+    "mad_std",
     "Background",
     "StampSet",
     "concatenate",
@@ -73,14 +74,15 @@ __all__ = [
     "MASK_INVALID",
 ]
 
-FLAG_TRUNCATED = 1
-FLAG_BLENDED = 2
-FLAG_MASKED = 4
-FLAG_EDGE = 8
-
-MASK_OWN = 1
-MASK_OTHER = 2
-MASK_INVALID = 4
+from astrohvae.conventions import (  # noqa: E402  (re-exported: the names stamps' users know)
+    FLAG_BLENDED,
+    FLAG_EDGE,
+    FLAG_MASKED,
+    FLAG_TRUNCATED,
+    MASK_INVALID,
+    MASK_OTHER,
+    MASK_OWN,
+)
 
 META_COLUMNS = ("field", "id", "x", "y", "ra", "dec", "flags", "xc", "yc", "dx", "dy")
 """Columns of `StampSet.meta` as made by `cut_stamps` (stores add truth columns)."""
@@ -240,7 +242,7 @@ class Background:
         return out.astype(np.float32, copy=False)
 
 
-def _mad_std(values, overwrite=False):
+def mad_std(values, overwrite=False):
     """1.4826 x median absolute deviation; ``overwrite``: ``values`` is scratch (no copies)."""
     if values.size == 0:
         return np.nan
@@ -470,7 +472,7 @@ def estimate_background(field, box_size=64, filter_size=3):
         sky = ~(bad[b][sub] | srcmask[sub])
         if sky.sum() < 10:
             sky = ~bad[b][sub]
-        sigma[b] = _mad_std((data[b][sub] - lv[sub])[sky], overwrite=True)  # a fresh array: scratch
+        sigma[b] = mad_std((data[b][sub] - lv[sub])[sky], overwrite=True)  # a fresh array: scratch
     return Background(level, rms, sigma, srcmask)
 
 

@@ -134,12 +134,12 @@ def test_manifold_and_probe(train, test_set):
 
 
 def test_stellar_locus_is_the_compact_peak_not_the_mode():
-    from astrohvae.psf import _stellar_locus
+    from astrohvae.psf import stellar_locus
 
     rng = np.random.default_rng(0)
     stars = np.exp(rng.normal(np.log(1.3), 0.02, 15))  # good seeing: few bright stars
     gals = np.exp(rng.normal(np.log(2.1), 0.03, 40))  # a denser galaxy clump at larger radii
-    r_star, _ = _stellar_locus(np.r_[stars, gals], np.full(55, 100.0), 50.0)
+    r_star, _ = stellar_locus(np.r_[stars, gals], np.full(55, 100.0), 50.0)
     assert abs(r_star - 1.3) < 0.05
 
 

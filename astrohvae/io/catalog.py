@@ -17,7 +17,6 @@ The file is written under a temporary name and renamed into place
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,8 @@ from astrohvae import BANDS, REF_BAND, STAMP_SIZE, __version__
 from astrohvae.errors import InputError, OutputError
 from astrohvae.io.atomic import atomic_path
 
+from astrohvae.conventions import CLASS_CODES
+
 __all__ = [
     "CATALOG_COLUMNS",
     "Catalog",
@@ -41,8 +42,6 @@ __all__ = [
     "CLASS_CODES",
 ]
 
-CLASS_CODES = {"star": 1, "galaxy": 2}
-"""CLASSMAP value of each class (0 = background)."""
 
 Z_AE_DIM = 30
 
@@ -245,17 +244,9 @@ def write_catalog(path, table, segmap, classmap, masks, header=None, *, latent_d
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 hdul.writeto(tmp, overwrite=True, output_verify="fix")
-            _public_mode(tmp)
     except OSError as exc:
         raise OutputError(path, f"cannot write catalogue ({exc.strerror or exc})") from None
     return path
-
-
-def _public_mode(path):
-    """Give a temporary file (created 0600) the usual permissions (0666 minus umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def read_catalog(path):
