@@ -157,20 +157,29 @@ def star_side(stamps, groups, min_snr=20.0, features=None):
 
 from astrohvae.psf import per_stamp_chunks as _per_stamp_chunks  # noqa: E402
 
-_PHYS_CACHE = {}
+PHYSICAL_OPTIONS = {"locus_normalise": True, "zero_point": True, "saturated_stellar": True}
+"""Defaults of the switches of `_physical` (parameters of `HierarchicalClassifier`):
+
+``locus_normalise``
+    Divide r_half and concentration by the field's stellar values (else by
+    fixed 2 px and 0.4).  The stellar locus is the smallest-radius peak of the
+    bright sources' half-light radii (`astrohvae.psf.stellar_locus`).  Measured
+    on the simulated test fields (seeds 500-507), A+Vr AUC r<19 / 19<r<21 /
+    r>21 over two seeds: 0.986 / 0.959 / 0.692 with the fixed 2 px and 0.4,
+    1.000 / 0.967 / 0.709 normalised.
+``zero_point``
+    Shift SPREAD_MODEL (divide the PSF/aperture ratio) so that the field's
+    stellar locus sits at 0 (1).
+``saturated_stellar``
+    Give saturated sources (`astrohvae.psf.saturated`: flat-topped cores;
+    `astrohvae.psf.band_saturated`: cores saturated in some bands only, as SDSS
+    frames interpolate them) the point-source morphology.
+"""
 
 
-def _physical(stamps, ref=None, colours=False, pass1=None):
-    """Cached `_physical_compute` (the same stamp arrays are often scored many times)."""
-    key = (id(stamps.flux), len(stamps.flux), ref is None, LOCUS_NORMALISE, bool(colours))
-    hit = _PHYS_CACHE.get(key)
-    if hit is not None and hit[0] is stamps.flux:
-        return hit[1]
-    res = _physical_compute(stamps, ref, colours, pass1)
-    if len(_PHYS_CACHE) > 8:
-        _PHYS_CACHE.clear()
-    _PHYS_CACHE[key] = (stamps.flux, res)
-    return res
+def _physical(stamps, ref=None, colours=False, pass1=None, options=None):
+    """Label-free physical statistics of each source, see `_physical_compute`."""
+    return _physical_compute(stamps, ref, colours, pass1, {**PHYSICAL_OPTIONS, **(options or {})})
 
 
 def _pass1_statistics():
@@ -180,7 +189,7 @@ def _pass1_statistics():
     return (profile_features, saturated, aperture_colours)
 
 
-def _physical_compute(stamps, ref=None, colours=False, pass1=None):
+def _physical_compute(stamps, ref, colours, pass1, options):
     """Label-free physical statistics of each source.
 
     Morphology against the stellar locus / PSF of each field (log r_half /
@@ -197,8 +206,11 @@ def _physical_compute(stamps, ref=None, colours=False, pass1=None):
     they may be lazily backed): once for the field-independent statistics
     (``pass1``: `profile_features`, `saturated`, `aperture_colours`, given
     when the caller has made them in its own pass), once for those against
-    the field's PSF (`psf_match`, `band_saturated`).
+    the field's PSF (`psf_match`, `band_saturated`).  ``options``: the
+    switches of `PHYSICAL_OPTIONS`.
     """
+    locus_normalise, zero_point, saturated_stellar = (
+        bool(options[k]) for k in ("locus_normalise", "zero_point", "saturated_stellar"))
     from astrohvae.psf import (PSFModel, stellar_locus, band_saturated, chunked_statistics, estimate_psf,
                                psf_match)
 
@@ -240,7 +252,7 @@ def _physical_compute(stamps, ref=None, colours=False, pass1=None):
                 r_star, c_star, psf = ref["r_star"], ref["c_star"], PSFModel(ref["psf"], ref["r_star"], 0)
         m, band_sat = chunked_statistics(sub_st, lambda c: psf_match(c, psf), lambda c: band_saturated(c, psf.image))
         ratio, spread = m["psf_ratio"], m["spread_model"]
-        if SATURATED_STELLAR:
+        if saturated_stellar:
             sat = sat | band_sat
         if colours:
             nk = noise_scale(sub_st, psf.image)
@@ -251,7 +263,7 @@ def _physical_compute(stamps, ref=None, colours=False, pass1=None):
                 if nk is None:
                     nk = noise_scale(stamps, psf.image)
             out[sel, N_PHYSICAL:] = psf_colours(sub_st, psf.image, noise=nk)
-        if ZERO_POINT and locus is not None:
+        if zero_point and locus is not None:
             # the field's point sources define zero SPREAD_MODEL and unit
             # PSF/aperture ratio (residual PSF-model and centring systematics)
             ls = locus & np.isfinite(spread) & np.isfinite(ratio)
@@ -259,20 +271,20 @@ def _physical_compute(stamps, ref=None, colours=False, pass1=None):
             ratio = ratio / float(np.median(ratio[ls]))
         # sources sharper than the PSF (cosmic rays, hot pixels) are put at
         # the stellar value: they cannot be resolved galaxies
-        if not LOCUS_NORMALISE:
+        if not locus_normalise:
             r_star, c_star = 2.0, 0.4
         out[sel, 0] = np.clip(np.log(np.clip(sub["r_half"], 0.2, 30) / r_star), -0.3, 1.5)
         out[sel, 1] = np.clip(np.log(np.clip(sub["concentration"], 0.01, 1.0) / c_star), -1.5, 0.3)
         out[sel, 2] = np.clip(ratio, 0.0, 1.1)
         out[sel, 3] = np.clip(spread, -0.005, 0.1) * 20.0
-        if SATURATED_STELLAR and sat.any():
+        if saturated_stellar and sat.any():
             # saturated sources (flat-topped cores, bleed trails: `psf.saturated`)
             # get the point-source morphology: their profile is the detector's,
             # not the sky's, and resolved galaxies do not reach the full well
             # at SDSS depth
             k = sel[sat]
-            out[k, 0] = np.clip(np.log(r_star / (r_star if LOCUS_NORMALISE else 2.0)), -0.3, 1.5)
-            out[k, 1] = np.clip(np.log(c_star / (c_star if LOCUS_NORMALISE else 0.4)), -1.5, 0.3)
+            out[k, 0] = np.clip(np.log(r_star / (r_star if locus_normalise else 2.0)), -0.3, 1.5)
+            out[k, 1] = np.clip(np.log(c_star / (c_star if locus_normalise else 0.4)), -1.5, 0.3)
             out[k, 2] = 1.0
             out[k, 3] = 0.0
             if colours:
@@ -290,24 +302,6 @@ def _physical_compute(stamps, ref=None, colours=False, pass1=None):
         new_ref["noise_scale"] = [float(v) for v in np.median(scales, axis=0)]
     return out, new_ref
 
-
-LOCUS_NORMALISE = True
-"""Divide r_half and concentration by the field's stellar values (else by fixed 2 px and 0.4).
-
-On since the stellar locus is the smallest-radius peak of the bright sources'
-half-light radii (`astrohvae.psf.stellar_locus`); the former global-mode
-estimate locked onto the galaxies in good-seeing fields and made the
-per-field normalisation look harmful.  Measured on the simulated test fields
-(seeds 500-507, with the new locus, PSF and saturation handling), the A+Vr
-AUC r<19 / 19<r<21 / r>21 over two seeds: 0.986 / 0.959 / 0.692 with the
-fixed 2 px and 0.4 (morphology only), 1.000 / 0.967 / 0.709 normalised."""
-
-ZERO_POINT = True
-"""Shift SPREAD_MODEL (divide the PSF/aperture ratio) so that the field's stellar locus sits at 0 (1)."""
-
-SATURATED_STELLAR = True
-"""Give saturated sources (`astrohvae.psf.saturated`: flat-topped cores; `astrohvae.psf.band_saturated`:
-cores saturated in some bands only, as SDSS frames interpolate them) the point-source morphology."""
 
 MIN_BRIGHT = 20
 """A field (``meta['field']``) gets its own PSF with at least this many S/N >= 50 sources ..."""
@@ -674,6 +668,8 @@ class HierarchicalClassifier:
         term of the paper needs ``symmetric_prior=True``.
     beta : float
         Weight of the prior term.
+    locus_normalise, zero_point, saturated_stellar : bool
+        Switches of the physical statistics (`PHYSICAL_OPTIONS`).
     prior_tries : int
         The prior says the stars form the narrow peak.  If, after training,
         `star_side` finds the compact sources in the broad peak instead, the
@@ -700,9 +696,12 @@ class HierarchicalClassifier:
                  star_mean=-1.5, star_sigma=0.35, galaxy_mean=1.0, galaxy_sigma=1.0, symmetric_prior=False,
                  ae_latent=30, channels=(16, 32, 64, 64), ae_epochs=4, vae_epochs=40, batch_size=128,
                  lr=2e-3, center_weight=4.0, augment=True, ae_components=0, fit_weight=True, prior_tries=5,
-                 colour_prior=False, prior=(1.0, 0.5), divergence=None, beta=1.0, device="cpu", random_state=0,
-                 verbose=False):
+                 colour_prior=False, prior=(1.0, 0.5), divergence=None, beta=1.0, locus_normalise=True,
+                 zero_point=True, saturated_stellar=True, device="cpu", random_state=0, verbose=False):
         self.colour_prior = colour_prior
+        self.locus_normalise = locus_normalise
+        self.zero_point = zero_point
+        self.saturated_stellar = saturated_stellar
         self.prior = tuple(prior)
         self.divergence = divergence
         self.beta = beta
@@ -768,7 +767,7 @@ class HierarchicalClassifier:
             self.ae_pcs_ = None
         feats = [self._ae_feats(z)]
         if self.physical:
-            phys, self.ref_ = _physical(stamps, colours=bool(self.colour_prior))
+            phys, self.ref_ = _physical(stamps, colours=bool(self.colour_prior), options=self._physical_options())
             feats.append(phys[:, self._phys_cols()])
         else:
             self.ref_ = None
@@ -829,6 +828,9 @@ class HierarchicalClassifier:
         lo, hi = min(m), max(m)
         return mixture_posterior(np.clip(mu, lo, hi), sigma, self.weights_, m, s)
 
+    def _physical_options(self):
+        return {k: getattr(self, k) for k in PHYSICAL_OPTIONS}
+
     def _phys_cols(self):
         if self.physical == "morph":
             return slice(0, 4)
@@ -881,6 +883,7 @@ class HierarchicalClassifier:
         phys = None
         if self.physical:
             phys = _physical(stamps, self.ref_, colours=getattr(self, "colour_templates_", None) is not None,
+                             options=self._physical_options(),
                              pass1=res[1:])[0]
             feats.append(phys[:, self._phys_cols()])
         mu, sig = self._encode_latent(np.concatenate(feats, axis=1))

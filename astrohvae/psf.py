@@ -28,7 +28,7 @@ import numpy as np
 
 from astrohvae import BANDS
 from astrohvae.conventions import GRI as _GRI
-from astrohvae.preprocess import MASK_OWN, central_window, clean_gri, clean_stamps, source_flux
+from astrohvae.preprocess import MASK_OWN, central_window, clean_gri, clean_stamps, reuse_cleaned, source_flux
 
 __all__ = [
     "stellar_locus",
@@ -140,12 +140,14 @@ def chunked_statistics(stamps, *fns):
         # a store (`astrohvae.store.StampStore`) is read through its own slicing
         sub = loaded(stamps if isinstance(stamps.flux, np.ndarray) or not hasattr(stamps, "__getitem__")
                      else stamps[0:n])
-        return [fn(sub) for fn in fns]
+        with reuse_cleaned():
+            return [fn(sub) for fn in fns]
     parts = [[] for _ in fns]
     for i in range(0, n, CHUNK):
         sub = loaded(stamps[i : i + CHUNK])
-        for k, fn in enumerate(fns):
-            parts[k].append(fn(sub))
+        with reuse_cleaned():
+            for k, fn in enumerate(fns):
+                parts[k].append(fn(sub))
     return [_concat(p) for p in parts]
 
 
