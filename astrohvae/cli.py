@@ -99,7 +99,9 @@ def _quiet_warnings():
               help="Detection threshold of the photutils segmentation, in sigma.")
 @click.option("--example", is_flag=True,
               help="Run on the embedded example (a 1024x744 field simulated with a fixed seed).")
-def run(field, out, weights, device, batch_size, preview, preview_out, segmenter, nsigma, example):
+@click.option("--regions", is_flag=True,
+              help="Also write a DS9 region file beside the catalogue (<out> with .reg).")
+def run(field, out, weights, device, batch_size, preview, preview_out, segmenter, nsigma, example, regions):
     """Catalogue one field: segmentation, stamps, star/galaxy classification.
 
     FIELD is any input the reader takes: an SDSS field folder, one frame
@@ -117,12 +119,16 @@ def run(field, out, weights, device, batch_size, preview, preview_out, segmenter
     else:
         src = field[0] if len(field) == 1 else list(field)
     res = run_field(src, out, weights=weights, device=device, batch_size=batch_size, preview=preview,
-                    preview_out=preview_out, segmenter=segmenter, nsigma=nsigma)
+                    preview_out=preview_out, segmenter=segmenter, nsigma=nsigma, regions=regions)
     frac = f"{res.star_fraction:.3f}" if res.rows else "n/a"
     click.echo(f"catalogue: {res.catalog}  ({res.rows} sources: {res.n_star} stars, {res.n_galaxy} galaxies, "
                f"star fraction {frac}; {res.seconds:.1f} s)")
     if res.preview:
         click.echo(f"preview:   {res.preview}")
+    if regions:
+        from astrohvae.pipeline import regions_path
+
+        click.echo(f"regions:   {regions_path(res.catalog)}")
 
 
 # --- end run -----------------------------------------------------------------
@@ -145,8 +151,9 @@ def run(field, out, weights, device, batch_size, preview, preview_out, segmenter
 @click.option("--nsigma", type=float, default=1.5, show_default=True)
 @click.option("--preview/--no-preview", default=False, help="Also write <field>.cat.png per field.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--regions", is_flag=True, help="Also write <field>.cat.reg (DS9 regions) per field.")
 def survey(fields, out_dir, scheduler, workers, memory_limit, weights, device, batch_size, segmenter, nsigma,
-           preview, progress):
+           preview, progress, regions):
     """Catalogue many FIELDS on dask.distributed (resumable).
 
     Fields whose catalogue is already complete in OUT are skipped; a field
@@ -165,7 +172,7 @@ def survey(fields, out_dir, scheduler, workers, memory_limit, weights, device, b
             raise InputError(w, "not a weights folder (model.safetensors and config.json expected)")
     res = run_survey(list(fields), out_dir, scheduler=scheduler, workers=workers, weights=weights, device=device,
                      batch_size=batch_size, segmenter=segmenter, nsigma=nsigma, memory_limit=memory_limit,
-                     progress=progress, preview=preview)
+                     progress=progress, preview=preview, regions=regions)
     tab = res.table
     click.echo("\n".join(tab.pformat(max_lines=-1, max_width=-1)))
     done = int((tab["status"] != "failed").sum()) if len(tab) else 0
