@@ -322,18 +322,24 @@ def stamps(fields, out, segmenter, nsigma, device, workers, overwrite, quiet):
 @click.option("--train", "train_path", type=click.Path(exists=True), default=None,
               help="Stamp store to fit the methods on (unlabelled use; default: TEST itself).")
 @click.option("--truth", type=click.Path(exists=True), default=None,
-              help="With a catalogue as TEST: the simulator's truth file (or its folder).")
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Folder for the table (classification.md, .csv) and the ROC plot (classification_roc.png).")
+              help="With a catalogue as TEST: a truth list (FITS/CSV with ra/dec or x/y and a class column: "
+                   "star/galaxy, SDSS TYPE 3/6, +-1; without one, a star list), or a simulator folder.")
+@click.option("--radius", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="With --truth: match radius in arcsec (nearest catalogue source).")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the table (classification.md, .csv) and the ROC plot (classification_roc.png); "
+                   "required for a stamp store, optional with --truth.")
 @click.option("--methods", default="classical,a+vr,a+vr-ae,a+vr-paper,v+m,vr+m-sc,vr+m-dkl,vr+m-aw,vr+m-pw,probe",
               show_default=True, help="Comma-separated method keys.")
 @click.option("--seeds", default=5, show_default=True, type=int, help="Training seeds per method.")
 @click.option("--quick", is_flag=True, help="Tiny training (smoke test).")
-def evaluate(test, train_path, truth, out_dir, methods, seeds, quick):
+def evaluate(test, train_path, truth, radius, out_dir, methods, seeds, quick):
     """Score star/galaxy methods against truth; print the table, write it and the ROC plot.
 
     TEST is a labelled stamp store (truth_type from the simulator), or a
-    catalogue FITS from `astrohvae run` together with --truth.
+    catalogue FITS from `astrohvae run` together with --truth: each truth
+    object is matched to the nearest source within --radius and the classes
+    are tabulated by r magnitude (the list's own, else the catalogue's).
     """
     from pathlib import Path
 
@@ -341,22 +347,40 @@ def evaluate(test, train_path, truth, out_dir, methods, seeds, quick):
     from astrohvae.errors import InputError
     from astrohvae.io.atomic import atomic_path
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir) if out_dir else None
     if truth is not None:
-        rows, runs, y = ev.evaluate_catalog(test, truth)
-        ev.plot_roc(y, runs, out / "classification_roc.png")
-    else:
-        if Path(test).suffix.lower() in (".fits", ".fit") and truth is None:
-            raise InputError(test, "a catalogue needs --truth")
-        test_st = ev.load_stamps(test)
-        train_st = ev.load_stamps(train_path) if train_path else test_st
-        y, _ = ev.labels_from_meta(test_st.meta)
-        if not ((y == 0).any() and (y == 1).any()):
-            raise InputError(test, "stamps hold no truth labels of both classes (truth_type)")
-        facts = ev.method_factories([m.strip().lower() for m in methods.split(",") if m.strip()], quick=quick)
-        rows, _ = ev.evaluate(train_st, test_st, facts, seeds=range(seeds), roc_path=out / "classification_roc.png",
-                              progress=lambda n, s, a: click.echo(f"{n} seed {s}: AUC {a:.3f}", err=True))
+        try:
+            res = ev.evaluate_truth(test, truth, radius=radius)
+        except ValueError as exc:
+            raise InputError(test, str(exc)) from None
+        mode = "star list: star recall" if res["star_only"] else "stars and galaxies"
+        click.echo(f"{res['n_matched']} of {res['n_truth']} truth objects matched within {radius:g}\" "
+                   f"({mode}); r from the list, else the catalogue's mag_r")
+        table = ev.format_truth_table(res["table"])
+        click.echo(table)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            with atomic_path(out / "classification.md") as tmp:
+                Path(tmp).write_text(table + "\n")
+            with atomic_path(out / "classification.csv") as tmp:
+                res["table"].write(tmp, format="ascii.csv", overwrite=True)
+            y = res["y"]
+            if (y == 0).any() and (y == 1).any():
+                ev.plot_roc(y, {Path(test).name: [res["p_galaxy"]]}, out / "classification_roc.png")
+        return
+    if out is None:
+        raise click.UsageError("-o/--out is required when TEST is a stamp store")
+    if Path(test).suffix.lower() in (".fits", ".fit"):
+        raise InputError(test, "a catalogue needs --truth")
+    out.mkdir(parents=True, exist_ok=True)
+    test_st = ev.load_stamps(test)
+    train_st = ev.load_stamps(train_path) if train_path else test_st
+    y, _ = ev.labels_from_meta(test_st.meta)
+    if not ((y == 0).any() and (y == 1).any()):
+        raise InputError(test, "stamps hold no truth labels of both classes (truth_type)")
+    facts = ev.method_factories([m.strip().lower() for m in methods.split(",") if m.strip()], quick=quick)
+    rows, _ = ev.evaluate(train_st, test_st, facts, seeds=range(seeds), roc_path=out / "classification_roc.png",
+                          progress=lambda n, s, a: click.echo(f"{n} seed {s}: AUC {a:.3f}", err=True))
     table = ev.format_table(rows)
     click.echo(table)
     with atomic_path(out / "classification.md") as tmp:
