@@ -594,6 +594,10 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
             "FLUXTYPE": ("segment", "flux_* summed over the source segment"),
             "INFILE": [Path(f).name for f in field.files] or [field.name or "in-memory"],
         }
+        from astrohvae.preview import is_simulated
+
+        if is_simulated(field):
+            header["SIMULATE"] = (True, "input frames made by astrohvae.simulate")
         latent_dim = int(getattr(classifier, "latent_dim", 0) or 0) or 1
         ny, nx = field.shape
         if sources is None:
