@@ -97,3 +97,16 @@ def test_run_writes_regions_beside_the_catalogue(tmp_path):
     dec = np.array([r.center.dec.deg for r in regs])
     np.testing.assert_allclose(ra, np.asarray(t["ra"]), atol=1e-7)
     np.testing.assert_allclose(dec, np.asarray(t["dec"]), atol=1e-7)
+
+
+def test_survey_writes_regions_per_field(tmp_path):
+    from astrohvae.pipeline import run_survey
+    from astrohvae.simulate import write_simulation
+
+    d = tmp_path / "sim"
+    write_simulation(d, seed=22, size=(192, 192))
+    res = run_survey([d], tmp_path / "out", workers=1, processes=False, progress=False, regions=True,
+                     segmenter="photutils")
+    assert res.n_failed == 0
+    regs = Regions.read(tmp_path / "out" / "sim.cat.reg", format="ds9")
+    assert len(regs) == int(res.table["rows"][0]) > 0
