@@ -17,6 +17,7 @@ __all__ = [
     "FLAG_BLENDED",
     "FLAG_MASKED",
     "FLAG_EDGE",
+    "FLAG_FEW_BANDS",
     "FLAG_BITS",
     "MASK_OWN",
     "MASK_OTHER",
@@ -48,12 +49,19 @@ FLAG_TRUNCATED = 1
 FLAG_BLENDED = 2
 """Another source's segment lies in the stamp."""
 FLAG_MASKED = 4
-"""The source's segment contains or borders masked pixels, or a band is missing in its stamp."""
+"""Masked, saturated or NaN pixels in or next to the source's segment."""
 FLAG_EDGE = 8
 """The segment touches the field's edge."""
-FLAG_BITS = {FLAG_TRUNCATED: "truncated stamp", FLAG_BLENDED: "blended", FLAG_MASKED: "masked or missing band",
-             FLAG_EDGE: "touches the field edge"}
-"""Meaning of every flag bit (written into the catalogue header)."""
+FLAG_FEW_BANDS = 16
+"""Classified from fewer than five bands (a band has no valid pixel in the source's footprint)."""
+FLAG_BITS = {
+    FLAG_TRUNCATED: "stamp truncated by the field edge",
+    FLAG_BLENDED: "blended: deblended or touching another segment",
+    FLAG_MASKED: "masked, saturated or NaN pixels in or next to the segment",
+    FLAG_EDGE: "segment touches the field edge",
+    FLAG_FEW_BANDS: "fewer than five bands with data: classified from fewer bands",
+}
+"""Meaning of each ``flags`` bit (written to the catalogue header as ``FLAGBITn``)."""
 
 # per-pixel bits of a stamp's ``mask``
 MASK_OWN = 1

@@ -594,10 +594,14 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
             "FLUXTYPE": ("segment", "flux_* summed over the source segment"),
             "INFILE": [Path(f).name for f in field.files] or [field.name or "in-memory"],
         }
+        from astrohvae.preview import is_simulated
+
+        if is_simulated(field):
+            header["SIMULATE"] = (True, "input frames made by astrohvae.simulate")
         latent_dim = int(getattr(classifier, "latent_dim", 0) or 0) or 1
         ny, nx = field.shape
         if sources is None:
-            t.zero("measure", "stamps", "classify")
+            t.zero("measure", "stamps", "classify", "photometry")
             return _empty_products(ny, nx, header, t, latent_dim)
         n = len(sources)
         t.start()
@@ -609,8 +613,14 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
             t.start()
             p, lat, stamp_mask = _classify_field(classifier, dflux, dmask, dsky, meta, stamps_mod, batch_size)
             masks = (stamp_mask & 1).astype(np.uint8)
-            del stamp_mask
             t.stop("classify")
+            t.start()
+            from astrohvae.measure import measure_catalog
+
+            extra = measure_catalog(field, segm, background,
+                                    stamps_mod.StampSet(dflux, stamp_mask, np.asarray(dsky), meta))
+            del stamp_mask
+            t.stop("photometry")
 
     table = Table(sources, copy=True)
     table["id"] = np.arange(1, n + 1, dtype=np.int32)
@@ -631,6 +641,8 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
         flags = flags | np.asarray(meta["flags"], dtype=np.int32)
     segmap = np.asarray(segm.data, dtype=np.int32)
     table["flags"] = flags | _masked_flags(segmap, field.mask, n)
+    for name in extra.colnames:
+        table[name] = extra[name]
     latent_dim = z_hvae.shape[1]
     table = conform_table(table, latent_dim=latent_dim)
     classmap = make_classmap(segmap, cls)
@@ -655,13 +667,19 @@ def _default_weights_dir():
 
 
 # ----------------------------------------------------------------------------- one field
+def regions_path(catalog):
+    """The DS9 region file beside a catalogue: ``X.cat.fits`` -> ``X.cat.reg``."""
+    return Path(catalog).with_suffix(".reg")
+
+
 def default_output(name, directory="."):
     """``<directory>/<name>.cat.fits``."""
     return Path(directory) / f"{name}.cat.fits"
 
 
 def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, preview=False,
-              segmenter="auto", nsigma=DEFAULT_NSIGMA, classifier=None, preview_out=None, threads=None):
+              segmenter="auto", nsigma=DEFAULT_NSIGMA, classifier=None, preview_out=None, threads=None,
+              regions=False):
     """Read a field, make its catalogue, write it atomically (and a preview).
 
     Parameters
@@ -684,6 +702,9 @@ def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, pr
         An already loaded classifier (overrides ``weights``).
     threads : int, optional
         Threads for reading the bands (default one per CPU).
+    regions : bool
+        Also write a DS9 region file beside the catalogue (``<out>`` with
+        ``.reg`` for ``.fits``; `astrohvae.io.ds9`).
 
     Returns
     -------
@@ -721,8 +742,14 @@ def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, pr
     timings.update(prod.timings)
     t1 = time.perf_counter()
     write_catalog(out, prod.table, prod.segmap, prod.classmap, prod.masks, prod.header,
-                  latent_dim=prod.latent_dim)
+                  latent_dim=prod.latent_dim, wcs=field.wcs)
     timings["write"] = time.perf_counter() - t1
+    if regions:
+        from astrohvae.io.ds9 import write_regions
+
+        t1 = time.perf_counter()
+        write_regions(regions_path(out), prod.table, field.wcs)
+        timings["regions"] = time.perf_counter() - t1
     if png is not None:
         from astrohvae.preview import write_preview
 
@@ -770,7 +797,7 @@ def _survey_task(inp, out, opts):
         seg = load_segmenter(opts.get("segmenter", "auto"), opts.get("device", "cpu"))
         res = run_field(inp, out, classifier=clf, segmenter=seg, batch_size=opts.get("batch_size", 256),
                         nsigma=opts.get("nsigma", DEFAULT_NSIGMA), preview=opts.get("preview", False),
-                        threads=int(opts.get("threads", 1)))
+                        threads=int(opts.get("threads", 1)), regions=opts.get("regions", False))
         rec = {"status": "done", "rows": res.rows, "n_star": res.n_star, "n_galaxy": res.n_galaxy,
                "error": "", "timings": {k: round(v, 3) for k, v in res.timings.items()}}
     except AstroHVAEError as exc:
@@ -864,7 +891,7 @@ class SurveyResult:
 def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, device="cpu",
                batch_size=256, segmenter="auto", nsigma=DEFAULT_NSIGMA, memory_limit="4GiB",
                threads_per_worker=1, progress=True, preview=False, max_in_flight=None,
-               processes=True):
+               processes=True, regions=False):
     """Catalogue many fields on dask.distributed, resumably.
 
     Parameters
@@ -888,6 +915,8 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
         so that no worker is left with one long field at the end.
     processes : bool
         LocalCluster worker processes (True) or threads in this process.
+    regions : bool
+        Also write ``<field>.cat.reg`` (DS9 regions) beside each catalogue.
 
     Returns
     -------
@@ -920,7 +949,7 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
 
     opts = {"weights": str(weights) if weights else None, "device": device, "batch_size": batch_size,
             "segmenter": segmenter if isinstance(segmenter, str) else "auto", "nsigma": nsigma,
-            "threads": threads_per_worker, "preview": preview}
+            "threads": threads_per_worker, "preview": preview, "regions": regions}
 
     with _survey_lock(out_dir):
         old = _read_ledger(ledger_path) or {"fields": {}}

@@ -33,6 +33,7 @@ from astrohvae.preprocess import MASK_OWN, central_window, clean_gri, clean_stam
 __all__ = [
     "stellar_locus",
     "radius_grid",
+    "PSF_HALF",
     "chunked_statistics",
     "loaded",
     "profile_features",
@@ -340,7 +341,7 @@ def band_saturated(stamps, psf_image, hi=0.85, lo=0.6, min_snr=50.0):
     return ((rel >= hi) & ok).any(axis=1) & ((rel <= lo) & ok).any(axis=1)
 
 
-_PSF_HALF = 12
+PSF_HALF = 12
 """The PSF is kept within this many pixels of the stamp centre."""
 
 
@@ -353,18 +354,18 @@ def _psf_candidates(flux, mask, sky):
     clean = recentre(clean, dy, dx)
     f = source_flux(clean, mask, sky)
     # the median runs over the central window only
-    win = (slice(None), slice(None)) + central_window(*clean.shape[-2:], _PSF_HALF)
+    win = (slice(None), slice(None)) + central_window(*clean.shape[-2:], PSF_HALF)
     return clean[win] / f[:, None, None, None]
 
 
 def _stack(candidates, shape):
-    """The PSF image ``shape`` (B, ny, nx): median of the candidates, unit g+r+i flux within `_PSF_HALF`."""
+    """The PSF image ``shape`` (B, ny, nx): median of the candidates, unit g+r+i flux within `PSF_HALF`."""
     ny, nx = shape[-2:]
-    win = (slice(None),) + central_window(ny, nx, _PSF_HALF)
+    win = (slice(None),) + central_window(ny, nx, PSF_HALF)
     img = np.zeros(shape, candidates.dtype)
     img[win] = np.median(candidates, axis=0)
     r = radius_grid(ny, nx)
-    img = np.where(r[None] <= _PSF_HALF, img, 0.0)
+    img = np.where(r[None] <= PSF_HALF, img, 0.0)
     img /= img[_GRI].sum()
     return img
 
