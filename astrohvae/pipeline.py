@@ -39,13 +39,16 @@ import numpy as np
 from astropy.table import Table
 
 from astrohvae import BANDS, STAMP_SIZE, __version__
+from astrohvae.conventions import FLAG_MASKED
 from astrohvae.errors import AstroHVAEError, InputError, OutputError
 from astrohvae.io.atomic import atomic_path, check_output, check_writable_dir
-from astrohvae.io.catalog import CLASS_CODES, Z_AE_DIM, conform_table, empty_table, write_catalog
+from astrohvae.io.catalog import Z_AE_DIM, conform_table, empty_table, write_catalog
 from astrohvae.io.field import Field
 
 __all__ = [
     "FieldProducts",
+    "check_field",
+    "input_paths",
     "RunResult",
     "example_field",
     "field_name",
@@ -389,7 +392,8 @@ MIN_FIELD_SIDE = STAMP_SIZE
 """Smallest field side (pixels) `run_field` accepts: one stamp (the segmenter's windows need it)."""
 
 
-def _check_field(field, path):
+def check_field(field, path):
+    """Raise `InputError` (naming ``path``) unless ``field`` is five bands of at least `MIN_FIELD_SIDE` px with valid pixels."""
     if field.data.ndim != 3 or field.data.shape[0] != len(BANDS):
         raise InputError(path, f"expected {len(BANDS)} bands, got array of shape {field.data.shape}")
     if field.data.shape[1] < MIN_FIELD_SIDE or field.data.shape[2] < MIN_FIELD_SIDE:
@@ -412,7 +416,6 @@ def _relabel(segm_data, ids):
     return lut[segm_data]
 
 
-FLAG_MASKED = 4
 MASK_GROW = 2
 
 
@@ -437,9 +440,9 @@ def _masked_flags(segmap, mask, n, grow=MASK_GROW):
 
 def make_classmap(segmap, classes):
     """uint8 map: 0 sky, 1 star, 2 galaxy, from a segmap with labels 1..N and N class names."""
-    codes = np.zeros(len(classes) + 1, dtype=np.uint8)
-    codes[1:] = [CLASS_CODES[c] for c in classes]
-    return codes[segmap]
+    from astrohvae.segment import classmap
+
+    return classmap(segmap, np.arange(1, len(classes) + 1), classes)
 
 
 def _stamp_store(field, segm, sources, background, batch_size, workdir, stamps_mod):
@@ -635,10 +638,14 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
             "FLUXTYPE": ("segment", "flux_* summed over the source segment"),
             "INFILE": [Path(f).name for f in field.files] or [field.name or "in-memory"],
         }
+        from astrohvae.preview import is_simulated
+
+        if is_simulated(field):
+            header["SIMULATE"] = (True, "input frames made by astrohvae.simulate")
         latent_dim = int(getattr(classifier, "latent_dim", 0) or 0) or 1
         ny, nx = field.shape
         if sources is None:
-            t.zero("measure", "stamps", "classify")
+            t.zero("measure", "stamps", "classify", "photometry")
             return _empty_products(ny, nx, header, t, latent_dim)
         n = len(sources)
         t.start()
@@ -650,8 +657,14 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
             t.start()
             p, lat, stamp_mask = _classify_field(classifier, dflux, dmask, dsky, meta, stamps_mod, batch_size)
             masks = (stamp_mask & 1).astype(np.uint8)
-            del stamp_mask
             t.stop("classify")
+            t.start()
+            from astrohvae.measure import measure_catalog
+
+            extra = measure_catalog(field, segm, background,
+                                    stamps_mod.StampSet(dflux, stamp_mask, np.asarray(dsky), meta))
+            del stamp_mask
+            t.stop("photometry")
 
     table = Table(sources, copy=True)
     table["id"] = np.arange(1, n + 1, dtype=np.int32)
@@ -672,6 +685,8 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
         flags = flags | np.asarray(meta["flags"], dtype=np.int32)
     segmap = np.asarray(segm.data, dtype=np.int32)
     table["flags"] = flags | _masked_flags(segmap, field.mask, n)
+    for name in extra.colnames:
+        table[name] = extra[name]
     latent_dim = z_hvae.shape[1]
     table = conform_table(table, latent_dim=latent_dim)
     classmap = make_classmap(segmap, cls)
@@ -696,6 +711,11 @@ def _default_weights_dir():
 
 
 # ----------------------------------------------------------------------------- one field
+def regions_path(catalog):
+    """The DS9 region file beside a catalogue: ``X.cat.fits`` -> ``X.cat.reg``."""
+    return Path(catalog).with_suffix(".reg")
+
+
 def default_output(name, directory="."):
     """``<directory>/<name>.cat.fits``."""
     return Path(directory) / f"{name}.cat.fits"
@@ -703,7 +723,7 @@ def default_output(name, directory="."):
 
 def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, preview=False,
               segmenter="auto", nsigma=DEFAULT_NSIGMA, classifier=None, preview_out=None, threads=None,
-              overwrite=True, progress=False):
+              regions=False, overwrite=True, progress=False):
     """Read a field, make its catalogue, write it atomically (and a preview).
 
     Parameters
@@ -726,6 +746,9 @@ def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, pr
         An already loaded classifier (overrides ``weights``).
     threads : int, optional
         Threads for reading the bands (default one per CPU).
+    regions : bool
+        Also write a DS9 region file beside the catalogue (``<out>`` with
+        ``.reg`` for ``.fits``; `astrohvae.io.ds9`).
     overwrite : bool
         Replace an existing catalogue (and preview) written by astrohvae; never
         an input or any other file (see `astrohvae.io.atomic.check_output`).
@@ -754,6 +777,8 @@ def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, pr
         if os.path.abspath(png) == os.path.abspath(out):
             raise OutputError(png, "the preview and the catalogue cannot be the same file")
         check_output(png, inputs=inputs, kind="png", overwrite=overwrite)
+    if regions:
+        check_output(regions_path(out), inputs=inputs, kind="text", overwrite=overwrite)
     _check_nsigma(nsigma)
 
     from tqdm.auto import tqdm
@@ -769,13 +794,13 @@ def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, pr
 
     try:
         return _run_field(path, field, label, name, out, png, weights, device, batch_size, segmenter, nsigma,
-                          classifier, threads, t0, on_step)
+                          classifier, threads, t0, on_step, regions)
     finally:
         bar.close()
 
 
 def _run_field(path, field, label, name, out, png, weights, device, batch_size, segmenter, nsigma, classifier,
-               threads, t0, on_step):
+               threads, t0, on_step, regions):
     clf = classifier if classifier is not None else load_classifier(weights, device)
     seg = load_segmenter(segmenter, device)
     on_step("load")
@@ -786,7 +811,7 @@ def _run_field(path, field, label, name, out, png, weights, device, batch_size, 
         field = read_input(path, threads=threads)
         timings["read"] = time.perf_counter() - t1
         on_step("read")
-    _check_field(field, label)
+    check_field(field, label)
     try:
         prod = process_field(field, clf, segmenter=seg, nsigma=nsigma, batch_size=batch_size, workdir=None,
                              on_step=on_step)
@@ -797,9 +822,15 @@ def _run_field(path, field, label, name, out, png, weights, device, batch_size, 
     t1 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     write_catalog(out, prod.table, prod.segmap, prod.classmap, prod.masks, prod.header,
-                  latent_dim=prod.latent_dim)
+                  latent_dim=prod.latent_dim, wcs=field.wcs)
     timings["write"] = time.perf_counter() - t1
     on_step("write")
+    if regions:
+        from astrohvae.io.ds9 import write_regions
+
+        t1 = time.perf_counter()
+        write_regions(regions_path(out), prod.table, field.wcs)
+        timings["regions"] = time.perf_counter() - t1
     if png is not None:
         from astrohvae.preview import write_preview
 
@@ -849,7 +880,7 @@ def _survey_task(inp, out, opts):
         seg = load_segmenter(opts.get("segmenter", "auto"), opts.get("device", "cpu"))
         res = run_field(inp, out, classifier=clf, segmenter=seg, batch_size=opts.get("batch_size", 256),
                         nsigma=opts.get("nsigma", DEFAULT_NSIGMA), preview=opts.get("preview", False),
-                        threads=int(opts.get("threads", 1)))
+                        threads=int(opts.get("threads", 1)), regions=opts.get("regions", False))
         rec = {"status": "done", "rows": res.rows, "n_star": res.n_star, "n_galaxy": res.n_galaxy,
                "error": "", "timings": {k: round(v, 3) for k, v in res.timings.items()}}
     except AstroHVAEError as exc:
@@ -943,7 +974,7 @@ class SurveyResult:
 def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, device="cpu",
                batch_size=256, segmenter="auto", nsigma=DEFAULT_NSIGMA, memory_limit="4GiB",
                threads_per_worker=1, progress=True, preview=False, max_in_flight=None,
-               processes=True):
+               processes=True, regions=False):
     """Catalogue many fields on dask.distributed, resumably.
 
     Parameters
@@ -967,6 +998,8 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
         so that no worker is left with one long field at the end.
     processes : bool
         LocalCluster worker processes (True) or threads in this process.
+    regions : bool
+        Also write ``<field>.cat.reg`` (DS9 regions) beside each catalogue.
 
     Returns
     -------
@@ -999,7 +1032,7 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
 
     opts = {"weights": str(weights) if weights else None, "device": device, "batch_size": batch_size,
             "segmenter": segmenter if isinstance(segmenter, str) else "auto", "nsigma": nsigma,
-            "threads": threads_per_worker, "preview": preview}
+            "threads": threads_per_worker, "preview": preview, "regions": regions}
 
     with _survey_lock(out_dir):
         old = _read_ledger(ledger_path) or {"fields": {}}

@@ -284,7 +284,7 @@ def fuzz_one(folder, frames, band, op, args, compress, timeout=60):
     import warnings
 
     from astrohvae.errors import InputError
-    from astrohvae.pipeline import _check_field
+    from astrohvae.pipeline import check_field
     from astrohvae.io.readers import read_field
 
     for q in Path(folder).iterdir():
@@ -305,7 +305,7 @@ def fuzz_one(folder, frames, band, op, args, compress, timeout=60):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             field = read_field(folder)
-            _check_field(field, folder)
+            check_field(field, folder)
         return None
     except InputError as exc:
         text = str(exc)
