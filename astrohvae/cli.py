@@ -389,6 +389,7 @@ def train(store, model_kind, divergence, prior, beta, out, epochs, latent_epochs
 @click.option("--segmenter", type=click.Choice(["auto", "network", "photutils"]), default="auto", show_default=True,
               help="As for 'run' (the same default), so the store holds the stamps 'run' classifies.")
 @click.option("--nsigma", type=click.FloatRange(0, min_open=True), default=1.5, show_default=True,
+              callback=_check_nsigma,
               help="Detection threshold of the photutils segmenter, in units of the detection image's noise.")
 @_device_option()
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
