@@ -606,7 +606,19 @@ def _check_stamps(stamps):
 # ---------------------------------------------------------------------------
 # A+Vr
 # ---------------------------------------------------------------------------
-class HierarchicalClassifier:
+class _Estimator:
+    """What every estimator of `MODELS` shares: its parameters and its weights folder."""
+
+    def get_params(self):
+        """Constructor parameters (scikit-learn convention)."""
+        return _get_params(self)
+
+    def save(self, directory, **config):
+        """Write the fitted estimator into ``directory`` (see `save_model`); returns its hash."""
+        return save_model(self, directory, **config)
+
+
+class HierarchicalClassifier(_Estimator):
     """A+Vr: AE (30 latents) -> 1-D VAE with an asymmetric two-peak prior.
 
     Parameters
@@ -916,10 +928,6 @@ class HierarchicalClassifier:
         return np.where(self.predict_proba(stamps, batch_size) >= 0.5, "galaxy", "star")
 
     # persistence (one format: `save_model` / `load_model`) ------------------
-    def get_params(self):
-        """Constructor parameters (scikit-learn convention)."""
-        return _get_params(self)
-
     def _fitted_state(self):
         """``(modules, arrays, values)``: everything `fit` learnt, for `save_model`."""
         arrays = {}
@@ -959,10 +967,6 @@ class HierarchicalClassifier:
         if "ae_pcs" in arrays:
             self.ae_mean_, self.ae_scale_, self.ae_pcs_ = arrays["ae_mean"], arrays["ae_scale"], arrays["ae_pcs"]
 
-    def save(self, directory, **config):
-        """Write the fitted classifier into ``directory`` (see `save_model`); returns its hash."""
-        return save_model(self, directory, **config)
-
     @classmethod
     def load(cls, directory, device="auto"):
         """Load a classifier written by `save` (see `load_model`)."""
@@ -972,7 +976,7 @@ class HierarchicalClassifier:
 # ---------------------------------------------------------------------------
 # V+M / Vr+M
 # ---------------------------------------------------------------------------
-class ManifoldClassifier:
+class ManifoldClassifier(_Estimator):
     """V+M / Vr+M: conv VAE latents -> 1-D Isomap -> threshold at the star fraction.
 
     Parameters
@@ -1071,10 +1075,6 @@ class ManifoldClassifier:
         return Isomap(n_neighbors=min(self.n_neighbors, self.max_manifold - 1), n_components=1,
                       eigen_solver="dense")
 
-    def get_params(self):
-        """Constructor parameters (scikit-learn convention)."""
-        return _get_params(self)
-
     def _fitted_state(self):
         arrays = {"scale": self.scale_, "center": self.center_, "manifold_z": self.manifold_z_,
                   "manifold_embedding": self.manifold_embedding_}
@@ -1108,15 +1108,11 @@ class ManifoldClassifier:
     def predict(self, stamps, batch_size=256):
         return np.where(self.predict_proba(stamps, batch_size) >= 0.5, "galaxy", "star")
 
-    def save(self, directory, **config):
-        """Write the fitted classifier into ``directory`` (see `save_model`); returns its hash."""
-        return save_model(self, directory, **config)
-
 
 # ---------------------------------------------------------------------------
 # the plain AE: a feature extractor, not a classifier
 # ---------------------------------------------------------------------------
-class AutoEncoderFeatures:
+class AutoEncoderFeatures(_Estimator):
     """The paper's convolutional AE alone: 30 latents per stamp, no classes.
 
     ``transform(stamps)`` gives ``{'z_ae': (N, latent_dim)}``; it has no
@@ -1142,10 +1138,6 @@ class AutoEncoderFeatures:
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
-
-    def get_params(self):
-        """Constructor parameters (scikit-learn convention)."""
-        return _get_params(self)
 
     def fit(self, stamps, y=None):
         """Fit on unlabelled stamps (``y`` ignored)."""
@@ -1173,10 +1165,6 @@ class AutoEncoderFeatures:
 
     def _set_fitted_state(self, modules, arrays, values):
         self.ae_ = modules["ae"]
-
-    def save(self, directory, **config):
-        """Write the fitted AE into ``directory`` (see `save_model`); returns its hash."""
-        return save_model(self, directory, **config)
 
 
 # ---------------------------------------------------------------------------

@@ -575,7 +575,10 @@ def _fit(model, loss_fn, x, *, val, epochs, batch_size, lr, weight_decay, device
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)
 
-    if best_state is not None:
+    # with a validation set the best epoch's weights are kept; without one the
+    # "best" training loss is a noisy per-epoch mean of a moving model, so the
+    # weights after the last epoch are kept (as a plain loop would)
+    if best_state is not None and val_source is not None:
         model.load_state_dict(best_state)
     history["best_epoch"] = best_epoch
     history["best_loss"] = best_val

@@ -208,7 +208,7 @@ def main(argv=None):
     r_encode = inf["encoder eager"]["stamps_per_s"]
 
     # one hvae epoch per stamp: an AE epoch, the encoding pass, a latent-VAE epoch
-    # (fit_hvae's defaults: 20 AE epochs, 100 latent epochs -> weight them so)
+    # (weighted as 20 AE epochs and 100 latent epochs, the settings this benchmark has always reported)
     r_hvae_epoch = 1.0 / (1.0 / r_ae + 1.0 / r_lat)
     r_hvae_default = 1.0 / (20 / r_ae + 1 / r_encode + 100 / r_lat) * 20
     res["training"] = {
