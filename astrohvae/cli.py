@@ -94,9 +94,12 @@ def _quiet_warnings():
               show_default=True, help="Segmentation: the shipped network (auto: when installed) or photutils.")
 @click.option("--nsigma", type=float, default=1.5, show_default=True,
               help="Detection threshold of the photutils segmentation, in sigma.")
+@click.option("--isophote", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
+              help="Level the footprints are grown to, in units of the r band's per-pixel sky sigma "
+                   "(network segmenter; header card SEGISO).")
 @click.option("--example", is_flag=True,
               help="Run on the embedded example (a 1024x744 field simulated with a fixed seed).")
-def run(field, out, weights, device, batch_size, preview, preview_out, segmenter, nsigma, example):
+def run(field, out, weights, device, batch_size, preview, preview_out, segmenter, nsigma, isophote, example):
     """Catalogue one field: segmentation, stamps, star/galaxy classification.
 
     FIELD is any input the reader takes: an SDSS field folder, one frame
@@ -114,7 +117,7 @@ def run(field, out, weights, device, batch_size, preview, preview_out, segmenter
     else:
         src = field[0] if len(field) == 1 else list(field)
     res = run_field(src, out, weights=weights, device=device, batch_size=batch_size, preview=preview,
-                    preview_out=preview_out, segmenter=segmenter, nsigma=nsigma)
+                    preview_out=preview_out, segmenter=segmenter, nsigma=nsigma, isophote=isophote)
     frac = f"{res.star_fraction:.3f}" if res.rows else "n/a"
     click.echo(f"catalogue: {res.catalog}  ({res.rows} sources: {res.n_star} stars, {res.n_galaxy} galaxies, "
                f"star fraction {frac}; {res.seconds:.1f} s)")
@@ -140,10 +143,13 @@ def run(field, out, weights, device, batch_size, preview, preview_out, segmenter
 @click.option("--segmenter", type=click.Choice(["auto", "network", "photutils"]), default="auto",
               show_default=True)
 @click.option("--nsigma", type=float, default=1.5, show_default=True)
+@click.option("--isophote", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
+              help="Level the footprints are grown to, in units of the r band's per-pixel sky sigma "
+                   "(network segmenter; header card SEGISO).")
 @click.option("--preview/--no-preview", default=False, help="Also write <field>.cat.png per field.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def survey(fields, out_dir, scheduler, workers, memory_limit, weights, device, batch_size, segmenter, nsigma,
-           preview, progress):
+           isophote, preview, progress):
     """Catalogue many FIELDS on dask.distributed (resumable).
 
     Fields whose catalogue is already complete in OUT are skipped; a field
@@ -161,7 +167,8 @@ def survey(fields, out_dir, scheduler, workers, memory_limit, weights, device, b
         if not (w / "model.safetensors").is_file() or not (w / "config.json").is_file():
             raise InputError(w, "not a weights folder (model.safetensors and config.json expected)")
     res = run_survey(list(fields), out_dir, scheduler=scheduler, workers=workers, weights=weights, device=device,
-                     batch_size=batch_size, segmenter=segmenter, nsigma=nsigma, memory_limit=memory_limit,
+                     batch_size=batch_size, segmenter=segmenter, nsigma=nsigma, isophote=isophote,
+                     memory_limit=memory_limit,
                      progress=progress, preview=preview)
     tab = res.table
     click.echo("\n".join(tab.pformat(max_lines=-1, max_width=-1)))
@@ -184,8 +191,11 @@ def survey(fields, out_dir, scheduler, workers, memory_limit, weights, device, b
 @click.option("--weights", type=click.Path(file_okay=False), default=None, help="Segmenter weights folder.")
 @click.option("--classify", is_flag=True, help="Classify the segments and write CLASSMAP (0 bkg, 1 star, 2 galaxy).")
 @click.option("--plots", is_flag=True, help="Also write <out>-segment.png and <out>-segment-zoom.png.")
+@click.option("--isophote", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
+              help="Level the footprints are grown to, in units of the r band's per-pixel sky sigma "
+                   "(network segmenter; header card SEGISO).")
 @click.option("--device", default="auto", show_default=True)
-def segment(field, out, variant, weights, classify, plots, device):
+def segment(field, out, variant, weights, classify, plots, isophote, device):
     """Segment FIELD (frames, a folder, a MEF or a cube) without labels; write SEGMAP to OUT."""
     import warnings
 
@@ -193,7 +203,7 @@ def segment(field, out, variant, weights, classify, plots, device):
 
     warnings.filterwarnings("ignore", module="photutils")
     res = segment_file(list(field) if len(field) > 1 else field[0], out, variant=variant, weights=weights,
-                       classify=classify, plots=plots, device=device)
+                       classify=classify, plots=plots, device=device, isophote=isophote)
     click.echo(f"{res['out']}: {res['n_sources']} sources; segmentation {res['segment_seconds']:.1f} s, "
                f"total {res['seconds']:.1f} s")
     for p in res["plots"]:

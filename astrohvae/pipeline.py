@@ -196,13 +196,14 @@ def _load_classifier_from(path, device):
         raise InputError(path, _one_line(f"weights do not fit the classifier ({type(exc).__name__}: {exc})", 200))
 
 
-def load_segmenter(segmenter="auto", device="auto"):
+def load_segmenter(segmenter="auto", device="auto", isophote=None):
     """Resolve ``segmenter`` to an object with ``segment(field, background)``, or None.
 
     ``'auto'``: the shipped network segmenter when its weights exist, else the
     photutils baseline (None).  ``'network'``: the network, an error when
     unavailable.  ``'photutils'``: None (the baseline `astrohvae.stamps.detect`).
-    Any other object is returned as is.
+    Any other object is returned as is.  ``isophote``: the network's
+    footprint level in r sky sigma (None: its default, 0.5).
     """
     if segmenter is None or segmenter == "photutils":
         return None
@@ -210,17 +211,17 @@ def load_segmenter(segmenter="auto", device="auto"):
         return segmenter
     if segmenter not in ("auto", "network"):
         raise ValueError(f"unknown segmenter {segmenter!r}; use 'auto', 'network' or 'photutils'")
-    key = ("seg", device)
+    key = ("seg", device, isophote)
     with _CACHE_LOCK:
         if key not in _MODEL_CACHE:
-            _MODEL_CACHE[key] = _load_default_segmenter(device, required=segmenter == "network")
+            _MODEL_CACHE[key] = _load_default_segmenter(device, required=segmenter == "network", isophote=isophote)
     seg = _MODEL_CACHE[key]
     if seg is None and segmenter == "network":
         raise InputError("astrohvae/data", "no network segmenter weights are installed")
     return seg
 
 
-def _load_default_segmenter(device, required):
+def _load_default_segmenter(device, required, isophote=None):
     """The shipped network segmenter; None when it is not installed (unless ``required``)."""
     try:
         from astrohvae.segment import WEIGHTS_DIR, load_default_segmenter
@@ -229,7 +230,7 @@ def _load_default_segmenter(device, required):
             raise InputError("astrohvae/segment.py", "the network segmenter is not available")
         return None
     try:
-        return load_default_segmenter(device=device)
+        return load_default_segmenter(device=device, **({} if isophote is None else {"isophote": float(isophote)}))
     except InputError as exc:
         if required or Path(exc.path).exists():  # installed but unreadable: say so
             raise
@@ -546,6 +547,8 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
             "CLFMETH": (str(getattr(classifier, "method", type(classifier).__name__)), "classifier method"),
             "DETMETH": (_segmenter_name(segmenter), "segmentation method"),
             "DETNSIG": (float(nsigma), "detection threshold [background sigma]"),
+            "SEGISO": (float(getattr(segmenter, "isophote", None) or -1.0),
+                       "footprint isophote, r sky sigma (-1: none)"),
             "FLUXTYPE": ("segment", "flux_* summed over the source segment"),
             "INFILE": [Path(f).name for f in field.files] or [field.name or "in-memory"],
         }
@@ -630,7 +633,8 @@ def default_output(name, directory="."):
 
 
 def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, preview=False,
-              segmenter="auto", nsigma=DEFAULT_NSIGMA, classifier=None, preview_out=None, threads=None):
+              segmenter="auto", nsigma=DEFAULT_NSIGMA, classifier=None, preview_out=None, threads=None,
+              isophote=None):
     """Read a field, make its catalogue, write it atomically (and a preview).
 
     Parameters
@@ -653,6 +657,9 @@ def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, pr
         An already loaded classifier (overrides ``weights``).
     threads : int, optional
         Threads for reading the bands (default one per CPU).
+    isophote : float, optional
+        Footprint level of the network segmenter in r sky sigma (header
+        card SEGISO); None: its default, 0.5.
 
     Returns
     -------
@@ -674,7 +681,7 @@ def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, pr
         check_writable_dir(png)
 
     clf = classifier if classifier is not None else load_classifier(weights, device)
-    seg = load_segmenter(segmenter, device)
+    seg = load_segmenter(segmenter, device, isophote=isophote)
 
     timings = {}
     if field is None:
@@ -736,7 +743,7 @@ def _survey_task(inp, out, opts):
         except ImportError:
             pass
         clf = load_classifier(opts.get("weights"), opts.get("device", "cpu"))
-        seg = load_segmenter(opts.get("segmenter", "auto"), opts.get("device", "cpu"))
+        seg = load_segmenter(opts.get("segmenter", "auto"), opts.get("device", "cpu"), isophote=opts.get("isophote"))
         res = run_field(inp, out, classifier=clf, segmenter=seg, batch_size=opts.get("batch_size", 256),
                         nsigma=opts.get("nsigma", DEFAULT_NSIGMA), preview=opts.get("preview", False),
                         threads=int(opts.get("threads", 1)))
@@ -833,7 +840,7 @@ class SurveyResult:
 def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, device="cpu",
                batch_size=256, segmenter="auto", nsigma=DEFAULT_NSIGMA, memory_limit="4GiB",
                threads_per_worker=1, progress=True, preview=False, max_in_flight=None,
-               processes=True):
+               processes=True, isophote=None):
     """Catalogue many fields on dask.distributed, resumably.
 
     Parameters
@@ -857,6 +864,8 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
         so that no worker is left with one long field at the end.
     processes : bool
         LocalCluster worker processes (True) or threads in this process.
+    isophote : float, optional
+        Footprint level of the network segmenter (see `run_field`).
 
     Returns
     -------
@@ -889,7 +898,7 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
 
     opts = {"weights": str(weights) if weights else None, "device": device, "batch_size": batch_size,
             "segmenter": segmenter if isinstance(segmenter, str) else "auto", "nsigma": nsigma,
-            "threads": threads_per_worker, "preview": preview}
+            "threads": threads_per_worker, "preview": preview, "isophote": isophote}
 
     with _survey_lock(out_dir):
         old = _read_ledger(ledger_path) or {"fields": {}}
