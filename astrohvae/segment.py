@@ -1095,7 +1095,8 @@ def _smoothed_footprint(img, avail, own, isophote, sigma, reach):
 
 
 def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=5.0, min_flux=0.05,
-                    colour_chi2=30.0, sigma=1.5, point_hwhm=4.0, min_peak=20.0, bin_px=1.0, linearise=None):
+                    colour_chi2=30.0, contrast=5.0, sigma=1.5, point_hwhm=4.0, min_peak=20.0, bin_px=1.0,
+                    linearise=None):
     """Merge back the deblended children (or grouped segments) that are not sources of their own.
 
     photutils' (and SExtractor's) deblending keeps every child holding a
@@ -1117,7 +1118,9 @@ def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=
       its excess has a colour of its own: at the peak, the per-band
       matched-filter excesses (``bands``) differ from a multiple of the
       model's colours there by chi^2 >= ``colour_chi2`` (a foreground star
-      on a disc; a knot or an arm has the disc's colours).
+      on a disc; a knot or an arm has the disc's colours), or its excess
+      is strong (``min_peak`` sigma) and ``contrast`` times the model there
+      (a star of the galaxy's colours on its outskirts).
 
     A parent whose model falls to half its peak within ``point_hwhm`` px
     is point-like (a star, or crowded stars), one whose model peaks below
@@ -1140,7 +1143,7 @@ def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=
     bands : numpy.ndarray, optional
         ``(nb, ny, nx)`` per-band images in noise units (0 where masked)
         for the colour test; None: no colour test.
-    min_excess, min_flux, colour_chi2 : float
+    min_excess, min_flux, colour_chi2, contrast : float
         The thresholds above.
     sigma : float
         Gaussian sigma (pixels) of the per-band matched filter.
@@ -1239,7 +1242,9 @@ def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=
         cand = np.unique(lab)
         cand = cand[(cand > 0) & (cand != primary)]
         weak = cand[pe[cand] < min_excess]
-        test = cand[(pe[cand] >= min_excess) & (flux[cand] < min_flux)]
+        # a strong excess many times the parent's own light there (a star on its outskirts) is a source
+        strong = (pe >= min_peak) & (pe >= contrast * np.maximum(prof[k[peak_at]], 0.0))
+        test = cand[(pe[cand] >= min_excess) & (flux[cand] < min_flux) & ~strong[cand]]
         if test.size and bands is not None:
             j = peak_at[test]
             chi2 = np.zeros(test.size)
