@@ -176,13 +176,16 @@ def _quiet_warnings(verbose=False):
               show_default=True, help="Segmentation: the shipped network (auto: when installed) or photutils.")
 @click.option("--nsigma", type=float, default=1.5, show_default=True, callback=_check_nsigma,
               help="Detection threshold of the photutils segmentation, in sigma (finite, > 0).")
+@click.option("--isophote", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
+              help="Level the footprints are grown to, in units of the r band's per-pixel sky sigma "
+                   "(network segmenter; header card SEGISO).")
 @click.option("--example", is_flag=True,
               help="Run on the embedded example (a 1024x744 field simulated with a fixed seed).")
 @click.option("--regions", is_flag=True,
               help="Also write a DS9 region file beside the catalogue (<out> with .reg).")
 @_overwrite_option("catalogue (and preview, regions)")
 @_verbosity
-def run(field, out, weights, device, batch_size, preview, preview_out, segmenter, nsigma, example, regions,
+def run(field, out, weights, device, batch_size, preview, preview_out, segmenter, nsigma, isophote, example, regions,
         overwrite, quiet, verbose):
     """Catalogue one field: segmentation, stamps, star/galaxy classification.
 
@@ -201,7 +204,7 @@ def run(field, out, weights, device, batch_size, preview, preview_out, segmenter
     else:
         src = field[0] if len(field) == 1 else list(field)
     res = run_field(src, out, weights=weights, device=device, batch_size=batch_size, preview=preview,
-                    preview_out=preview_out, segmenter=segmenter, nsigma=nsigma, regions=regions,
+                    preview_out=preview_out, segmenter=segmenter, nsigma=nsigma, isophote=isophote, regions=regions,
                     overwrite=overwrite, progress=not quiet and sys.stderr.isatty())
     frac = f"{res.star_fraction:.3f}" if res.rows else "n/a"
     click.echo(f"catalogue: {res.catalog}  ({res.rows} sources: {res.n_star} stars, {res.n_galaxy} galaxies, "
@@ -234,11 +237,14 @@ def run(field, out, weights, device, batch_size, preview, preview_out, segmenter
 @click.option("--segmenter", type=click.Choice(["auto", "network", "photutils"]), default="auto",
               show_default=True)
 @click.option("--nsigma", type=float, default=1.5, show_default=True)
+@click.option("--isophote", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
+              help="Level the footprints are grown to, in units of the r band's per-pixel sky sigma "
+                   "(network segmenter; header card SEGISO).")
 @click.option("--preview/--no-preview", default=False, help="Also write <field>.cat.png per field.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--regions", is_flag=True, help="Also write <field>.cat.reg (DS9 regions) per field.")
 def survey(fields, out_dir, scheduler, workers, memory_limit, weights, device, batch_size, segmenter, nsigma,
-           preview, progress, regions):
+           isophote, preview, progress, regions):
     """Catalogue many FIELDS on dask.distributed (resumable).
 
     Fields whose catalogue is already complete in OUT are skipped; a field
@@ -256,8 +262,8 @@ def survey(fields, out_dir, scheduler, workers, memory_limit, weights, device, b
         if not (w / "model.safetensors").is_file() or not (w / "config.json").is_file():
             raise InputError(w, "not a weights folder (model.safetensors and config.json expected)")
     res = run_survey(list(fields), out_dir, scheduler=scheduler, workers=workers, weights=weights, device=device,
-                     batch_size=batch_size, segmenter=segmenter, nsigma=nsigma, memory_limit=memory_limit,
-                     progress=progress, preview=preview, regions=regions)
+                     batch_size=batch_size, segmenter=segmenter, nsigma=nsigma, isophote=isophote,
+                     memory_limit=memory_limit, progress=progress, preview=preview, regions=regions)
     tab = res.table
     click.echo("\n".join(tab.pformat(max_lines=-1, max_width=-1)))
     done = int((tab["status"] != "failed").sum()) if len(tab) else 0
@@ -280,10 +286,13 @@ def survey(fields, out_dir, scheduler, workers, memory_limit, weights, device, b
 @click.option("--weights", type=click.Path(file_okay=False), default=None, help="Segmenter weights folder.")
 @click.option("--classify", is_flag=True, help="Classify the segments and write CLASSMAP (0 bkg, 1 star, 2 galaxy).")
 @click.option("--plots", is_flag=True, help="Also write <out>-segment.png and <out>-segment-zoom.png.")
+@click.option("--isophote", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
+              help="Level the footprints are grown to, in units of the r band's per-pixel sky sigma "
+                   "(network segmenter; header card SEGISO).")
 @_device_option()
 @_overwrite_option("segmentation (and plots)")
 @_verbosity
-def segment(field, out, variant, weights, classify, plots, device, overwrite, quiet, verbose):
+def segment(field, out, variant, weights, classify, plots, isophote, device, overwrite, quiet, verbose):
     """Segment FIELD (frames, a folder, a MEF or a cube) without labels; write SEGMAP to OUT."""
     import warnings
     from pathlib import Path
@@ -305,7 +314,8 @@ def segment(field, out, variant, weights, classify, plots, device, overwrite, qu
     fld = read_input(src)  # every reader failure as one line
     check_field(fld, src)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    res = segment_file(fld, out, variant=variant, weights=weights, classify=classify, plots=plots, device=device)
+    res = segment_file(fld, out, variant=variant, weights=weights, classify=classify, plots=plots, device=device,
+                       isophote=isophote)
     click.echo(f"{res['out']}: {res['n_sources']} sources; segmentation {res['segment_seconds']:.1f} s, "
                f"total {res['seconds']:.1f} s")
     for p in res["plots"]:

@@ -41,7 +41,7 @@ from astropy.table import Table
 from astrohvae import BANDS, STAMP_SIZE, __version__
 from astrohvae.conventions import FLAG_MASKED
 from astrohvae.errors import AstroHVAEError, InputError, OutputError
-from astrohvae.io.atomic import atomic_path, check_output, check_writable_dir
+from astrohvae.io.atomic import atomic_path, check_output
 from astrohvae.io.catalog import Z_AE_DIM, conform_table, empty_table, write_catalog
 from astrohvae.io.field import Field
 
@@ -201,13 +201,14 @@ def _load_classifier_from(path, device):
     return est
 
 
-def load_segmenter(segmenter="auto", device="auto"):
+def load_segmenter(segmenter="auto", device="auto", isophote=None):
     """Resolve ``segmenter`` to an object with ``segment(field, background)``, or None.
 
     ``'auto'``: the shipped network segmenter when its weights exist, else the
     photutils baseline (None).  ``'network'``: the network, an error when
     unavailable.  ``'photutils'``: None (the baseline `astrohvae.stamps.detect`).
-    Any other object is returned as is.
+    Any other object is returned as is.  ``isophote``: the network's
+    footprint level in r sky sigma (None: its default, 0.5).
     """
     if segmenter is None or segmenter == "photutils":
         return None
@@ -215,17 +216,17 @@ def load_segmenter(segmenter="auto", device="auto"):
         return segmenter
     if segmenter not in ("auto", "network"):
         raise ValueError(f"unknown segmenter {segmenter!r}; use 'auto', 'network' or 'photutils'")
-    key = ("seg", device)
+    key = ("seg", device, isophote)
     with _CACHE_LOCK:
         if key not in _MODEL_CACHE:
-            _MODEL_CACHE[key] = _load_default_segmenter(device, required=segmenter == "network")
+            _MODEL_CACHE[key] = _load_default_segmenter(device, required=segmenter == "network", isophote=isophote)
     seg = _MODEL_CACHE[key]
     if seg is None and segmenter == "network":
         raise InputError("astrohvae/data", "no network segmenter weights are installed")
     return seg
 
 
-def _load_default_segmenter(device, required):
+def _load_default_segmenter(device, required, isophote=None):
     """The shipped network segmenter; None when it is not installed (unless ``required``)."""
     try:
         from astrohvae.segment import WEIGHTS_DIR, load_default_segmenter
@@ -234,7 +235,7 @@ def _load_default_segmenter(device, required):
             raise InputError("astrohvae/segment.py", "the network segmenter is not available")
         return None
     try:
-        return load_default_segmenter(device=device)
+        return load_default_segmenter(device=device, **({} if isophote is None else {"isophote": float(isophote)}))
     except InputError as exc:
         if required or Path(exc.path).exists():  # installed but unreadable: say so
             raise
@@ -635,6 +636,8 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
             "CLFMETH": (str(getattr(classifier, "method", type(classifier).__name__)), "classifier method"),
             "DETMETH": (segmenter_name(segmenter), "segmentation method"),
             "DETNSIG": (float(nsigma), "detection threshold [background sigma]"),
+            "SEGISO": (float(getattr(segmenter, "isophote", None) or -1.0),
+                       "footprint isophote, r sky sigma (-1: none)"),
             "FLUXTYPE": ("segment", "flux_* summed over the source segment"),
             "INFILE": [Path(f).name for f in field.files] or [field.name or "in-memory"],
         }
@@ -723,7 +726,7 @@ def default_output(name, directory="."):
 
 def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, preview=False,
               segmenter="auto", nsigma=DEFAULT_NSIGMA, classifier=None, preview_out=None, threads=None,
-              regions=False, overwrite=True, progress=False):
+              regions=False, overwrite=True, progress=False, isophote=None):
     """Read a field, make its catalogue, write it atomically (and a preview).
 
     Parameters
@@ -755,6 +758,9 @@ def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, pr
         Missing output folders are created.
     progress : bool
         A progress bar over the steps on stderr (tqdm).
+    isophote : float, optional
+        Footprint level of the network segmenter in r sky sigma (header
+        card SEGISO); None: its default, 0.5.
 
     Returns
     -------
@@ -794,15 +800,15 @@ def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, pr
 
     try:
         return _run_field(path, field, label, name, out, png, weights, device, batch_size, segmenter, nsigma,
-                          classifier, threads, t0, on_step, regions)
+                          classifier, threads, t0, on_step, regions, isophote)
     finally:
         bar.close()
 
 
 def _run_field(path, field, label, name, out, png, weights, device, batch_size, segmenter, nsigma, classifier,
-               threads, t0, on_step, regions):
+               threads, t0, on_step, regions, isophote):
     clf = classifier if classifier is not None else load_classifier(weights, device)
-    seg = load_segmenter(segmenter, device)
+    seg = load_segmenter(segmenter, device, isophote=isophote)
     on_step("load")
 
     timings = {}
@@ -877,7 +883,7 @@ def _survey_task(inp, out, opts):
         except ImportError:
             pass
         clf = load_classifier(opts.get("weights"), opts.get("device", "cpu"))
-        seg = load_segmenter(opts.get("segmenter", "auto"), opts.get("device", "cpu"))
+        seg = load_segmenter(opts.get("segmenter", "auto"), opts.get("device", "cpu"), isophote=opts.get("isophote"))
         res = run_field(inp, out, classifier=clf, segmenter=seg, batch_size=opts.get("batch_size", 256),
                         nsigma=opts.get("nsigma", DEFAULT_NSIGMA), preview=opts.get("preview", False),
                         threads=int(opts.get("threads", 1)), regions=opts.get("regions", False))
@@ -974,7 +980,7 @@ class SurveyResult:
 def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, device="cpu",
                batch_size=256, segmenter="auto", nsigma=DEFAULT_NSIGMA, memory_limit="4GiB",
                threads_per_worker=1, progress=True, preview=False, max_in_flight=None,
-               processes=True, regions=False):
+               processes=True, regions=False, isophote=None):
     """Catalogue many fields on dask.distributed, resumably.
 
     Parameters
@@ -1000,6 +1006,8 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
         LocalCluster worker processes (True) or threads in this process.
     regions : bool
         Also write ``<field>.cat.reg`` (DS9 regions) beside each catalogue.
+    isophote : float, optional
+        Footprint level of the network segmenter (see `run_field`).
 
     Returns
     -------
@@ -1032,7 +1040,7 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
 
     opts = {"weights": str(weights) if weights else None, "device": device, "batch_size": batch_size,
             "segmenter": segmenter if isinstance(segmenter, str) else "auto", "nsigma": nsigma,
-            "threads": threads_per_worker, "preview": preview, "regions": regions}
+            "threads": threads_per_worker, "preview": preview, "regions": regions, "isophote": isophote}
 
     with _survey_lock(out_dir):
         old = _read_ledger(ledger_path) or {"fields": {}}

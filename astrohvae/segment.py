@@ -24,7 +24,14 @@ feature maps, upsampled to full resolution) are then split into "object" and
    own measured noise (`matched_filter_seeds`);
 5. all are deblended with photutils' `deblend_sources` on the
    noise-weighted g+r+i image smoothed by a Gaussian of ``deblend_fwhm``
-   pixels;
+   pixels; then every group of segments (connected through matched-filter
+   S/N > ``fragment_group``, 3) around an extended source is tested against
+   that source's smooth elliptical model (`merge_fragments`): a segment is
+   kept only if it stands out above the model by ``fragment_excess`` (5)
+   sigma *and* holds ``fragment_flux`` (5 %) of the group's light above
+   it or has colours of its own (five-band chi^2 >= ``fragment_colour``,
+   30); the knots, arms and halo bumps of a large galaxy rejoin it, a star
+   on it or a galaxy in contact stays apart;
 6. segments seen in fewer than two bands are dropped: the second-highest
    of the five per-band matched-filter S/Ns at the segment's windowed
    centroid must reach ``band_nsigma`` (2) (`band_support`); this removes
@@ -110,6 +117,7 @@ __all__ = [
     "matched_filter_sn",
     "band_support",
     "halo_peaks",
+    "merge_fragments",
     "psf_profile",
     "windowed_centroids",
     "simple_background",
@@ -120,6 +128,11 @@ __all__ = [
 ]
 
 STRETCH = 3.0
+
+SEED_ISOPHOTE = 0.5
+"""Level (r sky sigma per pixel) the seeds of faint sources are known to lie above: at this
+isophote or below, a faint source's footprint holds at least its seed's area; above it, faint
+seeds are trimmed to their PSF-scaled circles like bright ones (`grow_isophotal`)."""
 """asinh stretch of the network input, in units of the pixel noise."""
 
 DEFAULT_VARIANT = "ae-res-hc"
@@ -967,10 +980,16 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
     if faint.any():
         lab = np.flatnonzero(faint)
         R, idx, rr, free = _psf_radii(image, seg_in, lab, wy[lab], wx[lab], psf, isophote, valid)
-        # the isophote encloses at least the seed's own area (the seed lies above it)
-        R = np.minimum(np.maximum(R, np.sqrt(npx[lab] / np.pi)), (idx.shape[1] - 1) / 2)
+        if isophote <= SEED_ISOPHOTE:
+            # the isophote encloses at least the seed's own area (the seed lies above it)
+            R = np.maximum(R, np.sqrt(npx[lab] / np.pi))
+        R = np.minimum(R, (idx.shape[1] - 1) / 2)
         depth = rr / np.maximum(R, 1e-9)[:, None, None]
         take = free & (depth < 1) & (R > 0)[:, None, None]
+        if trim and isophote > SEED_ISOPHOTE:
+            # above the seeds' own level, a faint seed gives up its pixels outside its circle
+            mine = (seg_in.ravel()[idx] == lab[:, None, None]) & (depth >= 1) & (R > 0)[:, None, None]
+            c_cut.append(idx[mine])
         c_idx.append(idx[take])
         c_depth.append(depth[take].astype(np.float32))
         c_lab.append(np.broadcast_to(lab[:, None, None], take.shape)[take].astype(np.int32))
@@ -1062,6 +1081,189 @@ def _smoothed_footprint(img, avail, own, isophote, sigma, reach):
     comp, _ = ndimage.label(above | own)
     ids = np.unique(comp[own])
     return above & np.isin(comp, ids[ids > 0])
+
+
+def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=5.0, min_flux=0.05,
+                    colour_chi2=30.0, contrast=5.0, sigma=1.5, point_hwhm=4.0, min_peak=20.0, bin_px=1.0,
+                    linearise=None):
+    """Merge back the deblended children (or grouped segments) that are not sources of their own.
+
+    photutils' (and SExtractor's) deblending keeps every child holding a
+    fraction ``contrast`` of its parent's flux; on a large galaxy that
+    fraction is reached by noise bumps of the halo, by arms and by
+    star-forming knots, so the galaxy is shredded.  Here each deblended
+    parent gets a smooth model: the median of the matched-filter S/N image
+    ``sm_sn`` (and of ``det``, and of each band) in 1-px elliptical annuli
+    (the ellipse of the parent's positive ``det`` moments about its
+    brightest pixel) over the parent's and the free pixels of its bounding
+    box, forced to fall outwards.  A child other than the one holding the
+    parent's peak is kept only if
+
+    * its peak excess over the model reaches ``min_excess`` (matched-filter
+      sigma), and
+    * its light above the model (``det`` summed over the child) is at least
+      ``min_flux`` of the primary child's light (a galaxy in contact, a
+      bright star, a star among others in a crowded blob), or
+      its excess has a colour of its own: at the peak, the per-band
+      matched-filter excesses (``bands``) differ from a multiple of the
+      model's colours there by chi^2 >= ``colour_chi2`` (a foreground star
+      on a disc; a knot or an arm has the disc's colours), or its excess
+      is strong (``min_peak`` sigma) and ``contrast`` times the model there
+      (a star of the galaxy's colours on its outskirts).
+
+    A parent whose model falls to half its peak within ``point_hwhm`` px
+    is point-like (a star, or crowded stars), one whose model peaks below
+    ``min_peak`` (matched-filter sigma) too faint for its model to tell a
+    fragment from a neighbour (a crowded field's confusion): their
+    children are left as they are.  The pixels of the rejected children go to the kept children
+    of the same parent by a watershed of ``-det`` through the parent.  A
+    parent may also hold pixels of no child (a region of low matched-filter
+    S/N joining separate segments, see `NetworkSegmenter`): those stay free.
+
+    Parameters
+    ----------
+    parent_data, child_data : numpy.ndarray
+        int label arrays of the parents (before deblending, or any regions
+        that contain whole children) and of the children.
+    det : numpy.ndarray
+        The deblending image (g+r+i in noise units, smoothed).
+    sm_sn : numpy.ndarray
+        Matched-filter S/N image (`matched_filter_sn`), unit noise.
+    bands : numpy.ndarray, optional
+        ``(nb, ny, nx)`` per-band images in noise units (0 where masked)
+        for the colour test; None: no colour test.
+    min_excess, min_flux, colour_chi2, contrast : float
+        The thresholds above.
+    sigma : float
+        Gaussian sigma (pixels) of the per-band matched filter.
+    point_hwhm : float
+        Model half width (pixels) below which a parent is point-like.
+    min_peak : float
+        Model peak (matched-filter sigma) below which a parent is left alone.
+    bin_px : float
+        Width of the elliptical annuli (pixels along the major axis).
+    linearise : callable, optional
+        Applied to each band's cut-out of ``bands`` first (e.g. undoing the
+        network input's asinh stretch).
+
+    Returns
+    -------
+    numpy.ndarray
+        The label array with the rejected children merged (labels
+        renumbered 1..N in their old order).
+    """
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
+    out = np.array(child_data, np.int32, copy=True)
+    par = np.asarray(parent_data)
+    both = (out > 0) & (par > 0)
+    n_child = int(out.max(initial=0))
+    parent_of = np.zeros(n_child + 1, np.int64)
+    parent_of[out[both]] = par[both]
+    nkids = np.bincount(parent_of[1:], minlength=int(par.max(initial=0)) + 1)
+    split = np.flatnonzero(nkids >= 2)
+    split = split[split > 0]
+    if split.size == 0:
+        return out
+    slices = ndimage.find_objects(par)
+    drop = np.zeros(n_child + 1, bool)
+    band_noise = 1.0 / (2.0 * np.sqrt(np.pi) * sigma)   # matched-filter noise of a unit-noise band
+    for p in split:
+        sl = slices[p - 1]
+        own = par[sl] == p
+        kids = np.where(own, out[sl], 0)
+        d = np.where(own, det[sl], -np.inf)
+        s = sm_sn[sl]
+        py, px = np.unravel_index(int(np.argmax(d)), d.shape)
+        primary = kids[py, px]
+        yy, xx = np.nonzero(own)
+        w = np.clip(det[sl][yy, xx], 0, None).astype(np.float64)
+        W = max(w.sum(), 1e-12)
+        dy, dx = yy - py, xx - px
+        cxx = (w * dx * dx).sum() / W + 0.25
+        cyy = (w * dy * dy).sum() / W + 0.25
+        cxy = (w * dx * dy).sum() / W
+        det_c = cxx * cyy - cxy * cxy
+        if not det_c > 0:
+            continue
+        # elliptical radius in major-axis pixels: r^2 = lambda_max x^T C^-1 x; the annuli take the
+        # parent's and the free pixels of its box (a companion at the parent's edge must not fill its
+        # outer annuli alone)
+        lam = 0.5 * (cxx + cyy) + np.sqrt(0.25 * (cxx - cyy) ** 2 + cxy * cxy)
+
+        def radius(ay, ax):
+            ey, ex = ay - py, ax - px
+            return np.sqrt(np.maximum(lam * (cyy * ex * ex - 2 * cxy * ex * ey + cxx * ey * ey) / det_c, 0.0))
+
+        ay, ax = np.nonzero((par[sl] == 0) | own)
+        ka = (radius(ay, ax) / bin_px).astype(np.int64)
+        k = (radius(yy, xx) / bin_px).astype(np.int64)
+        uk, cnt = np.unique(ka, return_counts=True)
+        first = np.r_[0, np.cumsum(cnt)[:-1]]   # bin starts in the radius-sorted order
+        nbin = int(max(ka.max(), k.max())) + 1
+
+        def profile(img):
+            """Median of ``img`` in the annuli (empty ones interpolated), forced to fall outwards."""
+            vals = img[ay, ax].astype(np.float64)
+            o2 = np.lexsort((vals, ka))
+            vs = vals[o2]
+            med = 0.5 * (vs[first + (cnt - 1) // 2] + vs[first + cnt // 2])
+            return np.minimum.accumulate(np.interp(np.arange(nbin), uk, med))
+
+        prof = profile(s)
+        if prof[0] < min_peak or np.argmax(prof < 0.5 * prof[0]) * bin_px < point_hwhm:
+            continue   # a faint or point-like parent (a star, crowded stars) keeps its children
+        lab = kids[yy, xx]
+        excess = s[yy, xx] - prof[k]
+        nl = int(lab.max()) + 1
+        o = np.lexsort((excess, lab))
+        last = np.r_[np.flatnonzero(np.diff(lab[o])), lab.size - 1]
+        pe = np.full(nl, -np.inf)
+        pe[lab[o][last]] = excess[o][last]
+        peak_at = np.zeros(nl, np.int64)
+        peak_at[lab[o][last]] = o[last]
+        pdet = profile(det[sl])
+        # light above the model, relative to the primary's own light (a star among many in a crowded
+        # blob holds little of the blob but much of its brightest star)
+        flux = np.bincount(lab, np.clip(det[sl][yy, xx] - pdet[k], 0, None), nl)
+        flux /= max(np.clip(det[sl][yy, xx], 0, None)[lab == primary].sum(), 1e-12)
+        cand = np.unique(lab)
+        cand = cand[(cand > 0) & (cand != primary)]
+        weak = cand[pe[cand] < min_excess]
+        # a strong excess many times the parent's own light there (a star on its outskirts) is a source
+        strong = (pe >= min_peak) & (pe >= contrast * np.maximum(prof[k[peak_at]], 0.0))
+        test = cand[(pe[cand] >= min_excess) & (flux[cand] < min_flux) & ~strong[cand]]
+        if test.size and bands is not None:
+            j = peak_at[test]
+            chi2 = np.zeros(test.size)
+            e_all, m_all, ok_all = [], [], []
+            for b in range(bands.shape[0]):
+                bi = bands[b][sl] if linearise is None else linearise(bands[b][sl])
+                sb = ndimage.gaussian_filter(bi.astype(np.float32), sigma)
+                pb = profile(sb)
+                e_all.append(sb[yy[j], xx[j]] - pb[k[j]])
+                m_all.append(pb[k[j]])
+                ok_all.append(bi[yy[j], xx[j]] != 0)
+            e, m, ok = np.array(e_all), np.array(m_all), np.array(ok_all)
+            a = (e * m * ok).sum(0) / np.maximum((m * m * ok).sum(0), 1e-12)
+            var = band_noise ** 2 + (0.1 * e) ** 2
+            chi2 = (((e - a * m) ** 2 / var) * ok).sum(0)
+            test = test[chi2 < colour_chi2]
+        weak = np.r_[weak, test]
+        if weak.size == 0:
+            continue
+        drop[weak] = True
+        markers = np.where(drop[kids], 0, kids)
+        filled = watershed(-np.where(own, det[sl], 0), markers, mask=own, connectivity=2)
+        lab_px = own & (kids > 0)   # unlabelled pixels of a grouping parent stay free
+        out[sl][lab_px] = filled[lab_px]
+    if not drop.any():
+        return out
+    keep = ~drop
+    lut = (np.cumsum(keep) - 1).astype(np.int32)
+    lut[0] = 0
+    return lut[out]
 
 
 def _keep_labels(segm, stats, keep):
@@ -1156,13 +1358,24 @@ class NetworkSegmenter:
         Footprints of sources (not point-like) whose isophote lies at this
         radius (pixels) or more follow their smoothed isophote instead of
         an ellipse (`grow_isophotal`); None: ellipses only.
+    fragment_excess, fragment_flux, fragment_colour, fragment_group : float or None
+        Segments are grouped by the connected regions where a segment lies
+        or the matched-filter S/N exceeds ``fragment_group``; in a group
+        around an extended source, a segment is kept only if its peak
+        excess over the source's smooth model reaches ``fragment_excess``
+        matched-filter sigma and it holds ``fragment_flux`` of the group's
+        light above that model or differs from its colours by chi^2
+        ``fragment_colour`` (five bands; None: no colour test); the others
+        join the group's kept segments (`merge_fragments`).
+        ``fragment_excess=None``: photutils' contrast criterion alone.
     """
 
     def __init__(self, variant=DEFAULT_VARIANT, taps=DEFAULT_TAPS, tap_weights=None,
                  widths=(8, 16, 32, 32), n_components=2, n_background=2, rule_kind="free", n_pca=8, threshold=0.5, n_pixels=5,
                  deblend=True, deblend_fwhm=2.0, rule="shipped", tile=512, overlap=48,
                  batch_size=8, device="auto", random_state=0, isophote=0.5, seed_nsigma=4.0,
-                 seed_sigma=1.5, psf_snr=12.0, band_nsigma=2.0, halo_peak=2000.0, trim=True, smooth_radius=30.0):
+                 seed_sigma=1.5, psf_snr=12.0, band_nsigma=2.0, halo_peak=2000.0, trim=True, smooth_radius=30.0,
+                 fragment_excess=5.0, fragment_flux=0.05, fragment_colour=30.0, fragment_group=3.0):
         self.variant = variant
         self.taps = tuple(taps)
         self.tap_weights = None if tap_weights is None else tuple(float(w) for w in tap_weights)
@@ -1189,6 +1402,10 @@ class NetworkSegmenter:
         self.halo_peak = None if halo_peak is None else float(halo_peak)
         self.trim = bool(trim)
         self.smooth_radius = None if smooth_radius is None else float(smooth_radius)
+        self.fragment_excess = None if fragment_excess is None else float(fragment_excess)
+        self.fragment_flux = float(fragment_flux)
+        self.fragment_group = float(fragment_group)
+        self.fragment_colour = None if fragment_colour is None else float(fragment_colour)
 
     # -- parameters -------------------------------------------------------
     def get_params(self):
@@ -1196,7 +1413,8 @@ class NetworkSegmenter:
         keys = ("variant", "taps", "tap_weights", "widths", "n_components", "n_background", "rule_kind", "n_pca", "threshold",
                 "n_pixels", "deblend", "deblend_fwhm", "rule", "tile", "overlap", "batch_size",
                 "device", "random_state", "isophote", "seed_nsigma", "seed_sigma", "psf_snr", "band_nsigma",
-                "halo_peak", "trim", "smooth_radius")
+                "halo_peak", "trim", "smooth_radius", "fragment_excess", "fragment_flux",
+                "fragment_colour", "fragment_group")
         return {k: getattr(self, k) for k in keys}
 
     def set_params(self, **params):
@@ -1607,7 +1825,7 @@ class NetworkSegmenter:
             r = lin[_GRI.index(BANDS.index("r"))].copy() if five else lin[0].copy()
             lin = lin.sum(axis=0)
         sm_sn = None
-        if self.seed_nsigma is not None or self.halo_peak is not None:
+        if self.seed_nsigma is not None or self.halo_peak is not None or self.fragment_excess is not None:
             sm_sn = matched_filter_sn(lin, self.seed_sigma)
         if self.seed_nsigma is not None:
             # (the threshold is relative to the smoothed image's measured noise: no scaling needed)
@@ -1621,6 +1839,17 @@ class NetworkSegmenter:
             from astrohvae.stamps import deblend_segments
 
             segm = deblend_segments(det, segm, self.n_pixels, n_levels=32, contrast=0.001)
+            if self.fragment_excess is not None:
+                from scipy import ndimage
+
+                # parents: the connected regions of segments and matched-filter S/N > group_nsigma, so that
+                # the separate seeds of a galaxy's knots and arms are tested as its deblended children are
+                parents = ndimage.label((segm.data > 0) | (sm_sn > self.fragment_group), structure=np.ones((3, 3)))[0]
+                lin5 = (lambda v: np.sinh(v * np.float32(1.0 / STRETCH)) * np.float32(STRETCH)) if five else None
+                segm = SegmentationImage(merge_fragments(
+                    parents, segm.data, det, sm_sn, bands=img if five and self.fragment_colour is not None else None,
+                    min_excess=self.fragment_excess, min_flux=self.fragment_flux,
+                    colour_chi2=self.fragment_colour or np.inf, sigma=self.seed_sigma, linearise=lin5))
         valid = np.any(img != 0, axis=0)
         stats = None
         if segm is not None and (grow or (self.band_nsigma is not None and five) or self.halo_peak is not None):
@@ -1964,7 +2193,7 @@ def _zoom_window(segm, shape, size=256):
 
 
 def segment_file(field_path, out, variant=None, weights=None, classify=False, plots=False, device="auto",
-                 all_variants_in_plots=True):
+                 all_variants_in_plots=True, isophote=None):
     """Segment the field in ``field_path`` and write ``out`` (SEGMAP [+ CLASSMAP]).
 
     Parameters
@@ -1985,6 +2214,11 @@ def segment_file(field_path, out, variant=None, weights=None, classify=False, pl
         the field in colour, the mask of each shipped variant and of the
         photutils 1.5 sigma baseline, the reconstructions, and the class map.
     device : str
+    all_variants_in_plots : bool
+        Plot every shipped variant (not only the one written).
+    isophote : float, optional
+        Footprint isophote in r sky sigma (`NetworkSegmenter` ``isophote``,
+        header card SEGISO); None: the segmenter's own (0.5).
 
     Returns
     -------
@@ -1999,11 +2233,12 @@ def segment_file(field_path, out, variant=None, weights=None, classify=False, pl
     t0 = time.perf_counter()
     field = read_field(field_path)
     bkg = estimate_background(field)
+    over = {} if isophote is None else {"isophote": float(isophote)}
     if weights is not None:
-        seg = NetworkSegmenter.load(weights, device=device)
+        seg = NetworkSegmenter.load(weights, device=device, **over)
         wdir = Path(weights)
     else:
-        seg = load_default_segmenter(variant, device=device)
+        seg = load_default_segmenter(variant, device=device, **over)
         wdir = WEIGHTS_DIR / seg.variant
     img = network_input(field, bkg)
     t1 = time.perf_counter()
@@ -2024,7 +2259,9 @@ def segment_file(field_path, out, variant=None, weights=None, classify=False, pl
                           "halo test: bright-star peak S/N (-1: off)"),
               "SEGTRIM": (bool(getattr(seg, "trim", False)), "seeds trimmed to their footprints"),
               "SEGSMR": (-1.0 if getattr(seg, "smooth_radius", None) is None else seg.smooth_radius,
-                         "smoothed isophote from radius, px (-1: off)")}
+                         "smoothed isophote from radius, px (-1: off)"),
+              "SEGFRAG": (-1.0 if getattr(seg, "fragment_excess", None) is None else seg.fragment_excess,
+                          "fragment test: excess over model (-1: off)")}
     try:
         from astrohvae.weights import weights_hash
 
@@ -2057,7 +2294,7 @@ def segment_file(field_path, out, variant=None, weights=None, classify=False, pl
             if v == seg.variant:
                 results[v] = (segm, recon)
             else:
-                s2, (_, r2) = load_default_segmenter(v, device=device).segment(img, return_maps=True)
+                s2, (_, r2) = load_default_segmenter(v, device=device, **over).segment(img, return_maps=True)
                 results[v] = (s2, r2)
         results["photutils 1.5σ"] = (detect(field, bkg, nsigma=1.5), None)
         stem = Path(out)

@@ -52,6 +52,11 @@ Physics (see the module constants for the exact numbers):
   smaller than the PSF and looks like a star.  About 6 % of the objects are
   moved next to another object (close pairs, 1-4 arcsec apart); objects are
   placed up to 20 pixels beyond the field so that some are cut by its edges.
+* **Structure**: late-type discs of half-light radius >= 0.8 arcsec put
+  10-40 % of their disc light in ~15 point-like star-forming knots drawn from
+  the disc profile (as GalSim's ``RandomKnots``) and carry a two-armed
+  logarithmic spiral modulation (amplitude 0-0.6, pitch 10-30 deg);
+  ``structure=False`` gives the same field with smooth galaxies.
 * **Extinction**: every object is dimmed by Galactic extinction
   ``A_b = R_b E(B-V)`` (Schlafly & Finkbeiner 2011 coefficients), E(B-V)
   drawn per field around 0.03 (three times more in crowded fields); the truth
@@ -62,7 +67,9 @@ Physics (see the module constants for the exact numbers):
 
 Truth segmentation: a pixel belongs to object k when k's noiseless r-band
 surface brightness there exceeds `MASK_THRESHOLD` times the r sky sigma and
-is the largest of all objects' at that pixel; else it is 0 (sky).
+is the largest of all objects' at that pixel; else it is 0 (sky).  The knots
+and arms belong to their galaxy.  `truth_mask` gives the same at another
+isophote.
 """
 
 from __future__ import annotations
@@ -83,6 +90,7 @@ __all__ = [
     "read_truth",
     "field_ids",
     "MASK_THRESHOLD",
+    "truth_mask",
 ]
 
 #: Truth-mask threshold, in units of the r-band sky sigma (noiseless model).
@@ -118,6 +126,18 @@ _RE18, _RE_SLOPE = 1.8, -0.12
 _EXT_R = {"u": 4.239, "g": 3.303, "r": 2.285, "i": 1.698, "z": 1.263}
 #: Seeing FWHM relative to r, per band (u worst).
 _SEEING_RATIO = {"u": 1.12, "g": 1.05, "r": 1.0, "i": 0.95, "z": 0.94}
+#: Structure of late-type discs (``structure=True``): a fraction of the disc
+#: light, uniform in _KNOT_FRAC, in point-like star-forming knots drawn from
+#: the disc's own exponential profile (as GalSim's ``RandomKnots``), about
+#: _KNOT_N of them (Poisson, at least 5) of equal flux; and a two-armed
+#: logarithmic spiral modulation of the disc, amplitude uniform in _ARM_AMP,
+#: pitch angle uniform in _ARM_PITCH (degrees).  Only discs of half-light
+#: radius >= _STRUCT_MIN_RE arcsec get them (smaller ones are unresolved).
+_KNOT_FRAC = (0.1, 0.4)
+_KNOT_N = 15
+_ARM_AMP = (0.0, 0.6)
+_ARM_PITCH = (10.0, 30.0)
+_STRUCT_MIN_RE = 0.8
 
 # Approximate SDSS stellar locus: g-r -> (u-g, r-i, i-z); after Covey et al.
 # (2007) median colours and Ivezic et al. (2008).  Parameterised by position
@@ -344,8 +364,10 @@ class _Convolver:
         return self.convolve_fft(self.fft(img, m), m, n)
 
 
-def _galaxy_components(g, x, y, osamp, half):
-    """Oversampled unit-sum bulge and disk images centred at (x, y)."""
+def _galaxy_components(g, x, y, osamp, half, rng=None):
+    """Oversampled unit-sum bulge and disk images centred at (x, y); the disk
+    carries its spiral arms and knots (``arm_amp``, ``knot_frac`` of ``g``;
+    the knots are drawn with ``rng``)."""
     ix, iy = int(round(x)), int(round(y))
     x0, y0 = ix - half, iy - half
     n = (2 * half + 1) * osamp
@@ -358,10 +380,51 @@ def _galaxy_components(g, x, y, osamp, half):
     else:
         comps.append(None)
     if g["bt"] < 1:
-        comps.append(_sersic_grid(1.0, g["re_d"], g["q_d"], g["pa"], dx, dy, 4.0 * g["re_d"]))
+        disk = _sersic_grid(1.0, g["re_d"], g["q_d"], g["pa"], dx, dy, 4.0 * g["re_d"])
+        if g.get("arm_amp", 0.0) > 0:
+            disk = _spiral_arms(disk, g, dx, dy)
+        if g.get("knot_frac", 0.0) > 0 and rng is not None:
+            disk = (1.0 - g["knot_frac"]) * disk + g["knot_frac"] * _knots(rng, g, x - x0, y - y0, osamp, n)
+        comps.append(disk)
     else:
         comps.append(None)
     return comps, x0, y0
+
+
+def _spiral_arms(disk, g, dx, dy):
+    """The unit-sum disc image times a two-armed logarithmic spiral,
+    ``1 + A t cos(2 (phi - ln(r / re) / tan(pitch)) + phase)`` in the disc
+    plane, tapered to the centre by ``t = 1 - exp(-(r / re)^2)``; unit sum."""
+    c, s = math.cos(g["pa"]), math.sin(g["pa"])
+    xr = dx * c + dy * s
+    yr = (-dx * s + dy * c) / g["q_d"]
+    r = np.maximum(np.sqrt(xr * xr + yr * yr), 1e-3) / g["re_d"]
+    phi = np.arctan2(yr, xr)
+    taper = 1.0 - np.exp(-r * r)
+    mod = 1.0 + g["arm_amp"] * taper * np.cos(2.0 * (phi - np.log(r) / math.tan(g["arm_pitch"])) + g["arm_phase"])
+    out = disk * mod
+    tot = out.sum()
+    return out / tot if tot > 0 else disk
+
+
+def _knots(rng, g, xc, yc, osamp, n):
+    """Unit-sum image of point-like knots of equal flux drawn from the
+    exponential disc (radius ~ Gamma(2, h), h = re / 1.678, within the
+    disc's 4 re truncation, uniform azimuth in the disc plane, then inclined
+    and rotated like the disc) on the oversampled stamp grid of
+    `_galaxy_components`; (xc, yc): the centre in stamp pixels."""
+    nk = max(5, int(rng.poisson(_KNOT_N)))
+    h = g["re_d"] / 1.678
+    rad = np.minimum(rng.gamma(2.0, h, nk), 4.0 * g["re_d"])
+    ang = rng.uniform(0.0, 2.0 * np.pi, nk)
+    xr, yr = rad * np.cos(ang), rad * np.sin(ang) * g["q_d"]
+    c, s = math.cos(g["pa"]), math.sin(g["pa"])
+    px, py = xc + xr * c - yr * s, yc + xr * s + yr * c
+    ix = np.clip(np.rint((px + 0.5) * osamp - 0.5).astype(np.int64), 0, n - 1)
+    iy = np.clip(np.rint((py + 0.5) * osamp - 0.5).astype(np.int64), 0, n - 1)
+    img = np.zeros((n, n))
+    np.add.at(img, (iy, ix), 1.0 / nk)
+    return img
 
 
 def _add_stamp(image, stamp, x0, y0):
@@ -596,7 +659,7 @@ def _populations(rng, p, nx, ny, star_fraction, margin):
     return obj
 
 
-def simulate_field(seed, size=FULL_SIZE, star_fraction=None):
+def simulate_field(seed, size=FULL_SIZE, star_fraction=None, structure=True):
     """Simulate one SDSS-like five-band field with its truth.
 
     Parameters
@@ -616,6 +679,11 @@ def simulate_field(seed, size=FULL_SIZE, star_fraction=None):
         fraction of all simulated objects (to the faint limit r = 23.5) that
         are point sources; the total number of objects is unchanged and each
         class keeps its own magnitude distribution.
+    structure : bool, optional
+        True (default): late-type discs of half-light radius >= 0.8 arcsec
+        get star-forming knots and spiral arms (`_KNOT_FRAC`, `_ARM_AMP`;
+        drawn from their own random stream, so everything else is the same
+        as with False: smooth bulge + disk galaxies).
 
     Returns
     -------
@@ -646,11 +714,13 @@ def simulate_field(seed, size=FULL_SIZE, star_fraction=None):
         raise ValueError(f"star_fraction must be in [0, 1], not {star_fraction}")
     run, camcol, fieldno = field_ids(seed)
     ss = np.random.SeedSequence(int(seed))
-    r_par, r_pop, r_noise, r_cr = (np.random.default_rng(s) for s in ss.spawn(4))
+    # (spawn(5)'s first four children are spawn(4)'s: the structure stream changes nothing else)
+    r_par, r_pop, r_noise, r_cr, r_struct = (np.random.default_rng(s) for s in ss.spawn(5))
     p = _field_params(r_par, nx, ny)
     margin = 20
     wcss = _make_wcs(p, nx, ny)
     obj = _populations(r_pop, p, nx, ny, star_fraction, margin)
+    _structure(r_struct, obj, structure)
     n = len(obj["mag_r"])
     ids = np.arange(1, n + 1)
 
@@ -673,7 +743,6 @@ def simulate_field(seed, size=FULL_SIZE, star_fraction=None):
     models = {b: np.zeros((ny, nx), np.float64) for b in BANDS}
     best = np.zeros((ny, nx), np.float64)
     label = np.zeros((ny, nx), np.int32)
-    thresh = MASK_THRESHOLD * sky_sigma[REF_BAND]
     # all bands share one padded FFT size per stamp (the largest kernel)
     kr_px = max(min(4.0 * p["psf"][b]["fwhm"] / PIXEL_SCALE, 16.0) for b in BANDS)
     convs = {(b, o): _Convolver(psfs[b], o, kr_px) for b in BANDS for o in (1, 2, 3)}
@@ -699,9 +768,10 @@ def simulate_field(seed, size=FULL_SIZE, star_fraction=None):
             osamp = 3 if re_px < 4 else (2 if re_px < 12 else 1)
             xr, yr = pos[REF_BAND][0][k], pos[REF_BAND][1][k]
             comps, _, _ = _galaxy_components(
-                {kk: obj[kk][k] for kk in ("bt", "q_b", "q_d", "pa")}
+                {kk: obj[kk][k] for kk in ("bt", "q_b", "q_d", "pa", "knot_frac", "arm_amp", "arm_pitch",
+                                           "arm_phase")}
                 | {"re_b": obj["re_b"][k] / PIXEL_SCALE, "re_d": obj["re_d"][k] / PIXEL_SCALE},
-                xr, yr, osamp, half,
+                xr, yr, osamp, half, rng=r_struct,
             )
             nfine = (2 * half + 1) * osamp
             conv_r = convs[(REF_BAND, osamp)]
@@ -733,7 +803,8 @@ def simulate_field(seed, size=FULL_SIZE, star_fraction=None):
                 (imsl, stsl) = sl
                 edge[k] = st[stsl].shape != st.shape
                 part = st[stsl]
-                upd = (part > thresh) & (part > best[imsl])
+                # every pixel's brightest object (`truth_mask` cuts it at any isophote)
+                upd = part > best[imsl]
                 best[imsl][upd] = part[upd]
                 label[imsl][upd] = ids[k]
 
@@ -808,6 +879,9 @@ def simulate_field(seed, size=FULL_SIZE, star_fraction=None):
     )
 
     # truth table
+    level = (best / sky_sigma[REF_BAND]).astype(np.float32)
+    owner = label
+    label = np.where(level > MASK_THRESHOLD, owner, 0).astype(np.int32)
     area = np.bincount(label.ravel(), minlength=n + 1)[1:]
     blended = _touching(label, n)
     mags = -2.5 * np.log10(np.maximum(obj["flux"], 1e-30)) + 22.5
@@ -837,14 +911,52 @@ def simulate_field(seed, size=FULL_SIZE, star_fraction=None):
     t["blended"] = blended
     t["edge"] = edge
     t["saturated"] = saturated
+    t["knot_frac"] = obj["knot_frac"].astype(np.float32)
+    t["arm_amp"] = obj["arm_amp"].astype(np.float32)
     t.meta["MASKTHR"] = MASK_THRESHOLD
     t.meta["FIELD"] = name
     t.meta["SEED"] = int(seed)
     t.meta["EBV"] = round(p["ebv"], 4)
-    meta = {"params": p, "cosmic_rays": crs, "run": run, "camcol": camcol, "field": fieldno}
+    meta = {"params": p, "cosmic_rays": crs, "run": run, "camcol": camcol, "field": fieldno,
+            "truth_level": level, "truth_owner": owner}
     return Simulation(
         field=fld, frames=frames, truth=t, truth_mask=label, sky_sigma=sky_sigma, psf_fwhm=fwhm, meta=meta
     )
+
+
+def _structure(rng, obj, on=True):
+    """Draw the knots and spiral arms of the late-type discs into ``obj``
+    (``knot_frac``, ``arm_amp``, ``arm_pitch`` in radians, ``arm_phase``;
+    zero amplitude for stars, early types, small discs, or ``on=False``)."""
+    n = len(obj["mag_r"])
+    late = (obj["subtype"] == "late") & (obj["bt"] < 1) & (obj["re_d"] >= _STRUCT_MIN_RE) & bool(on)
+    obj["knot_frac"] = np.where(late, rng.uniform(*_KNOT_FRAC, n), 0.0)
+    obj["arm_amp"] = np.where(late, rng.uniform(*_ARM_AMP, n), 0.0)
+    obj["arm_pitch"] = np.deg2rad(rng.uniform(*_ARM_PITCH, n))
+    obj["arm_phase"] = rng.uniform(0.0, 2.0 * np.pi, n)
+
+
+def truth_mask(sim, isophote=MASK_THRESHOLD):
+    """The truth segmentation of ``sim`` at another isophote.
+
+    Parameters
+    ----------
+    sim : Simulation
+        A simulation returned by `simulate_field` (in memory: the
+        noiseless levels are not written by `write_simulation`).
+    isophote : float
+        Level in units of the r-band sky sigma; above the rendering cut-off
+        of the stars' stamps (0.05).
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 ``(ny, nx)``: k where truth object k's noiseless r surface
+        brightness exceeds ``isophote`` r sky sigma and is the largest of
+        all objects' there, else 0; ``sim.truth_mask`` at `MASK_THRESHOLD`.
+    """
+    level, owner = sim.meta["truth_level"], sim.meta["truth_owner"]
+    return np.where(level > float(isophote), owner, 0).astype(np.int32)
 
 
 def _half_light_radius(fine, xc, yc, osamp):

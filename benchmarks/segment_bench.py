@@ -11,6 +11,11 @@ On simulated full fields (2048x1489, with truth) it reports per variant:
 * purity: fraction of segments that match a truth object (any magnitude): the
   segment contains the true position of a simulated object, or its centroid
   lies within 2 px of one;
+* IoU with the 1-sigma truth (`astrohvae.simulate.truth_mask(sim, 1.0)`), for
+  ``--isophote 1`` footprints;
+* fragments per truth galaxy brighter than r = 20 (`fragments`: detections
+  matched to it beyond the first, plus unmatched detections whose centroid
+  lies in its truth footprint) and the fraction of such galaxies shredded;
 * seconds to segment the field (network + rule + connected components +
   deblending, from the network input / from the background-subtracted
   field for photutils; the background is estimated once and shared).
@@ -27,6 +32,10 @@ the trimming of small bright seeds.  ``--plain`` adds each variant with the
 network's own footprints only (``isophote=None, seed_nsigma=None,
 band_nsigma=None, halo_peak=None``).  With several seeds, a table over all
 of them follows (pooled IoU: sum of intersections over sum of unions).
+``--compare`` adds sep (SExtractor's library, DEBLEND_CONT 0.005), each
+variant with photutils' contrast criterion alone (``fragment_excess=None``:
+the deblending before issue 14) and with ``isophote=1``; ``--smooth`` also
+runs every seed with smooth galaxies (``simulate_field(structure=False)``).
 
 Writes ``segment_bench.json`` and ``README.md`` (the tables) into ``--out``;
 ``--readme-only`` rewrites the README from an existing JSON.
@@ -35,7 +44,8 @@ Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/segment_bench.py [--seeds 1 2] \
         [--real 004510-4-0030] [--weights astrohvae/data/segment] [--refit] [--plain] \
-        [--plots] [--out benchmarks/results/segment]
+        [--plots] [--variants ae-res-hc] [--compare] [--smooth] [--size NX NY] \
+        [--out benchmarks/results/segment]
 """
 
 from __future__ import annotations
@@ -92,7 +102,51 @@ def match(segm, tx, ty, shape, radius=2.0):
     return det, seg_ok[1:]
 
 
-def table_for(segm, truth, truth_mask, shape):
+def fragments(segm, truth, truth_mask, shape, mag_max=20.0, radius=2.0):
+    """Shredding of the truth galaxies brighter than ``mag_max`` (r) inside the field.
+
+    A galaxy's fragments: the detections matched to it beyond the first (a
+    detection matches a truth object when it contains its true position or
+    its centroid lies within ``radius`` px of it) plus the detections whose
+    centroid lies in its truth footprint and that match no truth object.
+    Returns ``(mean fragments per galaxy, fraction with >= 1, n galaxies)``.
+    """
+    from scipy.spatial import cKDTree
+
+    ny, nx = shape
+    tx, ty = np.asarray(truth["x"], float), np.asarray(truth["y"], float)
+    gal = ((np.asarray(truth["type"]) == "galaxy") & (np.asarray(truth["mag_r"]) < mag_max)
+           & (tx >= 0) & (tx <= nx - 1) & (ty >= 0) & (ty <= ny - 1))
+    if segm is None or not gal.any():
+        return 0.0, 0.0, int(gal.sum())
+    data = np.asarray(segm.data if hasattr(segm, "data") else segm)
+    nseg = int(data.max())
+    ix, iy = np.clip(np.round(tx).astype(int), 0, nx - 1), np.clip(np.round(ty).astype(int), 0, ny - 1)
+    pairs = set()
+    lab = data[iy, ix]
+    for i in np.flatnonzero(lab > 0):
+        pairs.add((int(i), int(lab[i])))
+    cen = _centroids(segm)
+    for j, near in enumerate(cKDTree(np.c_[ty, tx]).query_ball_point(cen, radius)):
+        for i in near:
+            pairs.add((int(i), j + 1))
+    n_match = np.zeros(len(tx), int)
+    matched_seg = np.zeros(nseg + 1, bool)
+    for i, j in pairs:
+        n_match[i] += 1
+        matched_seg[j] = True
+    extra = np.zeros(len(tx) + 1, int)
+    cy = np.clip(np.round(cen[:, 0]).astype(int), 0, ny - 1)
+    cx = np.clip(np.round(cen[:, 1]).astype(int), 0, nx - 1)
+    host = np.asarray(truth_mask)[cy, cx]
+    lone = ~matched_seg[1:] & (host > 0)
+    np.add.at(extra, host[lone], 1)
+    ids = np.asarray(truth["id"])
+    frag = np.maximum(n_match - 1, 0) + extra[ids]
+    return float(frag[gal].mean()), float((frag[gal] > 0).mean()), int(gal.sum())
+
+
+def table_for(segm, truth, truth_mask, shape, truth_mask_1=None):
     ny, nx = shape
     t = truth
     inside = (t["x"] >= 0) & (t["x"] <= nx - 1) & (t["y"] >= 0) & (t["y"] <= ny - 1)
@@ -108,7 +162,15 @@ def table_for(segm, truth, truth_mask, shape):
     truth_b = truth_mask > 0
     inter, union = int((pred & truth_b).sum()), int((pred | truth_b).sum())
     iou = float(inter / max(1, union))
-    return {
+    frag, shred, n_gal = fragments(segm, truth, truth_mask, shape)
+    extra = {}
+    if truth_mask_1 is not None:
+        t1 = truth_mask_1 > 0
+        extra["iou_1sigma"] = float((pred & t1).sum() / max(1, (pred | t1).sum()))
+    return {**extra,
+        "fragments_per_galaxy_r<20": frag,
+        "shredded_fraction_r<20": shred,
+        "n_galaxies_r<20": n_gal,
         "iou": iou,
         "iou_intersection_px": inter,
         "iou_union_px": union,
@@ -121,11 +183,11 @@ def table_for(segm, truth, truth_mask, shape):
     }
 
 
-def _segmenters(weights, refit, plain=False, device="cpu"):
+def _segmenters(weights, refit, plain=False, device="cpu", variants=VARIANTS, compare=False):
     from astrohvae.segment import NetworkSegmenter
 
     out = {}
-    for v in VARIANTS:
+    for v in variants:
         d = Path(weights) / v
         if d.is_dir():
             out[v] = NetworkSegmenter.load(d, device=device)
@@ -134,7 +196,37 @@ def _segmenters(weights, refit, plain=False, device="cpu"):
             if plain:
                 out[v + " (network footprints only)"] = NetworkSegmenter.load(
                     d, device=device, isophote=None, seed_nsigma=None, band_nsigma=None, halo_peak=None)
+            if compare:
+                out[v + " (contrast only)"] = NetworkSegmenter.load(d, device=device, fragment_excess=None)
+                out[v + " --isophote 1"] = NetworkSegmenter.load(d, device=device, isophote=1.0)
     return out
+
+
+def sep_detect(field, bkg, nsigma=1.5, minarea=5, deblend_cont=0.005):
+    """sep (SExtractor's library) on the g+r+i detection image (`astrohvae.stamps.detection_image`) with its
+    per-pixel noise, as SExtractor thresholds (the 3x3 pyramid-filtered image against the unfiltered noise:
+    ``filter_type="conv"``), 32 levels, DEBLEND_CONT 0.005;
+    None without sep."""
+    try:
+        import sep
+    except ImportError:
+        return None
+    from photutils.segmentation import SegmentationImage
+
+    from astrohvae.stamps import detection_image
+
+    det, noise = detection_image(field, bkg)
+    noise = np.where(np.isfinite(noise), noise, 1e30)
+    sep.set_extract_pixstack(20_000_000)
+    sep.set_sub_object_limit(65536)
+    try:
+        _, seg = sep.extract(np.ascontiguousarray(det, np.float64), nsigma,
+                             err=np.ascontiguousarray(noise, np.float64), minarea=minarea,
+                             deblend_cont=deblend_cont, filter_type="conv", segmentation_map=True)
+    except Exception as exc:  # noqa: BLE001 - sep's buffers overflow on crowded fields: no row, say why
+        print(f"sep failed: {exc}", flush=True)
+        return None
+    return SegmentationImage(seg.astype(np.int32)) if seg.max() > 0 else None
 
 
 def _pooled_lines(simulated, goal=0.80):
@@ -180,18 +272,24 @@ def write_readme(report, out, command):
              "(2 of 5 bands at 2 sigma) + halo test (segments that stand out only on a bright star's halo "
              "dropped) + growth to 0.5 r sky sigma (PSF-scaled circles below S/N 12, "
              "stellar profile for bright point sources, smoothed isophote from 30 px; seeds of bright "
-             "sources up to 12 px trimmed to their footprints), as shipped.", ""]
+             "sources up to 12 px trimmed to their footprints), as shipped, with the fragment test after "
+             "deblending (`astrohvae.segment.merge_fragments`; '(contrast only)': without it).",
+             "Fragments: per truth galaxy with r < 20 in the field, detections matched to it beyond the first "
+             "plus unmatched detections whose centroid lies in its 0.5σ truth footprint; 'shredded': the "
+             "fraction of those galaxies with at least one.", ""]
     if report.get("simulated"):
         lines += [f"## Simulated full fields ({'x'.join(str(v) for v in report.get('size', (2048, 1489)))})", "",
-                  "| field | method | IoU | purity | compl. r<22 | compl. r<22.5 | compl. 22-22.5 | segments | seconds |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| field | method | IoU | IoU 1σ truth | purity | compl. r<22 | compl. r<22.5 | compl. 22-22.5 | "
+                  "fragments / r<20 galaxy | shredded r<20 | segments | seconds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for field, rows in report["simulated"].items():
             for name, r in rows.items():
                 if name.startswith("_"):
                     continue
                 c = r["completeness_by_mag"].get("22-22.5", [None])[0]
-                lines.append(f"| {field} | {name} | {_f(r['iou'])} | {_f(r['purity'])} | "
+                lines.append(f"| {field} | {name} | {_f(r['iou'])} | {_f(r.get('iou_1sigma'))} | {_f(r['purity'])} | "
                              f"{_f(r['completeness_r<22'])} | {_f(r['completeness_r<22.5'])} | {_f(c)} | "
+                             f"{_f(r.get('fragments_per_galaxy_r<20'))} | {_f(r.get('shredded_fraction_r<20'))} | "
                              f"{r['n_segments']} | {r['seconds']:.1f} |")
         lines.append("")
         lines += _pooled_lines(report["simulated"])
@@ -215,7 +313,7 @@ def write_readme(report, out, command):
     (Path(out) / "README.md").write_text("\n".join(lines))
 
 
-def run_one(field, bkg, segmenters, extra=None):
+def run_one(field, bkg, segmenters, extra=None, sep_too=False):
     from astrohvae.segment import network_input
     from astrohvae.stamps import detect
 
@@ -224,6 +322,11 @@ def run_one(field, bkg, segmenters, extra=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res["photutils 1.5σ"] = (detect(field, bkg, nsigma=1.5), time.perf_counter() - t0)
+        if sep_too:
+            t0 = time.perf_counter()
+            s = sep_detect(field, bkg)
+            if s is not None:
+                res["sep 1.5σ"] = (s, time.perf_counter() - t0)
     t0 = time.perf_counter()
     img = network_input(field, bkg)
     t_in = time.perf_counter() - t0
@@ -245,6 +348,14 @@ def main():
     ap.add_argument("--plain", action="store_true",
                     help="also run each variant with the network's own footprints only (no extra seeds, no growth)")
     ap.add_argument("--readme-only", action="store_true", help="rewrite README.md from the existing JSON")
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), help="network variants to run")
+    ap.add_argument("--compare", action="store_true",
+                    help="also sep, each variant with photutils' contrast criterion only (no fragment merging), "
+                         "and with --isophote 1 (IoU with the 1-sigma truth)")
+    ap.add_argument("--smooth", action="store_true",
+                    help="also run every seed with smooth galaxies (simulate_field(structure=False))")
+    ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("NX", "NY"),
+                    help="simulated field size [default: a full SDSS frame]")
     args = ap.parse_args()
     import sys
 
@@ -261,35 +372,41 @@ def main():
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     from astrohvae.stamps import estimate_background
 
-    segs = _segmenters(args.weights, args.refit, args.plain)
+    segs = _segmenters(args.weights, args.refit, args.plain, variants=args.variants, compare=args.compare)
     out.mkdir(parents=True, exist_ok=True)
     report = {"machine": f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
               "command": command, "simulated": {}, "real": {}}
-    for seed in args.seeds:
-        from astrohvae.simulate import simulate_field
+    if args.size:
+        report["size"] = list(args.size)
+    runs = [(seed, structure) for seed in args.seeds for structure in ((True, False) if args.smooth else (True,))]
+    for seed, structure in runs:
+        from astrohvae.simulate import FULL_SIZE, simulate_field, truth_mask
 
-        sim = simulate_field(seed)
+        sim = simulate_field(seed, size=tuple(args.size) if args.size else FULL_SIZE, structure=structure)
+        tm1 = truth_mask(sim, 1.0)
         t0 = time.perf_counter()
         bkg = estimate_background(sim.field)
         t_bkg = time.perf_counter() - t0
-        res, img = run_one(sim.field, bkg, segs)
+        res, img = run_one(sim.field, bkg, segs, sep_too=args.compare)
         rows = {}
         for name, (s, sec) in res.items():
-            rows[name] = table_for(s, sim.truth, sim.truth_mask, sim.field.shape)
+            rows[name] = table_for(s, sim.truth, sim.truth_mask, sim.field.shape, truth_mask_1=tm1)
             rows[name]["seconds"] = sec
         rows["_background_seconds"] = t_bkg
-        report["simulated"][f"seed {seed}"] = rows
-        print(json.dumps({f"seed {seed}": rows}, indent=1), flush=True)
+        key = f"seed {seed}" + ("" if structure else " smooth")
+        report["simulated"][key] = rows
+        print(json.dumps({key: rows}, indent=1), flush=True)
         if args.plots:
             from astrohvae.segment import _zoom_window, plot_panels
 
             results = {k: (v[0], None) for k, v in res.items()}
             tm = sim.truth_mask
             results = {"truth mask": (tm, None), **results}
-            plot_panels(img, results, out / f"sim-{seed}.png", title=f"simulated seed {seed}")
-            plot_panels(img, results, out / f"sim-{seed}-zoom.png",
+            tag = f"{seed}" + ("" if structure else "-smooth")
+            plot_panels(img, results, out / f"sim-{tag}.png", title=f"simulated {key}")
+            plot_panels(img, results, out / f"sim-{tag}-zoom.png",
                         zoom=_zoom_window(res["photutils 1.5σ"][0], sim.field.shape, 300),
-                        title=f"simulated seed {seed}, zoom")
+                        title=f"simulated {key}, zoom")
     for name in args.real:
         folder = DATA / name
         if not folder.is_dir():
@@ -303,7 +420,7 @@ def main():
         t0 = time.perf_counter()
         bkg = estimate_background(field)
         t_bkg = time.perf_counter() - t0
-        res, img = run_one(field, bkg, segs)
+        res, img = run_one(field, bkg, segs, sep_too=args.compare)
         ref = res["photutils 1.5σ"][0]
         cen = _centroids(ref)
         rows = {"_background_seconds": t_bkg}

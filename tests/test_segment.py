@@ -355,9 +355,21 @@ def test_cli_segment(tmp_path):
         assert "CLASSMAP" not in h
         assert h[0].header["SEGISO"] == 0.5 and h[0].header["SEGMFSIG"] == 4.0
         assert h[0].header["SEGTRIM"] is True and h[0].header["SEGSMR"] == 30.0
+    # --isophote 1 (default variant): footprints grown to 1 sigma only, recorded in the header
+    area = {}
+    for iso in ("0.5", "1"):
+        res = runner.invoke(main, ["segment", str(tmp_path / "sim"), "--out", str(tmp_path / f"seg{iso}.fits"),
+                                   "--device", "cpu", "--isophote", iso])
+        assert res.exit_code == 0, res.output
+        with fits.open(tmp_path / f"seg{iso}.fits") as h:
+            assert h[0].header["SEGISO"] == float(iso)
+            area[iso] = int((h["SEGMAP"].data > 0).sum())
+    assert 0 < area["1"] < area["0.5"]
     bad = runner.invoke(main, ["segment", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "x.fits")])
     assert bad.exit_code == 2 and "error" in bad.output
     assert not (tmp_path / "x.fits").exists()
+    bad = runner.invoke(main, ["segment", str(tmp_path / "sim"), "--out", str(tmp_path / "x.fits"), "--isophote", "-1"])
+    assert bad.exit_code == 2 and not (tmp_path / "x.fits").exists()
 
 
 @pytest.mark.slow
@@ -630,3 +642,105 @@ def test_smoothed_at_equals_the_whole_image_filter():
     many = rng.choice(img.size, img.size // 50, replace=False)       # the whole-image path
     for flat in (few, many):
         np.testing.assert_allclose(_smoothed_at(img, flat, 1.0), ref.ravel()[flat], atol=1e-6)
+
+
+def _galaxy_scene(knots=0, star=None, second=None, seed=3, ny=160, nx=160):
+    """Network input (asinh noise units, five bands) of an exponential disc at the centre (scale length
+    6 px, axis ratio 0.7, 40 sigma per pixel at its centre, the same in every band) with ``knots`` point-like
+    knots of 6 sigma drawn from the disc (its colours), a red PSF-like star ``(dy, dx, r amplitude)`` and a
+    second disc ``(dy, dx, amp)``; returns the image, the centre and the added objects' positions."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:ny, :nx].astype(np.float64)
+    cy, cx = ny / 2, nx / 2
+
+    def disc(y0, x0, amp, h=6.0, q=0.7):
+        return amp * np.exp(-np.hypot((xx - x0), (yy - y0) / q) / h)
+
+    def point(y0, x0, amp, s=1.3):
+        return amp * np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / (2 * s * s))
+
+    model = disc(cy, cx, 40.0)
+    pos = []
+    rad = np.minimum(rng.gamma(2.0, 6.0, knots), 24.0)
+    ang = rng.uniform(0, 2 * np.pi, knots)
+    for r, a in zip(rad, ang):
+        y, x = cy + 0.7 * r * np.sin(a), cx + r * np.cos(a)
+        model += point(y, x, 6.0)
+        pos.append((y, x))
+    model = np.repeat(model[None], 5, axis=0)
+    if star is not None:   # a red star: u, g, r, i, z in proportion 0.2 : 0.6 : 1 : 1.3 : 1.5
+        model += np.array([0.2, 0.6, 1.0, 1.3, 1.5])[:, None, None] * point(cy + star[0], cx + star[1], star[2])
+        pos.append((cy + star[0], cx + star[1]))
+    if second is not None:
+        model += disc(cy + second[0], cx + second[1], second[2], h=4.0, q=0.9)[None]
+        pos.append((cy + second[0], cx + second[1]))
+    lin = rng.normal(size=(5, ny, nx)) + model
+    return (np.arcsinh(lin / 3.0) * 3.0).astype(np.float32), (cy, cx), pos
+
+
+def _label_at(segm, y, x):
+    return int(segm.data[int(round(y)), int(round(x))])
+
+
+@shipped
+def test_galaxy_with_knots_stays_one_segment():
+    img, (cy, cx), knots = _galaxy_scene(knots=15)
+    segm = load_default_segmenter(device="cpu").segment(img)
+    main = _label_at(segm, cy, cx)
+    assert main > 0
+    inside = [(y, x) for y, x in knots if np.hypot(y - cy, (x - cx)) < 20]
+    assert inside and all(_label_at(segm, y, x) == main for y, x in inside)
+    # no other segment's centre lies on the disc
+    others = [lab for lab in np.unique(segm.data[max(0, int(cy) - 20):int(cy) + 20, int(cx) - 20:int(cx) + 20])
+              if lab not in (0, main)]
+    assert others == []
+
+
+@shipped
+def test_star_on_a_galaxy_and_touching_galaxies_are_split():
+    seg = load_default_segmenter(device="cpu")
+    img, (cy, cx), pos = _galaxy_scene(star=(8.0, 10.0, 60.0))
+    segm = seg.segment(img)
+    a, b = _label_at(segm, cy, cx), _label_at(segm, *pos[-1])
+    assert a > 0 and b > 0 and a != b
+    img, (cy, cx), pos = _galaxy_scene(second=(4.0, 24.0, 30.0))
+    segm = seg.segment(img)
+    a, b = _label_at(segm, cy, cx), _label_at(segm, *pos[-1])
+    assert a > 0 and b > 0 and a != b
+
+
+def test_merge_fragments_keeps_companions_and_merges_bumps():
+    from astrohvae.segment import merge_fragments
+
+    from scipy.ndimage import gaussian_filter
+
+    img, (cy, cx), pos = _galaxy_scene(knots=0, star=(8.0, 10.0, 15.0))
+    lin = np.sinh(img / 3.0) * 3.0
+    det = gaussian_filter(lin[1:4].sum(axis=0), 0.85)
+    sm = gaussian_filter(lin[1:4].sum(axis=0), 1.5)
+    sm /= sm[:, :15].std()
+    parent = (det > 2.0).astype(np.int32)
+    child = parent.copy()
+    iy, ix = int(round(pos[0][0])), int(round(pos[0][1]))
+    child[iy - 3:iy + 4, ix - 3:ix + 4] *= 2          # the star: a child of its own
+    child[int(cy) - 15:int(cy) - 11, int(cx) - 2:int(cx) + 3] *= 3   # a piece of the smooth disc
+    out = merge_fragments(parent, child, det, sm, bands=lin)
+    assert out[int(cy), int(cx)] == 1 and out[iy, ix] == 2 and out.max() == 2
+    assert out[int(cy) - 13, int(cx)] == 1
+    # the same star with the disc's colours (2 % of its light) is a knot: merged
+    grey = np.repeat(lin[2:3], 5, axis=0)
+    out = merge_fragments(parent, child, det, sm, bands=grey)
+    assert out.max() == 1 and out[iy, ix] == 1
+    # photutils' criterion alone would have kept all three
+    assert len(np.unique(child)) == 4
+
+
+@shipped
+def test_isophote_one_gives_smaller_footprints():
+    img, _ = _blob_image(seed=4)
+    a = load_default_segmenter(device="cpu").segment(img)
+    b = load_default_segmenter(device="cpu", isophote=1.0).segment(img)
+    assert (b.data > 0).sum() < (a.data > 0).sum()
+    # nearly every 1-sigma footprint pixel lies in a 0.5-sigma footprint
+    assert ((b.data > 0) & (a.data == 0)).sum() < 0.01 * (b.data > 0).sum()
+

@@ -383,3 +383,41 @@ def test_header_keywords(sim):
             assert key in hdr, (b, key)
         assert hdr["PSF_FWHM"] == pytest.approx(sim.psf_fwhm[b])
         assert 0 < hdr["EBV"] < 1
+
+
+def test_structured_discs_keep_their_light_and_truth(galsim):
+    """Knots and arms move light within a late-type disc: same objects, same total flux, own truth."""
+    from astrohvae.simulate import truth_mask
+
+    smooth = simulate_field(12, size=(512, 512), star_fraction=0.0, structure=False)
+    t, ts = galsim.truth, smooth.truth
+    assert np.array_equal(t["x"], ts["x"]) and np.array_equal(t["mag_r"], ts["mag_r"])
+    late = np.flatnonzero((t["knot_frac"] > 0) & (t["mag_r"] < 21))
+    assert late.size >= 3 and (ts["knot_frac"] == 0).all()
+    assert ((t["knot_frac"][late] >= 0.1) & (t["knot_frac"][late] <= 0.4)).all()
+    r = galsim.field.data[2].astype(np.float64)
+    rs = smooth.field.data[2].astype(np.float64)
+    diff = 0
+    for i in late:
+        x, y = int(round(t["x"][i])), int(round(t["y"][i]))
+        if not (15 <= x < 497 and 15 <= y < 497):
+            continue
+        box = (slice(y - 15, y + 16), slice(x - 15, x + 16))
+        # the same noise draw: the difference is the structure only; it sums to ~0 (flux moved, not added)
+        d = r[box] - rs[box]
+        assert abs(d.sum()) < 0.05 * max(rs[box].sum(), 1.0) + 10 * galsim.sky_sigma["r"]
+        diff += np.abs(d).max() > 3 * galsim.sky_sigma["r"]
+    assert diff >= 1
+    # every galaxy's knots lie in its own truth footprint (the mask assigns pixels to objects)
+    assert (galsim.truth["mask_area"][late] > 0).all()
+
+
+def test_truth_mask_at_another_isophote(sim):
+    from astrohvae.simulate import truth_mask
+
+    m05, m1 = truth_mask(sim, MASK_THRESHOLD), truth_mask(sim, 1.0)
+    assert np.array_equal(m05, sim.truth_mask)
+    assert (m1 > 0).sum() < (m05 > 0).sum()
+    inside = m1 > 0
+    assert np.array_equal(m1[inside], m05[inside])   # same owner, a subset of the 0.5-sigma footprints
+    assert (truth_mask(sim, 0.3) > 0).sum() > (m05 > 0).sum()
