@@ -128,7 +128,7 @@ def run(field, out, weights, device, batch_size, preview, preview_out, segmenter
 # --- end run -----------------------------------------------------------------
 
 
-# --- survey (owner: astrohvae/pipeline.py) -----------------------------------
+# --- survey (owner: astrohvae/survey.py) -----------------------------------
 @main.command()
 @click.argument("fields", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
@@ -157,7 +157,7 @@ def survey(fields, out_dir, scheduler, workers, memory_limit, weights, device, b
     from pathlib import Path
 
     from astrohvae.errors import InputError
-    from astrohvae.pipeline import run_survey
+    from astrohvae.survey import run_survey
 
     if weights is not None:
         w = Path(weights)
