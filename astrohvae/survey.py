@@ -156,7 +156,7 @@ def _visible(inp):
 
 def _survey_task(inp, out, opts):
     """One survey field on a worker; never raises (failures are returned)."""
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0, started = time.perf_counter(), time.process_time(), time.time()
     name = field_name(inp)
     try:
         _check_visible(inp, out)
@@ -181,7 +181,8 @@ def _survey_task(inp, out, opts):
                 "seconds": round(time.perf_counter() - t0, 3),
                 "cpu_seconds": round(time.process_time() - c0, 3),  # the worker process, all its threads
                 "peak_rss_mb": round(_peak_rss_mb(), 1),
-                "worker": _worker_address(), "host": socket.gethostname(), "pid": os.getpid()})
+                "worker": _worker_address(), "host": socket.gethostname(), "pid": os.getpid(),
+                "started": round(started, 3), "finished": round(time.time(), 3)})  # Unix times
     return rec
 
 
@@ -291,6 +292,11 @@ DEFAULT_RETRIES = 2
 DEFAULT_CONNECT_TIMEOUT = 10.0
 """Seconds `run_survey` waits for a ``scheduler`` address to answer."""
 CLUSTERS = ("slurm", "pbs", "sge")
+LEDGER_INTERVAL = 2.0
+"""Seconds between rewrites of the ledger while fields finish (each rewrite is O(fields)).
+
+A catalogue on disk is the proof that a field is done (a rerun skips it
+whatever the ledger says), so a ledger a few seconds old loses nothing."""
 
 
 def _check_memory_limit(memory_limit):
@@ -488,140 +494,169 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
     out_dir = Path(os.path.abspath(os.path.expanduser(str(out_dir))))
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(out_dir, "exists and is not a folder")
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(out_dir, f"cannot create output folder ({exc.strerror or exc})")
     if not os.access(out_dir, os.W_OK):
         raise OutputError(out_dir, "output folder is not writable")
-    ledger_path = out_dir / "survey.json"
+    try:
+        ledger_path = out_dir / "survey.json"
 
-    plan, names = [], {}
-    for inp in inputs:
-        inp = os.path.abspath(os.path.expanduser(str(inp)))  # workers may run in other folders
-        name = field_name(inp)
-        if name in names:
-            raise InputError(inp, f"field name {name!r} also used by {names[name]}")
-        names[name] = inp
-        plan.append((name, inp, default_output(name, out_dir)))
-    if weights is not None:
-        weights = os.path.abspath(os.path.expanduser(str(weights)))
+        plan, names = [], {}
+        for inp in inputs:
+            inp = os.path.abspath(os.path.expanduser(str(inp)))  # workers may run in other folders
+            name = field_name(inp)
+            if name in names:
+                raise InputError(inp, f"field name {name!r} also used by {names[name]}")
+            names[name] = inp
+            plan.append((name, inp, default_output(name, out_dir)))
+        if weights is not None:
+            weights = os.path.abspath(os.path.expanduser(str(weights)))
 
-    opts = {"weights": weights, "device": device, "batch_size": batch_size,
-            "segmenter": segmenter if isinstance(segmenter, str) else "auto", "nsigma": nsigma,
-            "threads": threads_per_worker, "preview": preview}
-    modelsha = _expected_modelsha(weights)
+        opts = {"weights": weights, "device": device, "batch_size": batch_size,
+                "segmenter": segmenter if isinstance(segmenter, str) else "auto", "nsigma": nsigma,
+                "threads": threads_per_worker, "preview": preview}
+        modelsha = _expected_modelsha(weights)
 
-    with _survey_lock(out_dir):
-        old = _read_ledger(ledger_path) or {"fields": {}}
-        ledger = {"version": __version__, "out": str(out_dir), "fields": dict(old["fields"])}
-        # temporary files of a killed run can never become catalogues: remove them
-        _sweep_temporaries(out_dir, plan)
-        records, todo = {}, []
-        for name, inp, out in plan:
-            made_with = _catalog_modelsha(out) if modelsha and out.is_file() else None
-            if not _visible(inp):  # seen by nobody: no need to ask a worker
-                records[name] = {"field": name, "input": inp, "catalog": str(out), "status": "failed",
-                                 "error": f"{inp}: no such file or folder"}
-                ledger["fields"][name] = records[name]
-            elif is_complete(out) and (made_with is None or made_with == modelsha):
-                prev = ledger["fields"].get(name, {})
-                rec = dict(prev) if prev.get("status") in ("done", "skipped") else {}
-                rec.update({"field": name, "input": inp, "catalog": str(out), "status": "skipped",
-                            "error": ""})
-                if "rows" not in rec:
-                    rec["rows"] = _catalog_rows(out)
-                records[name] = rec
-            else:
-                todo.append((name, inp, out))
+        with _survey_lock(out_dir):
+            old = _read_ledger(ledger_path) or {"fields": {}}
+            ledger = {"version": __version__, "out": str(out_dir), "fields": dict(old["fields"])}
+            # temporary files of a killed run can never become catalogues: remove them
+            _sweep_temporaries(out_dir, plan)
+            records, todo = {}, []
+            for name, inp, out in plan:
+                made_with = _catalog_modelsha(out) if modelsha and out.is_file() else None
+                if not _visible(inp):  # seen by nobody: no need to ask a worker
+                    records[name] = {"field": name, "input": inp, "catalog": str(out), "status": "failed",
+                                     "error": f"{inp}: no such file or folder"}
+                    ledger["fields"][name] = records[name]
+                elif is_complete(out) and (made_with is None or made_with == modelsha):
+                    prev = ledger["fields"].get(name, {})
+                    rec = dict(prev) if prev.get("status") in ("done", "skipped") else {}
+                    rec.update({"field": name, "input": inp, "catalog": str(out), "status": "skipped",
+                                "error": ""})
+                    if "rows" not in rec:
+                        rec["rows"] = _catalog_rows(out)
+                    records[name] = rec
+                else:
+                    todo.append((name, inp, out))
 
-        # longest first (LPT): crowded low-latitude fields start at once.  The
-        # order matters for the tail of a short survey; a long one balances
-        # itself, and its headers are not read (~30 ms a field) before starting
-        if len(todo) <= COST_HINT_MAX_FIELDS:
-            todo.sort(key=lambda item: (lambda b: 90.0 if b is None else b)(cost_hint(item[1])))
-        n_workers, allowed_failures = 0, None
-        if todo:
-            # worker-saturation 1.0: a worker holds one field at a time and the
-            # others wait at the scheduler, so a field is never queued behind a
-            # long one on a busy worker while another worker idles (dask's 1.1
-            # gives a one-thread worker two).  allowed-failures: how often a
-            # field whose worker died is started again
-            sched_cfg = {"distributed.scheduler.worker-saturation": 1.0,
-                         "distributed.scheduler.allowed-failures": int(retries)}
-            own = None
-            if scheduler:
-                client = connect(scheduler, connect_timeout)
-            elif cluster is not None:
-                own = cluster
-                cluster.scale(jobs=int(jobs))
-                client = Client(cluster)
-            else:
-                with dask.config.set({**sched_cfg, "distributed.nanny.pre-spawn-environ": _worker_environ(),
-                                      "distributed.worker.memory.monitor-interval": "1s",
-                                      "distributed.admin.system-monitor.interval": "2s"}):
-                    own = LocalCluster(n_workers=int(workers or 1), threads_per_worker=threads_per_worker,
-                                       processes=processes, memory_limit=memory_limit,
-                                       dashboard_address=None, silence_logs=50)
-                client = Client(own)
-            try:
-                allowed_failures = _scheduler_allowed_failures(client)
-                n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
-                window = int(max_in_flight or 2 * n_workers)
-                bar = _progress(len(todo), progress)
-                pending = iter(todo)
-                ac = as_completed()
-                inputs_of = {}
+            # longest first (LPT): crowded low-latitude fields start at once.  The
+            # order matters for the tail of a short survey; a long one balances
+            # itself, and its headers are not read (~30 ms a field) before starting
+            if len(todo) <= COST_HINT_MAX_FIELDS:
+                todo.sort(key=lambda item: (lambda b: 90.0 if b is None else b)(cost_hint(item[1])))
+            n_workers, allowed_failures = 0, None
+            if todo:
+                # worker-saturation 1.0: a worker holds one field at a time and the
+                # others wait at the scheduler, so a field is never queued behind a
+                # long one on a busy worker while another worker idles (dask's 1.1
+                # gives a one-thread worker two).  allowed-failures: how often a
+                # field whose worker died is started again
+                sched_cfg = {"distributed.scheduler.worker-saturation": 1.0,
+                             "distributed.scheduler.allowed-failures": int(retries)}
+                own = None
+                if scheduler:
+                    client = connect(scheduler, connect_timeout)
+                elif cluster is not None:
+                    own = cluster
+                    _check_submit_command(cluster)
+                    cluster.scale(jobs=int(jobs))
+                    client = Client(cluster)
+                else:
+                    with dask.config.set({**sched_cfg, "distributed.nanny.pre-spawn-environ": _worker_environ(),
+                                          "distributed.worker.memory.monitor-interval": "1s",
+                                          "distributed.admin.system-monitor.interval": "2s"}):
+                        own = LocalCluster(n_workers=int(workers or 1), threads_per_worker=threads_per_worker,
+                                           processes=processes, memory_limit=memory_limit,
+                                           dashboard_address=None, silence_logs=50)
+                    client = Client(own)
+                try:
+                    allowed_failures = _scheduler_allowed_failures(client)
+                    n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+                    window = int(max_in_flight or 2 * n_workers)
+                    bar = _progress(len(todo), progress)
+                    pending = iter(todo)
+                    ac = as_completed()
+                    inputs_of = {}
+                    last_write = time.monotonic()
 
-                def submit_next():
-                    nxt = next(pending, None)
-                    if nxt is not None:
-                        name, inp, out = nxt
-                        fut = client.submit(_survey_task, inp, str(out), opts, key=f"field-{name}-{time.time_ns()}",
-                                            pure=False)
-                        inputs_of[fut.key] = (name, inp, out)
-                        ac.add(fut)
+                    def submit_next():
+                        nxt = next(pending, None)
+                        if nxt is not None:
+                            name, inp, out = nxt
+                            fut = client.submit(_survey_task, inp, str(out), opts, key=f"field-{name}-{time.time_ns()}",
+                                                pure=False)
+                            inputs_of[fut.key] = (name, inp, out)
+                            ac.add(fut)
 
-                for _ in range(min(window, len(todo))):
-                    submit_next()
-                for fut in ac:
-                    name, inp, out = inputs_of.pop(fut.key)
-                    try:
-                        rec = fut.result()
-                    except Exception as exc:  # noqa: BLE001 - KilledWorker: it killed every worker it ran on
-                        rec = {"status": "failed", "field": name, "input": inp, "catalog": str(out),
-                               "error": _one_line(f"{inp}: its worker died {allowed_failures + 1 if allowed_failures is not None else 'too many'} "
-                                                  f"times (killed, e.g. out of memory): {type(exc).__name__}: {exc}")}
-                    fut.release()
-                    records[rec["field"]] = rec
-                    ledger["fields"][rec["field"]] = rec
-                    _write_ledger(ledger_path, ledger)
-                    bar.update(1)
-                    bar.set_postfix_str(f"{rec['field']} {rec['status']}")
-                    submit_next()
-                bar.close()
-            finally:
-                client.close()
-                if own is not None:
-                    own.close()
-            _sweep_temporaries(out_dir, plan)  # of workers that died mid-write
-        for name, rec in records.items():
-            ledger["fields"][name] = rec
-        combined = None
-        if combine:
-            try:
-                combined = combine_catalogues(out_dir)
-            except AstroHVAEError as exc:
-                ledger["combine_error"] = str(exc)
-            else:
-                ledger.pop("combine_error", None)
-        ledger["last_run"] = {"wall_seconds": round(time.perf_counter() - t_start, 3), "workers": n_workers,
-                              "processed": len(todo), "skipped": len(plan) - len(todo),
-                              "allowed_failures": allowed_failures, "modelsha": modelsha}
-        _write_ledger(ledger_path, ledger)
-    ordered = [records[name] for name, _, _ in plan]
-    return SurveyResult(_summary_table(ordered), ledger_path, time.perf_counter() - t_start, n_workers,
-                        combined)
+                    for _ in range(min(window, len(todo))):
+                        submit_next()
+                    for fut in ac:
+                        name, inp, out = inputs_of.pop(fut.key)
+                        try:
+                            rec = fut.result()
+                        except Exception as exc:  # noqa: BLE001 - KilledWorker: it killed every worker it ran on
+                            times = "too many" if allowed_failures is None else allowed_failures + 1
+                            rec = {"status": "failed", "field": name, "input": inp, "catalog": str(out),
+                                   "error": _one_line(f"{inp}: its worker died {times} times (killed, e.g. out "
+                                                      f"of memory): {type(exc).__name__}: {exc}")}
+                        fut.release()
+                        records[rec["field"]] = rec
+                        ledger["fields"][rec["field"]] = rec
+                        if time.monotonic() - last_write >= LEDGER_INTERVAL:
+                            _write_ledger(ledger_path, ledger)
+                            last_write = time.monotonic()
+                        bar.update(1)
+                        bar.set_postfix_str(f"{rec['field']} {rec['status']}")
+                        submit_next()
+                    bar.close()
+                finally:
+                    client.close()
+                    if own is not None:
+                        own.close()
+                    with contextlib.suppress(OutputError):  # what finished before an interruption
+                        _write_ledger(ledger_path, ledger)
+                _sweep_temporaries(out_dir, plan)  # of workers that died mid-write
+            for name, rec in records.items():
+                ledger["fields"][name] = rec
+            combined = None
+            if combine:
+                try:
+                    combined = combine_catalogues(out_dir)
+                except AstroHVAEError as exc:
+                    ledger["combine_error"] = str(exc)
+                else:
+                    ledger.pop("combine_error", None)
+            ledger["last_run"] = {"wall_seconds": round(time.perf_counter() - t_start, 3), "workers": n_workers,
+                                  "processed": len(todo), "skipped": len(plan) - len(todo),
+                                  "allowed_failures": allowed_failures, "modelsha": modelsha}
+            _write_ledger(ledger_path, ledger)
+        ordered = [records[name] for name, _, _ in plan]
+        return SurveyResult(_summary_table(ordered), ledger_path, time.perf_counter() - t_start, n_workers,
+                            combined)
+    except BaseException:
+        if created:  # leave no empty folder behind (rmdir removes only an empty one)
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
+
+
+def _check_submit_command(cluster):
+    """`InputError` when a dask-jobqueue cluster's submit command (sbatch, qsub) is not on this machine.
+
+    dask-jobqueue would only log the failed submissions and the survey would
+    wait for workers that never come.
+    """
+    import shutil
+
+    cmd = str(getattr(getattr(cluster, "job_cls", None), "submit_command", "") or "").split()
+    if cmd and shutil.which(cmd[0]) is None:
+        cluster.close()
+        raise InputError("--cluster", f"{cmd[0]} is not found on this machine; run the survey where jobs "
+                                      "can be submitted (the cluster's login node)")
 
 
 def _scheduler_allowed_failures(client):
@@ -782,10 +817,12 @@ def combine_catalogues(out_dir, catalogues=None, radius=MATCH_RADIUS):
     tab.meta = {"NFIELDS": len(catalogues), "MATCHRAD": radius, "ASTHVVER": __version__}
     paths = {"parquet": out_dir / f"{COMBINED_STEM}.parquet", "fits": out_dir / f"{COMBINED_STEM}.fits"}
     try:
-        with atomic_path(paths["parquet"]) as tmp:
-            tab.write(tmp, format="parquet", overwrite=True)
-        with atomic_path(paths["fits"]) as tmp:
-            tab.write(tmp, format="fits", overwrite=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # 'nanomaggy' is not a FITS unit: kept as a string
+            with atomic_path(paths["parquet"]) as tmp:
+                tab.write(tmp, format="parquet", overwrite=True)
+            with atomic_path(paths["fits"]) as tmp:
+                tab.write(tmp, format="fits", overwrite=True)
     except OSError as exc:
         raise OutputError(out_dir, f"cannot write the survey catalogue ({exc.strerror or exc})") from None
     return {"parquet": str(paths["parquet"]), "fits": str(paths["fits"]), "fields": len(catalogues),
