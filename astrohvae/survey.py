@@ -3,11 +3,20 @@
 The model is loaded once per worker process, a bounded number of fields is in
 flight, and the output folder is resumable:
 
-* ``OUT/<field>.fits`` exists only when complete (written under a temporary
-  name and renamed), so a rerun skips it;
-* ``OUT/survey.json`` (rewritten atomically after every field) records each
-  field's status, row count, seconds and, for failures, the one-line error.
-  A rerun retries failed fields (their input may have been fixed).
+* ``OUT/<field>.cat.fits`` exists only when complete (written under a
+  temporary name and renamed), so a rerun skips it (unless its ``MODELSHA``
+  names other weights);
+* ``OUT/survey.json`` (rewritten atomically every `LEDGER_INTERVAL` seconds
+  while fields finish) records each field's status, row count, seconds,
+  worker and, for failures, the one-line error.  A rerun retries failed
+  fields (their input may have been fixed);
+* ``OUT/survey-catalogue.parquet`` and ``.fits``: every field's rows in one
+  table with a ``primary`` flag for sources seen by two overlapping fields
+  (`combine_catalogues`).
+
+Workers come from a `LocalCluster`, a running scheduler (`connect`) or batch
+jobs (`jobqueue_cluster`); a field whose worker dies is restarted on another
+one a bounded number of times (``retries``).
 """
 
 from __future__ import annotations
