@@ -301,6 +301,8 @@ DEFAULT_RETRIES = 2
 DEFAULT_CONNECT_TIMEOUT = 10.0
 """Seconds `run_survey` waits for a ``scheduler`` address to answer."""
 CLUSTERS = ("slurm", "pbs", "sge")
+WORKER_RECOUNT = 5.0
+"""Seconds between counts of the cluster's workers (batch-job workers join while a survey runs)."""
 LEDGER_INTERVAL = 2.0
 """Seconds between rewrites of the ledger while fields finish (each rewrite is O(fields)).
 
@@ -584,8 +586,7 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
                     client = Client(own)
                 try:
                     allowed_failures = _scheduler_allowed_failures(client)
-                    n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
-                    window = int(max_in_flight or 2 * n_workers)
+                    n_workers = max(1, len(client.nthreads()))
                     bar = _progress(len(todo), progress)
                     pending = iter(todo)
                     ac = as_completed()
@@ -594,15 +595,27 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
 
                     def submit_next():
                         nxt = next(pending, None)
-                        if nxt is not None:
-                            name, inp, out = nxt
-                            fut = client.submit(_survey_task, inp, str(out), opts, key=f"field-{name}-{time.time_ns()}",
-                                                pure=False)
-                            inputs_of[fut.key] = (name, inp, out)
-                            ac.add(fut)
+                        if nxt is None:
+                            return False
+                        name, inp, out = nxt
+                        fut = client.submit(_survey_task, inp, str(out), opts, key=f"field-{name}-{time.time_ns()}",
+                                            pure=False)
+                        inputs_of[fut.key] = (name, inp, out)
+                        ac.add(fut)
+                        return True
 
-                    for _ in range(min(window, len(todo))):
-                        submit_next()
+                    counted = time.monotonic()
+
+                    def top_up():
+                        """Keep 2 fields per worker in flight; workers of batch jobs join while it runs."""
+                        nonlocal n_workers, counted
+                        if max_in_flight is None and time.monotonic() - counted >= WORKER_RECOUNT:
+                            n_workers = max(n_workers, len(client.nthreads()))
+                            counted = time.monotonic()
+                        while len(inputs_of) < int(max_in_flight or 2 * n_workers) and submit_next():
+                            pass
+
+                    top_up()
                     for fut in ac:
                         name, inp, out = inputs_of.pop(fut.key)
                         try:
@@ -620,7 +633,7 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
                             last_write = time.monotonic()
                         bar.update(1)
                         bar.set_postfix_str(f"{rec['field']} {rec['status']}")
-                        submit_next()
+                        top_up()
                     bar.close()
                 finally:
                     client.close()
