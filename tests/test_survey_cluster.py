@@ -379,3 +379,30 @@ def test_catalogues_of_other_weights_are_made_again(tmp_path, fields, weights, r
     assert dict(zip(res.table["field"], res.table["status"])) == {fields[0].name: "done", fields[1].name: "skipped"}
     assert fits.getval(cat, "MODELSHA") == weights_hash(weights)
     np.testing.assert_array_equal(read_catalog(cat).table["x"], reference[fields[0].name].table["x"])
+
+
+def test_lock_that_cannot_be_written_is_removed(tmp_path, monkeypatch):
+    """The full-disk case without root: the lock's write fails with ENOSPC -> one line, no empty lock."""
+    import errno
+
+    from astrohvae import survey
+    from astrohvae.errors import OutputError
+
+    class _Full:
+        def __init__(self, fd, *a, **k):
+            self.fd = fd
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            os.close(self.fd)
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(survey.os, "fdopen", _Full)
+    with pytest.raises(OutputError, match="cannot write .survey.lock \\(No space left on device\\)"):
+        with survey._survey_lock(tmp_path):
+            pass
+    assert list(tmp_path.iterdir()) == []
