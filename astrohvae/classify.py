@@ -78,14 +78,6 @@ def _torch():
     return torch
 
 
-def _crop(x, crop):
-    if crop is None or crop >= x.shape[-1]:
-        return x
-    c = x.shape[-1] // 2
-    h = crop // 2
-    return x[..., c - h : c + h, c - h : c + h]
-
-
 def _inputs(stamps, representation, crop):
     return np.ascontiguousarray(network_input(stamps, representation, crop))
 
@@ -165,20 +157,29 @@ def star_side(stamps, groups, min_snr=20.0, features=None):
 
 from astrohvae.psf import per_stamp_chunks as _per_stamp_chunks  # noqa: E402
 
-_PHYS_CACHE = {}
+PHYSICAL_OPTIONS = {"locus_normalise": True, "zero_point": True, "saturated_stellar": True}
+"""Defaults of the switches of `_physical` (parameters of `HierarchicalClassifier`):
+
+``locus_normalise``
+    Divide r_half and concentration by the field's stellar values (else by
+    fixed 2 px and 0.4).  The stellar locus is the smallest-radius peak of the
+    bright sources' half-light radii (`astrohvae.psf.stellar_locus`).  Measured
+    on the simulated test fields (seeds 500-507), A+Vr AUC r<19 / 19<r<21 /
+    r>21 over two seeds: 0.986 / 0.959 / 0.692 with the fixed 2 px and 0.4,
+    1.000 / 0.967 / 0.709 normalised.
+``zero_point``
+    Shift SPREAD_MODEL (divide the PSF/aperture ratio) so that the field's
+    stellar locus sits at 0 (1).
+``saturated_stellar``
+    Give saturated sources (`astrohvae.psf.saturated`: flat-topped cores;
+    `astrohvae.psf.band_saturated`: cores saturated in some bands only, as SDSS
+    frames interpolate them) the point-source morphology.
+"""
 
 
-def _physical(stamps, ref=None, colours=False, pass1=None):
-    """Cached `_physical_compute` (the same stamp arrays are often scored many times)."""
-    key = (id(stamps.flux), len(stamps.flux), ref is None, LOCUS_NORMALISE, bool(colours))
-    hit = _PHYS_CACHE.get(key)
-    if hit is not None and hit[0] is stamps.flux:
-        return hit[1]
-    res = _physical_compute(stamps, ref, colours, pass1)
-    if len(_PHYS_CACHE) > 8:
-        _PHYS_CACHE.clear()
-    _PHYS_CACHE[key] = (stamps.flux, res)
-    return res
+def _physical(stamps, ref=None, colours=False, pass1=None, options=None):
+    """Label-free physical statistics of each source, see `_physical_compute`."""
+    return _physical_compute(stamps, ref, colours, pass1, {**PHYSICAL_OPTIONS, **(options or {})})
 
 
 def _pass1_statistics():
@@ -188,7 +189,7 @@ def _pass1_statistics():
     return (profile_features, saturated, aperture_colours)
 
 
-def _physical_compute(stamps, ref=None, colours=False, pass1=None):
+def _physical_compute(stamps, ref, colours, pass1, options):
     """Label-free physical statistics of each source.
 
     Morphology against the stellar locus / PSF of each field (log r_half /
@@ -205,9 +206,12 @@ def _physical_compute(stamps, ref=None, colours=False, pass1=None):
     they may be lazily backed): once for the field-independent statistics
     (``pass1``: `profile_features`, `saturated`, `aperture_colours`, given
     when the caller has made them in its own pass), once for those against
-    the field's PSF (`psf_match`, `band_saturated`).
+    the field's PSF (`psf_match`, `band_saturated`).  ``options``: the
+    switches of `PHYSICAL_OPTIONS`.
     """
-    from astrohvae.psf import (PSFModel, _stellar_locus, band_saturated, chunked_statistics, estimate_psf,
+    locus_normalise, zero_point, saturated_stellar = (
+        bool(options[k]) for k in ("locus_normalise", "zero_point", "saturated_stellar"))
+    from astrohvae.psf import (PSFModel, stellar_locus, band_saturated, chunked_statistics, estimate_psf,
                                psf_match)
 
     if pass1 is None:
@@ -231,7 +235,7 @@ def _physical_compute(stamps, ref=None, colours=False, pass1=None):
         try:
             if bright.sum() < MIN_BRIGHT:
                 raise ValueError("too few bright sources")
-            r_star, _ = _stellar_locus(sub["r_half"], np.where(sat, 0.0, sub["snr"]), 50.0)
+            r_star, _ = stellar_locus(sub["r_half"], np.where(sat, 0.0, sub["snr"]), 50.0)
             locus = np.abs(np.log(np.clip(sub["r_half"], 1e-3, None) / r_star)) < 0.08
             locus &= bright
             if locus.sum() < MIN_LOCUS:
@@ -248,7 +252,7 @@ def _physical_compute(stamps, ref=None, colours=False, pass1=None):
                 r_star, c_star, psf = ref["r_star"], ref["c_star"], PSFModel(ref["psf"], ref["r_star"], 0)
         m, band_sat = chunked_statistics(sub_st, lambda c: psf_match(c, psf), lambda c: band_saturated(c, psf.image))
         ratio, spread = m["psf_ratio"], m["spread_model"]
-        if SATURATED_STELLAR:
+        if saturated_stellar:
             sat = sat | band_sat
         if colours:
             nk = noise_scale(sub_st, psf.image)
@@ -259,7 +263,7 @@ def _physical_compute(stamps, ref=None, colours=False, pass1=None):
                 if nk is None:
                     nk = noise_scale(stamps, psf.image)
             out[sel, N_PHYSICAL:] = psf_colours(sub_st, psf.image, noise=nk)
-        if ZERO_POINT and locus is not None:
+        if zero_point and locus is not None:
             # the field's point sources define zero SPREAD_MODEL and unit
             # PSF/aperture ratio (residual PSF-model and centring systematics)
             ls = locus & np.isfinite(spread) & np.isfinite(ratio)
@@ -267,20 +271,20 @@ def _physical_compute(stamps, ref=None, colours=False, pass1=None):
             ratio = ratio / float(np.median(ratio[ls]))
         # sources sharper than the PSF (cosmic rays, hot pixels) are put at
         # the stellar value: they cannot be resolved galaxies
-        if not LOCUS_NORMALISE:
+        if not locus_normalise:
             r_star, c_star = 2.0, 0.4
         out[sel, 0] = np.clip(np.log(np.clip(sub["r_half"], 0.2, 30) / r_star), -0.3, 1.5)
         out[sel, 1] = np.clip(np.log(np.clip(sub["concentration"], 0.01, 1.0) / c_star), -1.5, 0.3)
         out[sel, 2] = np.clip(ratio, 0.0, 1.1)
         out[sel, 3] = np.clip(spread, -0.005, 0.1) * 20.0
-        if SATURATED_STELLAR and sat.any():
+        if saturated_stellar and sat.any():
             # saturated sources (flat-topped cores, bleed trails: `psf.saturated`)
             # get the point-source morphology: their profile is the detector's,
             # not the sky's, and resolved galaxies do not reach the full well
             # at SDSS depth
             k = sel[sat]
-            out[k, 0] = np.clip(np.log(r_star / (r_star if LOCUS_NORMALISE else 2.0)), -0.3, 1.5)
-            out[k, 1] = np.clip(np.log(c_star / (c_star if LOCUS_NORMALISE else 0.4)), -1.5, 0.3)
+            out[k, 0] = np.clip(np.log(r_star / (r_star if locus_normalise else 2.0)), -0.3, 1.5)
+            out[k, 1] = np.clip(np.log(c_star / (c_star if locus_normalise else 0.4)), -1.5, 0.3)
             out[k, 2] = 1.0
             out[k, 3] = 0.0
             if colours:
@@ -298,24 +302,6 @@ def _physical_compute(stamps, ref=None, colours=False, pass1=None):
         new_ref["noise_scale"] = [float(v) for v in np.median(scales, axis=0)]
     return out, new_ref
 
-
-LOCUS_NORMALISE = True
-"""Divide r_half and concentration by the field's stellar values (else by fixed 2 px and 0.4).
-
-On since the stellar locus is the smallest-radius peak of the bright sources'
-half-light radii (`astrohvae.psf._stellar_locus`); the former global-mode
-estimate locked onto the galaxies in good-seeing fields and made the
-per-field normalisation look harmful.  Measured on the simulated test fields
-(seeds 500-507, with the new locus, PSF and saturation handling), the A+Vr
-AUC r<19 / 19<r<21 / r>21 over two seeds: 0.986 / 0.959 / 0.692 with the
-fixed 2 px and 0.4 (morphology only), 1.000 / 0.967 / 0.709 normalised."""
-
-ZERO_POINT = True
-"""Shift SPREAD_MODEL (divide the PSF/aperture ratio) so that the field's stellar locus sits at 0 (1)."""
-
-SATURATED_STELLAR = True
-"""Give saturated sources (`astrohvae.psf.saturated`: flat-topped cores; `astrohvae.psf.band_saturated`:
-cores saturated in some bands only, as SDSS frames interpolate them) the point-source morphology."""
 
 MIN_BRIGHT = 20
 """A field (``meta['field']``) gets its own PSF with at least this many S/N >= 50 sources ..."""
@@ -357,7 +343,7 @@ def _blank_psf_fluxes(stamps, psf_image, radius=5.0, offset=16):
     pixels of no source (mask 0); a position with under 90 % of its pixels
     usable gives NaN.
     """
-    from astrohvae.psf import _radius_grid
+    from astrohvae.psf import radius_grid
 
     flux = np.asarray(stamps.flux, dtype=np.float64)
     mask = np.asarray(stamps.mask)
@@ -367,7 +353,7 @@ def _blank_psf_fluxes(stamps, psf_image, radius=5.0, offset=16):
     out = []
     for dy, dx in ((-offset, -offset), (-offset, offset), (offset, -offset), (offset, offset)):
         ps = np.roll(p, (dy, dx), axis=(1, 2))
-        disc = _radius_grid(ny, nx, ny // 2 + dy, nx // 2 + dx) <= radius
+        disc = radius_grid(ny, nx, ny // 2 + dy, nx // 2 + dx) <= radius
         good = ((mask == 0) & disc[None])[:, None]
         pp = ps[None] * good
         norm = np.maximum((pp * ps[None]).sum(axis=(2, 3)), 1e-12)
@@ -415,14 +401,15 @@ def psf_colours(stamps, psf_image, radius=5.0, noise=None):
     from astrohvae import BANDS, SOFTENING
     from astrohvae.photometry import luptitude
     from astrohvae.preprocess import clean_stamps
-    from astrohvae.psf import _GRI, _radius_grid, centroids, recentre
+    from astrohvae.conventions import GRI as _GRI
+    from astrohvae.psf import centroids, radius_grid, recentre
 
     cl = clean_stamps(stamps.flux, stamps.mask)
     dy, dx = centroids(cl[:, _GRI].sum(axis=1))
     img = recentre(cl, dy, dx).astype(np.float64)
     p = np.clip(np.asarray(psf_image, dtype=np.float64), 0.0, None)
     p = p / np.maximum(p.sum(axis=(1, 2), keepdims=True), 1e-12)
-    good = (((np.asarray(stamps.mask) & 6) == 0) & (_radius_grid(*p.shape[1:]) <= radius)[None])[:, None]
+    good = (((np.asarray(stamps.mask) & 6) == 0) & (radius_grid(*p.shape[1:]) <= radius)[None])[:, None]
     pp = p[None] * good
     norm = np.maximum((pp * p[None]).sum(axis=(2, 3)), 1e-12)
     f = (pp * img).sum(axis=(2, 3)) / norm
@@ -508,10 +495,10 @@ def _physical_ref(stamps, feat):
     With several fields (``meta['field']``), each field with enough bright
     locus stars gets its own estimate and the reference is the field of median
     stellar half-light radius (typical seeing); pooling fields of different
-    seeing would make the smallest-radius peak (`_stellar_locus`) the
+    seeing would make the smallest-radius peak (`stellar_locus`) the
     best-seeing field's.  Otherwise all stamps are pooled.
     """
-    from astrohvae.psf import _stellar_locus, estimate_psf, profile_features, saturated
+    from astrohvae.psf import stellar_locus, estimate_psf, profile_features, saturated
 
     feat = profile_features(stamps) if feat is None else feat
     n = len(feat["r_half"])
@@ -526,7 +513,7 @@ def _physical_ref(stamps, feat):
         if (np.isfinite(rh) & (sn >= 50)).sum() < MIN_BRIGHT:
             continue
         try:
-            r_star, _ = _stellar_locus(rh, sn, 50.0)
+            r_star, _ = stellar_locus(rh, sn, 50.0)
         except ValueError:
             continue
         locus = (np.abs(np.log(np.clip(rh, 1e-3, None) / r_star)) < 0.08) & (sn >= 50)
@@ -537,7 +524,7 @@ def _physical_ref(stamps, feat):
         r_star, c_star, sel = per[(len(per) - 1) // 2]
         psf = estimate_psf(stamps[sel] if len(sel) != n else stamps, features={k: v[sel] for k, v in feat.items()})
         return {"r_star": float(r_star), "c_star": c_star, "psf": psf.image}
-    r_star, _ = _stellar_locus(feat["r_half"], snr, 50.0)
+    r_star, _ = stellar_locus(feat["r_half"], snr, 50.0)
     locus = (np.abs(np.log(np.clip(feat["r_half"], 1e-3, None) / r_star)) < 0.08) & (snr >= 50)
     c_star = float(np.median(feat["concentration"][locus])) if locus.sum() else float(
         np.nanquantile(feat["concentration"], 0.9)
@@ -619,7 +606,19 @@ def _check_stamps(stamps):
 # ---------------------------------------------------------------------------
 # A+Vr
 # ---------------------------------------------------------------------------
-class HierarchicalClassifier:
+class _Estimator:
+    """What every estimator of `MODELS` shares: its parameters and its weights folder."""
+
+    def get_params(self):
+        """Constructor parameters (scikit-learn convention)."""
+        return _get_params(self)
+
+    def save(self, directory, **config):
+        """Write the fitted estimator into ``directory`` (see `save_model`); returns its hash."""
+        return save_model(self, directory, **config)
+
+
+class HierarchicalClassifier(_Estimator):
     """A+Vr: AE (30 latents) -> 1-D VAE with an asymmetric two-peak prior.
 
     Parameters
@@ -681,6 +680,8 @@ class HierarchicalClassifier:
         term of the paper needs ``symmetric_prior=True``.
     beta : float
         Weight of the prior term.
+    locus_normalise, zero_point, saturated_stellar : bool
+        Switches of the physical statistics (`PHYSICAL_OPTIONS`).
     prior_tries : int
         The prior says the stars form the narrow peak.  If, after training,
         `star_side` finds the compact sources in the broad peak instead, the
@@ -707,9 +708,12 @@ class HierarchicalClassifier:
                  star_mean=-1.5, star_sigma=0.35, galaxy_mean=1.0, galaxy_sigma=1.0, symmetric_prior=False,
                  ae_latent=30, channels=(16, 32, 64, 64), ae_epochs=4, vae_epochs=40, batch_size=128,
                  lr=2e-3, center_weight=4.0, augment=True, ae_components=0, fit_weight=True, prior_tries=5,
-                 colour_prior=False, prior=(1.0, 0.5), divergence=None, beta=1.0, device="cpu", random_state=0,
-                 verbose=False):
+                 colour_prior=False, prior=(1.0, 0.5), divergence=None, beta=1.0, locus_normalise=True,
+                 zero_point=True, saturated_stellar=True, device="cpu", random_state=0, verbose=False):
         self.colour_prior = colour_prior
+        self.locus_normalise = locus_normalise
+        self.zero_point = zero_point
+        self.saturated_stellar = saturated_stellar
         self.prior = tuple(prior)
         self.divergence = divergence
         self.beta = beta
@@ -775,7 +779,7 @@ class HierarchicalClassifier:
             self.ae_pcs_ = None
         feats = [self._ae_feats(z)]
         if self.physical:
-            phys, self.ref_ = _physical(stamps, colours=bool(self.colour_prior))
+            phys, self.ref_ = _physical(stamps, colours=bool(self.colour_prior), options=self._physical_options())
             feats.append(phys[:, self._phys_cols()])
         else:
             self.ref_ = None
@@ -836,6 +840,9 @@ class HierarchicalClassifier:
         lo, hi = min(m), max(m)
         return mixture_posterior(np.clip(mu, lo, hi), sigma, self.weights_, m, s)
 
+    def _physical_options(self):
+        return {k: getattr(self, k) for k in PHYSICAL_OPTIONS}
+
     def _phys_cols(self):
         if self.physical == "morph":
             return slice(0, 4)
@@ -888,6 +895,7 @@ class HierarchicalClassifier:
         phys = None
         if self.physical:
             phys = _physical(stamps, self.ref_, colours=getattr(self, "colour_templates_", None) is not None,
+                             options=self._physical_options(),
                              pass1=res[1:])[0]
             feats.append(phys[:, self._phys_cols()])
         mu, sig = self._encode_latent(np.concatenate(feats, axis=1))
@@ -920,10 +928,6 @@ class HierarchicalClassifier:
         return np.where(self.predict_proba(stamps, batch_size) >= 0.5, "galaxy", "star")
 
     # persistence (one format: `save_model` / `load_model`) ------------------
-    def get_params(self):
-        """Constructor parameters (scikit-learn convention)."""
-        return _get_params(self)
-
     def _fitted_state(self):
         """``(modules, arrays, values)``: everything `fit` learnt, for `save_model`."""
         arrays = {}
@@ -963,10 +967,6 @@ class HierarchicalClassifier:
         if "ae_pcs" in arrays:
             self.ae_mean_, self.ae_scale_, self.ae_pcs_ = arrays["ae_mean"], arrays["ae_scale"], arrays["ae_pcs"]
 
-    def save(self, directory, **config):
-        """Write the fitted classifier into ``directory`` (see `save_model`); returns its hash."""
-        return save_model(self, directory, **config)
-
     @classmethod
     def load(cls, directory, device="auto"):
         """Load a classifier written by `save` (see `load_model`)."""
@@ -976,7 +976,7 @@ class HierarchicalClassifier:
 # ---------------------------------------------------------------------------
 # V+M / Vr+M
 # ---------------------------------------------------------------------------
-class ManifoldClassifier:
+class ManifoldClassifier(_Estimator):
     """V+M / Vr+M: conv VAE latents -> 1-D Isomap -> threshold at the star fraction.
 
     Parameters
@@ -1075,10 +1075,6 @@ class ManifoldClassifier:
         return Isomap(n_neighbors=min(self.n_neighbors, self.max_manifold - 1), n_components=1,
                       eigen_solver="dense")
 
-    def get_params(self):
-        """Constructor parameters (scikit-learn convention)."""
-        return _get_params(self)
-
     def _fitted_state(self):
         arrays = {"scale": self.scale_, "center": self.center_, "manifold_z": self.manifold_z_,
                   "manifold_embedding": self.manifold_embedding_}
@@ -1112,15 +1108,11 @@ class ManifoldClassifier:
     def predict(self, stamps, batch_size=256):
         return np.where(self.predict_proba(stamps, batch_size) >= 0.5, "galaxy", "star")
 
-    def save(self, directory, **config):
-        """Write the fitted classifier into ``directory`` (see `save_model`); returns its hash."""
-        return save_model(self, directory, **config)
-
 
 # ---------------------------------------------------------------------------
 # the plain AE: a feature extractor, not a classifier
 # ---------------------------------------------------------------------------
-class AutoEncoderFeatures:
+class AutoEncoderFeatures(_Estimator):
     """The paper's convolutional AE alone: 30 latents per stamp, no classes.
 
     ``transform(stamps)`` gives ``{'z_ae': (N, latent_dim)}``; it has no
@@ -1146,10 +1138,6 @@ class AutoEncoderFeatures:
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
-
-    def get_params(self):
-        """Constructor parameters (scikit-learn convention)."""
-        return _get_params(self)
 
     def fit(self, stamps, y=None):
         """Fit on unlabelled stamps (``y`` ignored)."""
@@ -1177,10 +1165,6 @@ class AutoEncoderFeatures:
 
     def _set_fitted_state(self, modules, arrays, values):
         self.ae_ = modules["ae"]
-
-    def save(self, directory, **config):
-        """Write the fitted AE into ``directory`` (see `save_model`); returns its hash."""
-        return save_model(self, directory, **config)
 
 
 # ---------------------------------------------------------------------------

@@ -110,7 +110,9 @@ def _quiet_warnings():
               help="Detection threshold of the photutils segmentation, in sigma.")
 @click.option("--example", is_flag=True,
               help="Run on the embedded example (a 1024x744 field simulated with a fixed seed).")
-def run(field, out, weights, device, batch_size, preview, preview_out, segmenter, nsigma, example):
+@click.option("--regions", is_flag=True,
+              help="Also write a DS9 region file beside the catalogue (<out> with .reg).")
+def run(field, out, weights, device, batch_size, preview, preview_out, segmenter, nsigma, example, regions):
     """Catalogue one field: segmentation, stamps, star/galaxy classification.
 
     FIELD is any input the reader takes: an SDSS field folder, one frame
@@ -128,12 +130,16 @@ def run(field, out, weights, device, batch_size, preview, preview_out, segmenter
     else:
         src = field[0] if len(field) == 1 else list(field)
     res = run_field(src, out, weights=weights, device=device, batch_size=batch_size, preview=preview,
-                    preview_out=preview_out, segmenter=segmenter, nsigma=nsigma)
+                    preview_out=preview_out, segmenter=segmenter, nsigma=nsigma, regions=regions)
     frac = f"{res.star_fraction:.3f}" if res.rows else "n/a"
     click.echo(f"catalogue: {res.catalog}  ({res.rows} sources: {res.n_star} stars, {res.n_galaxy} galaxies, "
                f"star fraction {frac}; {res.seconds:.1f} s)")
     if res.preview:
         click.echo(f"preview:   {res.preview}")
+    if regions:
+        from astrohvae.pipeline import regions_path
+
+        click.echo(f"regions:   {regions_path(res.catalog)}")
 
 
 # --- end run -----------------------------------------------------------------
@@ -173,9 +179,10 @@ def run(field, out, weights, device, batch_size, preview, preview_out, segmenter
 @click.option("--combine/--no-combine", default=True, show_default=True,
               help="Write the combined survey catalogue (field column, primary flag) at the end.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--regions", is_flag=True, help="Also write <field>.cat.reg (DS9 regions) per field.")
 def survey(fields, out_dir, scheduler, connect_timeout, cluster, jobs, cores, memory, walltime, queue, account,
            dask_config, workers, memory_limit, retries, weights, device, batch_size, segmenter, nsigma, preview,
-           combine, progress):
+           combine, progress, regions):
     """Catalogue many FIELDS on dask.distributed (resumable).
 
     Fields whose catalogue is already complete in OUT (and made with the same
@@ -202,7 +209,7 @@ def survey(fields, out_dir, scheduler, connect_timeout, cluster, jobs, cores, me
     res = run_survey(list(fields), out_dir, scheduler=scheduler, workers=workers, weights=weights, device=device,
                      batch_size=batch_size, segmenter=segmenter, nsigma=nsigma, memory_limit=memory_limit,
                      progress=progress, preview=preview, retries=retries, connect_timeout=connect_timeout,
-                     cluster=jq, jobs=jobs, combine=combine)
+                     cluster=jq, jobs=jobs, combine=combine, regions=regions)
     tab = res.table
     click.echo("\n".join(tab.pformat(max_lines=-1, max_width=-1)))
     done = int((tab["status"] != "failed").sum()) if len(tab) else 0
@@ -370,18 +377,24 @@ def stamps(fields, out, segmenter, nsigma, device, workers, overwrite, quiet):
 @click.option("--train", "train_path", type=click.Path(exists=True), default=None,
               help="Stamp store to fit the methods on (unlabelled use; default: TEST itself).")
 @click.option("--truth", type=click.Path(exists=True), default=None,
-              help="With a catalogue as TEST: the simulator's truth file (or its folder).")
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Folder for the table (classification.md, .csv) and the ROC plot (classification_roc.png).")
+              help="With a catalogue as TEST: a truth list (FITS/CSV with ra/dec or x/y and a class column: "
+                   "star/galaxy, SDSS TYPE 3/6, +-1; without one, a star list), or a simulator folder.")
+@click.option("--radius", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="With --truth: match radius in arcsec (nearest catalogue source).")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the table (classification.md, .csv) and the ROC plot (classification_roc.png); "
+                   "required for a stamp store, optional with --truth.")
 @click.option("--methods", default="classical,a+vr,a+vr-ae,a+vr-paper,v+m,vr+m-sc,vr+m-dkl,vr+m-aw,vr+m-pw,probe",
               show_default=True, help="Comma-separated method keys.")
 @click.option("--seeds", default=5, show_default=True, type=int, help="Training seeds per method.")
 @click.option("--quick", is_flag=True, help="Tiny training (smoke test).")
-def evaluate(test, train_path, truth, out_dir, methods, seeds, quick):
+def evaluate(test, train_path, truth, radius, out_dir, methods, seeds, quick):
     """Score star/galaxy methods against truth; print the table, write it and the ROC plot.
 
     TEST is a labelled stamp store (truth_type from the simulator), or a
-    catalogue FITS from `astrohvae run` together with --truth.
+    catalogue FITS from `astrohvae run` together with --truth: each truth
+    object is matched to the nearest source within --radius and the classes
+    are tabulated by r magnitude (the list's own, else the catalogue's).
     """
     from pathlib import Path
 
@@ -389,22 +402,40 @@ def evaluate(test, train_path, truth, out_dir, methods, seeds, quick):
     from astrohvae.errors import InputError
     from astrohvae.io.atomic import atomic_path
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir) if out_dir else None
     if truth is not None:
-        rows, runs, y = ev.evaluate_catalog(test, truth)
-        ev.plot_roc(y, runs, out / "classification_roc.png")
-    else:
-        if Path(test).suffix.lower() in (".fits", ".fit") and truth is None:
-            raise InputError(test, "a catalogue needs --truth")
-        test_st = ev.load_stamps(test)
-        train_st = ev.load_stamps(train_path) if train_path else test_st
-        y, _ = ev.labels_from_meta(test_st.meta)
-        if not ((y == 0).any() and (y == 1).any()):
-            raise InputError(test, "stamps hold no truth labels of both classes (truth_type)")
-        facts = ev.method_factories([m.strip().lower() for m in methods.split(",") if m.strip()], quick=quick)
-        rows, _ = ev.evaluate(train_st, test_st, facts, seeds=range(seeds), roc_path=out / "classification_roc.png",
-                              progress=lambda n, s, a: click.echo(f"{n} seed {s}: AUC {a:.3f}", err=True))
+        try:
+            res = ev.evaluate_truth(test, truth, radius=radius)
+        except ValueError as exc:
+            raise InputError(test, str(exc)) from None
+        mode = "star list: star recall" if res["star_only"] else "stars and galaxies"
+        click.echo(f"{res['n_matched']} of {res['n_truth']} truth objects matched within {radius:g}\" "
+                   f"({mode}); r from the list, else the catalogue's mag_r")
+        table = ev.format_truth_table(res["table"])
+        click.echo(table)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            with atomic_path(out / "classification.md") as tmp:
+                Path(tmp).write_text(table + "\n")
+            with atomic_path(out / "classification.csv") as tmp:
+                res["table"].write(tmp, format="ascii.csv", overwrite=True)
+            y = res["y"]
+            if (y == 0).any() and (y == 1).any():
+                ev.plot_roc(y, {Path(test).name: [res["p_galaxy"]]}, out / "classification_roc.png")
+        return
+    if out is None:
+        raise click.UsageError("-o/--out is required when TEST is a stamp store")
+    if Path(test).suffix.lower() in (".fits", ".fit"):
+        raise InputError(test, "a catalogue needs --truth")
+    out.mkdir(parents=True, exist_ok=True)
+    test_st = ev.load_stamps(test)
+    train_st = ev.load_stamps(train_path) if train_path else test_st
+    y, _ = ev.labels_from_meta(test_st.meta)
+    if not ((y == 0).any() and (y == 1).any()):
+        raise InputError(test, "stamps hold no truth labels of both classes (truth_type)")
+    facts = ev.method_factories([m.strip().lower() for m in methods.split(",") if m.strip()], quick=quick)
+    rows, _ = ev.evaluate(train_st, test_st, facts, seeds=range(seeds), roc_path=out / "classification_roc.png",
+                          progress=lambda n, s, a: click.echo(f"{n} seed {s}: AUC {a:.3f}", err=True))
     table = ev.format_table(rows)
     click.echo(table)
     with atomic_path(out / "classification.md") as tmp:

@@ -16,7 +16,7 @@ import numpy as np
 
 from astrohvae import BANDS, SOFTENING
 
-__all__ = ["luptitude", "luptitude_to_flux", "softening"]
+__all__ = ["luptitude", "luptitude_err", "luptitude_to_flux", "softening"]
 
 _K = 2.5 / np.log(10.0)
 
@@ -60,3 +60,29 @@ def luptitude_to_flux(mag, band):
     m = np.asarray(mag, dtype=np.float64)
     b = _b_for(band, m.ndim)
     return 2.0 * b * np.sinh(-m / _K - np.log(b)) * 1e9
+
+
+def luptitude_err(flux_nmgy, flux_err_nmgy, band):
+    """Error of `luptitude` propagated from the flux error.
+
+    .. math:: \\sigma_m = \\frac{2.5}{\\ln 10}\\,\\frac{\\sigma_f}{\\sqrt{(2 b f_0)^2 + f^2}}
+
+    (the derivative of the asinh magnitude; equal to the Pogson
+    ``1.0857 sigma_f / f`` for bright sources, bounded by the softening for
+    faint ones).
+
+    Parameters
+    ----------
+    flux_nmgy, flux_err_nmgy : array_like
+        Flux and its 1-sigma error in nanomaggies.
+    band : str or sequence of str
+        As for `luptitude`.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    f = np.asarray(flux_nmgy, dtype=np.float64) * 1e-9
+    e = np.asarray(flux_err_nmgy, dtype=np.float64) * 1e-9
+    b = _b_for(band, f.ndim)
+    return _K * e / np.sqrt((2.0 * b) ** 2 + f**2)

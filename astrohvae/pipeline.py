@@ -29,9 +29,10 @@ import numpy as np
 from astropy.table import Table
 
 from astrohvae import BANDS, STAMP_SIZE
+from astrohvae.conventions import FLAG_MASKED
 from astrohvae.errors import AstroHVAEError, InputError
 from astrohvae.io.atomic import check_writable_dir
-from astrohvae.io.catalog import CLASS_CODES, Z_AE_DIM, conform_table, empty_table, write_catalog
+from astrohvae.io.catalog import Z_AE_DIM, conform_table, empty_table, write_catalog
 from astrohvae.io.field import Field
 
 __all__ = [
@@ -301,7 +302,6 @@ def _relabel(segm_data, ids):
     return lut[segm_data]
 
 
-FLAG_MASKED = 4
 MASK_GROW = 2
 
 
@@ -326,9 +326,9 @@ def _masked_flags(segmap, mask, n, grow=MASK_GROW):
 
 def make_classmap(segmap, classes):
     """uint8 map: 0 sky, 1 star, 2 galaxy, from a segmap with labels 1..N and N class names."""
-    codes = np.zeros(len(classes) + 1, dtype=np.uint8)
-    codes[1:] = [CLASS_CODES[c] for c in classes]
-    return codes[segmap]
+    from astrohvae.segment import classmap
+
+    return classmap(segmap, np.arange(1, len(classes) + 1), classes)
 
 
 def _stamp_store(field, segm, sources, background, batch_size, workdir, stamps_mod):
@@ -518,10 +518,14 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
             "FLUXTYPE": ("segment", "flux_* summed over the source segment"),
             "INFILE": [Path(f).name for f in field.files] or [field.name or "in-memory"],
         }
+        from astrohvae.preview import is_simulated
+
+        if is_simulated(field):
+            header["SIMULATE"] = (True, "input frames made by astrohvae.simulate")
         latent_dim = int(getattr(classifier, "latent_dim", 0) or 0) or 1
         ny, nx = field.shape
         if sources is None:
-            t.zero("measure", "stamps", "classify")
+            t.zero("measure", "stamps", "classify", "photometry")
             return _empty_products(ny, nx, header, t, latent_dim)
         n = len(sources)
         t.start()
@@ -533,8 +537,14 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
             t.start()
             p, lat, stamp_mask = _classify_field(classifier, dflux, dmask, dsky, meta, stamps_mod, batch_size)
             masks = (stamp_mask & 1).astype(np.uint8)
-            del stamp_mask
             t.stop("classify")
+            t.start()
+            from astrohvae.measure import measure_catalog
+
+            extra = measure_catalog(field, segm, background,
+                                    stamps_mod.StampSet(dflux, stamp_mask, np.asarray(dsky), meta))
+            del stamp_mask
+            t.stop("photometry")
 
     table = Table(sources, copy=True)
     table["id"] = np.arange(1, n + 1, dtype=np.int32)
@@ -555,6 +565,8 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
         flags = flags | np.asarray(meta["flags"], dtype=np.int32)
     segmap = np.asarray(segm.data, dtype=np.int32)
     table["flags"] = flags | _masked_flags(segmap, field.mask, n)
+    for name in extra.colnames:
+        table[name] = extra[name]
     latent_dim = z_hvae.shape[1]
     table = conform_table(table, latent_dim=latent_dim)
     classmap = make_classmap(segmap, cls)
@@ -579,13 +591,19 @@ def _default_weights_dir():
 
 
 # ----------------------------------------------------------------------------- one field
+def regions_path(catalog):
+    """The DS9 region file beside a catalogue: ``X.cat.fits`` -> ``X.cat.reg``."""
+    return Path(catalog).with_suffix(".reg")
+
+
 def default_output(name, directory="."):
     """``<directory>/<name>.cat.fits``."""
     return Path(directory) / f"{name}.cat.fits"
 
 
 def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, preview=False,
-              segmenter="auto", nsigma=DEFAULT_NSIGMA, classifier=None, preview_out=None, threads=None):
+              segmenter="auto", nsigma=DEFAULT_NSIGMA, classifier=None, preview_out=None, threads=None,
+              regions=False):
     """Read a field, make its catalogue, write it atomically (and a preview).
 
     Parameters
@@ -608,6 +626,9 @@ def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, pr
         An already loaded classifier (overrides ``weights``).
     threads : int, optional
         Threads for reading the bands (default one per CPU).
+    regions : bool
+        Also write a DS9 region file beside the catalogue (``<out>`` with
+        ``.reg`` for ``.fits``; `astrohvae.io.ds9`).
 
     Returns
     -------
@@ -645,8 +666,14 @@ def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, pr
     timings.update(prod.timings)
     t1 = time.perf_counter()
     write_catalog(out, prod.table, prod.segmap, prod.classmap, prod.masks, prod.header,
-                  latent_dim=prod.latent_dim)
+                  latent_dim=prod.latent_dim, wcs=field.wcs)
     timings["write"] = time.perf_counter() - t1
+    if regions:
+        from astrohvae.io.ds9 import write_regions
+
+        t1 = time.perf_counter()
+        write_regions(regions_path(out), prod.table, field.wcs)
+        timings["regions"] = time.perf_counter() - t1
     if png is not None:
         from astrohvae.preview import write_preview
 

@@ -29,9 +29,14 @@ All are pure functions of the stamps: no state, no labels.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import numpy as np
 
 from astrohvae import BANDS
+from astrohvae.conventions import GRI as _GRI
+from astrohvae.conventions import MASK_INVALID, MASK_OTHER, MASK_OWN
 from astrohvae.photometry import luptitude
 
 __all__ = [
@@ -42,13 +47,12 @@ __all__ = [
     "clean_stamps",
     "clean_gri",
     "crop_window",
+    "CleanCache",
+    "reuse_cleaned",
     "SOURCE_SCALE",
     "ASINH_SOFT",
 ]
 
-MASK_OWN = 1
-MASK_OTHER = 2
-MASK_INVALID = 4
 
 SOURCE_SCALE = 10.0
 """Multiplier applied after dividing by the source flux (a PSF of FWHM ~1.4"
@@ -57,7 +61,6 @@ puts ~7 % of its flux in the central pixel, so point sources peak near 0.7)."""
 ASINH_SOFT = 0.05
 """Softening of the ``'source_asinh'`` compression, in ``'source'`` units."""
 
-_GRI = [BANDS.index(b) for b in ("g", "r", "i")]
 
 
 def _arrays(stamps):
@@ -100,18 +103,47 @@ def clean_stamps(flux, mask, window=None):
     if window is not None:
         rows, cols = window
         return _clean(flux[:, :, rows, cols], mask[:, rows, cols])
-    return _last_result(_CLEAN_MEMO, flux, mask, _clean, _CLEAN_MEMO_BYTES)
+    return _last_result("clean", flux, mask, _clean, CLEAN_CACHE_BYTES)
 
 
-def _last_result(memo, flux, mask, make, max_bytes=None):
-    """``make(flux, mask)``, or its last result when called again with the same arrays (by identity)."""
-    key = (id(flux), id(mask), flux.shape, mask.shape)
-    hit = memo.get("last")
-    if hit is not None and hit[0] == key and hit[1] is flux and hit[2] is mask:
-        return hit[3]
-    out = make(flux, mask)
-    memo["last"] = (key, flux, mask, out) if max_bytes is None or out.nbytes <= max_bytes else None
-    return out
+class CleanCache:
+    """The last `clean_stamps` / `clean_gri` result of each kind, keyed by the identity of the input arrays.
+
+    Only active inside `reuse_cleaned` (`astrohvae.psf.chunked_statistics`
+    opens one around each chunk, so the statistics of one pass clean a chunk
+    once); outside it every call computes afresh, and nothing outlives the pass.
+    """
+
+    def __init__(self):
+        self.last = {}
+
+    def get(self, kind, flux, mask, make, max_bytes=None):
+        """``make(flux, mask)``, or the last result of ``kind`` for the same arrays."""
+        key = (id(flux), id(mask), flux.shape, mask.shape)
+        hit = self.last.get(kind)
+        if hit is not None and hit[0] == key and hit[1] is flux and hit[2] is mask:
+            return hit[3]
+        out = make(flux, mask)
+        self.last[kind] = (key, flux, mask, out) if max_bytes is None or out.nbytes <= max_bytes else None
+        return out
+
+
+_ACTIVE_CACHE = contextvars.ContextVar("astrohvae_clean_cache", default=None)
+
+
+@contextlib.contextmanager
+def reuse_cleaned():
+    """Within this block, `clean_stamps` and `clean_gri` reuse their last result for the same arrays."""
+    token = _ACTIVE_CACHE.set(CleanCache())
+    try:
+        yield
+    finally:
+        _ACTIVE_CACHE.reset(token)
+
+
+def _last_result(kind, flux, mask, make, max_bytes=None):
+    cache = _ACTIVE_CACHE.get()
+    return make(flux, mask) if cache is None else cache.get(kind, flux, mask, make, max_bytes)
 
 
 def _clean(flux, mask):
@@ -130,7 +162,7 @@ def clean_gri(flux, mask):
     need, made without a cleaned copy of all five bands.  The last result is
     reused for the same ``flux`` and ``mask`` arrays (read-only).
     """
-    return _last_result(_GRI_MEMO, np.asarray(flux), np.asarray(mask), _gri)
+    return _last_result("gri", np.asarray(flux), np.asarray(mask), _gri)
 
 
 def _gri(flux, mask):
@@ -146,15 +178,8 @@ def _gri(flux, mask):
     return out
 
 
-_CLEAN_MEMO = {}
-"""The last `clean_stamps` result, keyed by the identity of its input arrays: the
-per-stamp statistics of one classifier call clean the same stamps several times."""
-
-_GRI_MEMO = {}
-"""The last `clean_gri` result, keyed likewise."""
-
-_CLEAN_MEMO_BYTES = 1 << 28
-"""Results up to 256 MB (about 3200 stamps: one `astrohvae.psf.CHUNK`) are remembered."""
+CLEAN_CACHE_BYTES = 1 << 28
+"""`clean_stamps` results up to 256 MB (about 3200 stamps: one `astrohvae.psf.CHUNK`) are remembered."""
 
 
 def central_window(ny, nx, h):

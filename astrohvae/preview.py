@@ -1,8 +1,11 @@
 """Quick-look PNG of a field with its star/galaxy classification.
 
 An asinh-stretched colour composite (i, r, g as red, green, blue; Lupton et
-al. 2004) of the field with a marker on every catalogue source: circles for
-stars, squares for galaxies, plus a legend with the counts.
+al. 2004) of the field with every catalogue source outlined at its size:
+stars as circles, galaxies as their Kron ellipses (the shapes of the DS9
+region file, `astrohvae.io.ds9.source_ellipses`), a legend with the counts,
+RA/Dec axes (WCSAxes) when the field has a WCS, and "simulated" in the title
+when the frames were made by `astrohvae.simulate` (header card ``SIMULATE``).
 """
 
 from __future__ import annotations
@@ -13,12 +16,20 @@ import numpy as np
 
 from astrohvae.errors import OutputError
 from astrohvae.io.atomic import atomic_path
-from astrohvae.io.catalog import _public_mode
 
-__all__ = ["colour_image", "write_preview"]
+__all__ = ["colour_image", "is_simulated", "write_preview"]
 
-STAR_COLOUR = "#00e5ff"
-GALAXY_COLOUR = "#ff9f1c"
+from astrohvae.io.ds9 import GALAXY_COLOUR, STAR_COLOUR  # noqa: E402 - one owner of the colours
+
+
+def is_simulated(field):
+    """True when ``field`` was made by `astrohvae.simulate` (in memory, or read from its frames)."""
+    meta = getattr(field, "meta", None) or {}
+    if meta.get("simulated"):
+        return True
+    headers = meta.get("headers") or {}
+    values = headers.values() if isinstance(headers, dict) else headers
+    return any(bool(h.get("SIMULATE", False)) for h in values if hasattr(h, "get"))
 
 
 def colour_image(field, *, q=8.0, stretch=None):
@@ -55,9 +66,13 @@ def write_preview(path, field, table, *, title=None, max_width_px=2048, marker_s
     field : astrohvae.io.field.Field
         The field (aligned bands).
     table : astropy.table.Table
-        Catalogue with ``x``, ``y`` (0-based) and ``class``.
+        Catalogue with ``x``, ``y`` (0-based) and ``class`` (and the shape
+        columns of `astrohvae.measure`; without them every source gets a
+        3-pixel circle).
     title : str, optional
-        Figure title.
+        Figure title ("simulated" is added for a simulated field).
+    marker_size : float, optional
+        Draw every source as a circle of this radius (pixels) instead.
 
     Returns
     -------
@@ -67,7 +82,10 @@ def write_preview(path, field, table, *, title=None, max_width_px=2048, marker_s
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.collections import EllipseCollection
     from matplotlib.lines import Line2D
+
+    from astrohvae.io.ds9 import source_ellipses
 
     path = Path(path)
     rgb = colour_image(field)
@@ -75,34 +93,67 @@ def write_preview(path, field, table, *, title=None, max_width_px=2048, marker_s
     dpi = 100
     width_px = min(max_width_px, max(nx, 640))
     scale = width_px / nx
-    fig = plt.figure(figsize=(width_px / dpi, (ny * scale + 40) / dpi), dpi=dpi)
-    ax = fig.add_axes((0, 0, 1, ny * scale / (ny * scale + 40)))
+    sky = field.wcs is not None and getattr(field.wcs, "has_celestial", False)
+    # room for the title above and, with a WCS, the RA/Dec labels around the image
+    pad_l, pad_b, pad_t, pad_r = (130, 60, 40, 20) if sky else (0, 0, 40, 0)
+    fig_w, fig_h = width_px + pad_l + pad_r, ny * scale + pad_b + pad_t
+    fig = plt.figure(figsize=(fig_w / dpi, fig_h / dpi), dpi=dpi)
+    rect = (pad_l / fig_w, pad_b / fig_h, width_px / fig_w, ny * scale / fig_h)
+    ax = fig.add_axes(rect, projection=field.wcs.celestial) if sky else fig.add_axes(rect)
     ax.imshow(rgb, origin="lower", interpolation="nearest")
     ax.set_xlim(-0.5, nx - 0.5)
     ax.set_ylim(-0.5, ny - 0.5)
-    ax.set_axis_off()
-    cls = np.asarray(table["class"]).astype(str) if len(table) else np.array([], dtype=str)
-    x = np.asarray(table["x"], float) if len(table) else np.array([])
-    y = np.asarray(table["y"], float) if len(table) else np.array([])
-    ms = marker_size or max(30.0, 120.0 * scale)
+    if sky:
+        ra, dec = ax.coords[0], ax.coords[1]
+        # SDSS frames run along the scan: RA may vary along y. Each coordinate
+        # is labelled on the image edge it varies along
+        m = field.wcs.celestial.pixel_scale_matrix
+        ra_side, dec_side = ("b", "l") if abs(m[0, 0]) >= abs(m[0, 1]) else ("l", "b")
+        for c, side, name in ((ra, ra_side, "RA (ICRS)"), (dec, dec_side, "Dec (ICRS)")):
+            c.set_ticks_position(side)
+            c.set_ticklabel_position(side)
+            c.set_axislabel_position(side)
+            c.set_axislabel(name)
+        ra.set_major_formatter("hh:mm:ss")
+        dec.set_major_formatter("dd:mm")
+        ax.coords.grid(color="white", alpha=0.25, linestyle=":")
+    else:
+        ax.set_axis_off()
+    n = len(table)
+    cls = np.asarray(table["class"]).astype(str) if n else np.array([], dtype=str)
+    x = np.asarray(table["x"], float) if n else np.array([])
+    y = np.asarray(table["y"], float) if n else np.array([])
+    if n:
+        a, b, theta, _ = source_ellipses(table)
+        if marker_size:
+            a = b = np.full(n, float(marker_size))
+            theta = np.zeros(n)
     star = cls == "star"
     gal = cls == "galaxy"
-    ax.scatter(x[star], y[star], s=ms, facecolors="none", edgecolors=STAR_COLOUR, marker="o", linewidths=0.9)
-    ax.scatter(x[gal], y[gal], s=ms, facecolors="none", edgecolors=GALAXY_COLOUR, marker="s", linewidths=0.9)
+    for sel, colour in ((star, STAR_COLOUR), (gal, GALAXY_COLOUR)):
+        if sel.any():
+            # sizes in data (pixel) units: the outlines scale with the image
+            ax.add_collection(EllipseCollection(2 * a[sel], 2 * b[sel], theta[sel], units="xy",
+                                                offsets=np.column_stack([x[sel], y[sel]]),
+                                                offset_transform=ax.transData, facecolors="none",
+                                                edgecolors=colour, linewidths=0.8))
     handles = [
         Line2D([], [], marker="o", ls="", mfc="none", mec=STAR_COLOUR, label=f"star ({int(star.sum())})"),
-        Line2D([], [], marker="s", ls="", mfc="none", mec=GALAXY_COLOUR, label=f"galaxy ({int(gal.sum())})"),
+        Line2D([], [], marker="o", ls="", mfc="none", mec=GALAXY_COLOUR, markersize=9,
+               label=f"galaxy ({int(gal.sum())}): Kron ellipse"),
     ]
     leg = ax.legend(handles=handles, loc="upper right", framealpha=0.6, facecolor="black",
                     edgecolor="white", fontsize=10)
     for text in leg.get_texts():
         text.set_color("white")
-    fig.text(0.01, 1 - 20 / (ny * scale + 40), title or field.name or "", fontsize=12, va="center")
-    fig.text(0.99, 1 - 20 / (ny * scale + 40), "gri asinh composite", fontsize=9, va="center", ha="right")
+    label = title or field.name or ""
+    if is_simulated(field):
+        label = f"{label} (simulated)" if label else "simulated field"
+    fig.text(0.01, 1 - 20 / fig_h, label, fontsize=12, va="center")
+    fig.text(0.99, 1 - 20 / fig_h, "gri asinh composite", fontsize=9, va="center", ha="right")
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=dpi)
-            _public_mode(tmp)
     except OSError as exc:
         raise OutputError(path, f"cannot write preview ({exc.strerror or exc})") from None
     finally:

@@ -27,9 +27,13 @@ from types import SimpleNamespace
 import numpy as np
 
 from astrohvae import BANDS
-from astrohvae.preprocess import MASK_OWN, central_window, clean_gri, clean_stamps, source_flux
+from astrohvae.conventions import GRI as _GRI
+from astrohvae.preprocess import MASK_OWN, central_window, clean_gri, clean_stamps, reuse_cleaned, source_flux
 
 __all__ = [
+    "stellar_locus",
+    "radius_grid",
+    "PSF_HALF",
     "chunked_statistics",
     "loaded",
     "profile_features",
@@ -41,10 +45,9 @@ __all__ = [
     "band_saturated",
 ]
 
-_GRI = [BANDS.index(b) for b in ("g", "r", "i")]
 
 
-def _radius_grid(ny, nx, cy=None, cx=None):
+def radius_grid(ny, nx, cy=None, cx=None):
     cy = ny // 2 if cy is None else cy
     cx = nx // 2 if cx is None else cx
     yy, xx = np.mgrid[:ny, :nx]
@@ -59,7 +62,7 @@ def centroids(img, radius=3.0):
     sub = np.asarray(img)[(slice(None),) + win]
     wy, wx = sub.shape[1:]
     yy, xx = np.mgrid[:wy, :wx]
-    w = (_radius_grid(wy, wx, cy, cx) <= radius)[None] * np.clip(sub, 0, None)
+    w = (radius_grid(wy, wx, cy, cx) <= radius)[None] * np.clip(sub, 0, None)
     tot = w.sum(axis=(1, 2))
     tot = np.where(tot > 0, tot, 1.0)
     dy = (w * (yy - cy)).sum(axis=(1, 2)) / tot
@@ -138,12 +141,14 @@ def chunked_statistics(stamps, *fns):
         # a store (`astrohvae.store.StampStore`) is read through its own slicing
         sub = loaded(stamps if isinstance(stamps.flux, np.ndarray) or not hasattr(stamps, "__getitem__")
                      else stamps[0:n])
-        return [fn(sub) for fn in fns]
+        with reuse_cleaned():
+            return [fn(sub) for fn in fns]
     parts = [[] for _ in fns]
     for i in range(0, n, CHUNK):
         sub = loaded(stamps[i : i + CHUNK])
-        for k, fn in enumerate(fns):
-            parts[k].append(fn(sub))
+        with reuse_cleaned():
+            for k, fn in enumerate(fns):
+                parts[k].append(fn(sub))
     return [_concat(p) for p in parts]
 
 
@@ -193,7 +198,7 @@ def profile_features(stamps, band_sum=("g", "r", "i"), r_total=8.0):
     win = central_window(*flux.shape[2:], int(np.ceil(max(r_total, 5.0))))
     img = clean_stamps(flux[:, idx], mask, window=win).sum(axis=1).astype(np.float64)
     n, ny, nx = img.shape
-    r = _radius_grid(ny, nx, cy - win[0].start, cx - win[1].start)
+    r = radius_grid(ny, nx, cy - win[0].start, cx - win[1].start)
     own = (mask & MASK_OWN) != 0
     sel = (r <= r_total)[None] & ((mask[(slice(None),) + win] & 6) == 0)
     order = np.argsort(r.ravel(), kind="stable")
@@ -237,7 +242,7 @@ class PSFModel:
         return f"PSFModel(r_half={self.r_half:.3f} px, n_used={self.n_used})"
 
 
-def _stellar_locus(r_half, snr, min_snr, min_members=5, min_share=0.2):
+def stellar_locus(r_half, snr, min_snr, min_members=5, min_share=0.2):
     """Half-light radius of the stellar locus and the window's half-width (log units).
 
     Point sources pile up in a narrow peak of the bright sources' half-light
@@ -321,7 +326,7 @@ def band_saturated(stamps, psf_image, hi=0.85, lo=0.6, min_snr=50.0):
     mask = np.asarray(stamps.mask, dtype=np.uint8)
     ny, nx = flux.shape[-2:]
     win = central_window(ny, nx, 5)
-    r = _radius_grid(win[0].stop - win[0].start, win[1].stop - win[1].start,
+    r = radius_grid(win[0].stop - win[0].start, win[1].stop - win[1].start,
                      ny // 2 - win[0].start, nx // 2 - win[1].start)
     core, ap = (r <= 1.5), (r <= 5.0)
     c = clean_stamps(flux, mask, window=win).astype(np.float64)
@@ -336,7 +341,7 @@ def band_saturated(stamps, psf_image, hi=0.85, lo=0.6, min_snr=50.0):
     return ((rel >= hi) & ok).any(axis=1) & ((rel <= lo) & ok).any(axis=1)
 
 
-_PSF_HALF = 12
+PSF_HALF = 12
 """The PSF is kept within this many pixels of the stamp centre."""
 
 
@@ -349,18 +354,18 @@ def _psf_candidates(flux, mask, sky):
     clean = recentre(clean, dy, dx)
     f = source_flux(clean, mask, sky)
     # the median runs over the central window only
-    win = (slice(None), slice(None)) + central_window(*clean.shape[-2:], _PSF_HALF)
+    win = (slice(None), slice(None)) + central_window(*clean.shape[-2:], PSF_HALF)
     return clean[win] / f[:, None, None, None]
 
 
 def _stack(candidates, shape):
-    """The PSF image ``shape`` (B, ny, nx): median of the candidates, unit g+r+i flux within `_PSF_HALF`."""
+    """The PSF image ``shape`` (B, ny, nx): median of the candidates, unit g+r+i flux within `PSF_HALF`."""
     ny, nx = shape[-2:]
-    win = (slice(None),) + central_window(ny, nx, _PSF_HALF)
+    win = (slice(None),) + central_window(ny, nx, PSF_HALF)
     img = np.zeros(shape, candidates.dtype)
     img[win] = np.median(candidates, axis=0)
-    r = _radius_grid(ny, nx)
-    img = np.where(r[None] <= _PSF_HALF, img, 0.0)
+    r = radius_grid(ny, nx)
+    img = np.where(r[None] <= PSF_HALF, img, 0.0)
     img /= img[_GRI].sum()
     return img
 
@@ -403,7 +408,7 @@ def estimate_psf(stamps, min_snr=50.0, max_stars=300, features=None, iterations=
     sat = saturated(stamps) if saturated_flags is None else np.asarray(saturated_flags, bool)
     rh = feat["r_half"]
     snr = np.where(sat, 0.0, feat["snr"])
-    r_star, bw = _stellar_locus(rh, snr, min_snr)
+    r_star, bw = stellar_locus(rh, snr, min_snr)
     win = np.isfinite(rh) & (np.abs(np.log(np.where(rh > 0, rh, 1e-3)) - np.log(r_star)) < 0.06) & ~sat
     # bright locus members only: at low S/N compact galaxies scatter into the
     # window and would outnumber the stars
@@ -471,7 +476,7 @@ def psf_match(stamps, psf, radius=5.0):
     img = img[(slice(None),) + win].astype(np.float64)
     mask = mask[(slice(None),) + win]
     p, g = p[win], g[win]
-    r = _radius_grid(*p.shape, ny // 2 - win[0].start, nx // 2 - win[1].start)
+    r = radius_grid(*p.shape, ny // 2 - win[0].start, nx // 2 - win[1].start)
     ap = (r <= radius)
     good = ((mask & 6) == 0) & ap[None]
     pp = p[None] * good

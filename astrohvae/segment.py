@@ -95,6 +95,8 @@ from pathlib import Path
 import numpy as np
 
 from astrohvae import BANDS
+from astrohvae.conventions import CLASS_CODES
+from astrohvae.conventions import GRI as _GRI
 from astrohvae.errors import InputError
 
 __all__ = [
@@ -129,7 +131,6 @@ DEFAULT_TAPS = ("out", "dec0", "dec1")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "data" / "segment"
 """Shipped weights: one sub-folder per variant."""
 
-_GRI = [BANDS.index(b) for b in ("g", "r", "i")]
 
 
 # ----------------------------------------------------------------------------
@@ -344,14 +345,14 @@ def _anchored_em(Y, bg, n_obj, rng, n_iter=200, tol=1e-5, reg=1e-4):
 # ----------------------------------------------------------------------------
 def _robust_sigma(x, max_n=400_000):
     """1.4826 x the median absolute deviation of the non-zero pixels of ``x`` (subsampled)."""
-    from astrohvae.stamps import _mad_std
+    from astrohvae.stamps import mad_std
 
-    v = x[x != 0]  # a fresh array: scratch for _mad_std
+    v = x[x != 0]  # a fresh array: scratch for mad_std
     if v.size == 0:
         return 1.0
     if v.size > max_n:
         v = v[:: v.size // max_n]
-    s = float(_mad_std(v, overwrite=True))
+    s = float(mad_std(v, overwrite=True))
     return s if s > 0 else 1.0
 
 
@@ -617,7 +618,7 @@ def band_support(bands, cy, cx, sigma=1.5, half=4, valid=None, segm_data=None, n
     numpy.ndarray
         ``(n_sources, n_bands)`` S/N.
     """
-    from astrohvae.stamps import _mad_std
+    from astrohvae.stamps import mad_std
 
     nb, ny, nx = bands.shape
     rng = np.random.default_rng(random_state)
@@ -641,7 +642,7 @@ def band_support(bands, cy, cx, sigma=1.5, half=4, valid=None, segm_data=None, n
         if linearise is not None:
             vb = linearise(vb)
         f = (w * vb).sum(axis=(1, 2))
-        noise = float(_mad_std(f[n:].copy(), overwrite=True)) if f.size > n else 1.0
+        noise = float(mad_std(f[n:].copy(), overwrite=True)) if f.size > n else 1.0
         out[:, b] = f[:n] / (noise if noise > 0 else 1.0)
     return out
 
@@ -1770,7 +1771,7 @@ def load_default_segmenter(variant=None, device="auto", **overrides):
 # ----------------------------------------------------------------------------
 # class map
 # ----------------------------------------------------------------------------
-_CLASS_CODE = {"star": 1, "galaxy": 2, 1: 1, 2: 2, 0: 0, "": 0, "background": 0}
+_CLASS_CODE = {**CLASS_CODES, **{v: v for v in CLASS_CODES.values()}, 0: 0, "": 0, "background": 0}
 
 
 def classmap(segm, labels, classes=None):

@@ -38,7 +38,8 @@ Source flag bits (``flags``, int32, as in ``catalog-schema.md``):
 1 = stamp truncated by the field edge (set by `cut_stamps`),
 2 = blended / deblended (the segment was split by the deblender or touches
 another segment), 4 = masked / NaN pixels inside the segment,
-8 = the segment touches the field edge.
+8 = the segment touches the field edge, 16 = fewer than five bands have a
+valid pixel in the segment (the source is classified from fewer bands).
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ from astropy.table import Table, vstack
 from scipy import ndimage
 
 from astrohvae import BANDS, STAMP_SIZE
-from astrohvae.photometry import luptitude
+from astrohvae.photometry import luptitude, luptitude_err
 
 __all__ = [
+    "mad_std",
     "Background",
     "StampSet",
     "concatenate",
@@ -68,19 +70,22 @@ __all__ = [
     "FLAG_BLENDED",
     "FLAG_MASKED",
     "FLAG_EDGE",
+    "FLAG_FEW_BANDS",
     "MASK_OWN",
     "MASK_OTHER",
     "MASK_INVALID",
 ]
 
-FLAG_TRUNCATED = 1
-FLAG_BLENDED = 2
-FLAG_MASKED = 4
-FLAG_EDGE = 8
-
-MASK_OWN = 1
-MASK_OTHER = 2
-MASK_INVALID = 4
+from astrohvae.conventions import (  # noqa: E402  (re-exported: the names stamps' users know)
+    FLAG_BLENDED,
+    FLAG_EDGE,
+    FLAG_FEW_BANDS,
+    FLAG_MASKED,
+    FLAG_TRUNCATED,
+    MASK_INVALID,
+    MASK_OTHER,
+    MASK_OWN,
+)
 
 META_COLUMNS = ("field", "id", "x", "y", "ra", "dec", "flags", "xc", "yc", "dx", "dy")
 """Columns of `StampSet.meta` as made by `cut_stamps` (stores add truth columns)."""
@@ -240,7 +245,7 @@ class Background:
         return out.astype(np.float32, copy=False)
 
 
-def _mad_std(values, overwrite=False):
+def mad_std(values, overwrite=False):
     """1.4826 x median absolute deviation; ``overwrite``: ``values`` is scratch (no copies)."""
     if values.size == 0:
         return np.nan
@@ -470,7 +475,7 @@ def estimate_background(field, box_size=64, filter_size=3):
         sky = ~(bad[b][sub] | srcmask[sub])
         if sky.sum() < 10:
             sky = ~bad[b][sub]
-        sigma[b] = _mad_std((data[b][sub] - lv[sub])[sky], overwrite=True)  # a fresh array: scratch
+        sigma[b] = mad_std((data[b][sub] - lv[sub])[sky], overwrite=True)  # a fresh array: scratch
     return Background(level, rms, sigma, srcmask)
 
 
@@ -775,7 +780,11 @@ def _empty_sources(bands):
         cols[f"flux_err_{b}"] = np.zeros(0, np.float32)
     for b in bands:
         cols[f"mag_{b}"] = np.zeros(0, np.float32)
+    for b in bands:
+        cols[f"mag_err_{b}"] = np.zeros(0, np.float32)
     cols["area"] = np.zeros(0, np.int32)
+    cols["nbands"] = np.zeros(0, np.int16)
+    cols["bands"] = np.zeros(0, np.int16)
     cols["flags"] = np.zeros(0, np.int32)
     return Table(cols)
 
@@ -802,8 +811,13 @@ def measure_sources(field, segm, background, detection_bands=("g", "r", "i")):
         no positive flux), ``ra, dec`` (NaN without WCS), ``flux_<b>`` (sum of
         the background-subtracted pixels of the segment, nanomaggies; masked
         pixels omitted), ``flux_err_<b>`` (``sqrt(sum rms**2)`` over the same
-        pixels), ``mag_<b>`` (luptitudes), ``area`` (pixels) and ``flags``
-        (2 blended, 4 masked pixels in the segment, 8 touches the edge).
+        pixels), ``mag_<b>`` (luptitudes), ``area`` (pixels), ``nbands``
+        (bands with at least one valid pixel in the segment), ``bands``
+        (bitmask of those bands: bit k = band k of ``field.bands``, u=1, g=2,
+        r=4, i=8, z=16) and ``flags`` (2 blended, 4 masked pixels in the
+        segment, 8 touches the edge, 16 fewer than five bands).  Flux, flux
+        error and magnitude are NaN in a band with no valid pixel in the
+        segment.
     """
     bands = tuple(field.bands)
     seg = _segm_data(segm, field.shape)
@@ -846,21 +860,32 @@ def measure_sources(field, segm, background, detection_bands=("g", "r", "i")):
 
     cols = {"id": labels.astype(np.int32), "x": x, "y": y, "ra": ra, "dec": dec}
     fluxes, errs = {}, {}
+    band_bits = np.zeros(labels.size, np.int32)
     for i, b in enumerate(bands):
         valid = ~on_fg(field.mask[i])
         resid = np.where(valid, on_fg(field.data[i]) - on_fg(background.level[i]), np.float32(0))
         var = np.where(valid, on_fg(np.asarray(background.rms[i], np.float32)) ** 2, np.float32(0))
-        fluxes[b] = nb(resid)[labels].astype(np.float32)
-        errs[b] = np.sqrt(nb(var)[labels]).astype(np.float32)
+        has = nb(valid.astype(np.float32))[labels] > 0
+        band_bits[has] |= 1 << i
+        fluxes[b] = np.where(has, nb(resid)[labels], np.nan).astype(np.float32)
+        errs[b] = np.where(has, np.sqrt(nb(var)[labels]), np.nan).astype(np.float32)
     for b in bands:
         cols[f"flux_{b}"] = fluxes[b]
     for b in bands:
         cols[f"flux_err_{b}"] = errs[b]
     for b in bands:
         cols[f"mag_{b}"] = luptitude(fluxes[b], b).astype(np.float32)
+    for b in bands:
+        cols[f"mag_err_{b}"] = luptitude_err(fluxes[b], errs[b], b).astype(np.float32)
     cols["area"] = area[labels].astype(np.int32)
+    nbands = np.zeros(labels.size, np.int16)
+    for i in range(len(bands)):
+        nbands += (band_bits >> i) & 1
+    cols["nbands"] = nbands
+    cols["bands"] = band_bits.astype(np.int16)
 
     flags = np.zeros(labels.size, np.int32)
+    flags[nbands < len(BANDS)] |= FLAG_FEW_BANDS
     flags[_blended_labels(seg, segm)[labels]] |= FLAG_BLENDED
     anymask = np.asarray(field.mask, bool).any(axis=0).ravel()
     flags[np.bincount(flat[anymask], minlength=nmax + 1)[labels] > 0] |= FLAG_MASKED

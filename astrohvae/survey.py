@@ -179,7 +179,7 @@ def _survey_task(inp, out, opts):
         seg = load_segmenter(opts.get("segmenter", "auto"), opts.get("device", "cpu"))
         res = run_field(inp, out, classifier=clf, segmenter=seg, batch_size=opts.get("batch_size", 256),
                         nsigma=opts.get("nsigma", DEFAULT_NSIGMA), preview=opts.get("preview", False),
-                        threads=int(opts.get("threads", 1)))
+                        threads=int(opts.get("threads", 1)), regions=opts.get("regions", False))
         rec = {"status": "done", "rows": res.rows, "n_star": res.n_star, "n_galaxy": res.n_galaxy,
                "error": "", "timings": {k: round(v, 3) for k, v in res.timings.items()}}
     except AstroHVAEError as exc:
@@ -445,7 +445,7 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
                batch_size=256, segmenter="auto", nsigma=DEFAULT_NSIGMA, memory_limit="4GiB",
                threads_per_worker=1, progress=True, preview=False, max_in_flight=None,
                processes=True, retries=DEFAULT_RETRIES, connect_timeout=DEFAULT_CONNECT_TIMEOUT,
-               cluster=None, jobs=1, combine=True):
+               cluster=None, jobs=1, combine=True, regions=False):
     """Catalogue many fields on dask.distributed, resumably.
 
     Parameters
@@ -486,6 +486,8 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
         ``jobs`` jobs and closed at the end.
     combine : bool
         Write the combined survey catalogue at the end.
+    regions : bool
+        Also write ``<field>.cat.reg`` (DS9 regions) beside each catalogue.
 
     Returns
     -------
@@ -528,7 +530,7 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
 
         opts = {"weights": weights, "device": device, "batch_size": batch_size,
                 "segmenter": segmenter if isinstance(segmenter, str) else "auto", "nsigma": nsigma,
-                "threads": threads_per_worker, "preview": preview}
+                "threads": threads_per_worker, "preview": preview, "regions": regions}
         modelsha = _expected_modelsha(weights)
 
         with _survey_lock(out_dir):

@@ -136,3 +136,81 @@ def test_unwritable_folder_and_truncated_file(tmp_path):
     junk.write_bytes(b"not a fits file")
     with pytest.raises(InputError):
         read_catalog(junk)
+
+
+def _wcs(ny=80, nx=100):
+    from astropy.wcs import WCS
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [15.0, 0.5]
+    w.wcs.crpix = [nx / 2, ny / 2]
+    w.wcs.cdelt = [-0.396 / 3600, 0.396 / 3600]
+    w.wcs.radesys = "ICRS"
+    return w
+
+
+def _full_table(n=4):
+    from astrohvae.io.catalog import MEASURE_COLUMNS
+
+    t = make_table(n)
+    rng = np.random.default_rng(1)
+    for name, dtype in MEASURE_COLUMNS:
+        t[name] = rng.uniform(0.5, 5, n).astype(dtype)
+    t["flux_g"][1] = np.nan
+    return t
+
+
+def test_fits_conventions_read_cleanly(tmp_path):
+    """Units parse without a warning, checksums verify, every column is described, WCS on the maps."""
+    import warnings
+
+    from astropy import units as u
+    from astropy.wcs import WCS
+
+    from astrohvae.io.catalog import COLUMN_INFO, FLAG_BITS
+
+    n = 4
+    seg = np.zeros((80, 100), np.int32)
+    out = write_catalog(tmp_path / "c.fits", _full_table(n), seg, seg.astype(np.uint8),
+                        np.zeros((n, 64, 64), np.uint8), wcs=_wcs())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = Table.read(out, hdu="CATALOG")
+        with fits.open(out, checksum=True) as hdul:  # raises/warns on a wrong CHECKSUM or DATASUM
+            for h in hdul:
+                assert "CHECKSUM" in h.header and "DATASUM" in h.header
+            ph, ch = hdul[0].header, hdul["CATALOG"].header
+            for name in ("SEGMAP", "CLASSMAP"):
+                w = WCS(hdul[name].header)
+                assert w.has_celestial
+                assert np.allclose(w.wcs.crval, [15.0, 0.5])
+    assert t["area"].unit == u.pix**2 and t["ra"].unit == u.deg and t["mag_err_r"].unit == u.mag
+    assert t["flux_r"].unit is None  # no FITS unit string is a nanomaggy: see FLUX_UNIT_NOTE
+    for i, name in enumerate(t.colnames, 1):
+        assert ch[f"TCOMM{i}"] == COLUMN_INFO[name][2], name
+        if COLUMN_INFO[name][1]:
+            assert ch[f"TUCD{i}"] == COLUMN_INFO[name][1]
+    assert ph["RADESYS"] == "ICRS" and ph["EQUINOX"] == 2000.0 and len(ph["DATE"]) == 19
+    assert ph["FLUXUNIT"] == "nanomaggy" and ph["MAGTYPE"] == "asinh"
+    assert ph["SOFTB_R"] == pytest.approx(1.2e-10) and ph["SOFTB_U"] == pytest.approx(1.4e-10)
+    assert [ph[f"FLAGBIT{k}"] for k in range(5)] == [v[:47] for v in FLAG_BITS.values()]
+    # the project's reader gives the fluxes their unit back; NaN stays NaN
+    cat = read_catalog(out)
+    assert cat.table["flux_r"].unit == u.nanomaggy
+    assert np.isnan(np.ma.filled(cat.table["flux_g"], np.nan)[1])
+
+
+def test_fitsverify_clean(tmp_path):
+    import shutil
+    import subprocess
+
+    exe = shutil.which("fitsverify")
+    if exe is None:
+        pytest.skip("fitsverify not installed (apt-get install fitsverify)")
+    n = 3
+    seg = np.zeros((80, 100), np.int32)
+    out = write_catalog(tmp_path / "c.fits", _full_table(n), seg, seg.astype(np.uint8),
+                        np.zeros((n, 64, 64), np.uint8), wcs=_wcs())
+    res = subprocess.run([exe, "-e", str(out)], capture_output=True, text=True)
+    assert "0 warning(s) and 0 error(s)" in res.stdout, res.stdout[-2000:]

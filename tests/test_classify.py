@@ -134,12 +134,12 @@ def test_manifold_and_probe(train, test_set):
 
 
 def test_stellar_locus_is_the_compact_peak_not_the_mode():
-    from astrohvae.psf import _stellar_locus
+    from astrohvae.psf import stellar_locus
 
     rng = np.random.default_rng(0)
     stars = np.exp(rng.normal(np.log(1.3), 0.02, 15))  # good seeing: few bright stars
     gals = np.exp(rng.normal(np.log(2.1), 0.03, 40))  # a denser galaxy clump at larger radii
-    r_star, _ = _stellar_locus(np.r_[stars, gals], np.full(55, 100.0), 50.0)
+    r_star, _ = stellar_locus(np.r_[stars, gals], np.full(55, 100.0), 50.0)
     assert abs(r_star - 1.3) < 0.05
 
 
@@ -187,13 +187,12 @@ def test_lazy_chunked_stamps_give_the_same_catalogue_values(test_set, monkeypatc
     """A zarr/dask-backed StampSet read chunk by chunk scores exactly as the in-memory one."""
     import dask.array as da
 
-    from astrohvae import classify, psf
+    from astrohvae import psf
     from astrohvae.stamps import StampSet
 
     clf = load_default_classifier("cpu")
     want_p, want = clf.predict_proba_transform(test_set, batch_size=32)
     monkeypatch.setattr(psf, "CHUNK", 64)  # 200 stamps: four chunks, the last partial
-    classify._PHYS_CACHE.clear()
     lazy = StampSet(da.from_array(test_set.flux, chunks=(50, 5, 64, 64)), test_set.mask, test_set.sky_sigma,
                     test_set.meta)
     got_p, got = clf.predict_proba_transform(lazy, batch_size=32)

@@ -27,6 +27,7 @@ import numpy as np
 from scipy import interpolate, ndimage
 
 __all__ = [
+    "exact_band_position",
     "reference_to_band_pixels",
     "mapping_error",
     "resample",
@@ -46,7 +47,7 @@ def _nodes(n, spacing):
     return np.linspace(0.0, n - 1.0, k + 1)
 
 
-def _exact(ref_wcs, band_wcs, x, y):
+def exact_band_position(ref_wcs, band_wcs, x, y):
     """Exact band-pixel position of reference pixels (x, y) through both WCSs."""
     ra, dec = ref_wcs.all_pix2world(x, y, 0)
     bx, by = band_wcs.all_world2pix(ra, dec, 0, quiet=True)
@@ -57,7 +58,7 @@ def _mapping_splines(ref_wcs, band_wcs, shape, spacing):
     ny, nx = shape
     xs, ys = _nodes(nx, spacing), _nodes(ny, spacing)
     gx, gy = np.meshgrid(xs, ys)
-    bx, by = _exact(ref_wcs, band_wcs, gx, gy)
+    bx, by = exact_band_position(ref_wcs, band_wcs, gx, gy)
     if not (np.all(np.isfinite(bx)) and np.all(np.isfinite(by))):
         raise ValueError("the WCS mapping between the bands is not finite on the reference grid")
     sx = interpolate.RectBivariateSpline(ys, xs, bx, kx=3, ky=3)
@@ -109,7 +110,7 @@ def mapping_error(ref_wcs, band_wcs, shape, spacing=NODE_SPACING):
     xm = 0.5 * (gx[0, 1:] + gx[0, :-1])
     ym = 0.5 * (gy[1:, 0] + gy[:-1, 0])
     mx, my = np.meshgrid(xm, ym)
-    ex, ey = _exact(ref_wcs, band_wcs, mx, my)
+    ex, ey = exact_band_position(ref_wcs, band_wcs, mx, my)
     return float(max(np.max(np.abs(sx(ym, xm) - ex)), np.max(np.abs(sy(ym, xm) - ey))))
 
 

@@ -17,7 +17,6 @@ The file is written under a temporary name and renamed into place
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,8 @@ from astrohvae import BANDS, REF_BAND, STAMP_SIZE, __version__
 from astrohvae.errors import InputError, OutputError
 from astrohvae.io.atomic import atomic_path
 
+from astrohvae.conventions import CLASS_CODES, FLAG_BITS
+
 __all__ = [
     "CATALOG_COLUMNS",
     "Catalog",
@@ -41,8 +42,6 @@ __all__ = [
     "CLASS_CODES",
 ]
 
-CLASS_CODES = {"star": 1, "galaxy": 2}
-"""CLASSMAP value of each class (0 = background)."""
 
 Z_AE_DIM = 30
 
@@ -67,10 +66,67 @@ CATALOG_COLUMNS = (
 )
 """The schema's columns in file order: ``(name, dtype, shape)``."""
 
-_UNITS = {"x": "pix", "y": "pix", "ra": "deg", "dec": "deg", "area": "pix"}
-_UNITS.update({f"flux_{b}": "nanomaggy" for b in BANDS})
-_UNITS.update({f"flux_err_{b}": "nanomaggy" for b in BANDS})
-_UNITS.update({f"mag_{b}": "mag" for b in BANDS})
+MEASURE_COLUMNS = (
+    [(f"mag_err_{b}", np.float32) for b in BANDS]
+    + [("nbands", np.int16), ("bands", np.int16)]
+    + [(n, np.float32) for n in ("semimajor_axis", "semiminor_axis", "orientation", "ellipticity", "fwhm",
+                                 "kron_radius")]
+    + [(f"kron_flux_{b}", np.float32) for b in BANDS]
+    + [(f"kron_flux_err_{b}", np.float32) for b in BANDS]
+    + [(f"psf_flux_{b}", np.float32) for b in BANDS]
+    + [(f"psf_flux_err_{b}", np.float32) for b in BANDS]
+    + [("r_half", np.float32), ("snr", np.float32)]
+)
+"""Measurement columns written after the schema's when the table has them (`astrohvae.measure`)."""
+
+FLUX_UNIT_NOTE = "nanomaggy (3.631e-6 Jy; AB mag 22.5)"
+"""Fluxes are in nanomaggies.  No FITS unit string equals one (the standard allows only powers
+of ten as factors, and astropy warns on ``nanomaggy``), so flux columns carry no ``TUNIT``;
+their ``TCOMM`` and the header's ``FLUXUNIT`` say nanomaggy, and `read_catalog` restores the
+astropy unit ``nanomaggy``."""
+
+_BAND_UCD = {"u": "em.opt.U", "g": "em.opt.B", "r": "em.opt.R", "i": "em.opt.I", "z": "em.opt.I"}
+
+# name -> (TUNIT or None, TUCD, TCOMM)
+COLUMN_INFO = {
+    "id": (None, "meta.id;meta.main", "source number 1..N = its label in SEGMAP"),
+    "x": ("pix", "pos.cartesian.x;instr.det", "centroid column, 0-based, r-band pixel grid"),
+    "y": ("pix", "pos.cartesian.y;instr.det", "centroid row, 0-based, r-band pixel grid"),
+    "ra": ("deg", "pos.eq.ra;meta.main", "right ascension (ICRS) of the centroid"),
+    "dec": ("deg", "pos.eq.dec;meta.main", "declination (ICRS) of the centroid"),
+    "class": (None, "src.class.starGalaxy", "star or galaxy (unsupervised A+Vr)"),
+    "p_galaxy": (None, "stat.probability;src.class.starGalaxy", "posterior probability of galaxy"),
+    "z_hvae": (None, "stat.value", "mean of the hierarchical VAE latent(s)"),
+    "z_hvae_sigma": (None, "stat.stdev", "standard deviation of the hierarchical VAE latent(s)"),
+    "z_ae": (None, "stat.value", "latent vector of the low-level autoencoder"),
+    "area": ("pix2", "phys.area;instr.det", "pixels in the source segment"),
+    "nbands": (None, "meta.number", "number of bands with a valid pixel in the segment"),
+    "bands": (None, "meta.code", "bands with data: bit u=1 g=2 r=4 i=8 z=16"),
+    "flags": (None, "meta.code.qual", "bitmask, see FLAGBITn in the primary header"),
+    "semimajor_axis": ("pix", "phys.size.smajAxis", "1-sigma semimajor axis (photutils, g+r+i)"),
+    "semiminor_axis": ("pix", "phys.size.sminAxis", "1-sigma semiminor axis (photutils, g+r+i)"),
+    "orientation": ("deg", "pos.posAng;instr.det", "major axis angle from +x, counter-clockwise"),
+    "ellipticity": (None, "src.ellipticity", "1 - semiminor/semimajor (photutils)"),
+    "fwhm": ("pix", "phys.size.diameter", "circularised FWHM of the moments (photutils)"),
+    "kron_radius": ("pix", "phys.size.radius", "unscaled first-moment Kron radius (photutils)"),
+    "r_half": ("pix", "phys.size.radius", "half-light radius, g+r+i within 8 px"),
+    "snr": (None, "stat.snr", "g+r+i signal-to-noise ratio in the segment"),
+}
+for _b in BANDS:
+    _e = _BAND_UCD[_b]
+    COLUMN_INFO.update({
+        f"flux_{_b}": (None, f"phot.flux;{_e}", f"{_b} flux in the segment [nanomaggy]"),
+        f"flux_err_{_b}": (None, f"stat.error;phot.flux;{_e}", f"error of flux_{_b} [nanomaggy]"),
+        f"mag_{_b}": ("mag", f"phot.mag;{_e}", f"{_b} asinh magnitude (luptitude) of flux_{_b}"),
+        f"mag_err_{_b}": ("mag", f"stat.error;phot.mag;{_e}", f"error of mag_{_b}"),
+        f"kron_flux_{_b}": (None, f"phot.flux;{_e}", f"{_b} flux in the Kron aperture [nanomaggy]"),
+        f"kron_flux_err_{_b}": (None, f"stat.error;phot.flux;{_e}", f"error of kron_flux_{_b} [nanomaggy]"),
+        f"psf_flux_{_b}": (None, f"phot.flux;{_e}", f"{_b} PSF-fit flux, field PSF [nanomaggy]"),
+        f"psf_flux_err_{_b}": (None, f"stat.error;phot.flux;{_e}", f"error of psf_flux_{_b} [nanomaggy]"),
+    })
+del _b, _e
+_UNITS = {k: v[0] for k, v in COLUMN_INFO.items() if v[0]}
+NANOMAGGY_COLUMNS = tuple(k for k in COLUMN_INFO if "flux" in k)
 
 
 @dataclass
@@ -100,6 +156,8 @@ def empty_table(latent_dim=1):
     for name, dtype, shape in CATALOG_COLUMNS:
         shp = (latent_dim,) if shape == "d" else (shape or ())
         cols[name] = np.zeros((0,) + tuple(shp), dtype=dtype)
+    for name, dtype in MEASURE_COLUMNS:
+        cols[name] = np.zeros(0, dtype=dtype)
     return Table(cols)
 
 
@@ -107,8 +165,9 @@ def conform_table(table, latent_dim=1):
     """Return a copy of ``table`` with the schema's columns, order and dtypes.
 
     Schema columns come first in schema order, cast to their exact types
-    (``z_hvae`` of shape (N,) is promoted to (N, 1)); other columns follow
-    unchanged.  Raises ``ValueError`` when a schema column is missing or has
+    (``z_hvae`` of shape (N,) is promoted to (N, 1)); then the
+    `MEASURE_COLUMNS` the table has (all of them for a zero-row table); other
+    columns follow unchanged.  Raises ``ValueError`` when a schema column is missing or has
     the wrong shape.
     """
     table = Table(table, copy=False)
@@ -143,6 +202,11 @@ def conform_table(table, latent_dim=1):
             if n and bad.any():
                 raise ValueError(f"column 'class' holds {sorted(set(val[bad]))}, expected star/galaxy")
         out[name] = val.astype(dtype)
+    for name, dtype in MEASURE_COLUMNS:
+        if name in table.colnames:
+            out[name] = np.asarray(table[name]).astype(dtype)
+        elif n == 0:
+            out[name] = np.zeros(0, dtype=dtype)
     for name in table.colnames:
         if name not in out.colnames:
             out[name] = table[name]
@@ -160,6 +224,7 @@ def _primary_header(header, n, latent_dim):
     hdr["NSOURCES"] = (int(n), "rows in CATALOG")
     hdr["ZHVAEDIM"] = (int(latent_dim), "dimension of z_hvae")
     hdr["STAMPSZ"] = (STAMP_SIZE, "side of the MASKS stamps in pixels")
+    _describe(hdr)
     if header is not None:
         items = header.cards if isinstance(header, fits.Header) else header.items()
         for item in items:
@@ -185,7 +250,34 @@ def _primary_header(header, n, latent_dim):
     return hdr
 
 
-def write_catalog(path, table, segmap, classmap, masks, header=None, *, latent_dim=1):
+def _describe(hdr):
+    """The conventions a reader needs: date, frame, flux unit, luptitude softening, flag bits."""
+    from datetime import datetime, timezone
+
+    from astrohvae import SOFTENING
+
+    hdr["DATE"] = (datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC date the file was written")
+    hdr["RADESYS"] = ("ICRS", "frame of ra, dec")
+    hdr["EQUINOX"] = (2000.0, "equinox of ra, dec")
+    hdr["FLUXUNIT"] = ("nanomaggy", "flux_* unit: 3.631e-6 Jy, AB mag 22.5")
+    hdr["MAGTYPE"] = ("asinh", "mag_* are SDSS luptitudes, softening SOFTB_b")
+    for b in BANDS:
+        hdr[f"SOFTB_{b.upper()}"] = (float(SOFTENING[b]), f"luptitude softening b of {b} (f/f0)")
+    for bit, text in FLAG_BITS.items():
+        hdr[f"FLAGBIT{bit.bit_length() - 1}"] = (text[:47], f"flags bit value {bit}")
+
+
+def _image_hdu(data, name, wcs):
+    """An image HDU with the field's celestial WCS (pixel grid of the reference band)."""
+    hdu = fits.ImageHDU(data, name=name)
+    if wcs is not None and getattr(wcs, "has_celestial", False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hdu.header.update(wcs.celestial.to_header(relax=False))
+    return hdu
+
+
+def write_catalog(path, table, segmap, classmap, masks, header=None, *, latent_dim=1, wcs=None):
     """Write a catalogue FITS file atomically.
 
     Parameters
@@ -207,6 +299,12 @@ def write_catalog(path, table, segmap, classmap, masks, header=None, *, latent_d
         ``K2``, ... (e.g. ``INFILE`` -> ``NINFILE``, ``INFILE1`` ...).
     latent_dim : int
         Dimension of ``z_hvae`` used when the table has no rows.
+    wcs : astropy.wcs.WCS, optional
+        The field's WCS (reference-band grid), written on SEGMAP and CLASSMAP.
+
+    Every column gets its description (``TCOMMn``) and UCD (``TUCDn``) and,
+    where FITS has one, its unit (``TUNITn``; fluxes are nanomaggies,
+    `FLUX_UNIT_NOTE`); every HDU its ``CHECKSUM`` and ``DATASUM``.
 
     Returns
     -------
@@ -228,15 +326,26 @@ def write_catalog(path, table, segmap, classmap, masks, header=None, *, latent_d
         raise ValueError(f"MASKS has {masks.shape[0]} rows for {n} sources")
 
     primary = fits.PrimaryHDU(header=_primary_header(header, n, d))
+    for col in tab.itercols():
+        col.unit = None
     cat = fits.BinTableHDU(tab, name="CATALOG")
     for i, name in enumerate(tab.colnames, 1):
-        if name in _UNITS:
-            cat.header[f"TUNIT{i}"] = _UNITS[name]
-    seg = fits.ImageHDU(segmap, name="SEGMAP")
-    cls = fits.ImageHDU(classmap, name="CLASSMAP")
+        unit, ucd, comment = COLUMN_INFO.get(name, (None, None, None))
+        if unit:
+            cat.header.set(f"TUNIT{i}", unit, after=f"TFORM{i}")
+        if comment:
+            cat.header[f"TCOMM{i}"] = comment
+        if ucd:
+            cat.header[f"TUCD{i}"] = ucd
+    cat.header["RADESYS"] = ("ICRS", "frame of ra, dec")
+    cat.header["EQUINOX"] = 2000.0
+    seg = _image_hdu(segmap, "SEGMAP", wcs)
+    cls = _image_hdu(classmap, "CLASSMAP", wcs)
     msk = fits.ImageHDU(masks if n else None, name="MASKS")
     if not n:
         msk.header["NAXIS"] = 0
+    msk.header["COMMENT"] = ("Row i: source id i+1 in its 64x64 stamp, whose pixel (32, 32) (0-based) is "
+                             "the r-grid pixel (floor(x + 0.5), floor(y + 0.5)); no single WCS applies.")
     for key, comment in (("XYORIGIN", "0-based pixel coordinates"),):
         seg.header[key] = (0, comment)
     hdul = fits.HDUList([primary, cat, seg, cls, msk])
@@ -244,18 +353,10 @@ def write_catalog(path, table, segmap, classmap, masks, header=None, *, latent_d
         with atomic_path(path) as tmp:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                hdul.writeto(tmp, overwrite=True, output_verify="fix")
-            _public_mode(tmp)
+                hdul.writeto(tmp, overwrite=True, output_verify="fix", checksum=True)
     except OSError as exc:
         raise OutputError(path, f"cannot write catalogue ({exc.strerror or exc})") from None
     return path
-
-
-def _public_mode(path):
-    """Give a temporary file (created 0600) the usual permissions (0666 minus umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def read_catalog(path):
@@ -285,6 +386,7 @@ def read_catalog(path):
                         raise InputError(path, f"not an astrohvae catalogue (no {need} HDU)")
                 header = hdul[0].header.copy()
                 table = Table.read(hdul["CATALOG"], unit_parse_strict="silent")
+                _restore_flux_units(table)
                 segmap = np.asarray(hdul["SEGMAP"].data, dtype=np.int32)
                 classmap = np.asarray(hdul["CLASSMAP"].data, dtype=np.uint8)
                 mdata = hdul["MASKS"].data
@@ -303,6 +405,15 @@ def read_catalog(path):
     if len(table) == 0 and "z_ae" in table.colnames and np.asarray(table["z_ae"]).ndim == 1:
         table["z_ae"] = np.zeros((0, Z_AE_DIM), np.float32)
     return Catalog(table=table, segmap=segmap, classmap=classmap, masks=masks, header=header)
+
+
+def _restore_flux_units(table):
+    """Flux columns (no TUNIT, see `FLUX_UNIT_NOTE`) get astropy's ``nanomaggy`` back."""
+    from astropy import units as u
+
+    for name in NANOMAGGY_COLUMNS:
+        if name in table.colnames and table[name].unit is None:
+            table[name].unit = u.nanomaggy
 
 
 def is_complete(path):

@@ -34,7 +34,7 @@ import numpy as np
 
 from astrohvae import BANDS, REF_BAND
 from astrohvae.errors import InputError
-from astrohvae.io.align import _exact, align_band, find_alignment_stars
+from astrohvae.io.align import exact_band_position, align_band, find_alignment_stars
 from astrohvae.io.field import Field
 
 __all__ = ["read_field", "parse_frame_name", "FRAME_RE"]
@@ -307,7 +307,7 @@ def _is_identity(ref_wcs, band_wcs, shape, tol=1e-3):
     ny, nx = shape
     x = np.array([0, nx - 1, 0, nx - 1, (nx - 1) / 2], float)
     y = np.array([0, 0, ny - 1, ny - 1, (ny - 1) / 2], float)
-    bx, by = _exact(ref_wcs, band_wcs, x, y)
+    bx, by = exact_band_position(ref_wcs, band_wcs, x, y)
     return bool(np.all(np.abs(bx - x) < tol) and np.all(np.abs(by - y) < tol))
 
 
