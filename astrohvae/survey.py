@@ -175,11 +175,19 @@ def _survey_task(inp, out, opts):
             torch.set_num_threads(int(opts.get("threads", 1)))
         except ImportError:
             pass
+        import dask
+
         clf = load_classifier(opts.get("weights"), opts.get("device", "cpu"))
         seg = load_segmenter(opts.get("segmenter", "auto"), opts.get("device", "cpu"))
-        res = run_field(inp, out, classifier=clf, segmenter=seg, batch_size=opts.get("batch_size", 256),
-                        nsigma=opts.get("nsigma", DEFAULT_NSIGMA), preview=opts.get("preview", False),
-                        threads=int(opts.get("threads", 1)), regions=opts.get("regions", False))
+        # any dask computation inside the field stays in this task: on a worker, a compute()
+        # without a scheduler goes to the cluster, and its Client.get secedes from the worker's
+        # thread, so that the worker starts another field alongside this one (seen: two fields at
+        # once on a one-thread worker, peak memory 1.96 instead of 1.67 GB)
+        local = "synchronous" if int(opts.get("threads", 1)) <= 1 else "threads"
+        with dask.config.set(scheduler=local):
+            res = run_field(inp, out, classifier=clf, segmenter=seg, batch_size=opts.get("batch_size", 256),
+                            nsigma=opts.get("nsigma", DEFAULT_NSIGMA), preview=opts.get("preview", False),
+                            threads=int(opts.get("threads", 1)), regions=opts.get("regions", False))
         rec = {"status": "done", "rows": res.rows, "n_star": res.n_star, "n_galaxy": res.n_galaxy,
                "error": "", "timings": {k: round(v, 3) for k, v in res.timings.items()}}
     except AstroHVAEError as exc:

@@ -406,3 +406,20 @@ def test_lock_that_cannot_be_written_is_removed(tmp_path, monkeypatch):
         with survey._survey_lock(tmp_path):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_one_thread_worker_runs_one_field_at_a_time(tmp_path, fields, weights):
+    """Dask work inside a field stays in its task: no compute() reaches the cluster and secedes.
+
+    Before, the network segmenter's path computed through the worker's client, the task seceded
+    and the one-thread worker started the next field alongside (overlaps of 0.4-1.4 s per field).
+    """
+    out = tmp_path / "o"
+    res = run_survey(fields, out, weights=weights, workers=1, segmenter="auto", progress=False, device="cpu",
+                     combine=False)
+    assert set(res.table["status"]) == {"done"}
+    recs = sorted(json.loads((out / "survey.json").read_text())["fields"].values(), key=lambda r: r["started"])
+    assert len({r["pid"] for r in recs}) == 1
+    for a, b in zip(recs, recs[1:]):
+        assert b["started"] >= a["finished"] - 0.002, (a["field"], b["field"])
