@@ -126,18 +126,29 @@ def _parse_size(text):
 @click.option("--size", default="2048x1489", show_default=True, help="Field size NXxNY in pixels.")
 @click.option("--star-fraction", type=click.FloatRange(0.0, 1.0), default=None,
               help="Fraction of all simulated objects that are stars (default: the observed star and galaxy number counts).")
+@click.option("--adjacent", type=click.IntRange(1, 100), default=None,
+              help="Write this many consecutive fields of one scan into OUT/RUN-CAMCOL-FIELD folders.")
+@click.option("--overlap", type=click.IntRange(0), default=128, show_default=True,
+              help="With --adjacent: rows each field shares with the next (SDSS: 128).")
 @_overwrite_option("simulation of the same seed in OUT")
 @_verbosity
-def simulate(out, seed, size, star_fraction, overwrite, quiet, verbose):
+def simulate(out, seed, size, star_fraction, adjacent, overlap, overwrite, quiet, verbose):
     """Write a simulated SDSS field (five frames + truth) into folder OUT."""
     from astrohvae.errors import InputError
-    from astrohvae.simulate import MAX_PIXELS, write_simulation
+    from astrohvae.simulate import MAX_PIXELS, write_adjacent, write_simulation
 
     nx, ny = _parse_size(size)
     if nx < 16 or ny < 16:
         raise InputError("--size", f"{size!r}: the field must be at least 16x16 pixels")
     if nx * ny > MAX_PIXELS:
         raise InputError("--size", f"{size!r}: at most {MAX_PIXELS:,} pixels (e.g. 6000x6000) can be simulated")
+    if adjacent is not None:
+        if overlap >= ny:
+            raise InputError("--overlap", f"{overlap} rows: must be fewer than the field's {ny}")
+        for p in write_adjacent(out, seed=seed, n=adjacent, size=(nx, ny), overlap=overlap,
+                                star_fraction=star_fraction):
+            click.echo(str(p))
+        return
     paths = write_simulation(out, seed=seed, size=(nx, ny), star_fraction=star_fraction, overwrite=overwrite)
     for p in paths:
         click.echo(str(p))
@@ -222,55 +233,100 @@ def run(field, out, weights, device, batch_size, preview, preview_out, segmenter
 # --- end run -----------------------------------------------------------------
 
 
-# --- survey (owner: astrohvae/pipeline.py) -----------------------------------
+# --- survey (owner: astrohvae/survey.py) -------------------------------------
 @main.command()
 @click.argument("fields", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Output folder: one <field>.cat.fits per field + survey.json ledger.")
+              help="Output folder: one <field>.cat.fits per field, survey.json ledger, survey-catalogue.parquet/.fits.")
 @click.option("--scheduler", default=None, help="Address of a running dask scheduler (default: a LocalCluster).")
+@click.option("--connect-timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+              help="Seconds to wait for --scheduler to answer.")
+@click.option("--cluster", type=click.Choice(["slurm", "pbs", "sge"]), default=None,
+              help="Start workers as batch jobs through dask-jobqueue (options below).")
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="--cluster: batch jobs to start.")
+@click.option("--cores", type=click.IntRange(1), default=None,
+              help="--cluster: cores per job (one single-threaded worker each) [default 1].")
+@click.option("--memory", default=None, help="--cluster: memory per job, e.g. 16GB [default 4GiB].")
+@click.option("--walltime", default=None, help="--cluster: wall time per job, e.g. 02:00:00 [default 01:00:00].")
+@click.option("--queue", default=None, help="--cluster: queue / partition.")
+@click.option("--account", default=None, help="--cluster: account (SGE: project) to charge.")
+@click.option("--dask-config", type=click.Path(), default=None,
+              help="--cluster: dask YAML file (jobqueue: slurm: ...) read first; the options above override it.")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="LocalCluster worker processes (one thread each).")
 @click.option("--memory-limit", default="4GiB", show_default=True, help="Memory limit per LocalCluster worker.")
+@click.option("--retries", type=click.IntRange(0), default=2, show_default=True,
+              help="Times a field is restarted on another worker after its worker died; then it is recorded failed.")
 @click.option("--weights", type=click.Path(), default=None, help="Classifier weights folder [default: shipped].")
-@click.option("--device", default="cpu", show_default=True, help="Device on the workers.")
+@click.option("--device", default="auto", show_default=True, help="Device on the workers: auto, cpu, cuda.")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--segmenter", type=click.Choice(["auto", "network", "photutils"]), default="auto",
               show_default=True)
-@click.option("--nsigma", type=float, default=1.5, show_default=True)
+@click.option("--nsigma", type=float, default=1.5, show_default=True, callback=_check_nsigma,
+              help="Detection threshold of the photutils segmentation, in sigma (finite, > 0).")
 @click.option("--isophote", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
               help="Level the footprints are grown to, in units of the r band's per-pixel sky sigma "
                    "(network segmenter; header card SEGISO).")
 @click.option("--preview/--no-preview", default=False, help="Also write <field>.cat.png per field.")
+@click.option("--combine/--no-combine", default=True, show_default=True,
+              help="Write the combined survey catalogue (field column, primary flag) at the end.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--regions", is_flag=True, help="Also write <field>.cat.reg (DS9 regions) per field.")
-def survey(fields, out_dir, scheduler, workers, memory_limit, weights, device, batch_size, segmenter, nsigma,
-           isophote, preview, progress, regions):
+def survey(fields, out_dir, scheduler, connect_timeout, cluster, jobs, cores, memory, walltime, queue, account,
+           dask_config, workers, memory_limit, retries, weights, device, batch_size, segmenter, nsigma, isophote,
+           preview, combine, progress, regions):
     """Catalogue many FIELDS on dask.distributed (resumable).
 
-    Fields whose catalogue is already complete in OUT are skipped; a field
-    that fails is recorded (error in OUT/survey.json and the summary) and
-    retried by the next run.  Exit status 1 when any field failed.
+    Fields whose catalogue is already complete in OUT (and made with the same
+    weights) are skipped; a field that fails is recorded (error in
+    OUT/survey.json and the summary) and retried by the next run.  Exit
+    status 1 when any field failed.
     """
     _quiet_warnings()
     from pathlib import Path
 
     from astrohvae.errors import InputError
-    from astrohvae.pipeline import run_survey
+    from astrohvae.survey import jobqueue_cluster, run_survey
 
     if weights is not None:
         w = Path(weights)
         if not (w / "model.safetensors").is_file() or not (w / "config.json").is_file():
             raise InputError(w, "not a weights folder (model.safetensors and config.json expected)")
+    if cluster and scheduler:
+        raise click.UsageError("give --scheduler or --cluster, not both")
+    jq = None
+    if cluster:
+        jq = jobqueue_cluster(cluster, cores=cores, memory=memory, walltime=walltime, queue=queue, account=account,
+                              config=dask_config)
     res = run_survey(list(fields), out_dir, scheduler=scheduler, workers=workers, weights=weights, device=device,
                      batch_size=batch_size, segmenter=segmenter, nsigma=nsigma, isophote=isophote,
-                     memory_limit=memory_limit, progress=progress, preview=preview, regions=regions)
+                     memory_limit=memory_limit, progress=progress, preview=preview, retries=retries,
+                     connect_timeout=connect_timeout, cluster=jq, jobs=jobs, combine=combine, regions=regions)
     tab = res.table
     click.echo("\n".join(tab.pformat(max_lines=-1, max_width=-1)))
     done = int((tab["status"] != "failed").sum()) if len(tab) else 0
     click.echo(f"{done}/{len(tab)} fields complete, {res.n_failed} failed; {res.wall_seconds:.1f} s on "
                f"{res.n_workers} worker(s); ledger {res.ledger}")
+    if res.combined:
+        c = res.combined
+        click.echo(f"survey catalogue: {c['parquet']} and .fits ({c['rows']} rows from {c['fields']} fields, "
+                   f"{c['primary']} primary)")
     if res.n_failed:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--radius", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="Match radius (arcsec) of one source seen by two overlapping fields.")
+def combine(out_dir, radius):
+    """Rebuild OUT_DIR/survey-catalogue.parquet and .fits from its per-field catalogues."""
+    _quiet_warnings()
+    from astrohvae.survey import combine_catalogues
+
+    c = combine_catalogues(out_dir, radius=radius)
+    click.echo(f"survey catalogue: {c['parquet']} and {c['fits']} ({c['rows']} rows from {c['fields']} fields, "
+               f"{c['primary']} primary)")
 
 
 # --- end survey --------------------------------------------------------------

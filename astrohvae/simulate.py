@@ -87,6 +87,7 @@ __all__ = [
     "Simulation",
     "simulate_field",
     "write_simulation",
+    "write_adjacent",
     "read_truth",
     "field_ids",
     "MASK_THRESHOLD",
@@ -1148,6 +1149,70 @@ def write_simulation(out, seed, size=FULL_SIZE, star_fraction=None, overwrite=Fa
         fits.HDUList([primary, truth_hdu, mask_hdu]).writeto(tmp, overwrite=True)
     paths.append(targets[-1])
     return paths
+
+
+def write_adjacent(out, seed, n=2, size=(256, 256), overlap=128, star_fraction=None):
+    """Simulate ``n`` fields of one scan that share ``overlap`` rows with their neighbours.
+
+    Like consecutive SDSS fields of a run (which share 128 rows of the same
+    drift scan), one field ``size[0]`` wide and ``n * ny - (n - 1) * overlap``
+    rows tall is simulated with ``seed`` and cut into ``n`` fields of
+    ``size``; field k starts at row ``k * (ny - overlap)``, so the pixels of
+    a shared strip are identical in both fields and its sources are the same.
+    Each band keeps its own WCS (the reference pixel moves with the cut).
+    Field k is written like `write_simulation` into ``out/RUN-CAMCOL-FIELD``
+    with ``FIELD`` = the seed's field number + k; the truth of each holds the
+    objects within 20 px of it, ``y`` on its own grid.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The ``n`` field folders, in scan order.
+    """
+    from astropy.io import fits
+
+    from astrohvae.io.atomic import atomic_path
+
+    nx, ny = int(size[0]), int(size[1])
+    n, overlap = int(n), int(overlap)
+    if n < 1 or not 0 <= overlap < ny:
+        raise ValueError(f"need n >= 1 and 0 <= overlap < {ny} rows, got n={n}, overlap={overlap}")
+    run, camcol, first = field_ids(seed)
+    if first + n > 10000:
+        raise ValueError(f"field numbers {first}..{first + n - 1} do not fit 4 digits; use another seed")
+    step = ny - overlap
+    out = Path(out)
+    names = [f"{run:06d}-{camcol}-{first + k:04d}" for k in range(n)]
+    for name in names:
+        d = out / name
+        if d.exists() and (not d.is_dir() or any(not q.name.startswith(".") for q in d.iterdir())):
+            raise InputError(d, "exists and is not an empty folder; write adjacent fields into a new folder")
+    sim = simulate_field(seed, size=(nx, ny + (n - 1) * step), star_fraction=star_fraction)
+    folders = []
+    for k, name in enumerate(names):
+        d = out / name
+        d.mkdir(parents=True, exist_ok=True)
+        y0 = k * step
+        for b in BANDS:
+            img, hdr = sim.frames[b]
+            hdr = hdr.copy()
+            hdr["CRPIX2"] = hdr["CRPIX2"] - y0
+            with atomic_path(d / f"frame-{b}-{name}.fits") as tmp:
+                fits.PrimaryHDU(np.ascontiguousarray(img[y0:y0 + ny]), header=hdr).writeto(tmp, overwrite=True)
+        truth = sim.truth[(sim.truth["y"] >= y0 - 20) & (sim.truth["y"] < y0 + ny + 20)]
+        truth["y"] = truth["y"] - y0
+        truth_hdu = fits.table_to_hdu(truth)
+        truth_hdu.name = "TRUTH"
+        mask_hdu = fits.ImageHDU(sim.truth_mask[y0:y0 + ny].astype(np.int32), name="MASK")
+        mask_hdu.header["MASKTHR"] = (MASK_THRESHOLD, "threshold in r sky sigma (noiseless model)")
+        primary = fits.PrimaryHDU()
+        primary.header["SIMSEED"] = int(seed)
+        primary.header["FIELDNM"] = name
+        primary.header["SCANROW0"] = (y0, "first row of this field in the simulated scan")
+        with atomic_path(d / f"truth-{name}.fits") as tmp:
+            fits.HDUList([primary, truth_hdu, mask_hdu]).writeto(tmp, overwrite=True)
+        folders.append(d)
+    return folders
 
 
 def read_truth(path_or_folder):

@@ -120,7 +120,7 @@ def part1(fields, weights, segmenter, batch_size, device, repeat=1):
 
 def part2(fields, weights, segmenter, batch_size, workers_list, memory_limit, repeat=1):
     """Survey wall clock per worker count: the best of ``repeat`` runs (run in turn: 1, 2, 1, 2, ...)."""
-    from astrohvae.pipeline import run_survey
+    from astrohvae.survey import run_survey
 
     out = {}
     for _ in range(repeat):

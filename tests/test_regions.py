@@ -100,7 +100,7 @@ def test_run_writes_regions_beside_the_catalogue(tmp_path):
 
 
 def test_survey_writes_regions_per_field(tmp_path):
-    from astrohvae.pipeline import run_survey
+    from astrohvae.survey import run_survey
     from astrohvae.simulate import write_simulation
 
     d = tmp_path / "sim"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from astrohvae.io.catalog import is_complete, read_catalog
-from astrohvae.pipeline import run_survey
+from astrohvae.survey import run_survey
 
 from pipeline_helpers import fit_tiny_classifier
 
@@ -164,7 +164,7 @@ def test_cost_hint_reads_galactic_latitude_from_the_header(tmp_path, suffix):
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    from astrohvae.pipeline import cost_hint
+    from astrohvae.survey import cost_hint
 
     for b_true in (1.5, 62.0):
         c = SkyCoord(l=120.0, b=b_true, unit="deg", frame="galactic").icrs
@@ -195,7 +195,7 @@ def test_cost_hint_reads_galactic_latitude_from_the_header(tmp_path, suffix):
 def test_worker_environment_keeps_glibc_dynamic_mmap_threshold():
     import dask
 
-    from astrohvae.pipeline import _worker_environ
+    from astrohvae.survey import _worker_environ
 
     with dask.config.set({"distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 65536,
                                                                     "OMP_NUM_THREADS": 1}}):
