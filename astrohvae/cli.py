@@ -270,11 +270,13 @@ def run(field, out, weights, device, batch_size, preview, preview_out, segmenter
 @click.option("--preview/--no-preview", default=False, help="Also write <field>.cat.png per field.")
 @click.option("--combine/--no-combine", default=True, show_default=True,
               help="Write the combined survey catalogue (field column, primary flag) at the end.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="The progress bar over the fields (--quiet turns it off too).")
 @click.option("--regions", is_flag=True, help="Also write <field>.cat.reg (DS9 regions) per field.")
+@_verbosity
 def survey(fields, out_dir, scheduler, connect_timeout, cluster, jobs, cores, memory, walltime, queue, account,
            dask_config, workers, memory_limit, retries, weights, device, batch_size, segmenter, nsigma, isophote,
-           preview, combine, progress, regions):
+           preview, combine, progress, regions, quiet, verbose):
     """Catalogue many FIELDS on dask.distributed (resumable).
 
     Fields whose catalogue is already complete in OUT (and made with the same
@@ -282,7 +284,8 @@ def survey(fields, out_dir, scheduler, connect_timeout, cluster, jobs, cores, me
     OUT/survey.json and the summary) and retried by the next run.  Exit
     status 1 when any field failed.
     """
-    _quiet_warnings()
+    _quiet_warnings(verbose)
+    progress = progress and not quiet
     from pathlib import Path
 
     from astrohvae.errors import InputError
@@ -319,9 +322,10 @@ def survey(fields, out_dir, scheduler, connect_timeout, cluster, jobs, cores, me
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--radius", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
               help="Match radius (arcsec) of one source seen by two overlapping fields.")
-def combine(out_dir, radius):
+@_verbosity
+def combine(out_dir, radius, quiet, verbose):
     """Rebuild OUT_DIR/survey-catalogue.parquet and .fits from its per-field catalogues."""
-    _quiet_warnings()
+    _quiet_warnings(verbose)
     from astrohvae.survey import combine_catalogues
 
     c = combine_catalogues(out_dir, radius=radius)
