@@ -183,3 +183,56 @@ def test_fuzz_reader(template, tmp_path):
     tried, failures = bic.run_fuzz(frames, work, max_examples=40, seed=16)
     assert tried >= 40
     assert failures == []
+
+
+def _copy_weights(dst):
+    import shutil
+
+    from astrohvae.classify import DEFAULT_WEIGHTS
+
+    shutil.copytree(DEFAULT_WEIGHTS, dst)
+    return dst
+
+
+def _rewrite_config(folder, edit):
+    import json
+
+    cfg = json.loads((folder / "config.json").read_text())
+    edit(cfg)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def test_weights_with_nan_tensors_are_refused(tmp_path):
+    """Issue 16: NaN weights used to load and give p_galaxy NaN in every row; now one line, exit 2."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    w = _copy_weights(tmp_path / "w")
+    tensors = load_file(str(w / "model.safetensors"))
+    name = next(k for k, v in tensors.items() if k.startswith("latent_vae.") and v.is_floating_point())
+    tensors[name][...] = float("nan")
+    save_file(tensors, str(w / "model.safetensors"))
+    sha = hashlib.sha256((w / "model.safetensors").read_bytes()).hexdigest()  # a consistent, NaN-holding folder
+    _rewrite_config(w, lambda c: c.update(tensors_sha256=sha))
+    res = CliRunner().invoke(main, ["run", "--example", "--weights", str(w), "--out", str(tmp_path / "c.fits")])
+    assert res.exit_code == 2
+    line = one_line_error(res.stderr, "model.safetensors")
+    assert "non-finite" in line and name in line
+    assert not (tmp_path / "c.fits").exists()
+
+
+def test_weights_config_asking_for_a_huge_network_is_refused_before_allocating(tmp_path):
+    """Issue 16: hidden [40000, 40000] allocated 12.8 GB before failing; the meta-device check refuses it first."""
+    import resource
+
+    w = _copy_weights(tmp_path / "w")
+    _rewrite_config(w, lambda c: c["modules"]["latent_vae"]["kwargs"].update(hidden=[40000, 40000]))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    res = CliRunner().invoke(main, ["run", "--example", "--weights", str(w), "--out", str(tmp_path / "c.fits")])
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert res.exit_code == 2
+    line = one_line_error(res.stderr, "config.json")
+    assert "parameters" in line and "limit" in line
+    assert grown_mb < 1000, grown_mb  # the 12.8 GB of the two 40000-wide layers were never allocated
+    assert not (tmp_path / "c.fits").exists()
