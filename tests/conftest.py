@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -59,6 +58,14 @@ def default_segmenter():
     if seg is None:
         pytest.skip("default weights of the segmenter are not shipped")
     return seg
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """A real A+Vr classifier trained for seconds on two small simulated fields (the product path, not accuracy)."""
+    from pipeline_helpers import fit_tiny_classifier
+
+    return fit_tiny_classifier(tmp_path_factory.mktemp("weights") / "tiny")
 
 
 @pytest.fixture(scope="session")

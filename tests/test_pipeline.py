@@ -15,7 +15,6 @@ from astrohvae.cli import main
 from astrohvae.io.catalog import CLASS_CODES, read_catalog
 
 from pipeline_helpers import (
-    fit_tiny_classifier,
     gaussian_source,
     noise_cube,
     one_line_error,
@@ -25,11 +24,6 @@ from pipeline_helpers import (
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FAST = ["--segmenter", "photutils"]
-
-
-@pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory):
-    return fit_tiny_classifier(tmp_path_factory.mktemp("weights") / "tiny")
 
 
 def invoke(*args):

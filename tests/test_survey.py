@@ -16,15 +16,14 @@ import pytest
 from astrohvae.io.catalog import is_complete, read_catalog
 from astrohvae.survey import run_survey
 
-from pipeline_helpers import fit_tiny_classifier
-
 N_FIELDS = 6
 OPTS = dict(segmenter="photutils", progress=False, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return fit_tiny_classifier(tmp_path_factory.mktemp("w") / "tiny")
+def weights(tiny_weights):
+    """The session's tiny classifier (tests/conftest.py)."""
+    return tiny_weights
 
 
 @pytest.fixture(scope="module")
