@@ -442,9 +442,17 @@ def _catalog_modelsha(path):
 
 
 def _sweep_temporaries(out_dir, plan):
-    """Remove the temporary files of this survey's catalogues (a killed run or worker left them)."""
+    """Remove the temporary files a killed run or worker left of this survey's outputs.
+
+    Every output is written under ``.NAME.XXXX.tmp`` (`astrohvae.io.atomic.atomic_path`):
+    the catalogues with their previews and region files, the ledger and the
+    combined catalogue.  Called under the survey lock, so no writer is alive.
+    """
+    names = ["survey.json", f"{COMBINED_STEM}.parquet", f"{COMBINED_STEM}.fits"]
     for _, _, out in plan:
-        for stale in out_dir.glob(f".{out.name}.*.tmp"):
+        names += [out.name, out.with_suffix(".png").name, out.with_suffix(".reg").name]
+    for name in names:
+        for stale in out_dir.glob(f".{name}.*.tmp"):
             with contextlib.suppress(OSError):
                 stale.unlink()
 

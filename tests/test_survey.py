@@ -210,3 +210,18 @@ def test_reader_threads_one_runs_in_the_calling_thread():
     me = threading.get_ident()
     assert _map_threads(lambda _: threading.get_ident(), range(5), threads=1) == [me] * 5
     assert _map_threads(lambda x: x * x, range(5), threads=3) == [0, 1, 4, 9, 16]
+
+
+def test_a_rerun_removes_every_temporary_a_killed_run_left(tmp_path, fields, weights):
+    """A SIGKILL can fall inside any atomic write: of a catalogue, its preview or region file, or the ledger."""
+    out = tmp_path / "out"
+    out.mkdir()
+    name = fields[0].name
+    left = [f".{name}.cat.fits.a1.tmp", f".{name}.cat.png.b2.tmp", f".{name}.cat.reg.c3.tmp",
+            ".survey.json.d4.tmp", ".survey-catalogue.parquet.e5.tmp"]
+    for n in left:
+        (out / n).write_text("half-written")
+    (out / "notes.txt.tmp").write_text("not ours")  # a user's file of another name stays
+    run_survey(fields[:1], out, weights=weights, workers=1, processes=False, **OPTS)
+    assert not any((out / n).exists() for n in left)
+    assert (out / "notes.txt.tmp").read_text() == "not ours"
