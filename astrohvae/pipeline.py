@@ -218,12 +218,8 @@ def load_segmenter(segmenter="auto", device="auto", isophote=None):
 
 def _load_default_segmenter(device, required, isophote=None):
     """The shipped network segmenter; None when it is not installed (unless ``required``)."""
-    try:
-        from astrohvae.segment import WEIGHTS_DIR, load_default_segmenter
-    except ImportError:
-        if required:
-            raise InputError("astrohvae/segment.py", "the network segmenter is not available")
-        return None
+    from astrohvae.segment import WEIGHTS_DIR, load_default_segmenter
+
     try:
         return load_default_segmenter(device=device, **({} if isophote is None else {"isophote": float(isophote)}))
     except InputError as exc:
@@ -629,15 +625,6 @@ def _empty_products(ny, nx, header, steps, latent_dim):
                          steps.cpu)
 
 
-def _default_weights_dir():
-    try:
-        from astrohvae.classify import DEFAULT_WEIGHTS
-
-        return DEFAULT_WEIGHTS
-    except ImportError:
-        return "classifier"
-
-
 # ----------------------------------------------------------------------------- one field
 def regions_path(catalog):
     """The DS9 region file beside a catalogue: ``X.cat.fits`` -> ``X.cat.reg``."""
@@ -747,7 +734,9 @@ def _run_field(path, field, label, name, out, png, weights, device, batch_size, 
         prod = process_field(field, clf, segmenter=seg, nsigma=nsigma, batch_size=batch_size, workdir=None,
                              on_step=on_step)
     except ClassifierFailure as exc:
-        where = weights if weights is not None else _default_weights_dir()
+        from astrohvae.classify import DEFAULT_WEIGHTS
+
+        where = weights if weights is not None else DEFAULT_WEIGHTS
         raise InputError(where, f"weights do not fit this version of the classifier ({exc})") from None
     timings.update(prod.timings)
     t1 = time.perf_counter()

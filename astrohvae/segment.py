@@ -96,7 +96,6 @@ Public API
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +119,6 @@ __all__ = [
     "merge_fragments",
     "psf_profile",
     "windowed_centroids",
-    "simple_background",
     "DEFAULT_VARIANT",
     "DEFAULT_TAPS",
     "STRETCH",
@@ -149,44 +147,11 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "data" / "segment"
 # ----------------------------------------------------------------------------
 # background and input
 # ----------------------------------------------------------------------------
-@dataclass
-class _Background:
-    level: np.ndarray
-    rms: np.ndarray
-    sigma: np.ndarray
-
-
-def simple_background(field):
-    """A flat per-band background: sigma-clipped median and robust rms.
-
-    Used when no `background` is given and `astrohvae.stamps` is not
-    available.  Returns an object with ``level``, ``rms`` (``(5, 1, 1)``,
-    broadcastable to the field) and ``sigma`` (``(5,)``).
-    """
-    from astropy.stats import sigma_clipped_stats
-
-    nb = field.data.shape[0]
-    level = np.zeros(nb, np.float32)
-    sigma = np.ones(nb, np.float32)
-    rng = np.random.default_rng(0)
-    for b in range(nb):
-        good = field.data[b][~field.mask[b]]
-        if good.size == 0:
-            continue
-        if good.size > 400_000:
-            good = rng.choice(good, 400_000, replace=False)
-        _, med, std = sigma_clipped_stats(good, sigma=3.0, maxiters=10)
-        level[b], sigma[b] = med, std if std > 0 else 1.0
-    return _Background(level[:, None, None], sigma[:, None, None], sigma)
-
-
 def _background(field, background):
     if background is not None:
         return background
-    try:
-        from astrohvae.stamps import estimate_background
-    except ImportError:
-        return simple_background(field)
+    from astrohvae.stamps import estimate_background
+
     return estimate_background(field)
 
 
@@ -250,6 +215,7 @@ def train_segment_net(net, images, steps=600, batch_size=16, crop=64, lr=2e-3, b
     """
     import torch
 
+    from astrohvae.models.priors import kl_standard
     from astrohvae.train import RandomCrops, fit_model
 
     history = []
@@ -259,7 +225,7 @@ def train_segment_net(net, images, steps=600, batch_size=16, crop=64, lr=2e-3, b
         loss = torch.mean((recon - xb) ** 2, dim=(1, 2, 3))
         if m.variational:
             mu, logvar = extra["mu"], extra["logvar"]
-            kl = 0.5 * torch.mean(mu ** 2 + logvar.exp() - 1.0 - logvar, dim=tuple(range(1, mu.ndim)))
+            kl = kl_standard(mu.flatten(1), logvar.flatten(1)) / mu[0].numel()  # mean per latent element
             loss = loss + beta * kl
         if m.training:
             history.append(float(loss.detach().mean()))

@@ -1045,13 +1045,10 @@ def _cosmic_rays(rng, img, sigma, frac_full):
 
 def _align(image, band_wcs, ref_wcs, shape):
     """Bilinear resampling of one band onto the r grid through the WCS."""
-    try:
-        from astrohvae.io.align import align_band
-    except ImportError:  # pragma: no cover - io module not available
-        align_band = None
-    if align_band is not None:
-        data, m, _ = align_band(image, None, band_wcs, ref_wcs, shape, order=1)
-        return data, m
+    from astrohvae.io.align import align_band
+
+    data, m, _ = align_band(image, None, band_wcs, ref_wcs, shape, order=1)
+    return data, m
     from scipy import ndimage
 
     ny, nx = shape

@@ -190,10 +190,8 @@ def _read(inp):
 
     if isinstance(inp, Field):
         return inp
-    try:
-        from astrohvae.io.readers import read_field
-    except ImportError as exc:  # pragma: no cover - until the reader lands
-        raise InputError(inp, f"cannot read fields: astrohvae.io.readers unavailable ({exc})") from None
+    from astrohvae.io.readers import read_field
+
     return read_field(inp)
 
 
@@ -215,14 +213,9 @@ def _find_truth_file(field):
 
 
 def _read_truth(path):
-    try:
-        from astrohvae.simulate import read_truth
-    except ImportError:
-        read_truth = None
-    if read_truth is not None:
-        table, _ = read_truth(path)
-        return table
-    return Table.read(path, hdu="TRUTH")  # contract format of simulate.write_simulation
+    from astrohvae.simulate import read_truth
+
+    return read_truth(path)[0]
 
 
 def match_truth(meta, truth, radius=TRUTH_MATCH_RADIUS):

@@ -423,11 +423,11 @@ def jobqueue_cluster(kind, *, cores=None, memory=None, walltime=None, queue=None
 
 def _expected_modelsha(weights):
     """sha256 of the classifier weights a catalogue made now would carry (MODELSHA), or None."""
-    from astrohvae.pipeline import _default_weights_dir
+    from astrohvae.classify import DEFAULT_WEIGHTS
     from astrohvae.weights import weights_hash
 
     try:
-        return weights_hash(weights if weights is not None else _default_weights_dir())
+        return weights_hash(weights if weights is not None else DEFAULT_WEIGHTS)
     except (AstroHVAEError, OSError):
         return None
 

@@ -82,10 +82,6 @@ _PRIOR_FUNCS = {"sc": "kl_sc", "dkl": "kl_dkl", "aw": "aw", "pw": "pw", "quad": 
 
 
 # --------------------------------------------------------------------------- divergences
-def _kl_standard_local(mu, logvar):
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
-
-
 def get_divergence(divergence="standard", prior=None):
     """Return ``f(mu, logvar) -> per-sample tensor`` for a divergence name.
 
@@ -105,13 +101,10 @@ def get_divergence(divergence="standard", prior=None):
     name = str(divergence).lower()
     if name not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; choose from {', '.join(DIVERGENCES)}")
+    from astrohvae.models import priors
+
     if name == "standard":
-        try:
-            from astrohvae.models.priors import kl_standard
-        except ImportError:
-            kl_standard = _kl_standard_local
-        return lambda mu, logvar: kl_standard(mu, logvar)
-    from astrohvae.models import priors  # the [priors] module
+        return priors.kl_standard
 
     if name == "mixture":
         if not isinstance(prior, dict):
