@@ -515,11 +515,6 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
         with other classifier weights (its ``MODELSHA``) is not skipped but
         made again.
     """
-    import dask
-    from dask.distributed import Client, LocalCluster, as_completed
-
-    from astrohvae.io.catalog import is_complete
-
     t_start = time.perf_counter()
     memory_limit = _check_memory_limit(memory_limit)
     out_dir = Path(os.path.abspath(os.path.expanduser(str(out_dir))))
@@ -534,18 +529,9 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
         raise OutputError(out_dir, "output folder is not writable")
     try:
         ledger_path = out_dir / "survey.json"
-
-        plan, names = [], {}
-        for inp in inputs:
-            inp = os.path.abspath(os.path.expanduser(str(inp)))  # workers may run in other folders
-            name = field_name(inp)
-            if name in names:
-                raise InputError(inp, f"field name {name!r} also used by {names[name]}")
-            names[name] = inp
-            plan.append((name, inp, default_output(name, out_dir)))
+        plan = _plan(inputs, out_dir)
         if weights is not None:
             weights = os.path.abspath(os.path.expanduser(str(weights)))
-
         opts = {"weights": weights, "device": device, "batch_size": batch_size,
                 "segmenter": segmenter if isinstance(segmenter, str) else "auto", "nsigma": nsigma,
                 "threads": threads_per_worker, "preview": preview, "regions": regions, "isophote": isophote}
@@ -556,111 +542,18 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
             ledger = {"version": __version__, "out": str(out_dir), "fields": dict(old["fields"])}
             # temporary files of a killed run can never become catalogues: remove them
             _sweep_temporaries(out_dir, plan)
-            records, todo = {}, []
-            for name, inp, out in plan:
-                made_with = _catalog_modelsha(out) if modelsha and out.is_file() else None
-                if not _visible(inp):  # seen by nobody: no need to ask a worker
-                    records[name] = {"field": name, "input": inp, "catalog": str(out), "status": "failed",
-                                     "error": f"{inp}: no such file or folder"}
-                    ledger["fields"][name] = records[name]
-                elif is_complete(out) and (made_with is None or made_with == modelsha):
-                    prev = ledger["fields"].get(name, {})
-                    rec = dict(prev) if prev.get("status") in ("done", "skipped") else {}
-                    rec.update({"field": name, "input": inp, "catalog": str(out), "status": "skipped",
-                                "error": ""})
-                    if "rows" not in rec:
-                        rec["rows"] = _catalog_rows(out)
-                    records[name] = rec
-                else:
-                    todo.append((name, inp, out))
-
-            # longest first (LPT): crowded low-latitude fields start at once.  The
-            # order matters for the tail of a short survey; a long one balances
-            # itself, and its headers are not read (~30 ms a field) before starting
-            if len(todo) <= COST_HINT_MAX_FIELDS:
-                todo.sort(key=lambda item: (lambda b: 90.0 if b is None else b)(cost_hint(item[1])))
+            records, todo = _triage(plan, ledger, modelsha)
             n_workers, allowed_failures = 0, None
             if todo:
-                # worker-saturation 1.0: a worker holds one field at a time and the
-                # others wait at the scheduler, so a field is never queued behind a
-                # long one on a busy worker while another worker idles (dask's 1.1
-                # gives a one-thread worker two).  allowed-failures: how often a
-                # field whose worker died is started again
-                sched_cfg = {"distributed.scheduler.worker-saturation": 1.0,
-                             "distributed.scheduler.allowed-failures": int(retries)}
-                own = None
-                if scheduler:
-                    client = connect(scheduler, connect_timeout)
-                elif cluster is not None:
-                    own = cluster
-                    _check_submit_command(cluster)
-                    cluster.scale(jobs=int(jobs))
-                    client = Client(cluster)
-                else:
-                    with dask.config.set({**sched_cfg, "distributed.nanny.pre-spawn-environ": _worker_environ(),
-                                          "distributed.worker.memory.monitor-interval": "1s",
-                                          "distributed.admin.system-monitor.interval": "2s"}):
-                        own = LocalCluster(n_workers=int(workers or 1), threads_per_worker=threads_per_worker,
-                                           processes=processes, memory_limit=memory_limit,
-                                           dashboard_address=None, silence_logs=50)
-                    client = Client(own)
-                try:
-                    allowed_failures = _scheduler_allowed_failures(client)
-                    n_workers = max(1, len(client.nthreads()))
-                    bar = _progress(len(todo), progress)
-                    pending = iter(todo)
-                    ac = as_completed()
-                    inputs_of = {}
-                    last_write = time.monotonic()
-
-                    def submit_next():
-                        nxt = next(pending, None)
-                        if nxt is None:
-                            return False
-                        name, inp, out = nxt
-                        fut = client.submit(_survey_task, inp, str(out), opts, key=f"field-{name}-{time.time_ns()}",
-                                            pure=False)
-                        inputs_of[fut.key] = (name, inp, out)
-                        ac.add(fut)
-                        return True
-
-                    counted = time.monotonic()
-
-                    def top_up():
-                        """Keep 2 fields per worker in flight; workers of batch jobs join while it runs."""
-                        nonlocal n_workers, counted
-                        if max_in_flight is None and time.monotonic() - counted >= WORKER_RECOUNT:
-                            n_workers = max(n_workers, len(client.nthreads()))
-                            counted = time.monotonic()
-                        while len(inputs_of) < int(max_in_flight or 2 * n_workers) and submit_next():
-                            pass
-
-                    top_up()
-                    for fut in ac:
-                        name, inp, out = inputs_of.pop(fut.key)
-                        try:
-                            rec = fut.result()
-                        except Exception as exc:  # noqa: BLE001 - KilledWorker: it killed every worker it ran on
-                            times = "too many" if allowed_failures is None else allowed_failures + 1
-                            rec = {"status": "failed", "field": name, "input": inp, "catalog": str(out),
-                                   "error": _one_line(f"{inp}: its worker died {times} times (killed, e.g. out "
-                                                      f"of memory): {type(exc).__name__}: {exc}")}
-                        fut.release()
-                        records[rec["field"]] = rec
-                        ledger["fields"][rec["field"]] = rec
-                        if time.monotonic() - last_write >= LEDGER_INTERVAL:
+                with _client(scheduler, cluster, jobs, workers, threads_per_worker, processes, memory_limit,
+                             retries, connect_timeout) as client:
+                    try:
+                        allowed_failures = _scheduler_allowed_failures(client)
+                        n_workers = _run_tasks(client, todo, opts, records, ledger, ledger_path, allowed_failures,
+                                               max_in_flight, progress)
+                    finally:
+                        with contextlib.suppress(OutputError):  # what finished before an interruption
                             _write_ledger(ledger_path, ledger)
-                            last_write = time.monotonic()
-                        bar.update(1)
-                        bar.set_postfix_str(f"{rec['field']} {rec['status']}")
-                        top_up()
-                    bar.close()
-                finally:
-                    client.close()
-                    if own is not None:
-                        own.close()
-                    with contextlib.suppress(OutputError):  # what finished before an interruption
-                        _write_ledger(ledger_path, ledger)
                 _sweep_temporaries(out_dir, plan)  # of workers that died mid-write
             for name, rec in records.items():
                 ledger["fields"][name] = rec
@@ -684,6 +577,144 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
             with contextlib.suppress(OSError):
                 out_dir.rmdir()
         raise
+
+
+def _plan(inputs, out_dir):
+    """``[(name, absolute input, catalogue path)]``; two inputs of one field name: `InputError`."""
+    plan, names = [], {}
+    for inp in inputs:
+        inp = os.path.abspath(os.path.expanduser(str(inp)))  # workers may run in other folders
+        name = field_name(inp)
+        if name in names:
+            raise InputError(inp, f"field name {name!r} also used by {names[name]}")
+        names[name] = inp
+        plan.append((name, inp, default_output(name, out_dir)))
+    return plan
+
+
+def _triage(plan, ledger, modelsha):
+    """Split the plan into records known now (skipped, invisible) and the fields to process.
+
+    The fields to process come longest first (LPT, `cost_hint`): crowded low-latitude fields
+    start at once.  The order matters for the tail of a short survey; a long one balances
+    itself, and its headers are not read (~30 ms a field) before starting.
+    """
+    from astrohvae.io.catalog import is_complete
+
+    records, todo = {}, []
+    for name, inp, out in plan:
+        made_with = _catalog_modelsha(out) if modelsha and out.is_file() else None
+        if not _visible(inp):  # seen by nobody: no need to ask a worker
+            records[name] = {"field": name, "input": inp, "catalog": str(out), "status": "failed",
+                             "error": f"{inp}: no such file or folder"}
+            ledger["fields"][name] = records[name]
+        elif is_complete(out) and (made_with is None or made_with == modelsha):
+            prev = ledger["fields"].get(name, {})
+            rec = dict(prev) if prev.get("status") in ("done", "skipped") else {}
+            rec.update({"field": name, "input": inp, "catalog": str(out), "status": "skipped", "error": ""})
+            if "rows" not in rec:
+                rec["rows"] = _catalog_rows(out)
+            records[name] = rec
+        else:
+            todo.append((name, inp, out))
+    if len(todo) <= COST_HINT_MAX_FIELDS:
+        todo.sort(key=lambda item: (lambda b: 90.0 if b is None else b)(cost_hint(item[1])))
+    return records, todo
+
+
+@contextlib.contextmanager
+def _client(scheduler, cluster, jobs, workers, threads_per_worker, processes, memory_limit, retries,
+            connect_timeout):
+    """A dask client on the user's scheduler, the given cluster, or a LocalCluster started here.
+
+    worker-saturation 1.0: a worker holds one field at a time and the others wait at the
+    scheduler, so a field is never queued behind a long one on a busy worker while another
+    worker idles (dask's 1.1 gives a one-thread worker two).  allowed-failures: how often a
+    field whose worker died is started again.  A cluster started or given here is closed at the end.
+    """
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    sched_cfg = {"distributed.scheduler.worker-saturation": 1.0,
+                 "distributed.scheduler.allowed-failures": int(retries)}
+    own = None
+    if scheduler:
+        client = connect(scheduler, connect_timeout)
+    elif cluster is not None:
+        own = cluster
+        _check_submit_command(cluster)
+        cluster.scale(jobs=int(jobs))
+        client = Client(cluster)
+    else:
+        with dask.config.set({**sched_cfg, "distributed.nanny.pre-spawn-environ": _worker_environ(),
+                              "distributed.worker.memory.monitor-interval": "1s",
+                              "distributed.admin.system-monitor.interval": "2s"}):
+            own = LocalCluster(n_workers=int(workers or 1), threads_per_worker=threads_per_worker,
+                               processes=processes, memory_limit=memory_limit,
+                               dashboard_address=None, silence_logs=50)
+        client = Client(own)
+    try:
+        yield client
+    finally:
+        client.close()
+        if own is not None:
+            own.close()
+
+
+def _run_tasks(client, todo, opts, records, ledger, ledger_path, allowed_failures, max_in_flight, progress):
+    """Submit the fields, at most ``max_in_flight`` (default 2 per worker) at a time; record each result.
+
+    Workers of batch jobs that join while it runs are counted every `WORKER_RECOUNT` seconds;
+    the ledger is written at most every `LEDGER_INTERVAL` seconds.  Returns the number of workers.
+    """
+    from dask.distributed import as_completed
+
+    n_workers = max(1, len(client.nthreads()))
+    bar = _progress(len(todo), progress)
+    pending = iter(todo)
+    ac = as_completed()
+    inputs_of = {}
+    last_write = counted = time.monotonic()
+
+    def submit_next():
+        nxt = next(pending, None)
+        if nxt is None:
+            return False
+        name, inp, out = nxt
+        fut = client.submit(_survey_task, inp, str(out), opts, key=f"field-{name}-{time.time_ns()}", pure=False)
+        inputs_of[fut.key] = (name, inp, out)
+        ac.add(fut)
+        return True
+
+    def top_up():
+        nonlocal n_workers, counted
+        if max_in_flight is None and time.monotonic() - counted >= WORKER_RECOUNT:
+            n_workers = max(n_workers, len(client.nthreads()))
+            counted = time.monotonic()
+        while len(inputs_of) < int(max_in_flight or 2 * n_workers) and submit_next():
+            pass
+
+    top_up()
+    for fut in ac:
+        name, inp, out = inputs_of.pop(fut.key)
+        try:
+            rec = fut.result()
+        except Exception as exc:  # noqa: BLE001 - KilledWorker: it killed every worker it ran on
+            times = "too many" if allowed_failures is None else allowed_failures + 1
+            rec = {"status": "failed", "field": name, "input": inp, "catalog": str(out),
+                   "error": _one_line(f"{inp}: its worker died {times} times (killed, e.g. out "
+                                      f"of memory): {type(exc).__name__}: {exc}")}
+        fut.release()
+        records[rec["field"]] = rec
+        ledger["fields"][rec["field"]] = rec
+        if time.monotonic() - last_write >= LEDGER_INTERVAL:
+            _write_ledger(ledger_path, ledger)
+            last_write = time.monotonic()
+        bar.update(1)
+        bar.set_postfix_str(f"{rec['field']} {rec['status']}")
+        top_up()
+    bar.close()
+    return n_workers
 
 
 def _check_submit_command(cluster):
