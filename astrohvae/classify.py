@@ -536,18 +536,34 @@ def _physical_ref(stamps, feat):
 # ---------------------------------------------------------------------------
 # training: every network goes through the one engine, `astrohvae.train`
 # ---------------------------------------------------------------------------
-def _train_ae(x, latent_dim, channels, epochs, batch_size, lr, seed, weight, augment, device, verbose=False):
+def _checkpoint(directory, name):
+    """``directory/name.pt`` (the folder created), or None without a checkpoint folder.
+
+    Every fit resumes from its checkpoint when the file exists (`astrohvae.train.fit_model`):
+    a fit that was interrupted continues, one that finished is not repeated.
+    """
+    if directory is None:
+        return None
+    from pathlib import Path
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{name}.pt"
+
+
+def _train_ae(x, latent_dim, channels, epochs, batch_size, lr, seed, weight, augment, device, verbose=False,
+              checkpoint=None):
     """A ConvAE on network input ``x`` (one-cycle schedule, centrally weighted MSE)."""
     from astrohvae.train import fit_ae
 
     net, hist = fit_ae(x, latent_dim=latent_dim, channels=channels, epochs=epochs, batch_size=batch_size, lr=lr,
                        device=device, seed=seed, patience=None, pixel_weight=weight, augment=augment,
-                       progress=verbose, schedule="onecycle")
+                       progress=verbose, schedule="onecycle", checkpoint=checkpoint, resume=checkpoint is not None)
     return net, hist
 
 
 def _train_conv_vae(x, latent_dim, kl, channels, epochs, batch_size, lr, seed, weight, augment, device,
-                    prior_m=1.0, prior_s=0.5, beta=1.0, verbose=False):
+                    prior_m=1.0, prior_s=0.5, beta=1.0, verbose=False, checkpoint=None):
     """A ConvVAE with divergence ``kl`` (``'standard'`` or a revised two-peak term)."""
     from astrohvae.train import fit_vae
 
@@ -557,12 +573,12 @@ def _train_conv_vae(x, latent_dim, kl, channels, epochs, batch_size, lr, seed, w
     net, hist = fit_vae(x, latent_dim=latent_dim, divergence=kl, prior=(prior_m, prior_s), beta=2.0 * beta,
                         bounded_mu=2.0 if kl == "aw" else None, channels=channels, epochs=epochs,
                         batch_size=batch_size, lr=lr, device=device, seed=seed, patience=None, pixel_weight=weight,
-                        augment=augment, progress=verbose)
+                        augment=augment, progress=verbose, checkpoint=checkpoint, resume=checkpoint is not None)
     return net, hist
 
 
 def _train_latent_vae(z, latent_dim, prior, epochs, batch_size, lr, seed, device, beta=1.0, divergence=None,
-                      verbose=False):
+                      verbose=False, checkpoint=None):
     """The 1-D LatentVAE with the Gaussian-mixture prior ``(weights, means, sigmas)``.
 
     ``divergence=None``: the exact KL to the mixture (quadrature); a revised
@@ -580,7 +596,8 @@ def _train_latent_vae(z, latent_dim, prior, epochs, batch_size, lr, seed, device
         div, spec = divergence, (m[1], s[1])
     net, hist = fit_latent_vae(z.astype(np.float32), latent_dim=latent_dim, divergence=div, prior=spec,
                                beta=2.0 * beta, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
-                               seed=seed, patience=None, progress=verbose)
+                               seed=seed, patience=None, progress=verbose, checkpoint=checkpoint,
+                               resume=checkpoint is not None)
     return net, hist
 
 
@@ -759,15 +776,21 @@ class HierarchicalClassifier(_Estimator):
             print(msg, flush=True)
 
     # fit -------------------------------------------------------------------
-    def fit(self, stamps, y=None):
-        """Fit on unlabelled stamps (``y`` is ignored; it is never used)."""
+    def fit(self, stamps, y=None, checkpoint_dir=None):
+        """Fit on unlabelled stamps (``y`` is ignored; it is never used).
+
+        ``checkpoint_dir``: write a resumable checkpoint of every network there after each
+        epoch (``ae.pt``, ``latent-K.pt`` per try); a fit started again with the same folder
+        continues where it stopped (`astrohvae.train.fit_model`).
+        """
         _check_stamps(stamps)
         dev = self._dev()
         seed = 0 if self.random_state is None else int(self.random_state)
         x = _inputs(stamps, self.representation, self.crop)
         w = _radial_weight(x.shape[-1], 4.0, self.center_weight)
         self.ae_, self.ae_history_ = _train_ae(x, self.ae_latent, self.channels, self.ae_epochs, self.batch_size,
-                                               self.lr, seed, w, self.augment, dev, verbose=self.verbose)
+                                               self.lr, seed, w, self.augment, dev, verbose=self.verbose,
+                                               checkpoint=_checkpoint(checkpoint_dir, "ae"))
         z = _batched(self.ae_.encode, x, 512, dev)[0]
         del x
         self.ae_mean_ = z.mean(axis=0)
@@ -786,7 +809,7 @@ class HierarchicalClassifier(_Estimator):
         zin = np.concatenate(feats, axis=1).astype(np.float32)
         feat = None
         for attempt in range(max(1, int(self.prior_tries))):
-            self._fit_latent(zin, seed + 7919 * attempt, dev)
+            self._fit_latent(zin, seed + 7919 * attempt, dev, _checkpoint(checkpoint_dir, f"latent-{attempt}"))
             mu, sig = self._encode_latent(zin)
             post = mixture_posterior(mu[:, 0], sig[:, 0], self.weights_, *self._prior()[1:])
             groups = post.argmax(axis=1)  # 0 = narrow (star) peak of the prior, 1 = broad
@@ -816,9 +839,10 @@ class HierarchicalClassifier(_Estimator):
             self.n_colour_templates_ = (int(stars.sum()), int(gals.sum()))
         return self
 
-    def _fit_latent(self, zin, seed, dev):
+    def _fit_latent(self, zin, seed, dev, checkpoint=None):
         self.vae_, self.vae_history_ = _train_latent_vae(zin, 1, self._prior(), self.vae_epochs, 256, 3e-3, seed,
-                                                         dev, beta=self.beta, divergence=self.divergence)
+                                                         dev, beta=self.beta, divergence=self.divergence,
+                                                         checkpoint=checkpoint)
         mu, sig = self._encode_latent(zin)
         w, m, s = self._prior()
         if self.fit_weight:  # EM on the peak weights only (label-free), the peaks stay fixed
@@ -1034,8 +1058,8 @@ class ManifoldClassifier(_Estimator):
             out.append(_batched(lambda t: self.vae_.encode(t)[0], x, batch_size, dev)[0])
         return np.concatenate(out)
 
-    def fit(self, stamps, y=None):
-        """Fit on unlabelled stamps (``y`` ignored)."""
+    def fit(self, stamps, y=None, checkpoint_dir=None):
+        """Fit on unlabelled stamps (``y`` ignored); ``checkpoint_dir`` as in `HierarchicalClassifier.fit`."""
 
         from astrohvae.device import resolve_device
 
@@ -1046,7 +1070,8 @@ class ManifoldClassifier(_Estimator):
         self.vae_, self.history_ = _train_conv_vae(x, self.latent_dim, self.kl, self.channels, self.epochs,
                                                    self.batch_size, self.lr, seed, w, self.augment,
                                                    resolve_device(self.device), prior_m=self.prior[0],
-                                                   prior_s=self.prior[1], beta=self.beta, verbose=self.verbose)
+                                                   prior_s=self.prior[1], beta=self.beta, verbose=self.verbose,
+                                                   checkpoint=_checkpoint(checkpoint_dir, "vae"))
         del x
         z = self._latent(stamps)
         z = np.nan_to_num(z)
@@ -1139,8 +1164,8 @@ class AutoEncoderFeatures(_Estimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    def fit(self, stamps, y=None):
-        """Fit on unlabelled stamps (``y`` ignored)."""
+    def fit(self, stamps, y=None, checkpoint_dir=None):
+        """Fit on unlabelled stamps (``y`` ignored); ``checkpoint_dir`` as in `HierarchicalClassifier.fit`."""
         from astrohvae.device import resolve_device
 
         _check_stamps(stamps)
@@ -1148,7 +1173,8 @@ class AutoEncoderFeatures(_Estimator):
         w = _radial_weight(x.shape[-1], 4.0, self.center_weight)
         self.ae_, self.history_ = _train_ae(x, self.latent_dim, self.channels, self.epochs, self.batch_size, self.lr,
                                             0 if self.random_state is None else int(self.random_state), w,
-                                            self.augment, resolve_device(self.device), verbose=self.verbose)
+                                            self.augment, resolve_device(self.device), verbose=self.verbose,
+                                            checkpoint=_checkpoint(checkpoint_dir, "ae"))
         return self
 
     def transform(self, stamps, batch_size=256):

@@ -417,13 +417,16 @@ def segment(field, out, variant, weights, classify, plots, isophote, device, ove
 @_device_option()
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plots", is_flag=True, help="Write loss curves and the latent histogram (PNG) into OUT.")
+@click.option("--checkpoint", "checkpoint_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for resumable checkpoints (one per network, written every epoch): the same command "
+                   "run again continues an interrupted training.")
 @_overwrite_option("weights folder")
 @_verbosity
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for torch (default: torch's choice; 1 is faster on a busy shared machine).")
 def train(store, model_kind, divergence, prior, beta, out, epochs, latent_epochs, batch_size, lr, latent_dim,
-          per_field, max_stamps, representation, augment, colour_prior, device, seed, plots, overwrite, quiet,
-          verbose, threads):
+          per_field, max_stamps, representation, augment, colour_prior, device, seed, plots, checkpoint_dir,
+          overwrite, quiet, verbose, threads):
     """Fit a classifier on the stamp store STORE and write it to --out.
 
     With no --model this is exactly how the shipped classifier is made;
@@ -440,7 +443,7 @@ def train(store, model_kind, divergence, prior, beta, out, epochs, latent_epochs
                                epochs=epochs, latent_epochs=latent_epochs, batch_size=batch_size, lr=lr,
                                latent_dim=latent_dim, representation=representation, augment=augment,
                                colour_prior=colour_prior, device=device, seed=seed, per_field=per_field,
-                               max_stamps=max_stamps, plots=plots,
+                               max_stamps=max_stamps, plots=plots, checkpoint_dir=checkpoint_dir,
                                progress=not quiet, overwrite=overwrite)
     except ValueError as exc:
         raise click.UsageError(str(exc))

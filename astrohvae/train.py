@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from astrohvae.errors import InputError
+from astrohvae.errors import InputError, OutputError
 
 __all__ = [
     "fit_ae",
@@ -1076,7 +1076,7 @@ def select_training_rows(store, per_field=500, max_stamps=None, seed=0, min_snr=
 def train_from_store(store, out, *, model="avr", divergence=None, prior=None, beta=1.0, epochs=None,
                      latent_epochs=None, batch_size=None, lr=None, latent_dim=None, representation=None,
                      augment=None, colour_prior=False, device="auto", seed=0, per_field=500, max_stamps=None,
-                     plots=False, progress=True, overwrite=True):
+                     plots=False, progress=True, overwrite=True, checkpoint_dir=None):
     """Fit the estimator of ``model`` on a stamp store and save it to ``out`` (``astrohvae train``).
 
     Parameters
@@ -1099,6 +1099,12 @@ def train_from_store(store, out, *, model="avr", divergence=None, prior=None, be
         Replace an existing ``out`` that is a weights folder written by
         astrohvae; any other existing non-empty folder, or the store itself,
         is refused before training (`astrohvae.io.atomic.check_output`).
+    checkpoint_dir : path, optional
+        Write resumable checkpoints of every network there after each epoch
+        (``ae.pt``, ``latent-K.pt`` or ``vae.pt``); the same command run again
+        continues an interrupted training where it stopped, and repeats no
+        network that had finished.  The folder holds only those files; it must
+        not be the store or ``out``.
 
     Returns
     -------
@@ -1122,13 +1128,23 @@ def train_from_store(store, out, *, model="avr", divergence=None, prior=None, be
     store_path = getattr(store, "path", store)
     check_output(out, inputs=[store_path] if isinstance(store_path, (str, Path)) else [], kind="weights",
                  overwrite=overwrite, directory=True)
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        for other in (out, store_path):
+            if isinstance(other, (str, Path)) and checkpoint_dir.resolve() == Path(other).resolve():
+                raise InputError(checkpoint_dir, "the checkpoint folder must not be the store or --out")
+        if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+            raise OutputError(checkpoint_dir, "exists and is not a folder")
     st = store if hasattr(store, "flux") and hasattr(store, "meta") else open_store(store)
     rows = select_training_rows(st, per_field=per_field, max_stamps=max_stamps, seed=seed)
     if len(rows) < 3:
         raise InputError(getattr(st, "path", store), f"only {len(rows)} stamps; need at least 3 to train")
     stamps = st[rows]
     fields = sorted(set(np.asarray(stamps.meta["field"]).astype(str).tolist()))
-    est.fit(stamps)
+    if checkpoint_dir is not None:
+        est.fit(stamps, checkpoint_dir=checkpoint_dir)
+    else:
+        est.fit(stamps)
     histories = {k.rstrip("_"): v for k, v in vars(est).items() if k.endswith("history_") and v}
     training = {"store": str(getattr(st, "path", "")), "n_stamps_store": len(st), "n": int(len(rows)),
                 "fields": fields, "per_field": per_field, "max_stamps": max_stamps, "model": model,

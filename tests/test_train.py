@@ -313,6 +313,49 @@ def test_every_paper_classifier_trains_and_runs(tiny_store, tmp_path, model, ext
     np.testing.assert_allclose(np.asarray(prod2.table["p_galaxy"]), p, atol=1e-6)
 
 
+def test_train_checkpoint_resumes_an_interrupted_training(tiny_store, tmp_path):
+    """A fit with a checkpoint folder, interrupted after its AE, continues: the same weights as one
+    uninterrupted fit, and the finished AE is not trained again; `train --checkpoint` writes there."""
+    from click.testing import CliRunner
+
+    from astrohvae.classify import HierarchicalClassifier
+    from astrohvae.cli import main
+    from astrohvae.store import open_store
+    from astrohvae.train import select_training_rows
+
+    st = open_store(tiny_store)
+    stamps = st[select_training_rows(st, max_stamps=120)]
+    params = dict(ae_epochs=2, vae_epochs=3, device="cpu", random_state=0)
+    ref = HierarchicalClassifier(**params).fit(stamps)
+
+    class Interrupted(HierarchicalClassifier):
+        def _fit_latent(self, *a, **k):
+            raise KeyboardInterrupt
+
+    ck = tmp_path / "ck"
+    with pytest.raises(KeyboardInterrupt):
+        Interrupted(**params).fit(stamps, checkpoint_dir=ck)
+    assert (ck / "ae.pt").is_file() and not (ck / "latent-0.pt").exists()
+    ae_written = (ck / "ae.pt").stat().st_mtime_ns
+    again = HierarchicalClassifier(**params).fit(stamps, checkpoint_dir=ck)
+    assert (ck / "ae.pt").stat().st_mtime_ns == ae_written  # the finished AE was not trained again
+    assert (ck / "latent-0.pt").is_file()
+    for k, v in ref.ae_.state_dict().items():
+        np.testing.assert_allclose(again.ae_.state_dict()[k].numpy(), v.numpy(), atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(again.predict_proba(stamps), ref.predict_proba(stamps), atol=1e-5)
+
+    out = tmp_path / "w"
+    args = ["--epochs", "1", "--latent-epochs", "2", "--device", "cpu", "--quiet", "--max-stamps", "60"]
+    res = CliRunner().invoke(main, ["train", str(tiny_store), "--out", str(out), "--checkpoint",
+                                    str(tmp_path / "ck2"), *args])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "ck2" / "ae.pt").is_file() and (tmp_path / "ck2" / "latent-0.pt").is_file()
+    # the checkpoint folder must not be the output or the store
+    res = CliRunner().invoke(main, ["train", str(tiny_store), "--out", str(tmp_path / "x"), "--checkpoint",
+                                    str(tiny_store), *args])
+    assert res.exit_code == 2 and "checkpoint folder" in res.output
+
+
 def test_feature_extractor_is_refused_by_run(tiny_store, tmp_path):
     from click.testing import CliRunner
 
