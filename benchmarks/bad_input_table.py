@@ -1,6 +1,6 @@
 """The bad-input table of issue 16: exit status, stderr lines and leftovers per case, before and after.
 
-Runs every case of ``tests/bad_input_cases.py`` as a subprocess
+Runs every case of ``benchmarks/bad_input_cases.py`` as a subprocess
 (``python -m astrohvae.cli ...``, 6 GiB address-space limit, 180 s timeout)
 over a fresh copy of the fixtures, with this checkout's code and, with
 ``--before SRC``, with the code in SRC too (e.g. an exported ``main``:
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/bad_input_cases.py
 
 import bad_input_cases as bic  # noqa: E402
 

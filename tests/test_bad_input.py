@@ -1,6 +1,7 @@
 """Issue 16: every bad input gives one line and exit 2, and nothing is destroyed or left behind.
 
-The cases are data (`bad_input_cases.CASES`); each runs over a fresh copy of
+The cases are data (`CASES` of `benchmarks/bad_input_cases.py`, shared with two
+benchmarks; `tests/conftest.py` loads it and parametrizes ``bad_input_case``); each runs over a fresh copy of
 the fixtures and checks the exit status, the single stderr line naming the
 offending file or option, and that the folder is unchanged byte for byte.
 """
@@ -21,19 +22,16 @@ from click.testing import CliRunner
 
 from astrohvae.cli import main
 
-import bad_input_cases as bic
-from pipeline_helpers import one_line_error
-
 
 @pytest.fixture(scope="session")
-def template(tmp_path_factory):
-    return bic.make_template(tmp_path_factory.mktemp("bad-input-template"))
+def template(tmp_path_factory, bad_input_cases):
+    return bad_input_cases.make_template(tmp_path_factory.mktemp("bad-input-template"))
 
 
-def _run(case, argv, cwd):
+def _run(case, argv, cwd, isolated_env):
     if case.isolated:
         res = subprocess.run([sys.executable, "-m", "astrohvae.cli", *argv], cwd=cwd, capture_output=True,
-                             text=True, timeout=300, preexec_fn=bic.isolated_env())
+                             text=True, timeout=300, preexec_fn=isolated_env())
         return res.returncode, res.stderr
     old = os.getcwd()
     os.chdir(cwd)
@@ -44,22 +42,23 @@ def _run(case, argv, cwd):
     return res.exit_code, res.stderr
 
 
-@pytest.mark.parametrize("case", bic.CASES, ids=[c.id for c in bic.CASES])
-def test_bad_input(case, template, tmp_path):
+def test_bad_input(bad_input_case, bad_input_cases, template, tmp_path, one_line_error):
+    """One case of the table (parametrized by `tests/conftest.py`'s ``pytest_generate_tests``)."""
+    case, bic = bad_input_case, bad_input_cases
     if case.root and os.geteuid() != 0:
         pytest.skip("mknod needs root")
     paths = bic.make_fixtures(tmp_path, template)
     argv, names = bic.render(case, paths)
     before = bic.snapshot(tmp_path)
-    code, stderr = _run(case, argv, tmp_path)
+    code, stderr = _run(case, argv, tmp_path, bic.isolated_env)
     assert code == 2, (code, stderr[-2000:])
     one_line_error(stderr, names)
     assert bic.diff(before, bic.snapshot(tmp_path)) == []
 
 
-def test_overwrite_replaces_only_own_outputs(template, tmp_path):
+def test_overwrite_replaces_only_own_outputs(bad_input_cases, template, tmp_path):
     """--overwrite replaces a previous catalogue; without it the catalogue stays byte for byte."""
-    paths = bic.make_fixtures(tmp_path, template)
+    paths = bad_input_cases.make_fixtures(tmp_path, template)
     out = tmp_path / "new" / "sub" / "c.cat.fits"  # missing folders are created
     args = ["run", str(paths["field"]), "--segmenter", "photutils", "--out", str(out)]
     res = CliRunner().invoke(main, args)
@@ -73,12 +72,12 @@ def test_overwrite_replaces_only_own_outputs(template, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["c.cat.fits"]
 
 
-def test_train_overwrite_keeps_foreign_folder(template, tmp_path):
+def test_train_overwrite_keeps_foreign_folder(bad_input_cases, template, tmp_path):
     """train --overwrite replaces its own weights folder, never a folder holding anything else."""
     from astrohvae.train import train_from_store
     from astrohvae.errors import OutputError
 
-    paths = bic.make_fixtures(tmp_path, template)
+    paths = bad_input_cases.make_fixtures(tmp_path, template)
     w = tmp_path / "w"
     kw = dict(model="ae", epochs=1, progress=False, seed=0)
     train_from_store(paths["store"], w, **kw)
@@ -174,13 +173,13 @@ def test_warning_is_one_line():
 
 
 @pytest.mark.slow
-def test_fuzz_reader(template, tmp_path):
+def test_fuzz_reader(bad_input_cases, template, tmp_path):
     """Random header cards, truncations and corrupted bytes in one frame: InputError or a field, nothing else."""
     pytest.importorskip("hypothesis")
-    frames = bic.load_frames(template / "field")
+    frames = bad_input_cases.load_frames(template / "field")
     work = tmp_path / "f"
     work.mkdir()
-    tried, failures = bic.run_fuzz(frames, work, max_examples=40, seed=16)
+    tried, failures = bad_input_cases.run_fuzz(frames, work, max_examples=40, seed=16)
     assert tried >= 40
     assert failures == []
 
@@ -202,7 +201,7 @@ def _rewrite_config(folder, edit):
     (folder / "config.json").write_text(json.dumps(cfg))
 
 
-def test_weights_with_nan_tensors_are_refused(tmp_path):
+def test_weights_with_nan_tensors_are_refused(tmp_path, one_line_error):
     """Issue 16: NaN weights used to load and give p_galaxy NaN in every row; now one line, exit 2."""
     import hashlib
 
@@ -222,7 +221,7 @@ def test_weights_with_nan_tensors_are_refused(tmp_path):
     assert not (tmp_path / "c.fits").exists()
 
 
-def test_weights_config_asking_for_a_huge_network_is_refused_before_allocating(tmp_path):
+def test_weights_config_asking_for_a_huge_network_is_refused_before_allocating(tmp_path, one_line_error):
     """Issue 16: hidden [40000, 40000] allocated 12.8 GB before failing; the meta-device check refuses it first."""
     import resource
 

@@ -15,19 +15,18 @@ from astrohvae.classify import (
     star_side,
 )
 from astrohvae.evaluate import binary_metrics, labels_from_meta
-from classify_helpers import toy_stamps
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def train():
-    return toy_stamps(360, seed=10, mag_range=(16, 20.5))
+def train(make_toy_stamps):
+    return make_toy_stamps(360, seed=10, mag_range=(16, 20.5))
 
 
 @pytest.fixture(scope="module")
-def test_set():
-    return toy_stamps(200, seed=11, mag_range=(16, 20.5))
+def test_set(make_toy_stamps):
+    return make_toy_stamps(200, seed=11, mag_range=(16, 20.5))
 
 
 @pytest.fixture(scope="module")

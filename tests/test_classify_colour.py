@@ -17,7 +17,6 @@ from astrohvae.photometry import luptitude
 from astropy.table import Table
 
 from astrohvae.stamps import StampSet
-from classify_helpers import toy_stamps
 
 torch.set_num_threads(1)
 
@@ -76,21 +75,21 @@ def test_colour_llr_sign_and_error_convolution():
     assert colour_templates(cols, few, ~is_star) is None
 
 
-def test_physical_statistics_columns():
-    st = toy_stamps(120, seed=3, mag_range=(16, 20))
+def test_physical_statistics_columns(make_toy_stamps):
+    st = make_toy_stamps(120, seed=3, mag_range=(16, 20))
     full = physical_statistics(st)
     assert full.shape == (120, 16) and np.isfinite(full).all()
     np.testing.assert_allclose(physical_statistics(st, colours=False), full[:, :8], atol=1e-6)
 
 
 @pytest.fixture(scope="module")
-def colour_fitted():
-    train = toy_stamps(360, seed=10, mag_range=(16, 20.5))
+def colour_fitted(make_toy_stamps):
+    train = make_toy_stamps(360, seed=10, mag_range=(16, 20.5))
     return HierarchicalClassifier(ae_epochs=1, vae_epochs=10, colour_prior=True, random_state=0).fit(train)
 
 
-def test_colour_prior_round_trip_and_clip(colour_fitted, tmp_path):
-    test = toy_stamps(150, seed=11, mag_range=(16, 20.5))
+def test_colour_prior_round_trip_and_clip(colour_fitted, tmp_path, make_toy_stamps):
+    test = make_toy_stamps(150, seed=11, mag_range=(16, 20.5))
     clf = colour_fitted
     assert clf.colour_templates_ is not None
     t = clf.transform(test)

@@ -17,7 +17,6 @@ from astrohvae.evaluate import (
     stamps_from_images,
     summarise,
 )
-from classify_helpers import toy_stamps
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sdss"
 
@@ -60,8 +59,8 @@ def test_summarise_seeds_and_bins():
     assert "AUC r<19" in txt and "brightness" in txt
 
 
-def test_classical_baseline_on_toy():
-    st = toy_stamps(300, seed=3, mag_range=(16, 20))
+def test_classical_baseline_on_toy(make_toy_stamps):
+    st = make_toy_stamps(300, seed=3, mag_range=(16, 20))
     y, _ = labels_from_meta(st.meta)
     clf = ClassicalClassifier().fit(st)
     assert 1.2 < clf.r_star_ < 3.5  # Moffat FWHM 3.5 px -> r_half ~ 2 px
@@ -75,8 +74,8 @@ def test_plot_roc_writes_png(tmp_path):
     assert Path(out).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_stamps_from_images_pads_and_segments():
-    st0 = toy_stamps(3, seed=1, mag_range=(17, 18), neighbours=0)
+def test_stamps_from_images_pads_and_segments(make_toy_stamps):
+    st0 = make_toy_stamps(3, seed=1, mag_range=(17, 18), neighbours=0)
     small = st0.flux[:, :, 8:56, 8:56]  # 48x48
     st = stamps_from_images(small)
     assert st.flux.shape == (3, 5, 64, 64)
@@ -132,12 +131,11 @@ def test_faint_sub_bins_in_summary():
     assert "AUC 22<r<23" in format_table([r])
 
 
-def test_supervised_ceilings_need_and_use_labels():
+def test_supervised_ceilings_need_and_use_labels(make_toy_stamps):
     from astrohvae.evaluate import SupervisedStatsCeiling
-    from classify_helpers import toy_stamps
 
-    train = toy_stamps(200, seed=4, mag_range=(16, 20))
-    test = toy_stamps(120, seed=5, mag_range=(16, 20))
+    train = make_toy_stamps(200, seed=4, mag_range=(16, 20))
+    test = make_toy_stamps(120, seed=5, mag_range=(16, 20))
     y, _ = labels_from_meta(test.meta)
     c = SupervisedStatsCeiling(random_state=0).fit(train)
     assert binary_metrics(y, c.predict_proba(test))["auc"] > 0.9

@@ -14,7 +14,6 @@ from astrohvae.io.field import Field
 from astrohvae.measure import measure_catalog, photutils_measurements, psf_photometry
 from astrohvae.photometry import luptitude, luptitude_err
 from astrohvae.stamps import FLAG_FEW_BANDS, StampSet, cut_stamps, detect, estimate_background, measure_sources
-from pipeline_helpers import gaussian_source, noise_cube
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sdss" / "fields"
 REAL = DATA / "004510-4-0030"
@@ -38,11 +37,11 @@ def test_luptitude_err_is_the_derivative():
     assert luptitude_err(3000.0, 3.0, "r") == pytest.approx(1.0857362 * 1e-3, rel=1e-4)
 
 
-def _psf(ny=64, nx=64, fwhm=3.4):
+def _psf(gaussian_source, ny=64, nx=64, fwhm=3.4):
     return np.stack([gaussian_source((ny, nx), nx // 2, ny // 2, 1.0, fwhm)] * len(BANDS))
 
 
-def test_psf_photometry_recovers_known_fluxes():
+def test_psf_photometry_recovers_known_fluxes(gaussian_source):
     rng = np.random.default_rng(3)
     n, size, sigma = 40, 64, 0.02
     flux_true = rng.uniform(5, 200, (n, len(BANDS)))
@@ -54,7 +53,7 @@ def test_psf_photometry_recovers_known_fluxes():
     mask = np.zeros((n, size, size), np.uint8)
     sky = np.full((n, len(BANDS)), sigma, np.float32)
     st = StampSet(flux, mask, sky, _meta(n))
-    f, e = psf_photometry(st, _psf())
+    f, e = psf_photometry(st, _psf(gaussian_source))
     assert np.abs(np.median(f / flux_true) - 1) < 0.01
     assert np.percentile(np.abs(f / flux_true - 1), 95) < 0.03
     # where the noise dominates the centring systematics, the error is the scatter
@@ -63,7 +62,7 @@ def test_psf_photometry_recovers_known_fluxes():
     assert faint.sum() > 20 and 0.7 < np.std(pull) < 1.4
     # a band whose pixels are all invalid gives NaN
     st.sky_sigma[0, 1] = np.nan
-    f2, e2 = psf_photometry(st, _psf())
+    f2, e2 = psf_photometry(st, _psf(gaussian_source))
     assert np.isnan(f2[0, 1]) and np.isnan(e2[0, 1]) and np.isfinite(f2[0, 0])
 
 
@@ -73,7 +72,7 @@ def _meta(n):
     return Table({"field": ["t"] * n, "id": np.arange(1, n + 1, dtype=np.int32)})
 
 
-def _toy_field(masked_band=None):
+def _toy_field(gaussian_source, noise_cube, masked_band=None):
     shape = (120, 160)
     cube = noise_cube(shape, seed=1)
     for x, y, fl, fw in ((40, 60, 30.0, 3.0), (110, 50, 15.0, 6.0), (130, 95, 8.0, 3.0)):
@@ -86,8 +85,8 @@ def _toy_field(masked_band=None):
     return Field(cube, mask, name="toy")
 
 
-def test_band_without_data_is_nan_and_flagged():
-    field = _toy_field(masked_band="g")
+def test_band_without_data_is_nan_and_flagged(gaussian_source, noise_cube):
+    field = _toy_field(gaussian_source, noise_cube, masked_band="g")
     bkg = estimate_background(field)
     segm = detect(field, bkg)
     src = measure_sources(field, segm, bkg)
@@ -103,14 +102,14 @@ def test_band_without_data_is_nan_and_flagged():
     assert np.isfinite(src["flux_r"]).all()
 
 
-def test_measure_catalog_columns_and_shapes():
-    field = _toy_field()
+def test_measure_catalog_columns_and_shapes(gaussian_source, noise_cube):
+    field = _toy_field(gaussian_source, noise_cube)
     bkg = estimate_background(field)
     segm = detect(field, bkg)
     segm.relabel_consecutive()
     src = measure_sources(field, segm, bkg)
     st = cut_stamps(field, segm, src, bkg)
-    extra = measure_catalog(field, segm, bkg, st, psf=_psf(fwhm=3.0))
+    extra = measure_catalog(field, segm, bkg, st, psf=_psf(gaussian_source, fwhm=3.0))
     assert len(extra) == len(src) == 3
     # the extended source (FWHM 6) is larger than the two point sources (FWHM 3) in every size measure
     big = int(np.argmax(np.asarray(extra["fwhm"])))

@@ -14,14 +14,6 @@ from astrohvae import BANDS
 from astrohvae.cli import main
 from astrohvae.io.catalog import CLASS_CODES, read_catalog
 
-from pipeline_helpers import (
-    gaussian_source,
-    noise_cube,
-    one_line_error,
-    toy_cube,
-    write_mef,
-)
-
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FAST = ["--segmenter", "photutils"]
 
@@ -41,17 +33,23 @@ def run_ok(*args):
     return res
 
 
-def run_fails(out_dir, *args, names):
-    before = set(leftovers(out_dir))
-    res = invoke("run", *args)
-    assert res.exit_code == 2, (res.exit_code, res.output, res.stderr)
-    line = one_line_error(res.stderr, names)
-    assert set(leftovers(out_dir)) == before, "output (or a temporary file) left behind"
-    return line
+@pytest.fixture(scope="module")
+def run_fails(one_line_error):
+    """``run_fails(out_dir, *args, names)``: `astrohvae run` exits 2 with one line naming ``names``, leaves nothing."""
+
+    def run(out_dir, *args, names):
+        before = set(leftovers(out_dir))
+        res = invoke("run", *args)
+        assert res.exit_code == 2, (res.exit_code, res.output, res.stderr)
+        line = one_line_error(res.stderr, names)
+        assert set(leftovers(out_dir)) == before, "output (or a temporary file) left behind"
+        return line
+
+    return run
 
 
 # ----------------------------------------------------------------------------- the good path
-def test_run_end_to_end(tmp_path, tiny_weights):
+def test_run_end_to_end(tmp_path, tiny_weights, toy_cube, write_mef):
     mef = write_mef(tmp_path / "toy.fits", toy_cube((160, 160), seed=1))
     out = tmp_path / "out"
     out.mkdir()
@@ -86,7 +84,7 @@ def test_run_end_to_end(tmp_path, tiny_weights):
     assert leftovers(out) == ["toy.cat.fits", "toy.cat.png"]
 
 
-def test_chunked_classification_equals_one_batch(tiny_weights):
+def test_chunked_classification_equals_one_batch(tiny_weights, toy_cube, write_mef):
     from astrohvae.io.readers import read_field
     from astrohvae.pipeline import load_classifier, process_field
 
@@ -113,7 +111,7 @@ def test_chunked_classification_equals_one_batch(tiny_weights):
     np.testing.assert_allclose(lat["z_ae"], clf.transform(st)["z_ae"], rtol=1e-5, atol=1e-6)
 
 
-def test_empty_field_gives_zero_row_catalogue(tmp_path, tiny_weights):
+def test_empty_field_gives_zero_row_catalogue(tmp_path, tiny_weights, noise_cube, write_mef):
     mef = write_mef(tmp_path / "empty.fits", noise_cube((128, 128), seed=3))
     run_ok(mef, "--out", tmp_path / "e.fits", "--weights", tiny_weights, "--preview", *FAST)
     cat = read_catalog(tmp_path / "e.fits")
@@ -121,7 +119,7 @@ def test_empty_field_gives_zero_row_catalogue(tmp_path, tiny_weights):
     assert cat.header["NSOURCES"] == 0 and (tmp_path / "e.png").is_file()
 
 
-def test_nan_region_is_masked_and_flagged(tmp_path, tiny_weights):
+def test_nan_region_is_masked_and_flagged(tmp_path, tiny_weights, gaussian_source, noise_cube, write_mef):
     cube = noise_cube((160, 160), seed=4)
     for b in range(5):
         cube[b] += gaussian_source((160, 160), 80, 80, 30.0, 4.0)
@@ -140,7 +138,7 @@ def test_nan_region_is_masked_and_flagged(tmp_path, tiny_weights):
     assert np.isfinite(np.asarray(t["p_galaxy"])).all()
 
 
-def test_one_huge_saturated_star(tmp_path, tiny_weights):
+def test_one_huge_saturated_star(tmp_path, tiny_weights, gaussian_source, noise_cube, write_mef):
     shape = (200, 200)
     cube = noise_cube(shape, seed=5)
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
@@ -176,7 +174,7 @@ def _copy_frames(src, dst):
     return dst
 
 
-def test_missing_band(tmp_path, frames, tiny_weights):
+def test_missing_band(tmp_path, frames, tiny_weights, noise_cube, write_mef, run_fails):
     d = _copy_frames(frames, tmp_path / "f")
     next(d.glob("frame-u-*")).unlink()
     line = run_fails(tmp_path, d, "--out", tmp_path / "c.fits", "--weights", tiny_weights, *FAST, names=d)
@@ -185,7 +183,7 @@ def test_missing_band(tmp_path, frames, tiny_weights):
     run_fails(tmp_path, mef, "--out", tmp_path / "c.fits", "--weights", tiny_weights, *FAST, names=mef)
 
 
-def test_truncated_band(tmp_path, frames, tiny_weights):
+def test_truncated_band(tmp_path, frames, tiny_weights, run_fails):
     d = _copy_frames(frames, tmp_path / "f")
     g = next(d.glob("frame-g-*"))
     raw = g.read_bytes()
@@ -193,17 +191,17 @@ def test_truncated_band(tmp_path, frames, tiny_weights):
     run_fails(tmp_path, d, "--out", tmp_path / "c.fits", "--weights", tiny_weights, *FAST, names=g.name)
 
 
-def test_all_nan_field(tmp_path, tiny_weights):
+def test_all_nan_field(tmp_path, tiny_weights, write_mef, run_fails):
     mef = write_mef(tmp_path / "nan.fits", np.full((5, 64, 64), np.nan, np.float32))
     run_fails(tmp_path, mef, "--out", tmp_path / "c.fits", "--weights", tiny_weights, *FAST, names=mef)
 
 
-def test_mismatched_band_shapes(tmp_path, tiny_weights):
+def test_mismatched_band_shapes(tmp_path, tiny_weights, noise_cube, write_mef, run_fails):
     mef = write_mef(tmp_path / "mis.fits", noise_cube((96, 96)), shapes={"g": (90, 96)})
     run_fails(tmp_path, mef, "--out", tmp_path / "c.fits", "--weights", tiny_weights, *FAST, names=mef)
 
 
-def test_missing_input(tmp_path, tiny_weights):
+def test_missing_input(tmp_path, tiny_weights, run_fails):
     run_fails(tmp_path, tmp_path / "nope.fits", "--out", tmp_path / "c.fits", "--weights", tiny_weights, *FAST,
               names="nope.fits")
 
@@ -215,7 +213,7 @@ def _weights_copy(tiny_weights, dst):
     return dst
 
 
-def test_corrupt_weights(tmp_path, tiny_weights):
+def test_corrupt_weights(tmp_path, tiny_weights, toy_cube, write_mef, run_fails):
     mef = write_mef(tmp_path / "toy.fits", toy_cube((96, 96)))
     w = _weights_copy(tiny_weights, tmp_path / "w")
     raw = (w / "model.safetensors").read_bytes()
@@ -227,7 +225,7 @@ def test_corrupt_weights(tmp_path, tiny_weights):
               names="absent")
 
 
-def test_foreign_weights(tmp_path, tiny_weights):
+def test_foreign_weights(tmp_path, tiny_weights, toy_cube, write_mef, run_fails):
     import torch
     from safetensors.torch import save_file
 
@@ -254,7 +252,7 @@ class _Payload:
         return (Path.mkdir, (Path(self.marker),))
 
 
-def test_weights_never_execute_code(tmp_path, tiny_weights):
+def test_weights_never_execute_code(tmp_path, tiny_weights, toy_cube, write_mef, run_fails):
     mef = write_mef(tmp_path / "toy.fits", toy_cube((96, 96)))
     w = _weights_copy(tiny_weights, tmp_path / "w")
     marker = tmp_path / "PWNED"
@@ -268,7 +266,7 @@ def test_weights_never_execute_code(tmp_path, tiny_weights):
     assert not marker.exists(), "code from the weights file was executed"
 
 
-def test_unwritable_output(tmp_path, tiny_weights):
+def test_unwritable_output(tmp_path, tiny_weights, toy_cube, write_mef, run_fails):
     mef = write_mef(tmp_path / "toy.fits", toy_cube((96, 96)))
     run_ok(mef, "--out", tmp_path / "no" / "such" / "c.fits", "--weights", tiny_weights, *FAST)
     assert leftovers(tmp_path / "no" / "such") == ["c.fits"]  # missing output folders are created
@@ -277,7 +275,7 @@ def test_unwritable_output(tmp_path, tiny_weights):
               names="afile")
 
 
-def test_existing_catalogue_is_replaced_not_corrupted(tmp_path, tiny_weights, monkeypatch):
+def test_existing_catalogue_is_replaced_not_corrupted(tmp_path, tiny_weights, monkeypatch, toy_cube, write_mef):
     """A run that dies while writing leaves the previous catalogue intact."""
     from astropy.io import fits
 

@@ -16,39 +16,6 @@ import pytest
 from astrohvae.io.catalog import is_complete, read_catalog
 from astrohvae.survey import run_survey
 
-N_FIELDS = 6
-OPTS = dict(segmenter="photutils", progress=False, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def weights(tiny_weights):
-    """The session's tiny classifier (tests/conftest.py)."""
-    return tiny_weights
-
-
-@pytest.fixture(scope="module")
-def fields(tmp_path_factory):
-    from astrohvae.simulate import write_simulation
-
-    root = tmp_path_factory.mktemp("fields")
-    out = []
-    for k in range(N_FIELDS):
-        d = root / f"sim{k:02d}"
-        d.mkdir()
-        write_simulation(d, seed=100 + k, size=(128, 128))
-        out.append(d)
-    return out
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, fields, weights):
-    """An uninterrupted run (threads in this process: quick)."""
-    out = tmp_path_factory.mktemp("ref")
-    res = run_survey(fields, out, weights=weights, workers=1, processes=False, **OPTS)
-    assert list(res.table["status"]) == ["done"] * N_FIELDS
-    return {r["field"]: read_catalog(out / f"{r['field']}.cat.fits") for r in res.table}
-
-
 def _catalogues(folder):
     return sorted(p.name for p in Path(folder).glob("*.cat.fits"))
 
@@ -57,62 +24,64 @@ def _temporaries(folder):
     return sorted(p.name for p in Path(folder).iterdir() if p.name.endswith(".tmp") or p.name.startswith(".survey"))
 
 
-def test_failures_are_recorded_and_do_not_stop_others(tmp_path, fields, weights, reference):
+def test_failures_are_recorded_and_do_not_stop_others(tmp_path, survey_fields, tiny_weights, survey_reference,
+                                                      survey_opts):
     bad = tmp_path / "broken"
     bad.mkdir()
-    for p in fields[0].glob("frame-*"):
-        (bad / p.name.replace(fields[0].name, "x")).write_bytes(p.read_bytes())
+    for p in survey_fields[0].glob("frame-*"):
+        (bad / p.name.replace(survey_fields[0].name, "x")).write_bytes(p.read_bytes())
     g = next(bad.glob("frame-g-*"))
     g.write_bytes(g.read_bytes()[:3000])  # truncated band
     missing = tmp_path / "nothere"
-    inputs = [fields[1], bad, missing, fields[2]]
+    inputs = [survey_fields[1], bad, missing, survey_fields[2]]
     out = tmp_path / "out"
-    res = run_survey(inputs, out, weights=weights, workers=1, processes=False, **OPTS)
+    res = run_survey(inputs, out, weights=tiny_weights, workers=1, processes=False, **survey_opts)
     status = dict(zip(res.table["field"], res.table["status"]))
-    assert status == {fields[1].name: "done", "broken": "failed", "nothere": "failed", fields[2].name: "done"}
+    assert status == {survey_fields[1].name: "done", "broken": "failed", "nothere": "failed",
+                      survey_fields[2].name: "done"}
     err = dict(zip(res.table["field"], res.table["error"]))
     assert g.name in err["broken"] and "nothere" in err["nothere"]
     assert "\n" not in err["broken"]
     ledger = json.loads((out / "survey.json").read_text())
     assert ledger["fields"]["broken"]["status"] == "failed" and g.name in ledger["fields"]["broken"]["error"]
-    assert _catalogues(out) == sorted([f"{fields[1].name}.cat.fits", f"{fields[2].name}.cat.fits"])
+    assert _catalogues(out) == sorted([f"{survey_fields[1].name}.cat.fits", f"{survey_fields[2].name}.cat.fits"])
     assert _temporaries(out) == []
-    for f in (fields[1], fields[2]):
+    for f in (survey_fields[1], survey_fields[2]):
         got = read_catalog(out / f"{f.name}.cat.fits").table
-        np.testing.assert_array_equal(got["x"], reference[f.name].table["x"])
+        np.testing.assert_array_equal(got["x"], survey_reference[f.name].table["x"])
 
     # rerun: complete fields are skipped (not rewritten), failed ones retried
-    stamp = (out / f"{fields[1].name}.cat.fits").stat().st_mtime_ns
-    res2 = run_survey(inputs, out, weights=weights, workers=1, processes=False, **OPTS)
+    stamp = (out / f"{survey_fields[1].name}.cat.fits").stat().st_mtime_ns
+    res2 = run_survey(inputs, out, weights=tiny_weights, workers=1, processes=False, **survey_opts)
     status2 = dict(zip(res2.table["field"], res2.table["status"]))
-    assert status2 == {fields[1].name: "skipped", "broken": "failed", "nothere": "failed",
-                       fields[2].name: "skipped"}
-    assert (out / f"{fields[1].name}.cat.fits").stat().st_mtime_ns == stamp
+    assert status2 == {survey_fields[1].name: "skipped", "broken": "failed", "nothere": "failed",
+                       survey_fields[2].name: "skipped"}
+    assert (out / f"{survey_fields[1].name}.cat.fits").stat().st_mtime_ns == stamp
     assert res2.n_failed == 2
 
 
-def test_cli_summary_and_exit_status(tmp_path, fields, weights):
+def test_cli_summary_and_exit_status(tmp_path, survey_fields, tiny_weights):
     from click.testing import CliRunner
 
     from astrohvae.cli import main
 
     out = tmp_path / "out"
-    res = CliRunner().invoke(main, ["survey", str(fields[3]), str(tmp_path / "nope"), "--out", str(out),
-                                    "--weights", str(weights), "--segmenter", "photutils", "--no-progress"])
+    res = CliRunner().invoke(main, ["survey", str(survey_fields[3]), str(tmp_path / "nope"), "--out", str(out),
+                                    "--weights", str(tiny_weights), "--segmenter", "photutils", "--no-progress"])
     assert res.exit_code == 1, res.output
     assert "1/2 fields complete, 1 failed" in res.output
-    assert fields[3].name in res.output and "failed" in res.output
-    res = CliRunner().invoke(main, ["survey", str(fields[3]), "--out", str(out), "--weights",
+    assert survey_fields[3].name in res.output and "failed" in res.output
+    res = CliRunner().invoke(main, ["survey", str(survey_fields[3]), "--out", str(out), "--weights",
                                     str(tmp_path / "noweights"), "--no-progress"])
     assert res.exit_code == 2 and "noweights" in res.stderr
 
 
 @pytest.mark.slow
-def test_kill_and_resume(tmp_path, fields, weights, reference):
+def test_kill_and_resume(tmp_path, survey_fields, tiny_weights, survey_reference, survey_opts):
     """Kill a survey (all its processes) after its first catalogue; rerun; every field done exactly once."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-c", "from astrohvae.cli import main; main()", "survey",
-           *[str(f) for f in fields], "--out", str(out), "--weights", str(weights), "--workers", "1",
+           *[str(f) for f in survey_fields], "--out", str(out), "--weights", str(tiny_weights), "--workers", "1",
            "--segmenter", "photutils", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env)
@@ -131,27 +100,27 @@ def test_kill_and_resume(tmp_path, fields, weights, reference):
             pass
         proc.wait()
     done_before = _catalogues(out)
-    assert 1 <= len(done_before) < N_FIELDS
+    assert 1 <= len(done_before) < len(survey_fields)
     assert all(is_complete(out / name) for name in done_before)
 
-    res = run_survey(fields, out, weights=weights, workers=1, processes=False, **OPTS)
+    res = run_survey(survey_fields, out, weights=tiny_weights, workers=1, processes=False, **survey_opts)
     status = dict(zip(res.table["field"], res.table["status"]))
     assert sorted(k for k, v in status.items() if v == "skipped") == sorted(n[: -len(".cat.fits")]
                                                                           for n in done_before)
     assert set(status.values()) <= {"skipped", "done"}
-    assert _catalogues(out) == sorted(f"{f.name}.cat.fits" for f in fields)
+    assert _catalogues(out) == sorted(f"{f.name}.cat.fits" for f in survey_fields)
     assert _temporaries(out) == []
-    for f in fields:
+    for f in survey_fields:
         got = read_catalog(out / f"{f.name}.cat.fits")
-        ref = reference[f.name]
+        ref = survey_reference[f.name]
         assert len(got) == len(ref)
         np.testing.assert_array_equal(got.table["id"], ref.table["id"])
         np.testing.assert_array_equal(got.table["x"], ref.table["x"])
         np.testing.assert_array_equal(got.segmap, ref.segmap)
     ledger = json.loads((out / "survey.json").read_text())
-    assert sorted(ledger["fields"]) == sorted(f.name for f in fields)
+    assert sorted(ledger["fields"]) == sorted(f.name for f in survey_fields)
     assert all(v["status"] in ("done", "skipped") for v in ledger["fields"].values())
-    assert sum(v.get("rows", 0) for v in ledger["fields"].values()) == sum(len(r) for r in reference.values())
+    assert sum(v.get("rows", 0) for v in ledger["fields"].values()) == sum(len(r) for r in survey_reference.values())
 
 
 @pytest.mark.parametrize("suffix", [".fits", ".fits.bz2", ".fits.gz"])
@@ -212,16 +181,16 @@ def test_reader_threads_one_runs_in_the_calling_thread():
     assert _map_threads(lambda x: x * x, range(5), threads=3) == [0, 1, 4, 9, 16]
 
 
-def test_a_rerun_removes_every_temporary_a_killed_run_left(tmp_path, fields, weights):
+def test_a_rerun_removes_every_temporary_a_killed_run_left(tmp_path, survey_fields, tiny_weights, survey_opts):
     """A SIGKILL can fall inside any atomic write: of a catalogue, its preview or region file, or the ledger."""
     out = tmp_path / "out"
     out.mkdir()
-    name = fields[0].name
+    name = survey_fields[0].name
     left = [f".{name}.cat.fits.a1.tmp", f".{name}.cat.png.b2.tmp", f".{name}.cat.reg.c3.tmp",
             ".survey.json.d4.tmp", ".survey-catalogue.parquet.e5.tmp"]
     for n in left:
         (out / n).write_text("half-written")
     (out / "notes.txt.tmp").write_text("not ours")  # a user's file of another name stays
-    run_survey(fields[:1], out, weights=weights, workers=1, processes=False, **OPTS)
+    run_survey(survey_fields[:1], out, weights=tiny_weights, workers=1, processes=False, **survey_opts)
     assert not any((out / n).exists() for n in left)
     assert (out / "notes.txt.tmp").read_text() == "not ours"

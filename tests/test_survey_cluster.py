@@ -19,8 +19,6 @@ import pytest
 from astrohvae.io.catalog import read_catalog
 from astrohvae.survey import run_survey
 
-from test_survey import N_FIELDS, OPTS, fields, reference, weights  # noqa: F401 - shared fixtures
-
 BIN = Path(sys.executable).parent
 
 
@@ -115,8 +113,8 @@ class _Killer(threading.Thread):
 
 
 @pytest.mark.slow
-def test_remote_workers_relative_paths_and_a_worker_killed_mid_field(tmp_path, fields, weights, reference,
-                                                                    monkeypatch):
+def test_remote_workers_relative_paths_and_a_worker_killed_mid_field(tmp_path, survey_fields, tiny_weights,
+                                                                    survey_reference, survey_opts, monkeypatch):
     """Scheduler and two workers started in another folder; relative paths; one worker SIGKILLed mid-field."""
     cluster = _DaskProcesses(tmp_path / "elsewhere", n_workers=2, allowed_failures=1)
     try:
@@ -124,40 +122,41 @@ def test_remote_workers_relative_paths_and_a_worker_killed_mid_field(tmp_path, f
 
         with Client(cluster.address, timeout=30, set_as_default=False) as c:
             c.wait_for_workers(2, timeout=60)
-        monkeypatch.chdir(fields[0].parent)
+        monkeypatch.chdir(survey_fields[0].parent)
         killer = _Killer(cluster.address, times=1)
         killer.start()
-        res = run_survey([f.name for f in fields], "out", weights=os.path.relpath(weights), scheduler=cluster.address,
-                         **OPTS)
+        res = run_survey([f.name for f in survey_fields], "out", weights=os.path.relpath(tiny_weights),
+                         scheduler=cluster.address, **survey_opts)
         killer.stop = True
         killer.join(10)
         assert len(killer.killed) == 1, "no worker was caught mid-field"
         status = dict(zip(res.table["field"], res.table["status"]))
-        assert status == {f.name: "done" for f in fields}, res.table["field", "status", "error"]
-        out = fields[0].parent / "out"
+        assert status == {f.name: "done" for f in survey_fields}, res.table["field", "status", "error"]
+        out = survey_fields[0].parent / "out"
         ledger = json.loads((out / "survey.json").read_text())
-        assert sorted(ledger["fields"]) == sorted(f.name for f in fields)
-        assert ledger["last_run"]["allowed_failures"] == 1 and ledger["last_run"]["processed"] == N_FIELDS
+        assert sorted(ledger["fields"]) == sorted(f.name for f in survey_fields)
+        assert ledger["last_run"]["allowed_failures"] == 1 and ledger["last_run"]["processed"] == len(survey_fields)
         killed_field = killer.killed[0][1].split("-")[1]
         assert ledger["fields"][killed_field]["worker"] != killer.killed[0][0]  # finished on another worker
         assert sorted(p.name for p in out.iterdir()) == sorted(
-            [f"{f.name}.cat.fits" for f in fields] + ["survey-catalogue.fits", "survey-catalogue.parquet",
-                                                      "survey.json"])
-        for f in fields:
+            [f"{f.name}.cat.fits" for f in survey_fields] + ["survey-catalogue.fits", "survey-catalogue.parquet",
+                                                             "survey.json"])
+        for f in survey_fields:
             got = read_catalog(out / f"{f.name}.cat.fits").table
-            assert len(got) == len(reference[f.name]) == ledger["fields"][f.name]["rows"]
+            assert len(got) == len(survey_reference[f.name]) == ledger["fields"][f.name]["rows"]
             for col in ("id", "x", "y", "ra", "dec", "flux_r", "class", "p_galaxy"):
-                np.testing.assert_array_equal(got[col], reference[f.name].table[col])
+                np.testing.assert_array_equal(got[col], survey_reference[f.name].table[col])
 
         # a field that kills every worker it runs on: restarted once, then recorded failed; the rest complete
-        victim = fields[1].name
+        victim = survey_fields[1].name
         killer = _Killer(cluster.address, only=victim, times=2)
         killer.start()
-        res = run_survey([f.name for f in fields], "out2", weights=str(weights), scheduler=cluster.address, **OPTS)
+        res = run_survey([f.name for f in survey_fields], "out2", weights=str(tiny_weights), scheduler=cluster.address,
+                         **survey_opts)
         killer.join(30)
         status = dict(zip(res.table["field"], res.table["status"]))
         assert len(killer.killed) == 2, res.table["field", "status", "error"]
-        assert status == {f.name: "failed" if f.name == victim else "done" for f in fields}
+        assert status == {f.name: "failed" if f.name == victim else "done" for f in survey_fields}
         err = dict(zip(res.table["field"], res.table["error"]))[victim]
         assert "worker died 2 times" in err and "\n" not in err
     finally:
@@ -175,8 +174,10 @@ def test_a_worker_that_cannot_see_a_path_names_itself_and_the_path(tmp_path):
     assert rec["error"].startswith(f"{tmp_path / 'nowhere'}: not visible on worker ")
 
 
-def test_local_cluster_retries_are_dask_allowed_failures(tmp_path, fields, weights, reference):
-    res = run_survey(fields[:1], tmp_path / "out", weights=weights, processes=False, retries=5, **OPTS)
+def test_local_cluster_retries_are_dask_allowed_failures(tmp_path, survey_fields, tiny_weights, survey_reference,
+                                                        survey_opts):
+    res = run_survey(survey_fields[:1], tmp_path / "out", weights=tiny_weights, processes=False, retries=5,
+                     **survey_opts)
     assert list(res.table["status"]) == ["done"]
     ledger = json.loads((tmp_path / "out" / "survey.json").read_text())
     assert ledger["last_run"]["allowed_failures"] == 5
@@ -203,7 +204,7 @@ def test_slurm_job_script_from_the_documented_options(tmp_path):
     assert "--nthreads 1" in cmd and "--nworkers 8" in cmd and "--memory-limit 3.73GiB" in cmd
 
 
-def test_jobqueue_options_from_a_dask_config_file(tmp_path, fields):
+def test_jobqueue_options_from_a_dask_config_file(tmp_path, survey_fields):
     from astrohvae.survey import jobqueue_cluster
 
     cfg = tmp_path / "hpc.yaml"
@@ -225,7 +226,7 @@ def test_jobqueue_options_from_a_dask_config_file(tmp_path, fields):
     assert "#PBS -q short" in script and "#PBS -A proj42" in script and "walltime=00:30:00" in script
     assert "ncpus=4" in script and "--nworkers 4" in script
     if shutil.which("sbatch") is None:  # no Slurm here: one line, not a survey waiting for workers forever
-        res = _cli("survey", fields[0], "--out", tmp_path / "o", "--cluster", "slurm", "--no-progress")
+        res = _cli("survey", survey_fields[0], "--out", tmp_path / "o", "--cluster", "slurm", "--no-progress")
         _one_line(res, "--cluster: sbatch is not found on this machine")
         assert not (tmp_path / "o").exists()
     bad = tmp_path / "bad.yaml"
@@ -235,7 +236,7 @@ def test_jobqueue_options_from_a_dask_config_file(tmp_path, fields):
 
 
 # ----------------------------------------------------------------------------- one survey catalogue
-def test_adjacent_fields_each_overlap_source_is_primary_once(tmp_path, weights):
+def test_adjacent_fields_each_overlap_source_is_primary_once(tmp_path, tiny_weights, survey_opts):
     import pyarrow.parquet as pq
     from astropy import units as u
     from astropy.coordinates import SkyCoord, search_around_sky
@@ -258,7 +259,7 @@ def test_adjacent_fields_each_overlap_source_is_primary_once(tmp_path, weights):
     assert len(shared) > 5
 
     out = tmp_path / "out"
-    res = run_survey([a, b], out, weights=weights, processes=False, **OPTS)
+    res = run_survey([a, b], out, weights=tiny_weights, processes=False, **survey_opts)
     assert list(res.table["status"]) == ["done", "done"]
     cat = Table.read(out / "survey-catalogue.fits")
     pq_tab = pq.read_table(out / "survey-catalogue.parquet")
@@ -311,39 +312,39 @@ def test_primary_flags_known_answer():
 
 
 # ----------------------------------------------------------------------------- bad inputs, one line each
-def test_memory_limit_that_is_not_a_size(tmp_path, fields):
-    res = _cli("survey", fields[0], "--out", tmp_path / "o", "--memory-limit", "lots")
+def test_memory_limit_that_is_not_a_size(tmp_path, survey_fields):
+    res = _cli("survey", survey_fields[0], "--out", tmp_path / "o", "--memory-limit", "lots")
     _one_line(res, "--memory-limit", "'lots' is not a memory size")
     assert not (tmp_path / "o").exists()
 
 
-def test_unreachable_scheduler_is_one_line_within_its_timeout(tmp_path, fields):
+def test_unreachable_scheduler_is_one_line_within_its_timeout(tmp_path, survey_fields):
     t0 = time.monotonic()
-    res = _cli("survey", fields[0], "--out", tmp_path / "o", "--scheduler", "tcp://127.0.0.1:1",
+    res = _cli("survey", survey_fields[0], "--out", tmp_path / "o", "--scheduler", "tcp://127.0.0.1:1",
                "--connect-timeout", "2", "--no-progress")
     line = _one_line(res, "astrohvae: error: tcp://127.0.0.1:1: cannot reach the dask scheduler within 2 s")
     assert time.monotonic() - t0 < 30, line
     assert not (tmp_path / "o").exists()  # the folder it made is removed again
 
 
-def test_ledger_that_is_not_a_ledger_is_refused_and_kept(tmp_path, fields, weights):
+def test_ledger_that_is_not_a_ledger_is_refused_and_kept(tmp_path, survey_fields, tiny_weights):
     out = tmp_path / "o"
     out.mkdir()
     (out / "survey.json").mkdir()
-    res = _cli("survey", fields[0], "--out", out, "--no-progress")
+    res = _cli("survey", survey_fields[0], "--out", out, "--no-progress")
     _one_line(res, str(out / "survey.json"), "is not a survey ledger file")
     assert (out / "survey.json").is_dir()
     (out / "survey.json").rmdir()
     for text, why in (('{"fields": {"a": 5}}', "entry 'a' is not an object"), ("[1, 2]", 'no "fields" object'),
                       ("{not json", "JSONDecodeError")):
         (out / "survey.json").write_text(text)
-        res = _cli("survey", fields[0], "--out", out, "--no-progress")
+        res = _cli("survey", survey_fields[0], "--out", out, "--no-progress")
         _one_line(res, why)
         assert (out / "survey.json").read_text() == text
         assert not (out / ".survey.lock").exists()
 
 
-def test_survey_on_a_full_disk_leaves_no_lock(tmp_path, fields):
+def test_survey_on_a_full_disk_leaves_no_lock(tmp_path, survey_fields):
     mnt = tmp_path / "full"
     mnt.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
@@ -357,28 +358,30 @@ def test_survey_on_a_full_disk_leaves_no_lock(tmp_path, fields):
                     os.write(fd, b"\0" * 4096)
         finally:
             os.close(fd)
-        res = _cli("survey", fields[0], "--out", mnt / "o", "--no-progress")
+        res = _cli("survey", survey_fields[0], "--out", mnt / "o", "--no-progress")
         _one_line(res, "No space left on device")
         assert not (mnt / "o").exists()  # no empty lock, no empty folder
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
 
 
-def test_catalogues_of_other_weights_are_made_again(tmp_path, fields, weights, reference):
+def test_catalogues_of_other_weights_are_made_again(tmp_path, survey_fields, tiny_weights, survey_reference,
+                                                    survey_opts):
     from astropy.io import fits
 
     from astrohvae.weights import weights_hash
 
     out = tmp_path / "o"
-    run_survey(fields[:2], out, weights=weights, processes=False, **OPTS)
-    cat = out / f"{fields[0].name}.cat.fits"
-    assert fits.getval(cat, "MODELSHA") == weights_hash(weights)
+    run_survey(survey_fields[:2], out, weights=tiny_weights, processes=False, **survey_opts)
+    cat = out / f"{survey_fields[0].name}.cat.fits"
+    assert fits.getval(cat, "MODELSHA") == weights_hash(tiny_weights)
     with fits.open(cat, mode="update") as hdul:  # as if made with other weights
         hdul[0].header["MODELSHA"] = "0" * 16
-    res = run_survey(fields[:2], out, weights=weights, processes=False, **OPTS)
-    assert dict(zip(res.table["field"], res.table["status"])) == {fields[0].name: "done", fields[1].name: "skipped"}
-    assert fits.getval(cat, "MODELSHA") == weights_hash(weights)
-    np.testing.assert_array_equal(read_catalog(cat).table["x"], reference[fields[0].name].table["x"])
+    res = run_survey(survey_fields[:2], out, weights=tiny_weights, processes=False, **survey_opts)
+    assert dict(zip(res.table["field"], res.table["status"])) == {survey_fields[0].name: "done",
+                                                                  survey_fields[1].name: "skipped"}
+    assert fits.getval(cat, "MODELSHA") == weights_hash(tiny_weights)
+    np.testing.assert_array_equal(read_catalog(cat).table["x"], survey_reference[survey_fields[0].name].table["x"])
 
 
 def test_lock_that_cannot_be_written_is_removed(tmp_path, monkeypatch):
@@ -409,15 +412,15 @@ def test_lock_that_cannot_be_written_is_removed(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_one_thread_worker_runs_one_field_at_a_time(tmp_path, fields, weights):
+def test_a_one_thread_worker_runs_one_field_at_a_time(tmp_path, survey_fields, tiny_weights):
     """Dask work inside a field stays in its task: no compute() reaches the cluster and secedes.
 
     Before, the network segmenter's path computed through the worker's client, the task seceded
     and the one-thread worker started the next field alongside (overlaps of 0.4-1.4 s per field).
     """
     out = tmp_path / "o"
-    res = run_survey(fields, out, weights=weights, workers=1, segmenter="auto", progress=False, device="cpu",
-                     combine=False)
+    res = run_survey(survey_fields, out, weights=tiny_weights, workers=1, segmenter="auto", progress=False,
+                     device="cpu", combine=False)
     assert set(res.table["status"]) == {"done"}
     recs = sorted(json.loads((out / "survey.json").read_text())["fields"].values(), key=lambda r: r["started"])
     assert len({r["pid"] for r in recs}) == 1

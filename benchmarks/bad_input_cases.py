@@ -1,4 +1,6 @@
-"""The bad inputs of issue 16 as data: shared by `test_bad_input.py` and `benchmarks/bad_input_table.py`.
+"""The bad inputs of issue 16 as data, and the reader fuzzer: shared by `benchmarks/bad_input_table.py`,
+`benchmarks/fuzz_inputs.py` (which import it from this folder) and `tests/test_bad_input.py` (which gets it
+through the ``bad_input_cases`` fixture and the ``bad_input_case`` parameter of `tests/conftest.py`).
 
 Every case is a command line over fixtures made by `make_fixtures` in one
 folder; the promise is exit status 2, one stderr line
