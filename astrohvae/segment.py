@@ -133,6 +133,10 @@ isophote or below, a faint source's footprint holds at least its seed's area; ab
 seeds are trimmed to their PSF-scaled circles like bright ones (`grow_isophotal`)."""
 """asinh stretch of the network input, in units of the pixel noise."""
 
+CORE_RADIUS = 1.0
+"""Radius (pixels) of the footprint left to a faint source none of whose light reaches an
+isophote above `SEED_ISOPHOTE`: the pixels whose centres lie within it of the source's centre."""
+
 DEFAULT_VARIANT = "ae-res-hc"
 """Variant `load_default_segmenter` returns when none is asked for."""
 
@@ -817,8 +821,12 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
     blurred and reach beyond a star's or a small galaxy's isophote, while a
     bright pixel outside the ellipse belongs to an undeblended companion.
     Larger sources keep all their pixels (a bright star's diffraction
-    spikes and bleed trail, a big galaxy's irregular outskirts); without
-    ``trim`` segments never lose pixels.  A segment is never emptied;
+    spikes and bleed trail, a big galaxy's irregular outskirts) at
+    ``isophote`` <= `SEED_ISOPHOTE`; above it every seed reaches past the
+    isophote, so every segment releases its faint pixels outside its
+    footprint, and a faint source whose PSF-scaled peak stays below the
+    isophote keeps only its core (`CORE_RADIUS`).  Without ``trim``
+    segments never lose pixels.  A segment is never emptied;
     labels are unchanged.
 
     Parameters
@@ -936,7 +944,8 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
         if smooth_radius is not None and not point and R >= smooth_radius:
             inside = _smoothed_footprint(img, avail, own, isophote, 0.15 * R, ratio < 2)
         take = inside & (seg == 0) & avail
-        if trim and not R > keep_radius:
+        if trim and (not R > keep_radius or isophote > SEED_ISOPHOTE):
+            # (above the seeds' own level every seed reaches past the isophote; only faint pixels go)
             ty, tx = np.nonzero(own & ~inside)
             c_cut.append((ty + Y0) * nx + (tx + X0))
         ty, tx = np.nonzero(take)
@@ -949,6 +958,10 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
         if isophote <= SEED_ISOPHOTE:
             # the isophote encloses at least the seed's own area (the seed lies above it)
             R = np.maximum(R, np.sqrt(npx[lab] / np.pi))
+        elif trim:
+            # a faint source whose fitted peak stays below a high isophote has no footprint there;
+            # it keeps its core (the pixels within `CORE_RADIUS` of its centre), not its whole seed
+            R = np.maximum(R, CORE_RADIUS)
         R = np.minimum(R, (idx.shape[1] - 1) / 2)
         depth = rr / np.maximum(R, 1e-9)[:, None, None]
         take = free & (depth < 1) & (R > 0)[:, None, None]
