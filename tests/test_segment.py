@@ -783,22 +783,15 @@ def test_grow_isophotal_faint_size_widens_faint_galaxies_not_stars():
     """``faint_size``: a faint source's PSF profile is stretched by its windowed size on the centroid image."""
     from scipy.ndimage import gaussian_filter, label
 
+    model, image, stars = _psf_test_field()
     rng = np.random.default_rng(7)
-    ny, nx = 330, 390
-    model = np.zeros((ny, nx))
-    faint, k = [], 0
-    for gy in range(15, ny - 10, 30):
-        for gx in range(15, nx - 10, 30):
-            y, x = gy + rng.uniform(-0.5, 0.5), gx + rng.uniform(-0.5, 0.5)
-            if k % 4 == 0 or k < 12:
-                model += _gauss(ny, nx, y, x, 1.5, 40.0)               # bright stars: the PSF
-            else:
-                sig = 1.5 if k % 2 else 3.0                            # faint stars and faint galaxies
-                amp = rng.uniform(2.0, 3.0)
-                model += _gauss(ny, nx, y, x, sig, amp)
-                faint.append((y, x, amp, sig))
-            k += 1
-    image = (model + rng.normal(size=(ny, nx))).astype(np.float32)
+    faint = [(y, x, amp, 1.5) for y, x, amp in stars]
+    for gy in range(30, 290, 60):                                   # faint galaxies between the stars
+        for gx in range(30, 350, 30):
+            amp = rng.uniform(2.0, 3.0)
+            gal = _gauss(*model.shape, gy, gx, 3.0, amp)
+            model, image = model + gal, (image + gal).astype(np.float32)
+            faint.append((gy, gx, amp, 3.0))
     sm = gaussian_filter(image, 0.85)
     seeds, _ = label(gaussian_filter(model, 0.85) > 1.5)
     kw = dict(centroid_image=sm, psf_snr=12.0)
@@ -812,9 +805,9 @@ def test_grow_isophotal_faint_size_widens_faint_galaxies_not_stars():
             err[sig][j].append(np.sqrt((g == lab).sum() / np.pi) - r_true)
     # galaxies: the PSF circle (even with the seed-area floor) falls short; the stretched profile does not
     assert np.mean(err[3.0][0]) < -1.0
-    assert abs(np.mean(err[3.0][1])) < 0.6 * abs(np.mean(err[3.0][0]))     # measured -1.82 -> -0.46 px
+    assert abs(np.mean(err[3.0][1])) < 0.6 * abs(np.mean(err[3.0][0]))     # measured -1.63 -> -0.49 px
     # stars stay at the PSF's radius
-    assert abs(np.mean(err[1.5][1])) < 0.3                                 # measured -0.01 px
+    assert abs(np.mean(err[1.5][1])) < 0.3                                 # measured +0.06 px
     truth = model > 0.5
     iou = lambda g: ((g > 0) & truth).sum() / ((g > 0) | truth).sum()  # noqa: E731
-    assert iou(sized) > iou(plain) + 0.05                                   # measured 0.714 -> 0.848
+    assert iou(sized) > iou(plain) + 0.05                                   # measured 0.682 -> 0.830
