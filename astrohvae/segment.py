@@ -129,9 +129,13 @@ STRETCH = 3.0
 
 SEED_ISOPHOTE = 0.5
 """Level (r sky sigma per pixel) the seeds of faint sources are known to lie above: at this
-isophote or below, a faint source's footprint holds at least its seed's area; above it, faint
-seeds are trimmed to their PSF-scaled circles like bright ones (`grow_isophotal`)."""
+isophote or below, a faint source's footprint holds at least its seed's area (unless its size is
+measured, ``faint_size``); above it, every seed is trimmed to its footprint (`grow_isophotal`)."""
 """asinh stretch of the network input, in units of the pixel noise."""
+
+CORE_RADIUS = 1.0
+"""Radius (pixels) of the footprint left to a faint source none of whose light reaches an
+isophote above `SEED_ISOPHOTE`: the pixels whose centres lie within it of the source's centre."""
 
 DEFAULT_VARIANT = "ae-res-hc"
 """Variant `load_default_segmenter` returns when none is asked for."""
@@ -683,8 +687,32 @@ def psf_profile(image, segm_data, cy, cx, snr, valid=None, snr_range=(30.0, 400.
     return (np.arange(prof.size) + 0.5) * step, prof
 
 
-def _psf_radii(image, segm_data, lab, cy, cx, psf, isophote, valid, fit_radius=3.0, half=7):
+def _windowed_sigma2(v, rr, ok, sigma_w):
+    """Per-axis variance of round sources from Gaussian-windowed second moments.
+
+    ``v``, ``rr``, ``ok``: values, distances from the centres and usable
+    pixels, ``(n, h, w)`` (or one ``(h, w)`` window).  The windowed moment
+    ``m = sum(w v r^2) / (2 sum(w v))`` with ``w = exp(-r^2 / (2 sigma_w^2))``
+    of a Gaussian source of variance ``s`` is ``s sigma_w^2 / (s + sigma_w^2)``;
+    that relation is inverted (``m`` clipped to ``(0, 0.95 sigma_w^2]``).
+    """
+    w = np.exp(-0.5 * (rr / sigma_w) ** 2) * ok * v
+    m = 0.5 * (w * rr * rr).sum(axis=(-2, -1)) / np.maximum(w.sum(axis=(-2, -1)), 1e-12)
+    m = np.clip(m, 1e-3, 0.95 * sigma_w ** 2)
+    return m * sigma_w ** 2 / (sigma_w ** 2 - m)
+
+
+def _psf_radii(image, segm_data, lab, cy, cx, psf, isophote, valid, fit_radius=3.0, half=7, size=None,
+               max_stretch=2.0):
     """Isophotal radii of faint segments from their PSF-scaled profiles (see `grow_isophotal`).
+
+    With ``size = (size_image, (radii, profile))`` (an image of higher S/N,
+    e.g. the smoothed g+r+i sum, and its own PSF profile), each source's
+    profile is the PSF's stretched by ``sqrt(s / s_psf)`` (1 to
+    ``max_stretch``), where ``s`` and ``s_psf`` are the source's and the
+    PSF's windowed variances on ``size_image`` (`_windowed_sigma2`, window
+    the PSF's Gaussian-equivalent sigma): a faint galaxy is wider than
+    the PSF, a faint star is not.
 
     Returns ``(R, idx, rr, free)`` for painting: radii (0: no growth), the
     stamps' flat indices, radial distances and free-pixel masks.
@@ -696,11 +724,20 @@ def _psf_radii(image, segm_data, lab, cy, cx, psf, isophote, valid, fit_radius=3
     if valid is not None:
         ok &= valid.ravel()[idx]
     rr = np.hypot(yy - cy[:, None, None], xx - cx[:, None, None])
-    t = np.interp(rr, radii, prof) * (ok & (rr < fit_radius))
+    stretch = np.ones(lab.size)
+    if size is not None:
+        size_image, (sr, sp) = size
+        # window: the Gaussian of the size PSF's half-maximum radius
+        sigma_w = float(np.interp(-0.5 * sp[0], -sp, sr)) / np.sqrt(2 * np.log(2))
+        p_psf = np.where(rr[0] <= sr[-1], np.interp(rr[0], sr, sp), 0.0)
+        s_psf = _windowed_sigma2(p_psf, rr[0], True, sigma_w)
+        s_src = _windowed_sigma2(size_image.ravel()[idx], rr, ok, sigma_w)
+        stretch = np.sqrt(np.clip(s_src / s_psf, 1.0, max_stretch ** 2))
+    t = np.interp(rr / stretch[:, None, None], radii, prof) * (ok & (rr < fit_radius))
     A = (t * image.ravel()[idx]).sum(axis=(1, 2)) / np.maximum((t * t).sum(axis=(1, 2)), 1e-12)
     R = np.zeros(lab.size)
     grow = A * prof[0] > isophote
-    R[grow] = np.interp(-isophote / A[grow], -prof, radii)
+    R[grow] = np.interp(-isophote / A[grow], -prof, radii) * stretch[grow]
     return np.minimum(R, half), idx, rr, ok & (s == 0)
 
 
@@ -772,7 +809,8 @@ def _star_radii(image, segm_data, lab, cy, cx, isophote, valid=None, snr=None, r
 
 
 def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_image=None, psf_snr=None,
-                   psf=None, moments=None, centres=None, trim=False, keep_radius=12.0, smooth_radius=None):
+                   psf=None, moments=None, centres=None, trim=False, keep_radius=12.0, smooth_radius=None,
+                   faint_size=False):
     """Grow each segment to the ``isophote`` level of its azimuthally averaged profile.
 
     The footprint of a source is the region where its *noiseless* surface
@@ -797,7 +835,12 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
     by `psf_profile` when not given) over its pixels within 3 px (the
     matched filter: all of its flux, not one annulus), and ``R`` is where
     that scaled profile falls to ``isophote``; the footprint is the circle
-    of radius ``R``.  When the field has too few bright compact sources to
+    of radius ``R``.  With ``faint_size``, the profile is first stretched
+    by the source's size: its Gaussian-windowed variance on
+    ``centroid_image`` over that of the PSF measured there (a faint galaxy
+    is wider than the PSF; `_psf_radii`), and the footprint is no longer
+    floored at the seed's area (a seed found on a smoothed image is wider
+    than a star's isophote and narrower than a galaxy's).  When the field has too few bright compact sources to
     measure the PSF, every segment uses the profile crossing.
 
     *Large sources* (``R`` >= ``smooth_radius``, not point-like): the outer
@@ -817,8 +860,12 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
     blurred and reach beyond a star's or a small galaxy's isophote, while a
     bright pixel outside the ellipse belongs to an undeblended companion.
     Larger sources keep all their pixels (a bright star's diffraction
-    spikes and bleed trail, a big galaxy's irregular outskirts); without
-    ``trim`` segments never lose pixels.  A segment is never emptied;
+    spikes and bleed trail, a big galaxy's irregular outskirts) at
+    ``isophote`` <= `SEED_ISOPHOTE`; above it every seed reaches past the
+    isophote, so every segment releases its faint pixels outside its
+    footprint, and a faint source whose PSF-scaled peak stays below the
+    isophote keeps only its core (`CORE_RADIUS`).  Without ``trim``
+    segments never lose pixels.  A segment is never emptied;
     labels are unchanged.
 
     Parameters
@@ -855,6 +902,9 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
     smooth_radius : float or None
         Radius (pixels) from which a source's footprint follows its smoothed
         isophote instead of an ellipse; None: never.
+    faint_size : bool
+        Stretch a faint source's PSF profile by its size on
+        ``centroid_image`` (given) before placing its isophote.
 
     Returns
     -------
@@ -936,7 +986,8 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
         if smooth_radius is not None and not point and R >= smooth_radius:
             inside = _smoothed_footprint(img, avail, own, isophote, 0.15 * R, ratio < 2)
         take = inside & (seg == 0) & avail
-        if trim and not R > keep_radius:
+        if trim and (not R > keep_radius or isophote > SEED_ISOPHOTE):
+            # (above the seeds' own level every seed reaches past the isophote; only faint pixels go)
             ty, tx = np.nonzero(own & ~inside)
             c_cut.append((ty + Y0) * nx + (tx + X0))
         ty, tx = np.nonzero(take)
@@ -945,10 +996,18 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
         c_lab.append(np.full(ty.size, lab, np.int32))
     if faint.any():
         lab = np.flatnonzero(faint)
-        R, idx, rr, free = _psf_radii(image, seg_in, lab, wy[lab], wx[lab], psf, isophote, valid)
-        if isophote <= SEED_ISOPHOTE:
+        size = None
+        if faint_size and centroid_image is not None:
+            size_psf = psf_profile(centroid_image, seg_in, wy, wx, snr, valid=valid)
+            size = None if size_psf is None else (centroid_image, size_psf)
+        R, idx, rr, free = _psf_radii(image, seg_in, lab, wy[lab], wx[lab], psf, isophote, valid, size=size)
+        if isophote <= SEED_ISOPHOTE and size is None:
             # the isophote encloses at least the seed's own area (the seed lies above it)
             R = np.maximum(R, np.sqrt(npx[lab] / np.pi))
+        elif trim:
+            # a faint source whose fitted peak stays below a high isophote has no footprint there;
+            # it keeps its core (the pixels within `CORE_RADIUS` of its centre), not its whole seed
+            R = np.maximum(R, CORE_RADIUS)
         R = np.minimum(R, (idx.shape[1] - 1) / 2)
         depth = rr / np.maximum(R, 1e-9)[:, None, None]
         take = free & (depth < 1) & (R > 0)[:, None, None]
@@ -1838,7 +1897,8 @@ class NetworkSegmenter:
         if segm is not None and grow:
             segm = SegmentationImage(grow_isophotal(segm.data, r, self.isophote, valid=valid, centroid_image=det,
                                                     psf_snr=self.psf_snr, moments=stats[0], centres=stats[1],
-                                                    trim=self.trim, smooth_radius=self.smooth_radius))
+                                                    trim=self.trim, smooth_radius=self.smooth_radius,
+                                                    faint_size=True))
         if return_maps:
             return segm, (p, recon)
         return segm
