@@ -295,8 +295,14 @@ def _physical_compute(stamps, ref, colours, pass1, options):
         # a saturated core's aperture colours are the interpolation's, not the
         # star's: such sources get their field's typical stellar colours
         if ref_rows.size:
-            out[k, 4:8] = np.median(out[ref_rows, 4:8], axis=0)
-    out = np.nan_to_num(out)
+            with np.errstate(all="ignore"):
+                out[k, 4:8] = np.nanmedian(out[ref_rows, 4:8], axis=0)
+    if colours:  # a colour with a band missing carries no colour evidence
+        ce = out[:, N_PHYSICAL:]
+        ce[:, :4] = np.nan_to_num(ce[:, :4])
+        ce[:, 4:][~np.isfinite(out[:, 4:8])] = 10.0
+    # a statistic without valid pixels stays NaN: the classifier marginalises over it (`marginal_draws`)
+    out[:, :N_PHYSICAL] = np.where(np.isinf(out[:, :N_PHYSICAL]), np.nan, out[:, :N_PHYSICAL])
     new_ref = ref if ref is not None else _physical_ref(stamps, feat)
     if ref is None and scales:  # the fields' median correlated-noise factor, for cutouts too few to measure it
         new_ref["noise_scale"] = [float(v) for v in np.median(scales, axis=0)]
@@ -317,12 +323,24 @@ N_PHYSICAL = 8
 """Number of label-free physical statistics the LatentVAE reads (see `_physical`)."""
 
 
+MIN_COLOUR_COVER = 0.5
+"""A colour is measured when both its bands cover at least this share of the aperture's pixels
+(other sources' pixels aside); else it is missing (NaN) and the classifier marginalises over it."""
+
+
 @_per_stamp_chunks
 def aperture_colours(stamps, radius=3.0):
-    """u-g, g-r, r-i, i-z colours (asinh magnitudes) inside ``radius`` pixels, other sources masked."""
+    """u-g, g-r, r-i, i-z colours (asinh magnitudes) inside ``radius`` pixels, other sources masked.
+
+    From valid pixels only: each colour sums both its bands over the
+    aperture's pixels that both cover (`astrohvae.preprocess.band_valid`;
+    a band offset from r leaves an edge strip it does not cover), and is NaN
+    where they cover under `MIN_COLOUR_COVER` of it.
+    """
     from astrohvae import BANDS
+    from astrohvae.conventions import MASK_INVALID, MASK_OTHER
     from astrohvae.photometry import luptitude
-    from astrohvae.preprocess import central_window, clean_stamps
+    from astrohvae.preprocess import band_valid, central_window, clean_stamps
 
     ny, nx = np.shape(stamps.flux)[-2:]
     win = central_window(ny, nx, int(np.ceil(radius)))  # the aperture lies in it
@@ -331,7 +349,20 @@ def aperture_colours(stamps, radius=3.0):
     ap = np.hypot(yy - (ny // 2 - win[0].start), xx - (nx // 2 - win[1].start)) <= radius
     f = (cl * ap).sum(axis=(2, 3))
     lm = np.stack([luptitude(f[:, k], b) for k, b in enumerate(BANDS)], axis=1)
-    return np.clip(-np.diff(lm, axis=1), -3.0, 3.0).astype(np.float32)
+    col = np.clip(-np.diff(lm, axis=1), -3.0, 3.0)
+    mw = np.asarray(stamps.mask)[(slice(None),) + win]
+    hit = np.flatnonzero(((mw & MASK_INVALID) != 0).any(axis=(1, 2)))
+    if hit.size:  # pixels some band lacks: each colour from the pixels both its bands cover
+        fw = np.asarray(stamps.flux)[hit][(slice(None), slice(None)) + win]
+        valid = band_valid(fw, mw[hit]) & ap[None, None]
+        cw = clean_stamps(fw, mw[hit], per_band=True)
+        need = (((mw[hit] & MASK_OTHER) == 0) & ap[None]).sum(axis=(1, 2))
+        for k in range(len(BANDS) - 1):
+            both = valid[:, k] & valid[:, k + 1]
+            fa, fb = ((cw[:, j] * both).sum(axis=(1, 2)) for j in (k, k + 1))
+            c = np.clip(luptitude(fa, BANDS[k]) - luptitude(fb, BANDS[k + 1]), -3.0, 3.0)
+            col[hit, k] = np.where(both.sum(axis=(1, 2)) >= MIN_COLOUR_COVER * np.maximum(need, 1), c, np.nan)
+    return col.astype(np.float32)
 
 
 @_per_stamp_chunks
@@ -478,7 +509,9 @@ def colour_llr(templates, colours, errors):
 def physical_statistics(stamps, ref=None, colours=True):
     """The label-free physical statistics (N, `N_PHYSICAL` + 8) of the default A+Vr (see `_physical`).
 
-    Columns: the `N_PHYSICAL` statistics the LatentVAE reads, then (with
+    Columns: the `N_PHYSICAL` statistics the LatentVAE reads (NaN where a
+    statistic has no valid pixels: a colour whose two bands do not both
+    cover the aperture, a morphology without a g, r or i pixel), then (with
     ``colours``) the four PSF-fit colours and their errors (`psf_colours`).
     """
     return _physical(stamps, ref, colours)[0]
@@ -531,6 +564,92 @@ def _physical_ref(stamps, feat):
     )
     psf = estimate_psf(stamps, features=feat)
     return {"r_star": float(r_star), "c_star": c_star, "psf": psf.image}
+
+
+# ---------------------------------------------------------------------------
+# missing statistics: marginalised over their density given the observed ones
+# ---------------------------------------------------------------------------
+STAT_RANGES = np.array([(-0.3, 1.5), (-1.5, 0.3), (0.0, 1.1), (-0.1, 2.0)] + [(-3.0, 3.0)] * 4)
+"""The ranges `_physical` clips the `N_PHYSICAL` statistics to (draws are clipped alike)."""
+
+MARGINAL_DRAWS = 64
+"""Draws of a source's missing statistics over which its class probability is averaged."""
+
+MIN_DENSITY_ROWS = 50
+"""Weights without a fitted statistics density (made before it existed) fit one on the call's
+own complete sources when it holds at least this many (a field), label-free."""
+
+
+def statistics_density(x, seed=0, n_components=8, max_rows=20000):
+    """Gaussian-mixture density of the complete rows of ``x`` (what the LatentVAE reads).
+
+    Label-free: the joint distribution of the statistics of all sources, stars
+    and galaxies together.  Returns ``(weights, means, covariances)`` or None
+    with fewer than 20 complete rows.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x).all(axis=1)]
+    if len(x) < 20:
+        return None
+    rng = np.random.default_rng(seed)
+    if len(x) > max_rows:
+        x = x[rng.choice(len(x), max_rows, replace=False)]
+    g = GaussianMixture(max(1, min(n_components, len(x) // 50)), covariance_type="full", reg_covar=1e-4,
+                        random_state=seed).fit(x)
+    return g.weights_, g.means_, g.covariances_
+
+
+def marginal_draws(density, x, n_draws=MARGINAL_DRAWS, seed=0):
+    """Draws ``(n, n_draws, D)`` of each row of ``x``, its missing (NaN) entries from the density given the rest.
+
+    The density is a Gaussian mixture, so the conditional of the missing
+    entries given the observed ones is again one, in closed form: each
+    component's conditional Gaussian, weighted by how well the component
+    explains the observed entries.  Averaging a classifier's output over the
+    draws marginalises it over what was not measured.
+    """
+    w, mu, cov = (np.asarray(a, dtype=np.float64) for a in density)
+    x = np.asarray(x, dtype=np.float64)
+    out = np.repeat(x[:, None, :], n_draws, axis=1)
+    miss = ~np.isfinite(x)
+    rng = np.random.default_rng(seed)
+    for pat in np.unique(miss, axis=0):
+        if not pat.any():
+            continue
+        rows = np.flatnonzero((miss == pat).all(axis=1))
+        o, m = ~pat, pat
+        logr, cmean, chol = [], [], []
+        for k in range(len(w)):
+            smm = cov[k][np.ix_(m, m)]
+            if o.any():
+                soo, smo = cov[k][np.ix_(o, o)], cov[k][np.ix_(m, o)]
+                sinv = np.linalg.inv(soo)
+                d = x[np.ix_(rows, o)] - mu[k][o]
+                logr.append(np.log(w[k]) - 0.5 * np.einsum("ni,ij,nj->n", d, sinv, d) - 0.5 * np.linalg.slogdet(soo)[1])
+                cmean.append(mu[k][m] + d @ (smo @ sinv).T)
+                smm = smm - smo @ sinv @ smo.T
+            else:
+                logr.append(np.full(len(rows), np.log(w[k])))
+                cmean.append(np.broadcast_to(mu[k][m], (len(rows), int(m.sum()))))
+            chol.append(np.linalg.cholesky(0.5 * (smm + smm.T) + 1e-9 * np.eye(int(m.sum()))))
+        logr = np.array(logr).T
+        resp = np.exp(logr - logr.max(axis=1, keepdims=True))
+        resp /= resp.sum(axis=1, keepdims=True)
+        comp = (np.cumsum(resp, axis=1)[:, None, :] < rng.random((len(rows), n_draws, 1))).sum(axis=2)
+        comp = np.minimum(comp, len(w) - 1)
+        z = rng.standard_normal((len(rows), n_draws, int(m.sum())))
+        vals = np.empty_like(z)
+        for k in range(len(w)):
+            sel = comp == k
+            if sel.any():
+                ri = np.nonzero(sel)[0]
+                vals[sel] = cmean[k][ri] + z[sel] @ chol[k].T
+        block = out[rows]
+        block[:, :, m] = vals
+        out[rows] = block
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -807,6 +926,11 @@ class HierarchicalClassifier(_Estimator):
         else:
             self.ref_ = None
         zin = np.concatenate(feats, axis=1).astype(np.float32)
+        # the LatentVAE learns from sources with every statistic measured; the
+        # others are classified by marginalising over what they lack
+        complete = np.isfinite(zin).all(axis=1)
+        self.stat_density_ = statistics_density(zin[complete], seed=seed)
+        zin = zin[complete]
         feat = None
         for attempt in range(max(1, int(self.prior_tries))):
             self._fit_latent(zin, seed + 7919 * attempt, dev, _checkpoint(checkpoint_dir, f"latent-{attempt}"))
@@ -816,7 +940,7 @@ class HierarchicalClassifier(_Estimator):
             if feat is None:
                 from astrohvae.psf import profile_features
 
-                feat = profile_features(stamps)
+                feat = {k: v[complete] for k, v in profile_features(stamps).items()}
             self.star_peak_, self.label_stats_ = star_side(stamps, groups, features=feat)
             self.n_tries_ = attempt + 1
             if attempt == 0:
@@ -831,7 +955,8 @@ class HierarchicalClassifier(_Estimator):
         if self.colour_prior and self.physical:
             from astrohvae.psf import saturated
 
-            sat = saturated(stamps)
+            sat = saturated(stamps)[complete]
+            phys = phys[complete]
             ce = phys[:, N_PHYSICAL:]
             stars = (np.abs(phys[:, 0]) < 0.08) & (feat["snr"] >= COLOUR_STAR_SNR) & ~sat
             gals = (phys[:, 0] > COLOUR_GALAXY_RHALF) & (feat["snr"] >= COLOUR_GALAXY_SNR) & ~sat
@@ -922,16 +1047,57 @@ class HierarchicalClassifier(_Estimator):
                              options=self._physical_options(),
                              pass1=res[1:])[0]
             feats.append(phys[:, self._phys_cols()])
-        mu, sig = self._encode_latent(np.concatenate(feats, axis=1))
+        zin = np.concatenate(feats, axis=1)
+        miss = ~np.isfinite(zin).all(axis=1)
+        mu, sig = self._encode_latent(np.nan_to_num(zin))
+        p_marg = self._marginalise(zin, miss, mu, sig) if miss.any() else None
         out = {"z_ae": z, "z_hvae": mu.astype(np.float32), "z_hvae_sigma": sig.astype(np.float32)}
+        if p_marg is not None:
+            out["p_galaxy_marginal"] = p_marg
         if getattr(self, "colour_templates_", None) is not None and phys is not None:
             ce = phys[:, N_PHYSICAL:]
             out["colour_llr"] = colour_llr(self.colour_templates_, ce[:, :4], ce[:, 4:]).astype(np.float32)
         return out
 
+    def _marginalise(self, zin, miss, mu, sig):
+        """``p_galaxy`` of the sources with missing statistics (NaN elsewhere), averaged over draws of them.
+
+        The draws come from the density of the statistics given the observed
+        ones (`marginal_draws`): the fitted ``stat_density_``, or for weights
+        made before it existed one fitted on the call's own complete sources
+        (at least `MIN_DENSITY_ROWS`; else those sources are classified as
+        before, from zeros).  ``mu`` and ``sig`` of those sources are set in
+        place to the mean and spread of the latent over the draws.
+        """
+        density = getattr(self, "stat_density_", None)
+        if density is None and (~miss).sum() >= MIN_DENSITY_ROWS:
+            density = statistics_density(zin[~miss], seed=0 if self.random_state is None else int(self.random_state))
+        if density is None:
+            return None
+        rows = np.flatnonzero(miss)
+        draws = marginal_draws(density, zin[rows], seed=0 if self.random_state is None else int(self.random_state))
+        pc = self._phys_cols() if self.physical else slice(0, 0)
+        lo, hi = STAT_RANGES[pc, 0], STAT_RANGES[pc, 1]
+        nphys = len(lo)
+        if nphys:
+            draws[..., -nphys:] = np.clip(draws[..., -nphys:], lo, hi)
+        n, k, d = draws.shape
+        mu_d, sig_d = self._encode_latent(draws.reshape(n * k, d).astype(np.float32))
+        p = self._posterior(mu_d[:, 0], sig_d[:, 0])[:, 1 - self.star_peak_].reshape(n, k).mean(axis=1)
+        mu_d, sig_d = mu_d[:, 0].reshape(n, k), sig_d[:, 0].reshape(n, k)
+        mu[rows, 0] = mu_d.mean(axis=1)
+        sig[rows, 0] = np.sqrt((sig_d**2).mean(axis=1) + mu_d.var(axis=1))
+        out = np.full(len(zin), np.nan, np.float32)
+        out[rows] = p
+        return out
+
     def _p_galaxy(self, t):
-        """``p_galaxy`` from `transform`'s output: the peak posterior, times the colour likelihood ratio."""
+        """``p_galaxy`` from `transform`'s output: the peak posterior (over the draws of missing
+        statistics, `_marginalise`), times the colour likelihood ratio."""
         p = self._posterior(t["z_hvae"][:, 0], t["z_hvae_sigma"][:, 0])[:, 1 - self.star_peak_]
+        if "p_galaxy_marginal" in t:
+            pm = t["p_galaxy_marginal"]
+            p = np.where(np.isfinite(pm), pm, p)
         if "colour_llr" in t:
             p = np.clip(p, 1e-4, 1 - 1e-4)
             logit = np.log(p / (1 - p)) + np.clip(t["colour_llr"], -COLOUR_CLIP, COLOUR_CLIP)
@@ -970,6 +1136,10 @@ class HierarchicalClassifier(_Estimator):
         if self.ae_pcs_ is not None:
             for k in ("ae_mean_", "ae_scale_", "ae_pcs_"):
                 arrays[k.strip("_")] = np.asarray(getattr(self, k), dtype=np.float32)
+        density = getattr(self, "stat_density_", None)
+        if density is not None:
+            for part, arr in zip(("weights", "means", "covs"), density):
+                arrays[f"stat_density_{part}"] = np.asarray(arr, dtype=np.float64)
         return {"ae": self.ae_, "latent_vae": self.vae_}, arrays, values
 
     def _set_fitted_state(self, modules, arrays, values):
@@ -990,6 +1160,11 @@ class HierarchicalClassifier(_Estimator):
         self.ae_pcs_ = None
         if "ae_pcs" in arrays:
             self.ae_mean_, self.ae_scale_, self.ae_pcs_ = arrays["ae_mean"], arrays["ae_scale"], arrays["ae_pcs"]
+        # weights made before the statistics density: None (`_marginalise` then uses the call's sources)
+        self.stat_density_ = None
+        if "stat_density_weights" in arrays:
+            self.stat_density_ = tuple(np.asarray(arrays[f"stat_density_{part}"], dtype=np.float64)
+                                       for part in ("weights", "means", "covs"))
 
     @classmethod
     def load(cls, directory, device="auto"):

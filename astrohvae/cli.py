@@ -130,9 +130,12 @@ def _parse_size(text):
               help="Write this many consecutive fields of one scan into OUT/RUN-CAMCOL-FIELD folders.")
 @click.option("--overlap", type=click.IntRange(0), default=128, show_default=True,
               help="With --adjacent: rows each field shares with the next (SDSS: 128).")
+@click.option("--band-offset-scale", type=click.FloatRange(0.0, 10.0), default=1.0, show_default=True,
+              help="Multiply the bands' offsets from r (drawn as real SDSS frames are offset) by this; "
+                   "e.g. 2 for a stress test of the edge strips seen in fewer bands.")
 @_overwrite_option("simulation of the same seed in OUT")
 @_verbosity
-def simulate(out, seed, size, star_fraction, adjacent, overlap, overwrite, quiet, verbose):
+def simulate(out, seed, size, star_fraction, adjacent, overlap, band_offset_scale, overwrite, quiet, verbose):
     """Write a simulated SDSS field (five frames + truth) into folder OUT."""
     from astrohvae.errors import InputError
     from astrohvae.simulate import MAX_PIXELS, write_adjacent, write_simulation
@@ -146,10 +149,11 @@ def simulate(out, seed, size, star_fraction, adjacent, overlap, overwrite, quiet
         if overlap >= ny:
             raise InputError("--overlap", f"{overlap} rows: must be fewer than the field's {ny}")
         for p in write_adjacent(out, seed=seed, n=adjacent, size=(nx, ny), overlap=overlap,
-                                star_fraction=star_fraction):
+                                star_fraction=star_fraction, band_offset_scale=band_offset_scale):
             click.echo(str(p))
         return
-    paths = write_simulation(out, seed=seed, size=(nx, ny), star_fraction=star_fraction, overwrite=overwrite)
+    paths = write_simulation(out, seed=seed, size=(nx, ny), star_fraction=star_fraction, overwrite=overwrite,
+                             band_offset_scale=band_offset_scale)
     for p in paths:
         click.echo(str(p))
 

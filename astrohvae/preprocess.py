@@ -46,6 +46,7 @@ __all__ = [
     "source_flux",
     "clean_stamps",
     "clean_gri",
+    "band_valid",
     "crop_window",
     "CleanCache",
     "reuse_cleaned",
@@ -78,7 +79,23 @@ def _arrays(stamps):
     return flux, mask, sky
 
 
-def clean_stamps(flux, mask, window=None):
+def band_valid(flux, mask):
+    """Which pixels of each band hold data: bool ``(N, B, ny, nx)``.
+
+    A stamp has one mask plane: its bit 4 (`MASK_INVALID`) marks a pixel that
+    is invalid in *some* band (off the field, masked, or in the edge strip
+    that a band offset from r along the scan does not cover), and
+    `astrohvae.stamps.cut_stamps` writes 0 into the bands that have no data
+    there.  A pixel is valid in band b unless its flux is not finite, or bit 4
+    is set and its band-b flux is exactly 0 (a background-subtracted measured
+    pixel is never exactly 0).  Pixels without bit 4 are valid in every band.
+    """
+    flux = np.asarray(flux)
+    inv = (np.asarray(mask) & MASK_INVALID) != 0
+    return np.isfinite(flux) & ~(inv[:, None] & (flux == 0))
+
+
+def clean_stamps(flux, mask, window=None, per_band=False):
     """Zero the pixels of other sources and invalid pixels; NaN -> 0.
 
     Parameters
@@ -90,6 +107,11 @@ def clean_stamps(flux, mask, window=None):
         result then covers only that window, with the same values as the
         window of the whole cleaned stamp.  Statistics measured near the
         centre clean only the pixels they read.
+    per_band : bool
+        Zero an invalid pixel (mask bit 4) only in the bands that have no
+        data there (`band_valid`), not in all five: what the per-band
+        statistics of sources in a strip seen in fewer bands measure.  Not
+        cached.
 
     Returns
     -------
@@ -100,6 +122,12 @@ def clean_stamps(flux, mask, window=None):
     """
     flux = np.asarray(flux)
     mask = np.asarray(mask)
+    if per_band:
+        if window is not None:
+            flux, mask = flux[:, :, window[0], window[1]], mask[:, window[0], window[1]]
+        out = np.where(band_valid(flux, mask) & ((mask & MASK_OTHER) == 0)[:, None], flux, 0).astype(np.float32)
+        out.flags.writeable = False
+        return out
     if window is not None:
         rows, cols = window
         return _clean(flux[:, :, rows, cols], mask[:, rows, cols])

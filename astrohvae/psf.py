@@ -28,7 +28,9 @@ import numpy as np
 
 from astrohvae import BANDS
 from astrohvae.conventions import GRI as _GRI
-from astrohvae.preprocess import MASK_OWN, central_window, clean_gri, clean_stamps, reuse_cleaned, source_flux
+from astrohvae.conventions import MASK_INVALID, MASK_OTHER
+from astrohvae.preprocess import (MASK_OWN, band_valid, central_window, clean_gri, clean_stamps, reuse_cleaned,
+                                  source_flux)
 
 __all__ = [
     "stellar_locus",
@@ -170,6 +172,75 @@ def per_stamp_chunks(fn):
     return wrapper
 
 
+def morphology_bands(flux, mask, aperture):
+    """Which of the summed bands measure each source's morphology, from valid pixels only.
+
+    Sources in an edge strip seen in fewer bands (SDSS bands are offset from
+    r along the scan), or with pixels masked in some bands, have pixels of
+    their aperture that some bands do not cover.  The bands that cover every
+    pixel of the aperture that any of them covers (other sources' pixels
+    aside) are summed; when none does, the band that covers most.
+
+    Parameters
+    ----------
+    flux : ndarray (N, B, wy, wx)
+        The summed bands of the stamps (a window of them).
+    mask : ndarray uint8 (N, wy, wx)
+    aperture : ndarray bool (wy, wx)
+
+    Returns
+    -------
+    use : ndarray bool (N, B)
+        The bands summed for each source.
+    good : ndarray bool (N, wy, wx)
+        Pixels of no other source that every used band covers.
+    missing : ndarray bool (N,)
+        Sources whose aperture has pixels none of the used bands covers
+        (invalid in every band, or in the band used): their measurement is
+        corrected for them (`profile_features`, `psf_match`).
+    """
+    mask = np.asarray(mask)
+    other = (mask & MASK_OTHER) != 0
+    if not ((mask & MASK_INVALID) != 0).any():  # every band covers every pixel
+        good = ~other
+        return np.ones(flux.shape[:2], bool), good, np.zeros(len(flux), bool)
+    valid = band_valid(flux, mask)
+    need = (~other & valid.any(axis=1))[:, None] & aperture[None, None]
+    use = (valid | ~need).all(axis=(2, 3))
+    none = ~use.any(axis=1)
+    if none.any():
+        best = (valid[none] & aperture[None, None]).sum(axis=(2, 3)).argmax(axis=1)
+        use[np.flatnonzero(none), best] = True
+    good = ~other & (valid | ~use[:, :, None, None]).all(axis=1)
+    missing = (~good & ~other & aperture[None]).any(axis=(1, 2))
+    return use, good, missing
+
+
+def _shell_profile(img, ok, full, r):
+    """Enclosed flux at each distinct radius, the shells' missing pixels filled with their neighbours' brightness.
+
+    ``img`` (n, wy, wx), ``ok`` (n, wy, wx) the valid pixels, ``full``
+    (n, wy, wx) the pixels that should count (the aperture, other sources
+    aside).  Each shell's flux is its mean surface brightness over its valid
+    pixels times its pixels that count; a shell with no valid pixel takes the
+    brightness interpolated between its neighbours in radius.  Returns
+    ``(radii, enclosed (n, n_radii))``.
+    """
+    order = np.argsort(r.ravel(), kind="stable")
+    rs = r.ravel()[order]
+    ur, first = np.unique(rs, return_index=True)
+    n = len(img)
+    v = (img * ok).reshape(n, -1)[:, order]
+    cnt_ok = np.add.reduceat(ok.reshape(n, -1)[:, order].astype(np.float64), first, axis=1)
+    cnt = np.add.reduceat(full.reshape(n, -1)[:, order].astype(np.float64), first, axis=1)
+    sb = np.add.reduceat(v, first, axis=1) / np.where(cnt_ok > 0, cnt_ok, 1.0)
+    for i in range(n):
+        has = cnt_ok[i] > 0
+        if has.any() and not has.all():
+            sb[i, ~has] = np.interp(ur[~has], ur[has], sb[i, has])
+    return ur, np.cumsum(sb * cnt, axis=1)
+
+
 @per_stamp_chunks
 def profile_features(stamps, band_sum=("g", "r", "i"), r_total=8.0):
     """Half-light radius and concentration of every stamp.
@@ -196,11 +267,19 @@ def profile_features(stamps, band_sum=("g", "r", "i"), r_total=8.0):
     # (same pixels in the same order as on the whole stamp, so same values)
     cy, cx = flux.shape[2] // 2, flux.shape[3] // 2
     win = central_window(*flux.shape[2:], int(np.ceil(max(r_total, 5.0))))
-    img = clean_stamps(flux[:, idx], mask, window=win).sum(axis=1).astype(np.float64)
+    wy, wx = win[0].stop - win[0].start, win[1].stop - win[1].start
+    r = radius_grid(wy, wx, cy - win[0].start, cx - win[1].start)
+    mwin = mask[(slice(None),) + win]
+    fwin = flux[:, idx][(slice(None), slice(None)) + win]
+    # valid pixels only: the bands that cover the aperture (`morphology_bands`)
+    use, good, missing = morphology_bands(fwin, mwin, r <= r_total)
+    if not ((mwin & MASK_INVALID) != 0).any():  # every band valid everywhere: the cached cleaning
+        img = clean_stamps(flux[:, idx], mask, window=win).sum(axis=1).astype(np.float64)
+    else:
+        img = (clean_stamps(fwin, mwin, per_band=True) * use[:, :, None, None]).sum(axis=1).astype(np.float64)
     n, ny, nx = img.shape
-    r = radius_grid(ny, nx, cy - win[0].start, cx - win[1].start)
     own = (mask & MASK_OWN) != 0
-    sel = (r <= r_total)[None] & ((mask[(slice(None),) + win] & 6) == 0)
+    sel = (r <= r_total)[None] & good
     order = np.argsort(r.ravel(), kind="stable")
     rs = r.ravel()[order]
     vals = (img * sel).reshape(n, -1)[:, order]
@@ -222,6 +301,25 @@ def profile_features(stamps, band_sum=("g", "r", "i"), r_total=8.0):
     r_half = np.where(np.isfinite(half), r_half, np.nan)
     f_in = (img * (r <= 1.5)[None]).sum(axis=(1, 2))
     f_out = (img * (r <= 5.0)[None]).sum(axis=(1, 2))
+    if missing.any():
+        # apertures with pixels no used band covers (edge strips, the field's
+        # edge): each radius shell's flux from its valid pixels' brightness
+        m = np.flatnonzero(missing)
+        full = (r <= r_total)[None] & ((mwin[m] & MASK_OTHER) == 0)
+        ur2, cu2 = _shell_profile(img[m], sel[m], full, r)
+        tot2 = cu2[:, -1]
+        half2 = 0.5 * np.where(tot2 > 0, tot2, np.nan)
+        above2 = cu2 >= half2[:, None]
+        k2 = np.where(above2.any(axis=1), np.argmax(above2, axis=1), len(ur2) - 1)
+        kp2 = np.maximum(k2 - 1, 0)
+        rows2 = np.arange(len(m))
+        c0, c1 = cu2[rows2, kp2], cu2[rows2, k2]
+        frac2 = np.where(c1 > c0, (half2 - c0) / np.where(c1 > c0, c1 - c0, 1.0), 0.0)
+        rh2 = np.where(k2 > 0, ur2[kp2] + np.clip(frac2, 0, 1) * (ur2[k2] - ur2[kp2]), ur2[k2])
+        r_half[m] = np.where(np.isfinite(half2), rh2, np.nan)
+        f_in[m] = cu2[:, np.searchsorted(ur2, 1.5, side="right") - 1]
+        f_out[m] = cu2[:, np.searchsorted(ur2, 5.0, side="right") - 1]
+        r_half[m[~sel[m].any(axis=(1, 2))]] = np.nan  # no valid pixel at all: not measured
     conc = np.where(f_out > 0, f_in / np.where(f_out > 0, f_out, 1.0), np.nan)
     sky = np.asarray(stamps.sky_sigma, dtype=np.float64)
     fsrc = source_flux(None, mask, sky, gri=clean_gri(flux, mask))
@@ -417,6 +515,12 @@ def estimate_psf(stamps, min_snr=50.0, max_stars=300, features=None, iterations=
         if sel.sum() >= 8:
             break
     idx = np.flatnonzero(sel)
+    if idx.size > 8:
+        # stars with pixels some band lacks (edge strips, masks) would stack zeros into that band
+        w = (slice(None),) + central_window(*np.shape(stamps.mask)[-2:], PSF_HALF)
+        full = ~((_load(stamps.mask[idx], np.uint8)[w] & MASK_INVALID) != 0).any(axis=(1, 2))
+        if full.sum() >= 8:
+            idx = idx[full]
     if idx.size == 0:
         idx = np.argsort(np.abs(np.where(sat, np.inf, rh) - r_star))[:5]
     idx = idx[np.argsort(-snr[idx])][:max_stars]
@@ -463,26 +567,57 @@ def psf_match(stamps, psf, radius=5.0):
     flux = np.asarray(stamps.flux, dtype=np.float32)
     mask = np.asarray(stamps.mask, dtype=np.uint8)
     sky = np.asarray(stamps.sky_sigma, dtype=np.float64)
-    img = clean_gri(flux, mask)
+    ny, nx = flux.shape[-2:]
+    win = central_window(ny, nx, int(np.ceil(2 * radius)))
+    mwin = mask[(slice(None),) + win]
+    r = radius_grid(win[0].stop - win[0].start, win[1].stop - win[1].start, ny // 2 - win[0].start,
+                    nx // 2 - win[1].start)
+    bands = np.asarray(psf.image)[_GRI]
+    out = _psf_match_rows(clean_gri(flux, mask), (mwin & 6) == 0, None, bands.sum(axis=0).astype(np.float64), psf,
+                          sky, win, r,
+                          radius)
+    hit = np.flatnonzero(((mwin & MASK_INVALID) != 0).any(axis=(1, 2)))
+    if hit.size:
+        # valid pixels only: the bands that cover the fit's window (`morphology_bands`),
+        # the PSF of those bands, and the aperture correction for the pixels none covers
+        fk = flux[hit][:, _GRI]
+        use, good, _ = morphology_bands(fk[(slice(None), slice(None)) + win], mwin[hit], r <= 2 * radius)
+        img = (clean_stamps(fk, mask[hit], per_band=True) * use[:, :, None, None]).sum(axis=1)
+        miss = ~good & ((mwin[hit] & MASK_OTHER) == 0)
+        for combo in np.unique(use, axis=0):
+            rows = np.flatnonzero((use == combo).all(axis=1))
+            res = _psf_match_rows(img[rows], good[rows], miss[rows], bands[combo].sum(axis=0).astype(np.float64), psf,
+                                  sky[hit[rows]],
+                                  win, r, radius)
+            for key, v in res.items():
+                out[key][hit[rows]] = v
+    return out
+
+
+def _psf_match_rows(img, good_win, miss_win, p, psf, sky, win, r, radius):
+    """`psf_match` of the summed-band images ``img`` (n, ny, nx) against the summed-band PSF ``p``.
+
+    ``good_win``: the valid pixels of no other source in the window ``win``;
+    ``miss_win``: those no used band covers (None: none), left out of the
+    aperture correction's enclosed PSF fraction.
+    """
+    sky = np.asarray(sky, dtype=np.float64)
     dy, dx = centroids(img)
-    img = recentre(img[:, None], dy, dx)[:, 0]
-    p = psf.image[_GRI].sum(axis=0).astype(np.float64)
+    img = recentre(np.asarray(img, dtype=np.float32)[:, None], dy, dx)[:, 0]
     fwhm = 2.0 * psf.r_half if psf.r_half > 0 else 3.5
     g = _extended_model(p, fwhm / 16.0)
     # every weight below is 0 beyond 2 x radius: the sums run over the central
     # window only (the recentring and the model above need the whole stamp)
-    ny, nx = p.shape
-    win = central_window(ny, nx, int(np.ceil(2 * radius)))
     img = img[(slice(None),) + win].astype(np.float64)
-    mask = mask[(slice(None),) + win]
     p, g = p[win], g[win]
-    r = radius_grid(*p.shape, ny // 2 - win[0].start, nx // 2 - win[1].start)
     ap = (r <= radius)
-    good = ((mask & 6) == 0) & ap[None]
+    good = good_win & ap[None]
     pp = p[None] * good
     a = (pp * img).sum(axis=(1, 2)) / np.maximum((pp * p[None]).sum(axis=(1, 2)), 1e-12)
     enc = (p * ap).sum()
-    f_ap = (img * good).sum(axis=(1, 2)) / max(enc, 1e-6)
+    if miss_win is not None:  # the PSF's fraction on the aperture's pixels that have data
+        enc = enc - (p[None] * (miss_win & ap[None])).sum(axis=(1, 2))
+    f_ap = (img * good).sum(axis=(1, 2)) / np.maximum(enc, 1e-6)
     ratio = a / np.where(np.abs(f_ap) > 1e-12, f_ap, 1e-12)
     sig = np.sqrt((sky[:, _GRI] ** 2).sum(axis=1))
     resid = ((img - a[:, None, None] * p[None]) * good)
@@ -491,7 +626,7 @@ def psf_match(stamps, psf, radius=5.0):
     chi = rms / np.sqrt(np.maximum(snr, 1.0))
     # SExtractor's SPREAD_MODEL (Desai et al. 2012): linear discriminant
     # between the PSF and the PSF convolved with a small exponential disc
-    big = (r <= 2 * radius)[None] & ((mask & 6) == 0)
+    big = (r <= 2 * radius)[None] & good_win
     gi = (g[None] * img * big).sum(axis=(1, 2))
     pi = (p[None] * img * big).sum(axis=(1, 2))
     gp = (g[None] * p[None] * big).sum(axis=(1, 2))

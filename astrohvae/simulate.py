@@ -517,7 +517,19 @@ def _flux(mag):
 
 
 # ------------------------------------------------------------------ the field
-def _field_params(rng, nx, ny):
+SDSS_BAND_OFFSETS = {
+    "u": ((-0.6, 5.5), (3.7, 8.9)),
+    "g": ((-1.5, 5.6), (9.2, 12.6)),
+    "i": ((-1.9, 2.9), (2.6, 3.7)),
+    "z": ((-2.3, 4.2), (6.5, 7.8)),
+}
+"""Ranges ``((dx_min, dx_max), (dy_min, dy_max))`` of each band's offset from r (band pixel - r
+pixel; y = rows = the scan direction) over the eight real SDSS fields (`benchmarks/band_offsets.py`):
+every band lies ahead of r along the scan, g most (9-13 px), so every real field has a strip along
+one edge seen in fewer than five bands.  `simulate_field` draws each offset uniformly in them."""
+
+
+def _field_params(rng, nx, ny, band_offset_scale=1.0):
     """Per-field observing conditions."""
     p = {}
     fwhm_r = rng.uniform(0.9, 1.5)
@@ -544,8 +556,10 @@ def _field_params(rng, nx, ny):
         p["dark"][b] = _DARK[b] * rng.uniform(0.8, 1.2)
         sigma = _SIGMA[b] * skyfac * rng.lognormal(0, 0.06)
         p["sky"][b] = p["gain"][b] * max((sigma / p["nmgy"][b]) ** 2 - p["dark"][b], 1.0)
-    # band offsets (band pixel - r pixel); larger along rows (scan direction)
-    p["offset"] = {b: (0.0, 0.0) if b == REF_BAND else (rng.uniform(-3, 3), rng.uniform(-8, 8)) for b in BANDS}
+    # band offsets (band pixel - r pixel), drawn within the ranges measured on real frames
+    # (`SDSS_BAND_OFFSETS`), times ``band_offset_scale``
+    p["offset"] = {b: (0.0, 0.0) if b == REF_BAND else
+                   tuple(band_offset_scale * rng.uniform(*SDSS_BAND_OFFSETS[b][k]) for k in (0, 1)) for b in BANDS}
     # sky position: a random high-latitude-ish spot
     p["ra0"] = rng.uniform(0.0, 360.0)
     p["dec0"] = rng.uniform(-10.0, 60.0)
@@ -660,7 +674,7 @@ def _populations(rng, p, nx, ny, star_fraction, margin):
     return obj
 
 
-def simulate_field(seed, size=FULL_SIZE, star_fraction=None, structure=True):
+def simulate_field(seed, size=FULL_SIZE, star_fraction=None, structure=True, band_offset_scale=1.0):
     """Simulate one SDSS-like five-band field with its truth.
 
     Parameters
@@ -685,6 +699,11 @@ def simulate_field(seed, size=FULL_SIZE, star_fraction=None, structure=True):
         get star-forming knots and spiral arms (`_KNOT_FRAC`, `_ARM_AMP`;
         drawn from their own random stream, so everything else is the same
         as with False: smooth bulge + disk galaxies).
+    band_offset_scale : float, optional
+        Multiplies every band's offset from r (default 1: offsets drawn within
+        `SDSS_BAND_OFFSETS`, as real frames are offset; e.g. 2 for a stress
+        test of the strips seen in fewer bands).  The rest of the field is the
+        same for every scale.
 
     Returns
     -------
@@ -717,7 +736,9 @@ def simulate_field(seed, size=FULL_SIZE, star_fraction=None, structure=True):
     ss = np.random.SeedSequence(int(seed))
     # (spawn(5)'s first four children are spawn(4)'s: the structure stream changes nothing else)
     r_par, r_pop, r_noise, r_cr, r_struct = (np.random.default_rng(s) for s in ss.spawn(5))
-    p = _field_params(r_par, nx, ny)
+    if not (np.isfinite(band_offset_scale) and 0.0 <= band_offset_scale <= 10.0):
+        raise ValueError(f"band_offset_scale must be in [0, 10], not {band_offset_scale}")
+    p = _field_params(r_par, nx, ny, band_offset_scale)
     margin = 20
     wcss = _make_wcs(p, nx, ny)
     obj = _populations(r_pop, p, nx, ny, star_fraction, margin)
@@ -1081,7 +1102,7 @@ def _is_truth(path):
         return False
 
 
-def write_simulation(out, seed, size=FULL_SIZE, star_fraction=None, overwrite=False):
+def write_simulation(out, seed, size=FULL_SIZE, star_fraction=None, overwrite=False, band_offset_scale=1.0):
     """Simulate a field and write it as SDSS-style frames plus a truth file.
 
     Writes into folder ``out`` (created if needed) the five files
@@ -1124,7 +1145,7 @@ def write_simulation(out, seed, size=FULL_SIZE, star_fraction=None, overwrite=Fa
             raise InputError(
                 out, f"is not empty (holds {present[0]}, {what}); write each field into a new or empty folder"
             )
-    sim = simulate_field(seed, size=size, star_fraction=star_fraction)
+    sim = simulate_field(seed, size=size, star_fraction=star_fraction, band_offset_scale=band_offset_scale)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for b, path in zip(BANDS, targets):
@@ -1148,7 +1169,7 @@ def write_simulation(out, seed, size=FULL_SIZE, star_fraction=None, overwrite=Fa
     return paths
 
 
-def write_adjacent(out, seed, n=2, size=(256, 256), overlap=128, star_fraction=None):
+def write_adjacent(out, seed, n=2, size=(256, 256), overlap=128, star_fraction=None, band_offset_scale=1.0):
     """Simulate ``n`` fields of one scan that share ``overlap`` rows with their neighbours.
 
     Like consecutive SDSS fields of a run (which share 128 rows of the same
@@ -1184,7 +1205,8 @@ def write_adjacent(out, seed, n=2, size=(256, 256), overlap=128, star_fraction=N
         d = out / name
         if d.exists() and (not d.is_dir() or any(not q.name.startswith(".") for q in d.iterdir())):
             raise InputError(d, "exists and is not an empty folder; write adjacent fields into a new folder")
-    sim = simulate_field(seed, size=(nx, ny + (n - 1) * step), star_fraction=star_fraction)
+    sim = simulate_field(seed, size=(nx, ny + (n - 1) * step), star_fraction=star_fraction,
+                         band_offset_scale=band_offset_scale)
     folders = []
     for k, name in enumerate(names):
         d = out / name
