@@ -22,6 +22,7 @@ to be in memory at once.
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -45,6 +46,8 @@ __all__ = [
     "PSFModel",
     "saturated",
     "band_saturated",
+    "interpolated_core",
+    "peak_centred",
 ]
 
 
@@ -370,8 +373,8 @@ def stellar_locus(r_half, snr, min_snr, min_members=5, min_share=0.2):
 
 
 @per_stamp_chunks
-def saturated(stamps, n_flat=4, half=8, rel=0.005, min_peak_snr=50.0):
-    """Saturated sources (flat-topped cores), without labels.
+def saturated(stamps, n_flat=4, half=8, rel=0.005, min_peak_snr=50.0, interpolated=True):
+    """Saturated sources (flat-topped or interpolated cores), without labels.
 
     A saturated detector pixel is clipped at the full-well level, so the core
     of a saturated source is a plateau of (nearly) equal values, and bleed
@@ -381,6 +384,11 @@ def saturated(stamps, n_flat=4, half=8, rel=0.005, min_peak_snr=50.0):
     is at least ``min_peak_snr`` times the sky noise (an unresolved noise peak
     is never flat).  Measured on simulated fields: every star brighter than
     r = 14 and most of 14 < r < 14.5 are caught, no galaxy is.
+
+    SDSS frames are not flat-topped there: the saturated pixels and bleed
+    trails are interpolated along rows, and such cores hold runs of collinear,
+    noiseless pixels (`interpolated_core`); with ``interpolated`` those are
+    saturated too.
 
     Returns
     -------
@@ -394,11 +402,140 @@ def saturated(stamps, n_flat=4, half=8, rel=0.005, min_peak_snr=50.0):
     nflat = (box >= (mx * (1.0 - rel))[:, :, None]).sum(axis=2)
     sky = np.asarray(stamps.sky_sigma, dtype=np.float32)
     bright = mx >= min_peak_snr * np.where(np.isfinite(sky), sky, np.inf)
-    return ((nflat >= n_flat) & bright).any(axis=1)
+    flat = ((nflat >= n_flat) & bright).any(axis=1)
+    if interpolated:
+        flat |= interpolated_core(stamps)
+    return flat
+
+
+INTERP_LEVEL = 200.0
+"""`interpolated_core`: pixels at least this many sky sigma above the sky ..."""
+
+INTERP_REL = 0.02
+"""... whose second difference along the row is at most this fraction of their value ..."""
+
+INTERP_RUN = 3
+"""... in this many consecutive positions of one row (5 collinear pixels)."""
 
 
 @per_stamp_chunks
-def band_saturated(stamps, psf_image, hi=0.85, lo=0.6, min_snr=50.0):
+def interpolated_core(stamps, half=10, rows=4, level=INTERP_LEVEL, rel=INTERP_REL, run=INTERP_RUN):
+    """Cores that SDSS interpolated over (saturated stars in SDSS frames), without labels.
+
+    The SDSS photometric pipeline replaces saturated pixels and bleed trails
+    by a linear interpolation along the row: the interpolated pixels carry no
+    noise and lie on a straight line (up to the per-column flat-field
+    calibration, ~1 %).  A real, noisy bright profile never has ``run + 2``
+    collinear pixels in a row at ``level`` sky sigma (Poisson noise there is
+    several sky sigma).  A source is flagged when, in any band, some row of
+    the central ``2 rows + 1`` x ``2 half`` box has ``run`` consecutive pixels at or above
+    ``level`` x sky sigma with ``|f[x-1] - 2 f[x] + f[x+1]| <= rel f[x]``;
+    only the ``rows`` rows either side of the centre are searched (the
+    saturated core; a bright galaxy's outer rows can be nearly straight).
+    Measured on the eight real fields: it fires for 11 of the 67 sources
+    brighter than r = 14 and for none of the 17,920 fainter ones
+    (benchmarks/bright_stars.py).
+
+    Returns
+    -------
+    ndarray bool (N,)
+    """
+    flux = np.asarray(stamps.flux)
+    ny, nx = flux.shape[-2:]
+    c = np.nan_to_num(np.asarray(flux[:, :, ny // 2 - rows : ny // 2 + rows + 1, nx // 2 - half : nx // 2 + half],
+                                 dtype=np.float64))
+    sky = np.asarray(stamps.sky_sigma, dtype=np.float64)[:, :, None, None]
+    mid = c[..., 1:-1]
+    d2 = np.abs(c[..., :-2] - 2.0 * mid + c[..., 2:])
+    ok = (mid >= level * np.where(np.isfinite(sky), sky, np.inf)) & (d2 <= rel * mid)
+    m = ok.shape[-1] - run + 1
+    hit = ok[..., :m].copy()
+    for k in range(1, run):
+        hit &= ok[..., k : k + m]
+    return hit.any(axis=(1, 2, 3))
+
+
+PEAK_MIN_SNR = 300.0
+"""`peak_centred`: only sources whose own segment has at least this g+r+i S/N (r <~ 17) are moved ..."""
+
+PEAK_MIN_OFFSET = 3
+"""... only when their brightest own pixel lies at least this many pixels (along x or y) from the centre ..."""
+
+PEAK_CONTRAST = 0.3
+"""... and the centre pixel holds at most this fraction of that pixel's g+r+i value (a hollow,
+interpolated saturated core has its brightest pixels on its rim, next to a bright centre)."""
+
+
+def peak_centred(stamps, min_snr=PEAK_MIN_SNR, min_offset=PEAK_MIN_OFFSET, contrast=PEAK_CONTRAST, search=12):
+    """``stamps`` with every bright source's stamp centred on its own brightest pixel.
+
+    A stamp is centred on its segment's centroid.  When a bright star's
+    segment merges with neighbours (crowded fields), that centroid can lie
+    several pixels off the star, and every statistic measured about the
+    stamp centre then describes the blend's outskirts.  For sources with an
+    own-segment g+r+i S/N of at least ``min_snr`` whose brightest own-segment
+    g+r+i pixel within ``search`` pixels of the centre lies ``min_offset`` or
+    more pixels away (along x or y), while the centre pixel holds at most
+    ``contrast`` times its value, flux and mask are shifted so that it sits
+    at the centre (pixels shifted in from outside are invalid, mask bit 4).
+    Saturated cores (`interpolated_core`, `saturated`'s flat tops, hollow
+    interpolated cores that the contrast test keeps) are left alone: their
+    brightest pixel is the interpolation's, not the star's centre.
+
+    Returns
+    -------
+    StampSet-like
+        ``stamps`` itself when no stamp moves, else a copy (numpy arrays).
+    """
+    st = loaded(stamps)
+    flux = st.flux
+    mask = np.asarray(st.mask)
+    n, _, ny, nx = flux.shape
+    if n == 0:
+        return stamps
+    cy, cx = ny // 2, nx // 2
+    box = (slice(None), slice(cy - search, cy + search + 1), slice(cx - search, cx + search + 1))
+    gri = clean_gri(flux, mask)
+    own = (mask & MASK_OWN) != 0
+    sky = np.asarray(st.sky_sigma, dtype=np.float64)
+    noise = np.sqrt((sky[:, _GRI] ** 2).sum(axis=1) * np.maximum(own.sum(axis=(1, 2)), 1))
+    snr = (gri * own).sum(axis=(1, 2), dtype=np.float64) / np.maximum(noise, 1e-12)
+    sub = np.where(own[box], gri[box], -np.inf).reshape(n, -1)
+    k = sub.argmax(axis=1)
+    w = 2 * search + 1
+    dy, dx = k // w - search, k % w - search
+    peak = sub.max(axis=1)
+    move = (snr >= min_snr) & (np.maximum(np.abs(dy), np.abs(dx)) >= min_offset) & np.isfinite(peak)
+    move &= gri[:, cy, cx] <= contrast * np.where(np.isfinite(peak), peak, 0.0)
+    if not move.any():
+        return stamps
+    idx = np.flatnonzero(move)
+    move[idx[saturated(SimpleNamespace(flux=flux[idx], mask=mask[idx], sky_sigma=st.sky_sigma[idx]))]] = False
+    if not move.any():
+        return stamps
+    flux, mask = np.array(flux, copy=True), np.array(mask, copy=True)
+    for i in np.flatnonzero(move):
+        f = np.zeros_like(flux[i])
+        m = np.full_like(mask[i], 4)
+        a, b = int(dy[i]), int(dx[i])
+        ys, yd = (slice(a, ny), slice(0, ny - a)) if a >= 0 else (slice(0, ny + a), slice(-a, ny))
+        xs, xd = (slice(b, nx), slice(0, nx - b)) if b >= 0 else (slice(0, nx + b), slice(-b, nx))
+        f[:, yd, xd] = flux[i][:, ys, xs]
+        m[yd, xd] = mask[i][ys, xs]
+        flux[i], mask[i] = f, m
+    meta = getattr(st, "meta", None)
+    return SimpleNamespace(flux=flux, mask=mask, sky_sigma=st.sky_sigma, meta=meta)
+
+
+SATURATION_MAG = 16.0
+"""`band_saturated`: a band can only be saturated where the source is brighter than this
+(asinh magnitude inside 5 px).  SDSS saturates at r ~ 14 (u ~ 12, z ~ 12.5) in
+typical seeing; an r = 17 source is saturated in no band."""
+
+
+@per_stamp_chunks
+def band_saturated(stamps, psf_image, hi=0.85, lo=0.6, min_snr=50.0, max_mag=SATURATION_MAG, pedestal=(3.5, 6.0),
+                   inner=3.0):
     """Point sources saturated in some bands but not in others.
 
     SDSS frames interpolate over saturated cores: not flat-topped (so
@@ -407,8 +544,19 @@ def band_saturated(stamps, psf_image, hi=0.85, lo=0.6, min_snr=50.0):
     A source is flagged when, among its bands measured at S/N >= ``min_snr``
     (inside 5 px), one has the PSF's concentration (flux within 1.5 px over
     flux within 5 px, at least ``hi`` times the field PSF's in that band) and
-    another a core deficit (at most ``lo`` times).  A galaxy is extended in
-    every band; on the real fields, galaxies reach at most 0.67.
+    another, brighter than ``max_mag`` there (`SATURATION_MAG`), a core deficit
+    (at most ``lo`` times).  A galaxy is extended in every band; on the real
+    fields, galaxies reach at most 0.67.
+
+    In a crowded field the neighbours inside 5 px and the unresolved
+    starlight lower a star's concentration in every band.  With ``pedestal``
+    (inner, outer radius), the test is also made on a local version: each
+    band minus the median of its valid pixels in that annulus (the star's
+    wings, its neighbours' light and the background; the PSF's own annulus
+    median is removed likewise), concentration = flux within 1.5 px over flux
+    within ``inner`` px.  A source passing either version is flagged.  On
+    the crowded real field 005405-6-0099 this finds 3 more of its 117
+    sources brighter than r = 15 (benchmarks/bright_stars.py).
 
     Parameters
     ----------
@@ -420,23 +568,45 @@ def band_saturated(stamps, psf_image, hi=0.85, lo=0.6, min_snr=50.0):
     -------
     ndarray bool (N,)
     """
+    from astrohvae.photometry import luptitude
+
     flux = np.asarray(stamps.flux, dtype=np.float32)
     mask = np.asarray(stamps.mask, dtype=np.uint8)
     ny, nx = flux.shape[-2:]
-    win = central_window(ny, nx, 5)
+    half = int(np.ceil(max(5.0, pedestal[1] if pedestal else 5.0)))
+    win = central_window(ny, nx, half)
     r = radius_grid(win[0].stop - win[0].start, win[1].stop - win[1].start,
-                     ny // 2 - win[0].start, nx // 2 - win[1].start)
+                    ny // 2 - win[0].start, nx // 2 - win[1].start)
     core, ap = (r <= 1.5), (r <= 5.0)
     c = clean_stamps(flux, mask, window=win).astype(np.float64)
     f_in, f_ap = (c * core).sum(axis=(2, 3)), (c * ap).sum(axis=(2, 3))
     p = np.asarray(psf_image, np.float64)[(slice(None),) + win]
     c_psf = (p * core).sum(axis=(1, 2)) / np.maximum((p * ap).sum(axis=(1, 2)), 1e-12)
+    sky = np.asarray(stamps.sky_sigma, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = f_in / f_ap / c_psf[None]
-        sky = np.asarray(stamps.sky_sigma, dtype=np.float64)
         snr = f_ap / (sky * np.sqrt(ap.sum()))
+        mag = np.stack([luptitude(f_ap[:, k], b) for k, b in enumerate(BANDS)], axis=1)
     ok = np.isfinite(rel) & (snr >= min_snr)
-    return ((rel >= hi) & ok).any(axis=1) & ((rel <= lo) & ok).any(axis=1)
+    bright = ok & (mag < max_mag)
+    flag = ((rel >= hi) & ok).any(axis=1) & ((rel <= lo) & bright).any(axis=1)
+    if pedestal:
+        ann = (r >= pedestal[0]) & (r <= pedestal[1])
+        valid = ((mask[(slice(None),) + win] & 4) == 0)[:, None] & ann[None, None] & np.isfinite(c)
+        n = c.shape[0]
+        with warnings.catch_warnings():  # a band with no valid annulus pixel: no pedestal
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ped = np.nanmedian(np.where(valid, c, np.nan).reshape(n, c.shape[1], -1), axis=2) if n else c[:, :, 0, 0]
+        ped = np.where(np.isfinite(ped), ped, 0.0)
+        g = c - ped[:, :, None, None]
+        pp = p - np.median(p[:, ann], axis=1)[:, None, None]
+        mid = r <= inner
+        cp = (pp * core).sum(axis=(1, 2)) / np.maximum((pp * mid).sum(axis=(1, 2)), 1e-12)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rl = (g * core).sum(axis=(2, 3)) / (g * mid).sum(axis=(2, 3)) / cp[None]
+        okl = np.isfinite(rl) & (snr >= min_snr)
+        flag |= ((rl >= hi) & okl).any(axis=1) & ((rl <= lo) & okl & (mag < max_mag)).any(axis=1)
+    return flag
 
 
 PSF_HALF = 12
