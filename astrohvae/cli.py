@@ -17,8 +17,8 @@ import click
 
 from astrohvae import __version__
 from astrohvae.errors import AstroHVAEError
-from astrohvae.preprocess import REPRESENTATIONS
-from astrohvae.segment import DEFAULT_VARIANT
+from astrohvae.stamps.preprocess import REPRESENTATIONS
+from astrohvae.segmentation.network import DEFAULT_VARIANT
 
 REPRESENTATION_NAMES = tuple(REPRESENTATIONS)
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -103,7 +103,7 @@ def _check_nsigma(ctx, param, value):
 
 
 def _inputs(items):
-    from astrohvae.pipeline import input_paths
+    from astrohvae.pipeline.inputs import input_paths
 
     return input_paths(list(items))
 
@@ -118,7 +118,7 @@ def _parse_size(text):
     return nx, ny
 
 
-# --- simulate (owner: astrohvae/simulate.py) ---------------------------------
+# --- simulate (owner: astrohvae/simulate/field.py) ---------------------------------
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--seed", type=click.IntRange(0, 53_999_999_999), required=True,
@@ -138,7 +138,8 @@ def _parse_size(text):
 def simulate(out, seed, size, star_fraction, adjacent, overlap, band_offset_scale, overwrite, quiet, verbose):
     """Write a simulated SDSS field (five frames + truth) into folder OUT."""
     from astrohvae.errors import InputError
-    from astrohvae.simulate import MAX_PIXELS, write_adjacent, write_simulation
+    from astrohvae.simulate.field import MAX_PIXELS
+    from astrohvae.simulate.io import write_adjacent, write_simulation
 
     nx, ny = _parse_size(size)
     if nx < 16 or ny < 16:
@@ -161,7 +162,7 @@ def simulate(out, seed, size, star_fraction, adjacent, overlap, band_offset_scal
 # --- end simulate ------------------------------------------------------------
 
 
-# --- run (owner: astrohvae/pipeline.py) --------------------------------------
+# --- run (owner: astrohvae/pipeline/field.py) --------------------------------------
 def _quiet_warnings(verbose=False):
     """Keep stderr for the one-line error: silence library warnings (shown, one line each, with --verbose)."""
     import warnings
@@ -209,7 +210,8 @@ def run(field, out, weights, device, batch_size, preview, preview_out, segmenter
     multi-extension FITS with FILTER per HDU, or a cube with BANDS.
     """
     _quiet_warnings(verbose)
-    from astrohvae.pipeline import example_field, run_field
+    from astrohvae.pipeline.field import run_field
+    from astrohvae.pipeline.inputs import example_field
 
     if example == bool(field):
         raise click.UsageError("give a FIELD or --example (not both)")
@@ -227,7 +229,7 @@ def run(field, out, weights, device, batch_size, preview, preview_out, segmenter
     if res.preview:
         click.echo(f"preview:   {res.preview}")
     if regions:
-        from astrohvae.pipeline import regions_path
+        from astrohvae.pipeline.field import regions_path
 
         click.echo(f"regions:   {regions_path(res.catalog)}")
     if verbose:
@@ -237,7 +239,7 @@ def run(field, out, weights, device, batch_size, preview, preview_out, segmenter
 # --- end run -----------------------------------------------------------------
 
 
-# --- survey (owner: astrohvae/survey.py) -------------------------------------
+# --- survey (owner: astrohvae/pipeline/survey.py) -------------------------------------
 @main.command()
 @click.argument("fields", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
@@ -293,7 +295,7 @@ def survey(fields, out_dir, scheduler, connect_timeout, cluster, jobs, cores, me
     from pathlib import Path
 
     from astrohvae.errors import InputError
-    from astrohvae.survey import jobqueue_cluster, run_survey
+    from astrohvae.pipeline.survey import jobqueue_cluster, run_survey
 
     if weights is not None:
         w = Path(weights)
@@ -330,7 +332,7 @@ def survey(fields, out_dir, scheduler, connect_timeout, cluster, jobs, cores, me
 def combine(out_dir, radius, quiet, verbose):
     """Rebuild OUT_DIR/survey-catalogue.parquet and .fits from its per-field catalogues."""
     _quiet_warnings(verbose)
-    from astrohvae.survey import combine_catalogues
+    from astrohvae.pipeline.combine import combine_catalogues
 
     c = combine_catalogues(out_dir, radius=radius)
     click.echo(f"survey catalogue: {c['parquet']} and {c['fits']} ({c['rows']} rows from {c['fields']} fields, "
@@ -340,7 +342,7 @@ def combine(out_dir, radius, quiet, verbose):
 # --- end survey --------------------------------------------------------------
 
 
-# --- segment (owner: astrohvae/segment.py) -----------------------------------
+# --- segment (owner: astrohvae/segmentation/network.py) -----------------------------------
 @main.command()
 @click.argument("field", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
@@ -362,8 +364,8 @@ def segment(field, out, variant, weights, classify, plots, isophote, device, ove
     from pathlib import Path
 
     from astrohvae.io.atomic import check_output
-    from astrohvae.pipeline import check_field, read_input
-    from astrohvae.segment import segment_file
+    from astrohvae.pipeline.inputs import check_field, read_input
+    from astrohvae.pipeline.segment import segment_file
 
     if not verbose:
         warnings.filterwarnings("ignore", module="photutils")
@@ -389,7 +391,7 @@ def segment(field, out, variant, weights, classify, plots, isophote, device, ove
 # --- end segment -------------------------------------------------------------
 
 
-# --- train (owner: astrohvae/train.py) ---------------------------------------
+# --- train (owner: astrohvae/models/engine.py) ---------------------------------------
 @main.command()
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @click.option("--model", "model_kind", type=click.Choice(["avr", "hvae", "vae", "vae-revised", "ae"]),
@@ -436,7 +438,7 @@ def train(store, model_kind, divergence, prior, beta, out, epochs, latent_epochs
     With no --model this is exactly how the shipped classifier is made;
     'astrohvae run --weights OUT' and 'astrohvae survey --weights OUT' use it.
     """
-    from astrohvae.train import train_from_store
+    from astrohvae.pipeline.train import train_from_store
 
     if threads is not None:
         import torch
@@ -459,7 +461,7 @@ def train(store, model_kind, divergence, prior, beta, out, epochs, latent_epochs
 # --- end train ---------------------------------------------------------------
 
 
-# --- stamps (owner: astrohvae/store.py) --------------------------------------
+# --- stamps (owner: astrohvae/stamps/store.py) --------------------------------------
 @main.command()
 @click.argument("fields", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Stamp store folder (zarr).")
@@ -483,7 +485,7 @@ def stamps(fields, out, segmenter, nsigma, device, workers, overwrite, quiet, ve
     from pathlib import Path
 
     from astrohvae.errors import InputError
-    from astrohvae.store import build_store
+    from astrohvae.stamps.store import build_store
 
     for f in fields:
         if not Path(f).exists():
@@ -498,7 +500,7 @@ def stamps(fields, out, segmenter, nsigma, device, workers, overwrite, quiet, ve
 # --- end stamps --------------------------------------------------------------
 
 
-# --- evaluate (owner: astrohvae/evaluate.py) ---------------------------------
+# --- evaluate (owner: astrohvae/evaluation/metrics.py) ---------------------------------
 @main.command()
 @click.argument("test", type=click.Path(exists=True))
 @click.option("--train", "train_path", type=click.Path(exists=True), default=None,
@@ -527,7 +529,11 @@ def evaluate(test, train_path, truth, radius, out_dir, methods, seeds, quick, ov
     """
     from pathlib import Path
 
-    from astrohvae import evaluate as ev
+    import astrohvae.evaluation.metrics as ev
+    from astrohvae.evaluation.baselines import method_factories
+    from astrohvae.evaluation.data import load_stamps, write_rows_csv
+    from astrohvae.evaluation.truth import evaluate_truth, format_truth_table
+    from astrohvae.viz.roc import plot_roc
     from astrohvae.errors import InputError
     from astrohvae.io.atomic import atomic_path, check_output
 
@@ -541,13 +547,13 @@ def evaluate(test, train_path, truth, radius, out_dir, methods, seeds, quick, ov
             check_output(out / name, inputs=inputs, kind=kind, overwrite=overwrite)
     if truth is not None:
         try:
-            res = ev.evaluate_truth(test, truth, radius=radius)
+            res = evaluate_truth(test, truth, radius=radius)
         except ValueError as exc:
             raise InputError(test, str(exc)) from None
         mode = "star list: star recall" if res["star_only"] else "stars and galaxies"
         click.echo(f"{res['n_matched']} of {res['n_truth']} truth objects matched within {radius:g}\" "
                    f"({mode}); r from the list, else the catalogue's mag_r")
-        table = ev.format_truth_table(res["table"])
+        table = format_truth_table(res["table"])
         click.echo(table)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
@@ -557,19 +563,19 @@ def evaluate(test, train_path, truth, radius, out_dir, methods, seeds, quick, ov
                 res["table"].write(tmp, format="ascii.csv", overwrite=True)
             y = res["y"]
             if (y == 0).any() and (y == 1).any():
-                ev.plot_roc(y, {Path(test).name: [res["p_galaxy"]]}, out / "classification_roc.png")
+                plot_roc(y, {Path(test).name: [res["p_galaxy"]]}, out / "classification_roc.png")
         return
     if out is None:
         raise click.UsageError("-o/--out is required when TEST is a stamp store")
     if Path(test).suffix.lower() in (".fits", ".fit"):
         raise InputError(test, "a catalogue needs --truth")
     out.mkdir(parents=True, exist_ok=True)
-    test_st = ev.load_stamps(test)
-    train_st = ev.load_stamps(train_path) if train_path else test_st
+    test_st = load_stamps(test)
+    train_st = load_stamps(train_path) if train_path else test_st
     y, _ = ev.labels_from_meta(test_st.meta)
     if not ((y == 0).any() and (y == 1).any()):
         raise InputError(test, "stamps hold no truth labels of both classes (truth_type)")
-    facts = ev.method_factories([m.strip().lower() for m in methods.split(",") if m.strip()], quick=quick)
+    facts = method_factories([m.strip().lower() for m in methods.split(",") if m.strip()], quick=quick)
     rows, _ = ev.evaluate(train_st, test_st, facts, seeds=range(seeds), roc_path=out / "classification_roc.png",
                           progress=None if quiet else
                           lambda n, s, a: click.echo(f"{n} seed {s}: AUC {a:.3f}", err=True))
@@ -577,7 +583,7 @@ def evaluate(test, train_path, truth, radius, out_dir, methods, seeds, quick, ov
     click.echo(table)
     with atomic_path(out / "classification.md") as tmp:
         Path(tmp).write_text(table + "\n")
-    ev.write_rows_csv(rows, out / "classification.csv")
+    write_rows_csv(rows, out / "classification.csv")
 
 
 # --- end evaluate ------------------------------------------------------------

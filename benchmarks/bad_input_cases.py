@@ -96,7 +96,7 @@ CASES = [
 
 #: Cases of issue 16 owned by other work; listed in the before/after table only.
 OTHERS = [
-    ("weights with NaN tensors", "weights work (lead: astrohvae/weights.py, classify load)"),
+    ("weights with NaN tensors", "weights work (lead: astrohvae/models/weights.py, classify load)"),
     ("weights config hidden [40000, 40000]", "weights work (lead)"),
     ("survey --memory-limit lots", "survey work"),
     ("survey --scheduler tcp://127.0.0.1:1", "survey work"),
@@ -112,8 +112,8 @@ def _frames(folder):
 
 def make_template(root, python_env=None):
     """Build the expensive fixtures once (a simulated field, a stamp store) under ``root``."""
-    from astrohvae.simulate import write_simulation
-    from astrohvae.store import build_store
+    from astrohvae.simulate.io import write_simulation
+    from astrohvae.stamps.store import build_store
 
     root = Path(root)
     write_simulation(root / "field", seed=SIM_SEED, size=(256, 256))
@@ -286,7 +286,7 @@ def fuzz_one(folder, frames, band, op, args, compress, timeout=60):
     import warnings
 
     from astrohvae.errors import InputError
-    from astrohvae.pipeline import check_field
+    from astrohvae.pipeline.inputs import check_field
     from astrohvae.io.readers import read_field
 
     for q in Path(folder).iterdir():

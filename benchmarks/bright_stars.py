@@ -1,11 +1,11 @@
 """Bright stars on the eight real SDSS fields: how many sources brighter than r = 15 are labelled galaxy.
 
-Each field goes through the chain of ``astrohvae run`` (`astrohvae.pipeline.find_sources` with the
+Each field goes through the chain of ``astrohvae run`` (`astrohvae.pipeline.field.find_sources` with the
 default segmenter, stamps cut as `process_field` cuts them; r = the catalogue's ``mag_r``, the
 segment's asinh magnitude) and is classified by the shipped classifier as it is, and with the
-bright-star switch ``peak_centre`` off (`astrohvae.classify.PHYSICAL_OPTIONS`).  Also printed: the
+bright-star switch ``peak_centre`` off (`astrohvae.morphology.physical.PHYSICAL_OPTIONS`).  Also printed: the
 SDSS star recall of 004510-4-0030 (its stars_in_frame list, matched within 3 px, as
-`astrohvae.evaluate.star_recall`) and, per field, how many sources `astrohvae.psf.interpolated_core`
+`astrohvae.evaluation.data.star_recall`) and, per field, how many sources `astrohvae.morphology.psf.interpolated_core`
 (SDSS-interpolated saturated cores) fires for, brighter and fainter than r = 14.
 
     .venv/bin/python benchmarks/bright_stars.py [--json benchmarks/results/bright_stars.json]
@@ -30,15 +30,15 @@ RECALL_FIELD = "004510-4-0030"
 
 def field_stamps(name, workdir, segmenter):
     """Sources and zarr-backed stamps of one real field, cut by the chain of ``astrohvae run``."""
-    from astrohvae import stamps as stamps_mod
+    import astrohvae.stamps.cutouts as stamps_mod
     from astrohvae.io.readers import read_field
-    from astrohvae.pipeline import _stamp_store, find_sources
+    from astrohvae.pipeline.field import stamp_store, find_sources
 
     field = read_field(FIELDS / name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bkg, segm, src = find_sources(field, segmenter=segmenter)
-        flux, mask, sky, meta = _stamp_store(field, segm, src, bkg, 256, workdir, stamps_mod)
+        flux, mask, sky, meta = stamp_store(field, segm, src, bkg, 256, workdir, stamps_mod)
     return src, stamps_mod.StampSet(flux, np.asarray(mask), np.asarray(sky), meta)
 
 
@@ -59,10 +59,10 @@ def main(argv=None):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from astropy.table import Table
 
-    from astrohvae.classify import load_default_classifier
-    from astrohvae.pipeline import load_segmenter
-    from astrohvae.psf import interpolated_core
-    from astrohvae.store import match_truth
+    from astrohvae.classify.persist import load_default_classifier
+    from astrohvae.pipeline.loading import load_segmenter
+    from astrohvae.morphology.psf import interpolated_core
+    from astrohvae.stamps.store import match_truth
 
     t0 = time.time()
     clf = load_default_classifier(device="cpu")

@@ -1,10 +1,10 @@
 """Faint end (issue 13 item 5): does an AE of the stamp minus its fitted PSF add what the 8 statistics miss?
 
 On the labelled stamps of the simulated test fields (seeds 500-507, 1024 px, the chain of
-``astrohvae run``; `astrohvae.evaluate.simulated_stamps`):
+``astrohvae run``; `astrohvae.evaluation.data.simulated_stamps`):
 
 * each stamp (other sources masked, recentred on its g+r+i centroid) minus its per-band PSF-fit
-  amplitude times the field's PSF (`astrohvae.psf.estimate_psf` per field), in sky-noise units,
+  amplitude times the field's PSF (`astrohvae.morphology.psf.estimate_psf` per field), in sky-noise units,
   asinh-compressed, central 32 x 32: a point source leaves noise at every S/N, a galaxy its
   departure from the PSF;
 * a ConvAE (8 latents, label-free, random rotations / flips) trained on those residual images;
@@ -19,12 +19,17 @@ import os, sys, time, warnings
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 import numpy as np, torch
 torch.set_num_threads(2)
-from astrohvae.evaluate import simulated_stamps, labels_from_meta, binary_metrics
-from astrohvae.classify import _physical, HierarchicalClassifier, mixture_posterior, star_side, load_default_classifier
-from astrohvae.psf import estimate_psf, radius_grid, centroids, recentre
-from astrohvae.preprocess import clean_stamps
+from astrohvae.evaluation.data import simulated_stamps
+from astrohvae.evaluation.metrics import labels_from_meta, binary_metrics
+from astrohvae.classify.hierarchical import HierarchicalClassifier
+from astrohvae.classify.mixture import mixture_posterior, star_side
+from astrohvae.classify.persist import load_default_classifier
+from astrohvae.morphology.physical import physical_features
+from astrohvae.morphology.psf import estimate_psf
+from astrohvae.morphology.statistics import radius_grid, centroids, recentre
+from astrohvae.stamps.preprocess import clean_stamps
 from astrohvae.conventions import GRI
-from astrohvae.train import fit_ae
+from astrohvae.models.fitting import fit_ae
 t0 = time.time()
 log = lambda m: print(f"[{time.time()-t0:5.0f}s] {m}", flush=True)
 st = simulated_stamps(list(range(500, 508)), 1024, cache=sys.argv[2] if len(sys.argv) > 2 else "scratch/classify/run-chain-cache")
@@ -35,7 +40,7 @@ log(f"{len(y)} stamps")
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     ref = load_default_classifier("cpu").ref_
-    phys, _ = _physical(st, ref)
+    phys, _ = physical_features(st, ref)
 # residual chi images against each field's PSF
 S = 16
 chi = np.zeros((len(y), 5, 2 * S, 2 * S), np.float32)

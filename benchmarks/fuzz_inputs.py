@@ -40,7 +40,7 @@ def main(argv=None):
         if src is None and REAL.is_dir():
             src = REAL
         if src is None:
-            from astrohvae.simulate import write_simulation
+            from astrohvae.simulate.io import write_simulation
 
             write_simulation(tmp / "sim", seed=1, size=(512, 512))
             src = tmp / "sim"

@@ -1,4 +1,4 @@
-"""Cost of the catalogue measurements (`astrohvae.measure`) per field.
+"""Cost of the catalogue measurements (`astrohvae.detection`) per field.
 
 For each real SDSS field: background, segmentation (the photutils baseline
 `stamps.detect` by default, or ``--segmenter network``), stamps, then, timed
@@ -45,18 +45,22 @@ def main():
     import torch
 
     torch.set_num_threads(1)
-    from astrohvae import stamps as S
-    from astrohvae.measure import photutils_measurements, stamp_measurements
-    from astrohvae.pipeline import load_segmenter, read_input
+    import astrohvae.stamps.cutouts as S
+    from astrohvae.detection.background import estimate_background
+    from astrohvae.detection.detect import detect
+    from astrohvae.detection.sources import measure_sources
+    from astrohvae.detection.measure import photutils_measurements, stamp_measurements
+    from astrohvae.pipeline.inputs import read_input
+    from astrohvae.pipeline.loading import load_segmenter
 
     seg = load_segmenter("network", "cpu") if args.segmenter == "network" else None
     rows = []
     for d in sorted(DATA.iterdir())[: args.fields]:
         field = read_input(d, threads=1)
-        bkg = S.estimate_background(field)
-        segm = seg.segment(field, bkg) if seg is not None else S.detect(field, bkg)
+        bkg = estimate_background(field)
+        segm = seg.segment(field, bkg) if seg is not None else detect(field, bkg)
         segm.relabel_consecutive()
-        src = S.measure_sources(field, segm, bkg)
+        src = measure_sources(field, segm, bkg)
         st = S.cut_stamps(field, segm, src, bkg)
         _, t_ph = best(lambda: photutils_measurements(field, segm, bkg), args.repeat)
         _, t_st = best(lambda: stamp_measurements(st), args.repeat)

@@ -50,9 +50,9 @@ def auc(y, p):
 
 def evaluate(store, weights):
     """Rows of AUC per r bin and split for the missing-band sources and the rest of ``store``."""
-    from astrohvae.classify import load_model
+    from astrohvae.classify.persist import load_model
     from astrohvae.conventions import FLAG_FEW_BANDS, FLAG_MASKED
-    from astrohvae.store import open_store
+    from astrohvae.stamps.store import open_store
 
     st = open_store(store).to_stampset()
     clf = load_model(weights, device="cpu")

@@ -70,7 +70,9 @@ def sep_field(field, nsigma=1.5, radius=5.0):
 
 def part1(fields, weights, segmenter, batch_size, device, repeat=1):
     from astrohvae.io.catalog import write_catalog
-    from astrohvae.pipeline import load_classifier, load_segmenter, process_field, read_input
+    from astrohvae.pipeline.field import process_field
+    from astrohvae.pipeline.inputs import read_input
+    from astrohvae.pipeline.loading import load_classifier, load_segmenter
 
     t0 = time.perf_counter()
     clf = load_classifier(weights, device)
@@ -120,7 +122,7 @@ def part1(fields, weights, segmenter, batch_size, device, repeat=1):
 
 def part2(fields, weights, segmenter, batch_size, workers_list, memory_limit, repeat=1):
     """Survey wall clock per worker count: the best of ``repeat`` runs (run in turn: 1, 2, 1, 2, ...)."""
-    from astrohvae.survey import run_survey
+    from astrohvae.pipeline.survey import run_survey
 
     out = {}
     for _ in range(repeat):

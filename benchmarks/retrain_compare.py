@@ -3,8 +3,8 @@
 For every weights folder given (default: the shipped classifier only):
 
 * AUC per r-magnitude bin on simulated test fields (seeds 500-507, 1024 px; never used in training),
-  stamps cut by the chain of ``astrohvae run`` (`astrohvae.evaluate.simulated_stamps`);
-* the SDSS star recall of the real field 004510-4-0030 (`astrohvae.evaluate.star_recall`);
+  stamps cut by the chain of ``astrohvae run`` (`astrohvae.evaluation.data.simulated_stamps`);
+* the SDSS star recall of the real field 004510-4-0030 (`astrohvae.evaluation.data.star_recall`);
 * the accuracy on the 20 labelled stamps of ../shared/data/sdss/stamps-dl4astro.
 
     .venv/bin/python benchmarks/retrain_compare.py --weights shipped /tmp/acc/w-avr
@@ -36,9 +36,10 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(1)
-    from astrohvae.classify import DEFAULT_WEIGHTS, load_model
-    from astrohvae.evaluate import (ALL_BINS, binary_metrics, labels_from_meta, load_dl4astro, simulated_stamps,
-                                    star_recall)
+    from astrohvae.classify.base import DEFAULT_WEIGHTS
+    from astrohvae.classify.persist import load_model
+    from astrohvae.evaluation.data import load_dl4astro, simulated_stamps, star_recall
+    from astrohvae.evaluation.metrics import ALL_BINS, binary_metrics, labels_from_meta
 
     t0 = time.time()
     test = simulated_stamps(args.test_seeds, args.size, cache=args.cache,

@@ -4,14 +4,14 @@ On simulated full fields (2048x1489, with truth) it reports per variant:
 
 * IoU: pixels with a label (segm > 0) vs the simulator's truth mask
   (truth_mask > 0: noiseless r surface brightness above
-  `astrohvae.simulate.MASK_THRESHOLD` = 0.5 r sky sigma);
+  `astrohvae.simulate.field.MASK_THRESHOLD` = 0.5 r sky sigma);
 * completeness by true r magnitude (bins to r = 22.5): a truth object inside
   the field counts as detected when its true position (rounded to the pixel)
   lies in a segment, or a segment centroid lies within 2 px of it;
 * purity: fraction of segments that match a truth object (any magnitude): the
   segment contains the true position of a simulated object, or its centroid
   lies within 2 px of one;
-* IoU with the 1-sigma truth (`astrohvae.simulate.truth_mask(sim, 1.0)`), for
+* IoU with the 1-sigma truth (`astrohvae.simulate.field.truth_mask(sim, 1.0)`), for
   ``--isophote 1`` footprints;
 * fragments per truth galaxy brighter than r = 20 (`fragments`: detections
   matched to it beyond the first, plus unmatched detections whose centroid
@@ -26,7 +26,7 @@ stars when the field has a star list.
 
 The network variants run as `NetworkSegmenter.segment` ships them: network
 seeds, matched-filter seeds, deblending and isophotal growth to 0.5 r sky
-sigma (see `astrohvae.segment`), with the band test, the halo test, the
+sigma (see `astrohvae.segmentation`), with the band test, the halo test, the
 PSF-scaled growth of faint segments, the smoothed isophote of large ones and
 the trimming of small bright seeds.  ``--plain`` adds each variant with the
 network's own footprints only (``isophote=None, seed_nsigma=None,
@@ -184,7 +184,7 @@ def table_for(segm, truth, truth_mask, shape, truth_mask_1=None):
 
 
 def _segmenters(weights, refit, plain=False, device="cpu", variants=VARIANTS, compare=False):
-    from astrohvae.segment import NetworkSegmenter
+    from astrohvae.segmentation.network import NetworkSegmenter
 
     out = {}
     for v in variants:
@@ -203,7 +203,7 @@ def _segmenters(weights, refit, plain=False, device="cpu", variants=VARIANTS, co
 
 
 def sep_detect(field, bkg, nsigma=1.5, minarea=5, deblend_cont=0.005):
-    """sep (SExtractor's library) on the g+r+i detection image (`astrohvae.stamps.detection_image`) with its
+    """sep (SExtractor's library) on the g+r+i detection image (`astrohvae.detection.detect.detection_image`) with its
     per-pixel noise, as SExtractor thresholds (the 3x3 pyramid-filtered image against the unfiltered noise:
     ``filter_type="conv"``), 32 levels, DEBLEND_CONT 0.005;
     None without sep."""
@@ -213,7 +213,7 @@ def sep_detect(field, bkg, nsigma=1.5, minarea=5, deblend_cont=0.005):
         return None
     from photutils.segmentation import SegmentationImage
 
-    from astrohvae.stamps import detection_image
+    from astrohvae.detection.detect import detection_image
 
     det, noise = detection_image(field, bkg)
     noise = np.where(np.isfinite(noise), noise, 1e30)
@@ -262,7 +262,7 @@ def write_readme(report, out, command):
     lines = ["# Segment benchmark (benchmarks/segment_bench.py)", "",
              f"Command: `{command}`  ",
              f"({report.get('machine', '')}; the machine is shared with other jobs: seconds are indicative).",
-             "Background estimated once per field (astrohvae.stamps.estimate_background) and shared by every method.",
+             "Background estimated once per field (astrohvae.detection.background.estimate_background) and shared by every method.",
              "Matching: a truth object counts as detected if its true position lies in a segment or a segment "
              "centroid lies within 2 px;",
              "a segment is pure if it contains a truth position (any magnitude, simulated to r = 23.5) or its "
@@ -273,7 +273,7 @@ def write_readme(report, out, command):
              "dropped) + growth to 0.5 r sky sigma (PSF-scaled circles below S/N 12, "
              "stellar profile for bright point sources, smoothed isophote from 30 px; seeds of bright "
              "sources up to 12 px trimmed to their footprints), as shipped, with the fragment test after "
-             "deblending (`astrohvae.segment.merge_fragments`; '(contrast only)': without it).",
+             "deblending (`astrohvae.segmentation.footprints.merge_fragments`; '(contrast only)': without it).",
              "Fragments: per truth galaxy with r < 20 in the field, detections matched to it beyond the first "
              "plus unmatched detections whose centroid lies in its 0.5σ truth footprint; 'shredded': the "
              "fraction of those galaxies with at least one.", ""]
@@ -314,8 +314,8 @@ def write_readme(report, out, command):
 
 
 def run_one(field, bkg, segmenters, extra=None, sep_too=False):
-    from astrohvae.segment import network_input
-    from astrohvae.stamps import detect
+    from astrohvae.segmentation.network import network_input
+    from astrohvae.detection.detect import detect
 
     res = {}
     t0 = time.perf_counter()
@@ -370,7 +370,7 @@ def main():
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    from astrohvae.stamps import estimate_background
+    from astrohvae.detection.background import estimate_background
 
     segs = _segmenters(args.weights, args.refit, args.plain, variants=args.variants, compare=args.compare)
     out.mkdir(parents=True, exist_ok=True)
@@ -380,7 +380,7 @@ def main():
         report["size"] = list(args.size)
     runs = [(seed, structure) for seed in args.seeds for structure in ((True, False) if args.smooth else (True,))]
     for seed, structure in runs:
-        from astrohvae.simulate import FULL_SIZE, simulate_field, truth_mask
+        from astrohvae.simulate.field import FULL_SIZE, simulate_field, truth_mask
 
         sim = simulate_field(seed, size=tuple(args.size) if args.size else FULL_SIZE, structure=structure)
         tm1 = truth_mask(sim, 1.0)
@@ -397,7 +397,7 @@ def main():
         report["simulated"][key] = rows
         print(json.dumps({key: rows}, indent=1), flush=True)
         if args.plots:
-            from astrohvae.segment import _zoom_window, plot_panels
+            from astrohvae.viz.panels import zoom_window, plot_panels
 
             results = {k: (v[0], None) for k, v in res.items()}
             tm = sim.truth_mask
@@ -405,7 +405,7 @@ def main():
             tag = f"{seed}" + ("" if structure else "-smooth")
             plot_panels(img, results, out / f"sim-{tag}.png", title=f"simulated {key}")
             plot_panels(img, results, out / f"sim-{tag}-zoom.png",
-                        zoom=_zoom_window(res["photutils 1.5σ"][0], sim.field.shape, 300),
+                        zoom=zoom_window(res["photutils 1.5σ"][0], sim.field.shape, 300),
                         title=f"simulated {key}, zoom")
     for name in args.real:
         folder = DATA / name
@@ -444,12 +444,12 @@ def main():
         report["real"][name] = rows
         print(json.dumps({name: rows}, indent=1), flush=True)
         if args.plots:
-            from astrohvae.segment import _zoom_window, plot_panels
+            from astrohvae.viz.panels import zoom_window, plot_panels
 
             results = {k: (v[0], None) for k, v in res.items()}
             plot_panels(img, results, out / f"real-{name}.png", title=f"SDSS {name}")
             plot_panels(img, results, out / f"real-{name}-zoom.png",
-                        zoom=_zoom_window(ref, field.shape, 300), title=f"SDSS {name}, zoom")
+                        zoom=zoom_window(ref, field.shape, 300), title=f"SDSS {name}, zoom")
     (out / "segment_bench.json").write_text(json.dumps(report, indent=1))
     write_readme(report, out, command)
     print(f"wrote {out / 'segment_bench.json'} and README.md")

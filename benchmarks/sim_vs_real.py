@@ -160,7 +160,7 @@ def real_fields(root, nfields=None):
 
 
 def sim_fields(seeds):
-    from astrohvae.simulate import simulate_field
+    from astrohvae.simulate.field import simulate_field
 
     for s in seeds:
         sim = simulate_field(s)

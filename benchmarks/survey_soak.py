@@ -37,7 +37,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "survey_soak.json"
 
 
 def make_fields(root, n, size, per_scan=100):
-    from astrohvae.simulate import write_adjacent
+    from astrohvae.simulate.io import write_adjacent
 
     folders, seed = [], 7000
     while len(folders) < n:
@@ -48,7 +48,7 @@ def make_fields(root, n, size, per_scan=100):
 
 
 def soak(fields, out, workers):
-    from astrohvae.survey import run_survey
+    from astrohvae.pipeline.survey import run_survey
 
     t0 = time.perf_counter()
     res = run_survey(fields, out, workers=workers, progress=False, device="cpu", combine=False)
@@ -101,7 +101,7 @@ def main():
         for w in args.workers:
             runs.append(soak(fields, tmp / f"out{w}", w))
             print(f"  {w} worker(s): {runs[-1]['fields_per_min_busy']:.1f} fields/min", flush=True)
-        from astrohvae.survey import combine_catalogues
+        from astrohvae.pipeline.combine import combine_catalogues
 
         t0 = time.perf_counter()
         comb = combine_catalogues(tmp / f"out{args.workers[-1]}")

@@ -4,14 +4,14 @@ From scratch, on a CPU, in under an hour (2 cores):
 
 1. simulate SDSS-like fields (`astrohvae.simulate`) -- training seeds and
    *different* test seeds -- and cut their stamps with the chain of
-   ``astrohvae run`` (`astrohvae.evaluate.simulated_stamps`); truth is matched by position
-   (`astrohvae.store.match_truth`) and used only for scoring (and by the
+   ``astrohvae run`` (`astrohvae.evaluation.data.simulated_stamps`); truth is matched by position
+   (`astrohvae.stamps.store.match_truth`) and used only for scoring (and by the
    supervised probe, which is labelled as such);
 2. fit every method on the training stamps for several seeds and score the
-   test stamps (`astrohvae.evaluate.evaluate`): AUC, accuracy, purity and
+   test stamps (`astrohvae.evaluation.metrics.evaluate`): AUC, accuracy, purity and
    completeness as mean +- std over seeds, AUC per r-magnitude bin;
 3. the real-data checks with the shipped default classifier
-   (`astrohvae.classify.load_default_classifier`): the share of the 178
+   (`astrohvae.classify.persist.load_default_classifier`): the share of the 178
    SDSS-catalogued stars of field 004510-4-0030 labelled star, and the
    accuracy on the 20 labelled Kim & Brunner stamps.
 
@@ -42,15 +42,16 @@ METHODS = ("classical", "brightness", "a+vr", "a+vr-colour", "a+vr-ae", "a+vr-pa
 
 def simulated_stamps(seeds, size, cache=None, log=print):
     """Labelled stamps of simulated fields, cut by the chain of ``astrohvae run`` (see evaluate.simulated_stamps)."""
-    from astrohvae.evaluate import simulated_stamps as make
+    from astrohvae.evaluation.data import simulated_stamps as make
 
     return make(seeds, size, cache=cache, log=log)
 
 
 def real_checks(log=print, weights=None):
     """Real-data figures with the shipped classifier, or the one in ``weights`` (None where the data are absent)."""
-    from astrohvae.classify import load_default_classifier, load_model
-    from astrohvae.evaluate import binary_metrics, load_dl4astro, star_recall
+    from astrohvae.classify.persist import load_default_classifier, load_model
+    from astrohvae.evaluation.data import load_dl4astro, star_recall
+    from astrohvae.evaluation.metrics import binary_metrics
 
     from astrohvae.errors import InputError
 
@@ -97,7 +98,9 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
-    from astrohvae import evaluate as ev
+    import astrohvae.evaluation.metrics as ev
+    from astrohvae.evaluation.baselines import method_factories
+    from astrohvae.evaluation.data import write_rows_csv
     from astrohvae.io.atomic import atomic_path
 
     if args.quick:
@@ -122,16 +125,16 @@ def main(argv=None):
     if "ceiling-cnn" in names and args.ceiling_seeds:
         extra = simulated_stamps(args.ceiling_seeds, args.size, args.cache, log)
         log(f"supervised CNN ceiling: {len(extra)} extra training stamps (seeds {args.ceiling_seeds})")
-    facts = ev.method_factories(names, quick=args.quick, extra_train=extra)
+    facts = method_factories(names, quick=args.quick, extra_train=extra)
     rows, runs = ev.evaluate(train, test, facts, seeds=range(args.seeds),
                              roc_path=out / "classification_roc.png",
                              progress=lambda n, s, a: log(f"{n} seed {s}: AUC {a:.4f}"))
     table = ev.format_table(rows)
-    ev.write_rows_csv(rows, out / "classification.csv")
+    write_rows_csv(rows, out / "classification.csv")
     real = real_checks(log)
     compare = real_checks(log, args.compare_weights) if args.compare_weights else None
     y, mag = ev.labels_from_meta(test.meta)
-    from astrohvae.psf import profile_features
+    from astrohvae.morphology.statistics import profile_features
 
     snr = profile_features(test)["snr"]
     counts = {}
@@ -157,13 +160,13 @@ def main(argv=None):
         "How to read it: stars dominate the bright end and galaxies the faint end, so the all-magnitude AUC",
         "rewards sorting by brightness (the 'brightness only' row); the per-bin AUCs are the fair comparison.",
         "All methods except the probe are fitted without labels; which peak / which end of the embedding is",
-        "'star' is decided by `astrohvae.classify.star_side` (the group with the smaller median half-light",
+        "'star' is decided by `astrohvae.classify.mixture.star_side` (the group with the smaller median half-light",
         "radius, S/N >= 20 members). The default A+Vr's 1-D VAE sees label-free physical statistics",
         "(half-light radius, concentration, PSF-fit/aperture flux and SPREAD_MODEL against the field's own",
         "PSF, four aperture colours); the AE latents are trained but not fed to it (the 'AE latents +",
         "physical stats' row shows why). The '+ colour templates' row (opt-in `colour_prior=True`, not the",
         "default) multiplies the peak posterior's odds by a colour likelihood ratio",
-        "(`astrohvae.classify.colour_llr`): Gaussian-mixture densities of the PSF-fit colours of label-free",
+        "(`astrohvae.morphology.physical.colour_llr`): Gaussian-mixture densities of the PSF-fit colours of label-free",
         "template sources picked by morphology at high S/N (stars: on the stellar locus of half-light radii,",
         "S/N >= 50; galaxies: r_half > 1.35 x the locus, S/N >= 30), each convolved with the source's own",
         "colour errors (scaled by the correlated-noise factor measured on blank sky, `noise_scale`) so that",

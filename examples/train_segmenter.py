@@ -2,14 +2,14 @@
 
 Each variant (vae-hc, ae-hc, ae-res-hc) is a small fully convolutional (V)AE
 trained to reconstruct random 64x64 crops of five-band fields in noise units
-(`astrohvae.segment.network_input`): simulated fields (`astrohvae.simulate`)
+(`astrohvae.segmentation.network.network_input`): simulated fields (`astrohvae.simulate`)
 and real, unlabelled SDSS fields from ../shared/data.  Then a Gaussian mixture
 is fitted on the hypercolumns of random pixels and shipped with the weights.
 No truth table or label is read.  The footprint rule applied after the
 network (matched-filter seeds at 4 sigma, isophotal growth to 0.5 r sky sigma;
-`astrohvae.segment.NetworkSegmenter`) has no trained parameters: its constants
+`astrohvae.segmentation.network.NetworkSegmenter`) has no trained parameters: its constants
 were chosen on simulated seeds 10-12 and are written into each config.json.
-Weights are written with `astrohvae.weights.save_weights` (network tensors in
+Weights are written with `astrohvae.models.weights.save_weights` (network tensors in
 model.safetensors, the fitted pixel rule in config.json).
 
 Usage (a few minutes per variant on 2 CPU cores)::
@@ -34,7 +34,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from astrohvae.segment import NetworkSegmenter, WEIGHTS_DIR, network_input  # noqa: E402
+from astrohvae.segmentation.network import NetworkSegmenter, WEIGHTS_DIR, network_input  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sdss" / "fields"
@@ -42,7 +42,7 @@ REAL_DEFAULT = ["001035-6-0017", "003184-2-0169", "007264-3-0111"]
 
 
 def _inputs(args):
-    from astrohvae.stamps import estimate_background
+    from astrohvae.detection.background import estimate_background
 
     images = []
     cache = Path(args.cache) if args.cache else None
@@ -59,7 +59,7 @@ def _inputs(args):
 
     for seed in range(1000, 1000 + args.sims):
         def make(seed=seed):
-            from astrohvae.simulate import simulate_field
+            from astrohvae.simulate.field import simulate_field
 
             sim = simulate_field(seed)
             return network_input(sim.field, estimate_background(sim.field))

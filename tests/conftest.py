@@ -59,7 +59,8 @@ def real_field_dir():
 @pytest.fixture(scope="session")
 def default_classifier():
     """The shipped classifier (A+Vr), loaded once per session."""
-    from astrohvae.classify import DEFAULT_WEIGHTS, load_default_classifier
+    from astrohvae.classify.base import DEFAULT_WEIGHTS
+    from astrohvae.classify.persist import load_default_classifier
 
     if not (DEFAULT_WEIGHTS / "config.json").is_file():
         pytest.skip("default weights are not shipped")
@@ -69,7 +70,7 @@ def default_classifier():
 @pytest.fixture(scope="session")
 def default_segmenter():
     """The shipped network segmenter, loaded once per session."""
-    from astrohvae.pipeline import load_segmenter
+    from astrohvae.pipeline.loading import load_segmenter
 
     seg = load_segmenter("auto", device="cpu")
     if seg is None:
@@ -86,8 +87,9 @@ def tiny_weights(tmp_path_factory):
 @pytest.fixture(scope="session")
 def example_run(default_classifier, default_segmenter):
     """The embedded example (``astrohvae run --example``) with its truth, run through the default path."""
-    from astrohvae.pipeline import EXAMPLE_SEED, EXAMPLE_SIZE, process_field
-    from astrohvae.simulate import simulate_field
+    from astrohvae.pipeline.field import process_field
+    from astrohvae.pipeline.inputs import EXAMPLE_SEED, EXAMPLE_SIZE
+    from astrohvae.simulate.field import simulate_field
 
     sim = simulate_field(EXAMPLE_SEED, size=EXAMPLE_SIZE)
     return sim, process_field(sim.field, default_classifier, segmenter=default_segmenter)
@@ -148,7 +150,7 @@ def _make_toy_stamps(n=400, seed=0, star_fraction=0.35, fwhm=3.5, size=64, mag_r
         mask[k][own] |= 1
         flux[k] = img
     meta = Table({'truth_type': typ, 'truth_mag_r': mag, 'field': np.array(['toy'] * n)})
-    from astrohvae.stamps import StampSet
+    from astrohvae.stamps.cutouts import StampSet
 
     return StampSet(flux, mask, np.tile(sky, (n, 1)).astype("f4"), meta)
 
@@ -156,7 +158,7 @@ def _make_toy_stamps(n=400, seed=0, star_fraction=0.35, fwhm=3.5, size=64, mag_r
 @pytest.fixture(scope="session")
 def make_toy_stamps():
     """Factory of labelled toy stamps: ``make_toy_stamps(n, seed=0, star_fraction=0.35, fwhm=3.5, size=64,
-    mag_range=(16, 22.5), neighbours=0.3)`` gives a `~astrohvae.stamps.StampSet` with truth in ``meta``."""
+    mag_range=(16, 22.5), neighbours=0.3)`` gives a `~astrohvae.stamps.cutouts.StampSet` with truth in ``meta``."""
     return _make_toy_stamps
 
 
@@ -218,16 +220,19 @@ def _fit_tiny_classifier(out_dir, seed=7, size=(256, 256)):
 
     Good enough to exercise the product path end to end (not to be accurate).
     """
-    from astrohvae import stamps as S
-    from astrohvae.classify import HierarchicalClassifier
-    from astrohvae.simulate import simulate_field
+    import astrohvae.stamps.cutouts as S
+    from astrohvae.detection.background import estimate_background
+    from astrohvae.detection.detect import detect
+    from astrohvae.detection.sources import measure_sources
+    from astrohvae.classify.hierarchical import HierarchicalClassifier
+    from astrohvae.simulate.field import simulate_field
 
     sims = [simulate_field(seed + k, size=size).field for k in range(2)]
     sets = []
     for f in sims:
-        bg = S.estimate_background(f)
-        segm = S.detect(f, bg)
-        src = S.measure_sources(f, segm, bg)
+        bg = estimate_background(f)
+        segm = detect(f, bg)
+        src = measure_sources(f, segm, bg)
         sets.append(S.cut_stamps(f, segm, src, bg))
     stamps = S.concatenate(sets)
     clf = HierarchicalClassifier(ae_epochs=1, vae_epochs=3, channels=(4, 8, 8, 8), batch_size=64,
@@ -317,7 +322,7 @@ def survey_opts():
 @pytest.fixture(scope="module")
 def survey_fields(tmp_path_factory):
     """``SURVEY_FIELDS`` simulated 128x128 fields (seeds 100...), one folder each; made again per module."""
-    from astrohvae.simulate import write_simulation
+    from astrohvae.simulate.io import write_simulation
 
     root = tmp_path_factory.mktemp("fields")
     out = []
@@ -333,7 +338,7 @@ def survey_fields(tmp_path_factory):
 def survey_reference(tmp_path_factory, survey_fields, tiny_weights, survey_opts):
     """An uninterrupted survey of `survey_fields` (threads in this process: quick): field name -> catalogue."""
     from astrohvae.io.catalog import read_catalog
-    from astrohvae.survey import run_survey
+    from astrohvae.pipeline.survey import run_survey
 
     out = tmp_path_factory.mktemp("ref")
     res = run_survey(survey_fields, out, weights=tiny_weights, workers=1, processes=False, **survey_opts)

@@ -74,7 +74,7 @@ def test_overwrite_replaces_only_own_outputs(bad_input_cases, template, tmp_path
 
 def test_train_overwrite_keeps_foreign_folder(bad_input_cases, template, tmp_path):
     """train --overwrite replaces its own weights folder, never a folder holding anything else."""
-    from astrohvae.train import train_from_store
+    from astrohvae.pipeline.train import train_from_store
     from astrohvae.errors import OutputError
 
     paths = bad_input_cases.make_fixtures(tmp_path, template)
@@ -187,7 +187,7 @@ def test_fuzz_reader(bad_input_cases, template, tmp_path):
 def _copy_weights(dst):
     import shutil
 
-    from astrohvae.classify import DEFAULT_WEIGHTS
+    from astrohvae.classify.base import DEFAULT_WEIGHTS
 
     shutil.copytree(DEFAULT_WEIGHTS, dst)
     return dst

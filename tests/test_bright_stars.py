@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from astrohvae.psf import band_saturated, interpolated_core, peak_centred, saturated
+from astrohvae.morphology.psf import band_saturated, interpolated_core, peak_centred, saturated
 
 YY, XX = np.mgrid[:64, :64]
 
@@ -116,7 +116,7 @@ def test_classifier_recognises_a_bright_star_its_stamp_is_not_centred_on(default
     merged = star(3000, 0, -9) + star(150, 2, 6) + star(120, -3, 9) + star(100, 4, 11)
     own = ((np.hypot(YY - 32, XX - 23) < 9) | (np.hypot(YY - 32, XX - 40) < 8)).astype(np.uint8)
     flux = np.stack([merged, star(3000, 0, 0)]) + rng.normal(0, 1, (2, 5, 64, 64)) * sky[None, :, None, None]
-    from astrohvae.stamps import StampSet
+    from astrohvae.stamps.cutouts import StampSet
 
     st = StampSet(flux=flux.astype(np.float32),
                   mask=np.stack([own, (np.hypot(YY - 32, XX - 32) < 9).astype(np.uint8)]),

@@ -4,17 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from astrohvae.classify import (
-    DEFAULT_WEIGHTS,
-    HierarchicalClassifier,
-    LatentProbe,
-    ManifoldClassifier,
-    kl_mixture,
-    load_default_classifier,
-    mixture_posterior,
-    star_side,
-)
-from astrohvae.evaluate import binary_metrics, labels_from_meta
+from astrohvae.classify.base import DEFAULT_WEIGHTS
+from astrohvae.classify.features import LatentProbe
+from astrohvae.classify.hierarchical import HierarchicalClassifier
+from astrohvae.classify.manifold import ManifoldClassifier
+from astrohvae.classify.mixture import kl_mixture, mixture_posterior, star_side
+from astrohvae.classify.persist import load_default_classifier
+from astrohvae.evaluation.metrics import binary_metrics, labels_from_meta
 
 torch.set_num_threads(1)
 
@@ -133,7 +129,7 @@ def test_manifold_and_probe(train, test_set):
 
 
 def test_stellar_locus_is_the_compact_peak_not_the_mode():
-    from astrohvae.psf import stellar_locus
+    from astrohvae.morphology.psf import stellar_locus
 
     rng = np.random.default_rng(0)
     stars = np.exp(rng.normal(np.log(1.3), 0.02, 15))  # good seeing: few bright stars
@@ -145,7 +141,7 @@ def test_stellar_locus_is_the_compact_peak_not_the_mode():
 def test_saturated_flat_core():
     from types import SimpleNamespace
 
-    from astrohvae.psf import saturated
+    from astrohvae.morphology.psf import saturated
 
     yy, xx = np.mgrid[:64, :64]
     star = np.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / (2 * 1.5**2)) * 1000.0
@@ -159,7 +155,7 @@ def test_band_saturated_hollow_core_in_some_bands_only():
     unsaturated star, a galaxy extended in every band and a faint noisy source are not."""
     from types import SimpleNamespace
 
-    from astrohvae.psf import band_saturated
+    from astrohvae.morphology.psf import band_saturated
 
     rng = np.random.default_rng(4)
     yy, xx = np.mgrid[:64, :64]
@@ -186,8 +182,9 @@ def test_lazy_chunked_stamps_give_the_same_catalogue_values(test_set, monkeypatc
     """A zarr/dask-backed StampSet read chunk by chunk scores exactly as the in-memory one."""
     import dask.array as da
 
-    from astrohvae import psf
-    from astrohvae.stamps import StampSet
+    import astrohvae.morphology.statistics as psf
+    from astrohvae.morphology.psf import saturated
+    from astrohvae.stamps.cutouts import StampSet
 
     clf = load_default_classifier("cpu")
     want_p, want = clf.predict_proba_transform(test_set, batch_size=32)
@@ -199,7 +196,7 @@ def test_lazy_chunked_stamps_give_the_same_catalogue_values(test_set, monkeypatc
     for k in ("z_ae", "z_hvae", "z_hvae_sigma"):
         np.testing.assert_allclose(got[k], want[k], atol=1e-5)
     # several statistics in one pass = each on its own
-    f, sat = psf.chunked_statistics(lazy, psf.profile_features, psf.saturated)
+    f, sat = psf.chunked_statistics(lazy, psf.profile_features, saturated)
     direct = psf.profile_features(test_set)
     np.testing.assert_allclose(f["r_half"], direct["r_half"], rtol=1e-6)
-    np.testing.assert_array_equal(sat, psf.saturated(test_set))
+    np.testing.assert_array_equal(sat, saturated(test_set))

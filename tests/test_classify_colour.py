@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from astrohvae import BANDS
-from astrohvae.classify import (
+from astrohvae.classify.hierarchical import HierarchicalClassifier
+from astrohvae.morphology.physical import (
     COLOUR_CLIP,
-    HierarchicalClassifier,
     colour_llr,
     colour_templates,
     physical_statistics,
@@ -16,7 +16,7 @@ from astrohvae.classify import (
 from astrohvae.photometry import luptitude
 from astropy.table import Table
 
-from astrohvae.stamps import StampSet
+from astrohvae.stamps.cutouts import StampSet
 
 torch.set_num_threads(1)
 
@@ -111,7 +111,7 @@ def test_default_has_no_colour_term():
 
 
 def test_noise_scale_measures_correlated_noise():
-    from astrohvae.classify import noise_scale
+    from astrohvae.morphology.physical import noise_scale
 
     rng = np.random.default_rng(2)
     n = 200

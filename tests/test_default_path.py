@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from astrohvae.evaluate import binary_metrics
-from astrohvae.store import match_truth
+from astrohvae.evaluation.metrics import binary_metrics
+from astrohvae.stamps.store import match_truth
 
 
 def example_figures(sim, table, segmap):
@@ -102,7 +102,7 @@ def test_random_weights_would_fail(example_run, default_classifier):
     import torch
 
     from astrohvae.io.readers import read_field  # noqa: F401  (the path the CLI takes)
-    from astrohvae.pipeline import process_field
+    from astrohvae.pipeline.field import process_field
 
     sim, prod = example_run
     clf = copy.deepcopy(default_classifier)
@@ -119,7 +119,7 @@ def test_random_weights_would_fail(example_run, default_classifier):
 @pytest.mark.realdata
 def test_real_field_sdss_star_recall(real_field_dir, default_classifier):
     """Of SDSS's catalogued stars of 004510-4-0030, the shipped path finds and labels most as stars."""
-    from astrohvae.evaluate import star_recall
+    from astrohvae.evaluation.data import star_recall
 
     rec = star_recall(default_classifier, real_field_dir, real_field_dir / "stars_in_frame_004510-4-0030.fits")
     # measured 2026-12-02 (the `astrohvae run` chain): 158 of 178 matched, 135 of them labelled star

@@ -7,16 +7,10 @@ import pytest
 from click.testing import CliRunner
 
 from astrohvae.cli import main
-from astrohvae.evaluate import (
-    ClassicalClassifier,
-    binary_metrics,
-    format_table,
-    labels_from_meta,
-    load_dl4astro,
-    plot_roc,
-    stamps_from_images,
-    summarise,
-)
+from astrohvae.evaluation.baselines import ClassicalClassifier
+from astrohvae.evaluation.data import load_dl4astro, stamps_from_images
+from astrohvae.evaluation.metrics import binary_metrics, format_table, labels_from_meta, summarise
+from astrohvae.viz.roc import plot_roc
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sdss"
 
@@ -102,8 +96,8 @@ def test_cli_evaluate_bad_input(tmp_path):
 
 
 def test_cli_evaluate_on_a_simulated_store(tmp_path):
-    from astrohvae.simulate import write_simulation
-    from astrohvae.store import build_store
+    from astrohvae.simulate.io import write_simulation
+    from astrohvae.stamps.store import build_store
 
     write_simulation(tmp_path / "sim", seed=4321, size=(400, 400), star_fraction=0.4)
     build_store([tmp_path / "sim"], tmp_path / "s.zarr", progress=False)
@@ -117,7 +111,7 @@ def test_cli_evaluate_on_a_simulated_store(tmp_path):
 
 
 def test_faint_sub_bins_in_summary():
-    from astrohvae.evaluate import FAINT_BINS
+    from astrohvae.evaluation.metrics import FAINT_BINS
 
     rng = np.random.default_rng(1)
     mag = rng.uniform(20, 24, 400)
@@ -132,7 +126,7 @@ def test_faint_sub_bins_in_summary():
 
 
 def test_supervised_ceilings_need_and_use_labels(make_toy_stamps):
-    from astrohvae.evaluate import SupervisedStatsCeiling
+    from astrohvae.evaluation.baselines import SupervisedStatsCeiling
 
     train = make_toy_stamps(200, seed=4, mag_range=(16, 20))
     test = make_toy_stamps(120, seed=5, mag_range=(16, 20))

@@ -1,4 +1,4 @@
-"""`astrohvae evaluate CAT --truth LIST` against any truth list (astrohvae.evaluate.evaluate_truth)."""
+"""`astrohvae evaluate CAT --truth LIST` against any truth list (astrohvae.evaluation.truth.evaluate_truth)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from astropy.table import Table
 from click.testing import CliRunner
 
 from astrohvae.cli import main
-from astrohvae.evaluate import evaluate_truth, read_truth_list, truth_labels
+from astrohvae.evaluation.truth import evaluate_truth, read_truth_list, truth_labels
 from astrohvae.io.catalog import write_catalog
 
 
@@ -95,7 +95,7 @@ def test_bad_truth_lists(tmp_path):
 
 def test_simulator_truth_folder(tmp_path):
     """The simulator's truth (folder or TRUTH HDU) is a two-class list like any other."""
-    from astrohvae.simulate import write_simulation
+    from astrohvae.simulate.io import write_simulation
 
     write_simulation(tmp_path / "sim", seed=5, size=(64, 64))
     tl = read_truth_list(tmp_path / "sim")

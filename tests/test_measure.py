@@ -11,9 +11,13 @@ import pytest
 
 from astrohvae import BANDS
 from astrohvae.io.field import Field
-from astrohvae.measure import measure_catalog, photutils_measurements, psf_photometry
+from astrohvae.detection.measure import measure_catalog, photutils_measurements, psf_photometry
 from astrohvae.photometry import luptitude, luptitude_err
-from astrohvae.stamps import FLAG_FEW_BANDS, StampSet, cut_stamps, detect, estimate_background, measure_sources
+from astrohvae.conventions import FLAG_FEW_BANDS
+from astrohvae.detection.background import estimate_background
+from astrohvae.detection.detect import detect
+from astrohvae.detection.sources import measure_sources
+from astrohvae.stamps.cutouts import StampSet, cut_stamps
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sdss" / "fields"
 REAL = DATA / "004510-4-0030"
@@ -128,8 +132,10 @@ def test_photutils_columns_equal_sourcecatalog_on_real_field():
     _real_data_or_skip()
     from photutils.segmentation import SegmentationImage, SourceCatalog
 
-    from astrohvae.pipeline import load_classifier, process_field, read_input
-    from astrohvae.stamps import detection_image
+    from astrohvae.pipeline.field import process_field
+    from astrohvae.pipeline.inputs import read_input
+    from astrohvae.pipeline.loading import load_classifier
+    from astrohvae.detection.detect import detection_image
 
     field = read_input(REAL)
     prod = process_field(field, load_classifier(), segmenter=None)

@@ -75,7 +75,7 @@ def test_run_end_to_end(tmp_path, tiny_weights, toy_cube, write_mef):
     assert np.all(own[inner] == np.asarray(cat.table["area"])[inner])
     assert cat.masks[np.arange(n), 32, 32].mean() > 0.8  # centred on the source
     h = cat.header
-    from astrohvae.weights import weights_hash
+    from astrohvae.models.weights import weights_hash
 
     assert h["MODELSHA"] == weights_hash(tiny_weights) and h["CLFMETH"] == "A+Vr"
     assert h["INFILE1"] == "toy.fits" and h["DETMETH"] == "photutils" and h["DETNSIG"] == 1.5
@@ -86,7 +86,8 @@ def test_run_end_to_end(tmp_path, tiny_weights, toy_cube, write_mef):
 
 def test_chunked_classification_equals_one_batch(tiny_weights, toy_cube, write_mef):
     from astrohvae.io.readers import read_field
-    from astrohvae.pipeline import load_classifier, process_field
+    from astrohvae.pipeline.field import process_field
+    from astrohvae.pipeline.loading import load_classifier
 
     clf = load_classifier(tiny_weights, "cpu")
     import tempfile
@@ -100,13 +101,16 @@ def test_chunked_classification_equals_one_batch(tiny_weights, toy_cube, write_m
         np.testing.assert_allclose(np.asarray(a.table[col]), np.asarray(b.table[col]), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(a.masks, b.masks)
     # one network pass per batch gives the classifier's own predict_proba
-    from astrohvae.pipeline import _predict
-    from astrohvae.stamps import cut_stamps, detect, estimate_background, measure_sources
+    from astrohvae.pipeline.field import predict_classes
+    from astrohvae.detection.background import estimate_background
+    from astrohvae.detection.detect import detect
+    from astrohvae.detection.sources import measure_sources
+    from astrohvae.stamps.cutouts import cut_stamps
 
     bg = estimate_background(field)
     segm = detect(field, bg)
     st = cut_stamps(field, segm, measure_sources(field, segm, bg), bg)
-    p, lat = _predict(clf, st)
+    p, lat = predict_classes(clf, st)
     np.testing.assert_allclose(p, clf.predict_proba(st), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(lat["z_ae"], clf.transform(st)["z_ae"], rtol=1e-5, atol=1e-6)
 
@@ -160,7 +164,7 @@ def test_one_huge_saturated_star(tmp_path, tiny_weights, gaussian_source, noise_
 # ----------------------------------------------------------------------------- bad input
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory):
-    from astrohvae.simulate import write_simulation
+    from astrohvae.simulate.io import write_simulation
 
     d = tmp_path_factory.mktemp("frames")
     write_simulation(d, seed=11, size=(128, 128))
@@ -297,7 +301,7 @@ def test_existing_catalogue_is_replaced_not_corrupted(tmp_path, tiny_weights, mo
 
 # ----------------------------------------------------------------------------- shipped weights
 def _default_weights_present():
-    from astrohvae.classify import DEFAULT_WEIGHTS
+    from astrohvae.classify.base import DEFAULT_WEIGHTS
 
     return (Path(DEFAULT_WEIGHTS) / "model.safetensors").is_file()
 
@@ -321,9 +325,9 @@ def test_real_field_classes_do_not_depend_on_batch_size():
     """The shipped classifier calibrates on the whole field: batches must not change a class."""
     import warnings
 
-    from astrohvae.classify import load_default_classifier
+    from astrohvae.classify.persist import load_default_classifier
     from astrohvae.io.readers import read_field
-    from astrohvae.pipeline import process_field
+    from astrohvae.pipeline.field import process_field
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from astrohvae.photometry import luptitude
-from astrohvae.preprocess import (
+from astrohvae.stamps.preprocess import (
     DEFAULT_REPRESENTATION,
     REPRESENTATIONS,
     clean_gri,
@@ -13,7 +13,7 @@ from astrohvae.preprocess import (
     network_input,
     source_flux,
 )
-from astrohvae.stamps import StampSet
+from astrohvae.stamps.cutouts import StampSet
 
 
 def _stamps(n=4, seed=0, amp=(1.0, 10.0, 100.0, 1000.0)):
@@ -89,7 +89,7 @@ def test_clean_stamps_zeroes_bad_pixels_and_is_not_served_stale():
     mask[2, :2, :] = 4  # invalid
     mask[1, 3, 3] = 1  # own segment: kept
     want = np.where(np.isfinite(flux) & ((mask & 6) == 0)[:, None], flux, 0.0)
-    from astrohvae.preprocess import reuse_cleaned
+    from astrohvae.stamps.preprocess import reuse_cleaned
 
     got = clean_stamps(flux, mask)
     np.testing.assert_array_equal(got, want)
@@ -123,7 +123,7 @@ def test_windowed_cleaning_and_gri_match_the_whole_stamp():
     gri = clean_gri(flux, mask)
     np.testing.assert_array_equal(gri, full[:, 1] + full[:, 2] + full[:, 3])
     assert np.isfinite(gri).all()
-    from astrohvae.preprocess import reuse_cleaned
+    from astrohvae.stamps.preprocess import reuse_cleaned
 
     with reuse_cleaned():  # within one statistics pass the g+r+i image is made once
         first = clean_gri(flux, mask)

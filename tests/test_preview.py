@@ -6,7 +6,7 @@ import numpy as np
 from astropy.table import Table
 
 from astrohvae.io.field import Field
-from astrohvae.preview import is_simulated, write_preview
+from astrohvae.viz.preview import is_simulated, write_preview
 
 
 def _table():
@@ -40,7 +40,7 @@ def test_simulated_field_preview_has_sky_axes_sized_markers_and_says_simulated(t
     import matplotlib.collections
     from astropy.visualization.wcsaxes import WCSAxes
 
-    from astrohvae.simulate import simulate_field
+    from astrohvae.simulate.field import simulate_field
 
     field = simulate_field(3, size=(96, 64)).field
     assert is_simulated(field)

@@ -3,8 +3,9 @@
 import numpy as np
 from astropy.table import Table
 
-from astrohvae.psf import PSFModel, centroids, profile_features, psf_match, recentre
-from astrohvae.stamps import StampSet
+from astrohvae.morphology.psf import PSFModel, psf_match
+from astrohvae.morphology.statistics import centroids, profile_features, recentre
+from astrohvae.stamps.cutouts import StampSet
 
 
 def _gauss(sigma, dy=0.0, dx=0.0, size=64):

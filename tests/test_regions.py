@@ -78,7 +78,7 @@ def test_regions_without_wcs_are_in_image_coordinates():
 
 def test_run_writes_regions_beside_the_catalogue(tmp_path):
     from astrohvae.io.catalog import read_catalog
-    from astrohvae.simulate import write_simulation
+    from astrohvae.simulate.io import write_simulation
 
     d = tmp_path / "sim"
     write_simulation(d, seed=21, size=(256, 256))
@@ -100,8 +100,8 @@ def test_run_writes_regions_beside_the_catalogue(tmp_path):
 
 
 def test_survey_writes_regions_per_field(tmp_path):
-    from astrohvae.survey import run_survey
-    from astrohvae.simulate import write_simulation
+    from astrohvae.pipeline.survey import run_survey
+    from astrohvae.simulate.io import write_simulation
 
     d = tmp_path / "sim"
     write_simulation(d, seed=22, size=(192, 192))

@@ -19,17 +19,16 @@ from astrohvae.models.segment import (  # noqa: E402
     hypercolumns,
     receptive_radius,
 )
-from astrohvae.segment import (  # noqa: E402
+from astrohvae.pipeline.segment import write_segmap
+from astrohvae.segmentation.classmap import classmap
+from astrohvae.segmentation.footprints import grow_isophotal
+from astrohvae.segmentation.network import (
     WEIGHTS_DIR,
     NetworkSegmenter,
-    classmap,
-    grow_isophotal,
-    halo_peaks,
     load_default_segmenter,
-    matched_filter_seeds,
     network_input,
-    write_segmap,
 )
+from astrohvae.segmentation.seeds import halo_peaks, matched_filter_seeds
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -323,7 +322,7 @@ shipped = pytest.mark.skipif(not all((WEIGHTS_DIR / v).is_dir() for v in VARIANT
 @pytest.mark.parametrize("variant", ["vae-hc", "ae-hc", "ae-res-hc"])
 def test_default_segmenter_on_small_simulation(variant):
     sim_mod = pytest.importorskip("astrohvae.simulate")
-    from astrohvae.stamps import estimate_background
+    from astrohvae.detection.background import estimate_background
 
     sim = sim_mod.simulate_field(7, size=(256, 256))
     seg = load_default_segmenter(variant, device="cpu")
@@ -380,7 +379,7 @@ def test_real_field_recovers_catalogued_stars():
     from astropy.io import fits
 
     from astrohvae.io.readers import read_field
-    from astrohvae.stamps import estimate_background
+    from astrohvae.detection.background import estimate_background
 
     folder = DATA / "sdss" / "fields" / "004510-4-0030"
     field = read_field(folder)
@@ -413,7 +412,7 @@ def _psf_test_field(seed=3):
 
 
 def test_windowed_centroids_find_the_centre():
-    from astrohvae.segment import windowed_centroids
+    from astrohvae.segmentation.seeds import windowed_centroids
 
     model, image, faint = _psf_test_field()
     from scipy.ndimage import gaussian_filter
@@ -429,14 +428,15 @@ def test_grow_isophotal_psf_scaled_radius_of_faint_sources():
     """Faint point sources: the PSF-scaled profile places the 0.5-sigma isophote better than the crossing."""
     from scipy.ndimage import gaussian_filter, label
 
-    from astrohvae.segment import _segment_moments, psf_profile, windowed_centroids
+    from astrohvae.segmentation.footprints import psf_profile
+    from astrohvae.segmentation.seeds import segment_moments, windowed_centroids
 
     model, image, faint = _psf_test_field()
     seeds, n = label(model > 1.5)
     # the field's PSF profile, measured on the image: a Gaussian of sigma 1.5 px (half maximum at 1.77 px)
     npx = np.bincount(seeds.ravel(), minlength=n + 1)
     snr = np.bincount(seeds.ravel(), image.ravel(), n + 1) / np.sqrt(np.maximum(npx, 1))
-    _, cy, cx = _segment_moments(seeds, image)[:3]
+    _, cy, cx = segment_moments(seeds, image)[:3]
     wy, wx = windowed_centroids(gaussian_filter(image, 0.85), cy, cx)
     radii, prof = psf_profile(image, seeds, wy, wx, snr)
     assert abs(np.interp(-0.5 * prof[0], -prof, radii) - 1.5 * np.sqrt(2 * np.log(2))) < 0.35
@@ -460,7 +460,8 @@ def test_grow_isophotal_psf_scaled_radius_of_faint_sources():
 def test_single_band_segments_are_dropped():
     from photutils.segmentation import SegmentationImage
 
-    from astrohvae.segment import STRETCH, NetworkSegmenter, _segment_moments, band_support, windowed_centroids
+    from astrohvae.segmentation.network import STRETCH, NetworkSegmenter
+    from astrohvae.segmentation.seeds import segment_moments, band_support, windowed_centroids
 
     rng = np.random.default_rng(4)
     ny, nx = 120, 160
@@ -477,7 +478,7 @@ def test_single_band_segments_are_dropped():
     data[38:43, 38:43] = 1
     data[79:82, 119:122] = 2
     data[88:93, 38:43] = 3
-    mom = _segment_moments(data, lin[2])
+    mom = segment_moments(data, lin[2])
     lab = np.flatnonzero(mom[0] > 0)
     lab = lab[lab > 0]
     det = lin[1:4].sum(axis=0)
@@ -633,7 +634,7 @@ def test_smoothed_at_equals_the_whole_image_filter():
     """The pixel-by-pixel smoothing used by the trim equals scipy's gaussian_filter, edges included."""
     from scipy.ndimage import gaussian_filter
 
-    from astrohvae.segment import _smoothed_at
+    from astrohvae.segmentation.footprints import smoothed_at
 
     rng = np.random.default_rng(7)
     img = rng.normal(size=(300, 400)).astype(np.float32)
@@ -641,7 +642,7 @@ def test_smoothed_at_equals_the_whole_image_filter():
     few = np.r_[rng.choice(img.size, 500, replace=False), 0, 399, img.size - 1, 3 * 400 + 1]
     many = rng.choice(img.size, img.size // 50, replace=False)       # the whole-image path
     for flat in (few, many):
-        np.testing.assert_allclose(_smoothed_at(img, flat, 1.0), ref.ravel()[flat], atol=1e-6)
+        np.testing.assert_allclose(smoothed_at(img, flat, 1.0), ref.ravel()[flat], atol=1e-6)
 
 
 def _galaxy_scene(knots=0, star=None, second=None, seed=3, ny=160, nx=160):
@@ -710,7 +711,7 @@ def test_star_on_a_galaxy_and_touching_galaxies_are_split():
 
 
 def test_merge_fragments_keeps_companions_and_merges_bumps():
-    from astrohvae.segment import merge_fragments
+    from astrohvae.segmentation.footprints import merge_fragments
 
     from scipy.ndimage import gaussian_filter
 
@@ -750,7 +751,7 @@ def test_grow_isophotal_above_the_seed_level_trims_every_seed():
     """Above `SEED_ISOPHOTE`, faint sources below the isophote keep only their core, big ones their isophote."""
     from scipy.ndimage import gaussian_filter, label
 
-    from astrohvae.segment import CORE_RADIUS, SEED_ISOPHOTE
+    from astrohvae.segmentation.network import CORE_RADIUS, SEED_ISOPHOTE
 
     model, image, faint = _psf_test_field()
     seeds, n = label(model > 1.5)

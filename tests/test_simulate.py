@@ -12,7 +12,8 @@ from astropy.wcs import WCS
 
 from astrohvae import BANDS, PIXEL_SCALE
 from astrohvae.errors import InputError
-from astrohvae.simulate import MASK_THRESHOLD, field_ids, read_truth, simulate_field, write_simulation
+from astrohvae.simulate.field import MASK_THRESHOLD, field_ids, simulate_field
+from astrohvae.simulate.io import read_truth, write_simulation
 
 SIZE = (256, 224)
 
@@ -205,14 +206,15 @@ def test_star_fraction(starsim, galsim):
     assert nstar == round(0.3 * len(half.truth))
     # the default mix follows the star and galaxy number counts, scaled by
     # the field's Galactic star density
-    from astrohvae import simulate as S
+    import astrohvae.simulate.field as S
+    from astrohvae.simulate.population import _count
 
     default = simulate_field(14, size=(300, 300))
     dens = default.meta["params"]["star_density"]
 
     def expected(d):
-        ns = S._count(S._STAR_SLOPE, S._STAR_AMP * d, 14.0, 23.5, 1.0)
-        ng = S._count(S._GAL_SLOPE, S._GAL_AMP, 14.0, 23.5, 1.0)
+        ns = _count(S.STAR_SLOPE, S.STAR_AMP * d, 14.0, 23.5, 1.0)
+        ng = _count(S.GAL_SLOPE, S.GAL_AMP, 14.0, 23.5, 1.0)
         return ns / (ns + ng)
 
     f, n = np.mean(default.truth["type"] == "star"), len(default.truth)
@@ -325,12 +327,12 @@ def test_cli_bad_arguments(tmp_path):
 
 
 def test_bleed_conserves_charge():
-    from astrohvae.simulate import _bleed
+    from astrohvae.simulate.field import bleed_trails
 
     counts = np.full((40, 5), 100.0)
     counts[20, 2] = 5000.0
     counts[21, 2] = 3000.0
-    out = _bleed(counts, 1000.0)
+    out = bleed_trails(counts, 1000.0)
     assert out.max() <= 1000.0 + 1e-9
     assert out.sum() == pytest.approx(counts.sum())
     # the excess runs along the column only, symmetrically-ish around the core
@@ -360,11 +362,11 @@ def test_full_field_realistic():
 
 
 def test_cosmic_rays_are_sharp_single_pixel_tracks():
-    from astrohvae.simulate import _cosmic_rays
+    from astrohvae.simulate.field import add_cosmic_rays
 
     img = np.zeros((400, 400), np.float32)
     rng = np.random.default_rng(0)
-    crs = _cosmic_rays(rng, img, 0.03, 20.0)  # many, for the statistics
+    crs = add_cosmic_rays(rng, img, 0.03, 20.0)  # many, for the statistics
     assert len(crs) > 50
     hit = img > 0
     # sharp: every hit pixel is at least 8 sigma, with no PSF-like wings
@@ -387,7 +389,7 @@ def test_header_keywords(sim):
 
 def test_structured_discs_keep_their_light_and_truth(galsim):
     """Knots and arms move light within a late-type disc: same objects, same total flux, own truth."""
-    from astrohvae.simulate import truth_mask
+    from astrohvae.simulate.field import truth_mask
 
     smooth = simulate_field(12, size=(512, 512), star_fraction=0.0, structure=False)
     t, ts = galsim.truth, smooth.truth
@@ -413,7 +415,7 @@ def test_structured_discs_keep_their_light_and_truth(galsim):
 
 
 def test_truth_mask_at_another_isophote(sim):
-    from astrohvae.simulate import truth_mask
+    from astrohvae.simulate.field import truth_mask
 
     m05, m1 = truth_mask(sim, MASK_THRESHOLD), truth_mask(sim, 1.0)
     assert np.array_equal(m05, sim.truth_mask)

@@ -7,7 +7,7 @@ import pytest
 from astropy.table import Table
 
 from astrohvae.io.field import Field
-from astrohvae.stamps import (
+from astrohvae.conventions import (
     FLAG_BLENDED,
     FLAG_EDGE,
     FLAG_MASKED,
@@ -15,17 +15,15 @@ from astrohvae.stamps import (
     MASK_INVALID,
     MASK_OTHER,
     MASK_OWN,
-    StampSet,
-    concatenate,
-    cut_stamps,
-    detect,
-    estimate_background,
-    measure_sources,
 )
+from astrohvae.detection.background import estimate_background
+from astrohvae.detection.detect import detect
+from astrohvae.detection.sources import measure_sources
+from astrohvae.stamps.cutouts import StampSet, concatenate, cut_stamps
 
 def baseline_chain(field):
     """The photutils baseline through the pipeline's one field -> sources chain, then the stamps."""
-    from astrohvae.pipeline import find_sources
+    from astrohvae.pipeline.field import find_sources
 
     bkg, segm, src = find_sources(field, segmenter=None)
     return bkg, segm, src, cut_stamps(field, segm, src, bkg)
@@ -309,7 +307,8 @@ def test_deblend_is_photutils_deblend_sources(seed):
     from astropy.convolution import Gaussian2DKernel, convolve
     from photutils.segmentation import deblend_sources, detect_sources
 
-    import astrohvae.stamps as st
+    import astrohvae.stamps.cutouts as st
+    from astrohvae.detection.detect import _deblend_sources, deblend_segments
 
     img = _blended_scene(seed)
     det = convolve(img, Gaussian2DKernel(1.5)).astype(np.float32)
@@ -319,20 +318,21 @@ def test_deblend_is_photutils_deblend_sources(seed):
         labels = segm.labels
         ref = deblend_sources(det, segm, 5, labels=labels, n_levels=32, contrast=0.001, progress_bar=False,
                               n_processes=1)
-        ours = st._deblend_sources(det, segm, 5, labels, n_levels=32, contrast=0.001)
+        ours = _deblend_sources(det, segm, 5, labels, n_levels=32, contrast=0.001)
         np.testing.assert_array_equal(ours.data, ref.data)
         np.testing.assert_array_equal(ours.deblended_labels, ref.deblended_labels)
         assert ref.n_labels > segm.n_labels  # the scene does hold blends
         # through deblend_segments (local-peak pre-selection and top-2 level cut) as well
         ref2 = deblend_sources(det, segm, 5, labels=labels[segm.areas >= 10], n_levels=32, contrast=0.001,
                                progress_bar=False, n_processes=1)
-        np.testing.assert_array_equal(st.deblend_segments(det, segm, 5).data, ref2.data)
+        np.testing.assert_array_equal(deblend_segments(det, segm, 5).data, ref2.data)
 
 
 def test_cut_stamps_window_gather_equals_per_source_slices(monkeypatch):
     """The vectorised gather (many sources) and the per-source slicing give the same stamps,
     including sources at and beyond the field's edges and masked pixels."""
-    import astrohvae.stamps as st
+    import astrohvae.stamps.cutouts as st
+    from astrohvae.detection.detect import _deblend_sources, deblend_segments
 
     mask = np.zeros((5, 240, 320), bool)
     mask[2, 10:20, 10:40] = True  # a masked region in one band

@@ -8,12 +8,13 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-import astrohvae.store as store_mod
+import astrohvae.stamps.store as store_mod
 from astrohvae.errors import InputError
 from astrohvae.io.field import Field
-from astrohvae.pipeline import find_sources, load_segmenter
-from astrohvae.stamps import cut_stamps
-from astrohvae.store import build_store, match_truth, open_store
+from astrohvae.pipeline.field import find_sources
+from astrohvae.pipeline.loading import load_segmenter
+from astrohvae.stamps.cutouts import cut_stamps
+from astrohvae.stamps.store import build_store, match_truth, open_store
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -127,7 +128,7 @@ def test_interrupted_run_recovers_without_duplicates(tmp_path, fields, monkeypat
 def test_crash_inside_processing_keeps_previous_fields(tmp_path, fields, monkeypatch):
     out = tmp_path / "s.zarr"
 
-    import astrohvae.pipeline as pipeline_mod
+    import astrohvae.pipeline.field as pipeline_mod
 
     real = pipeline_mod.find_sources
 

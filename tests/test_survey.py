@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from astrohvae.io.catalog import is_complete, read_catalog
-from astrohvae.survey import run_survey
+from astrohvae.pipeline.survey import run_survey
 
 def _catalogues(folder):
     return sorted(p.name for p in Path(folder).glob("*.cat.fits"))
@@ -132,7 +132,7 @@ def test_cost_hint_reads_galactic_latitude_from_the_header(tmp_path, suffix):
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    from astrohvae.survey import cost_hint
+    from astrohvae.pipeline.survey import cost_hint
 
     for b_true in (1.5, 62.0):
         c = SkyCoord(l=120.0, b=b_true, unit="deg", frame="galactic").icrs
@@ -163,11 +163,11 @@ def test_cost_hint_reads_galactic_latitude_from_the_header(tmp_path, suffix):
 def test_worker_environment_keeps_glibc_dynamic_mmap_threshold():
     import dask
 
-    from astrohvae.survey import _worker_environ
+    from astrohvae.pipeline.survey import worker_environ
 
     with dask.config.set({"distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 65536,
                                                                     "OMP_NUM_THREADS": 1}}):
-        env = _worker_environ()
+        env = worker_environ()
     assert "MALLOC_TRIM_THRESHOLD_" not in env and env["OMP_NUM_THREADS"] == 1
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from astrohvae.io.catalog import read_catalog
-from astrohvae.survey import run_survey
+from astrohvae.pipeline.survey import run_survey
 
 BIN = Path(sys.executable).parent
 
@@ -84,8 +84,23 @@ class _Killer(threading.Thread):
         self.client = Client(address, timeout=30, set_as_default=False)
         self.only, self.times, self.killed, self.stop = only, times, [], False
 
+    def _pids(self, pids):
+        """Learn the process id of every worker while it is idle (a busy one answers late: the field may end)."""
+        try:
+            workers = self.client.scheduler_info()["workers"]
+        except Exception:  # noqa: BLE001 - the scheduler is busy removing a worker
+            return
+        for addr in workers:
+            if addr not in pids:
+                try:
+                    pids[addr] = self.client.run(os.getpid, workers=[addr])[addr]
+                except Exception:  # noqa: BLE001 - the worker went away meanwhile
+                    pass
+
     def run(self):
+        pids = {}
         while not self.stop and len(self.killed) < self.times:
+            self._pids(pids)
             try:
                 busy = self.client.processing()
             except Exception:  # noqa: BLE001 - the scheduler is busy removing a worker
@@ -95,15 +110,11 @@ class _Killer(threading.Thread):
                 keys = [k for k in keys if str(k).startswith("field-")]
                 if self.only is not None:
                     keys = [k for k in keys if str(k).startswith(f"field-{self.only}-")]
-                if keys:
-                    try:
-                        pid = self.client.run(os.getpid, workers=[addr])[addr]
-                    except Exception:  # noqa: BLE001 - the worker went away meanwhile
-                        continue
+                if keys and addr in pids:
                     if self.only is None:
                         time.sleep(0.3)  # well inside the task (the first one loads the model: seconds)
                     try:
-                        os.kill(pid, signal.SIGKILL)
+                        os.kill(pids.pop(addr), signal.SIGKILL)
                     except ProcessLookupError:
                         continue
                     self.killed.append((addr, str(keys[0])))
@@ -148,15 +159,21 @@ def test_remote_workers_relative_paths_and_a_worker_killed_mid_field(tmp_path, s
                 np.testing.assert_array_equal(got[col], survey_reference[f.name].table[col])
 
         # a field that kills every worker it runs on: restarted once, then recorded failed; the rest complete
-        victim = survey_fields[1].name
+        # (a larger field, so that it is still running when the killer finds it on its second worker)
+        from astrohvae.simulate.io import write_simulation
+
+        big = survey_fields[0].parent / "bigvictim"
+        big.mkdir(exist_ok=True)
+        write_simulation(big, seed=120, size=(768, 768))
+        victim = big.name
         killer = _Killer(cluster.address, only=victim, times=2)
         killer.start()
-        res = run_survey([f.name for f in survey_fields], "out2", weights=str(tiny_weights), scheduler=cluster.address,
-                         **survey_opts)
+        res = run_survey([f.name for f in survey_fields] + [victim], "out2", weights=str(tiny_weights),
+                         scheduler=cluster.address, **survey_opts)
         killer.join(30)
         status = dict(zip(res.table["field"], res.table["status"]))
         assert len(killer.killed) == 2, res.table["field", "status", "error"]
-        assert status == {f.name: "failed" if f.name == victim else "done" for f in survey_fields}
+        assert status == {**{f.name: "done" for f in survey_fields}, victim: "failed"}
         err = dict(zip(res.table["field"], res.table["error"]))[victim]
         assert "worker died 2 times" in err and "\n" not in err
     finally:
@@ -164,13 +181,13 @@ def test_remote_workers_relative_paths_and_a_worker_killed_mid_field(tmp_path, s
 
 
 def test_a_worker_that_cannot_see_a_path_names_itself_and_the_path(tmp_path):
-    from astrohvae.survey import _survey_task
+    from astrohvae.pipeline.survey import survey_task
 
     (tmp_path / "out").mkdir()
-    rec = _survey_task(str(tmp_path / "gone"), str(tmp_path / "out" / "gone.cat.fits"), {"device": "cpu"})
+    rec = survey_task(str(tmp_path / "gone"), str(tmp_path / "out" / "gone.cat.fits"), {"device": "cpu"})
     assert rec["status"] == "failed"
     assert rec["error"].startswith(f"{tmp_path / 'gone'}: not visible on worker ")
-    rec = _survey_task(str(tmp_path), str(tmp_path / "nowhere" / "x.cat.fits"), {"device": "cpu"})
+    rec = survey_task(str(tmp_path), str(tmp_path / "nowhere" / "x.cat.fits"), {"device": "cpu"})
     assert rec["error"].startswith(f"{tmp_path / 'nowhere'}: not visible on worker ")
 
 
@@ -186,7 +203,7 @@ def test_local_cluster_retries_are_dask_allowed_failures(tmp_path, survey_fields
 # ----------------------------------------------------------------------------- HPC batch systems
 def test_slurm_job_script_from_the_documented_options(tmp_path):
     """The README's example: --cluster slurm --cores 8 --memory 32GB --walltime 02:00:00 --queue normal --account astro."""
-    from astrohvae.survey import jobqueue_cluster
+    from astrohvae.pipeline.survey import jobqueue_cluster
 
     cluster = jobqueue_cluster("slurm", cores=8, memory="32GB", walltime="02:00:00", queue="normal",
                                account="astro", python="/opt/venv/bin/python")
@@ -205,7 +222,7 @@ def test_slurm_job_script_from_the_documented_options(tmp_path):
 
 
 def test_jobqueue_options_from_a_dask_config_file(tmp_path, survey_fields):
-    from astrohvae.survey import jobqueue_cluster
+    from astrohvae.pipeline.survey import jobqueue_cluster
 
     cfg = tmp_path / "hpc.yaml"
     cfg.write_text("jobqueue:\n  pbs:\n    cores: 4\n    memory: 8GB\n    walltime: '00:30:00'\n    queue: short\n")
@@ -242,7 +259,7 @@ def test_adjacent_fields_each_overlap_source_is_primary_once(tmp_path, tiny_weig
     from astropy.coordinates import SkyCoord, search_around_sky
     from astropy.table import Table
 
-    from astrohvae.simulate import read_truth
+    from astrohvae.simulate.io import read_truth
 
     res = _cli("simulate", tmp_path / "sky", "--seed", 5150, "--size", "256x256", "--adjacent", 2)
     assert res.exit_code == 0, res.output
@@ -298,7 +315,7 @@ def test_adjacent_fields_each_overlap_source_is_primary_once(tmp_path, tiny_weig
 
 
 def test_primary_flags_known_answer():
-    from astrohvae.survey import edge_distance, primary_flags
+    from astrohvae.pipeline.combine import edge_distance, primary_flags
 
     np.testing.assert_allclose(edge_distance([0, 9, 4.5], [5, 5, 0], (10, 10)), [0.5, 0.5, 0.5])
     one = 1 / 3600.0  # 1 arcsec
@@ -369,7 +386,7 @@ def test_catalogues_of_other_weights_are_made_again(tmp_path, survey_fields, tin
                                                     survey_opts):
     from astropy.io import fits
 
-    from astrohvae.weights import weights_hash
+    from astrohvae.models.weights import weights_hash
 
     out = tmp_path / "o"
     run_survey(survey_fields[:2], out, weights=tiny_weights, processes=False, **survey_opts)
@@ -388,7 +405,7 @@ def test_lock_that_cannot_be_written_is_removed(tmp_path, monkeypatch):
     """The full-disk case without root: the lock's write fails with ENOSPC -> one line, no empty lock."""
     import errno
 
-    from astrohvae import survey
+    import astrohvae.pipeline.survey as survey
     from astrohvae.errors import OutputError
 
     class _Full:

@@ -7,9 +7,8 @@ torch = pytest.importorskip("torch")
 
 from astrohvae.errors import InputError  # noqa: E402
 from astrohvae.models import ConvAE, ConvVAE, LatentVAE  # noqa: E402
-from astrohvae.train import (  # noqa: E402
-    ChunkedSource, apply_batches, fit_ae, fit_latent_vae, fit_vae, get_divergence, make_source,
-)
+from astrohvae.models.engine import ChunkedSource, apply_batches, make_source
+from astrohvae.models.fitting import fit_ae, fit_latent_vae, fit_vae, get_divergence
 
 torch.set_num_threads(1)
 SMALL = dict(channels=(8, 16, 16), batch_size=32, progress=False, device="cpu")
@@ -182,8 +181,8 @@ def test_onecycle_schedule(data):
 # ----------------------------------------------------------------------------- store + CLI
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory):
-    from astrohvae import simulate as sim
-    from astrohvae import store as store_mod
+    import astrohvae.simulate.field as sim
+    import astrohvae.stamps.store as store_mod
 
     fields = [sim.simulate_field(seed, size=(256, 256)).field for seed in (11, 12, 13)]
     path = tmp_path_factory.mktemp("store") / "tiny.zarr"
@@ -196,8 +195,8 @@ def tiny_store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory):
     """Two 640x640 simulated fields: enough bright stars for the shipped recipe's stellar locus."""
-    from astrohvae import simulate as sim
-    from astrohvae import store as store_mod
+    import astrohvae.simulate.field as sim
+    import astrohvae.stamps.store as store_mod
 
     fields = [sim.simulate_field(seed, size=(640, 640)).field for seed in (31, 32)]
     path = tmp_path_factory.mktemp("store") / "small.zarr"
@@ -206,8 +205,10 @@ def small_store(tmp_path_factory):
 
 
 def test_make_estimator_default_is_the_shipped_recipe():
-    from astrohvae.classify import DEFAULT_WEIGHTS, HierarchicalClassifier, load_model
-    from astrohvae.train import make_estimator
+    from astrohvae.classify.base import DEFAULT_WEIGHTS
+    from astrohvae.classify.hierarchical import HierarchicalClassifier
+    from astrohvae.classify.persist import load_model
+    from astrohvae.pipeline.train import make_estimator
 
     est = make_estimator("avr", device="cpu")
     shipped = load_model(DEFAULT_WEIGHTS, device="cpu")
@@ -222,9 +223,9 @@ def test_make_estimator_default_is_the_shipped_recipe():
 
 
 def test_select_training_rows_keeps_bright_sources(tiny_store):
-    from astrohvae.psf import profile_features
-    from astrohvae.store import open_store
-    from astrohvae.train import select_training_rows
+    from astrohvae.morphology.statistics import profile_features
+    from astrohvae.stamps.store import open_store
+    from astrohvae.pipeline.train import select_training_rows
 
     st = open_store(tiny_store)
     fields = np.asarray(st.meta["field"])
@@ -245,10 +246,11 @@ def test_train_cli_default_model_runs_and_hash_matches(small_store, tmp_path):
     from astropy.table import Table
     from click.testing import CliRunner
 
-    from astrohvae.classify import HierarchicalClassifier, load_model
+    from astrohvae.classify.hierarchical import HierarchicalClassifier
+    from astrohvae.classify.persist import load_model
     from astrohvae.cli import main
-    from astrohvae.simulate import write_simulation
-    from astrohvae.weights import weights_hash
+    from astrohvae.simulate.io import write_simulation
+    from astrohvae.models.weights import weights_hash
 
     out = tmp_path / "w"
     res = CliRunner().invoke(main, ["train", str(small_store), "--out", str(out), "--epochs", "1",
@@ -271,9 +273,9 @@ def test_train_cli_default_model_runs_and_hash_matches(small_store, tmp_path):
         assert h[0].header["MODELSHA"] == printed
         assert h[0].header["CLFMETH"] == "A+Vr"
         table = Table(h["CATALOG"].data)
-    from astrohvae.evaluate import binary_metrics
-    from astrohvae.simulate import read_truth
-    from astrohvae.store import match_truth
+    from astrohvae.evaluation.metrics import binary_metrics
+    from astrohvae.simulate.io import read_truth
+    from astrohvae.stamps.store import match_truth
 
     truth, _ = read_truth(field)
     ttype, tmag = match_truth(table, truth)
@@ -291,11 +293,11 @@ def test_train_cli_default_model_runs_and_hash_matches(small_store, tmp_path):
 def test_every_paper_classifier_trains_and_runs(tiny_store, tmp_path, model, extra, method):
     from click.testing import CliRunner
 
-    from astrohvae.classify import load_model
+    from astrohvae.classify.persist import load_model
     from astrohvae.cli import main
     from astrohvae.io.readers import read_field
-    from astrohvae.pipeline import process_field
-    from astrohvae.simulate import write_simulation
+    from astrohvae.pipeline.field import process_field
+    from astrohvae.simulate.io import write_simulation
 
     out = tmp_path / model
     res = CliRunner().invoke(main, ["train", str(tiny_store), "--model", model, *extra, "--out", str(out),
@@ -318,10 +320,10 @@ def test_train_checkpoint_resumes_an_interrupted_training(tiny_store, tmp_path):
     uninterrupted fit, and the finished AE is not trained again; `train --checkpoint` writes there."""
     from click.testing import CliRunner
 
-    from astrohvae.classify import HierarchicalClassifier
+    from astrohvae.classify.hierarchical import HierarchicalClassifier
     from astrohvae.cli import main
-    from astrohvae.store import open_store
-    from astrohvae.train import select_training_rows
+    from astrohvae.stamps.store import open_store
+    from astrohvae.pipeline.train import select_training_rows
 
     st = open_store(tiny_store)
     stamps = st[select_training_rows(st, max_stamps=120)]
@@ -360,7 +362,7 @@ def test_feature_extractor_is_refused_by_run(tiny_store, tmp_path):
     from click.testing import CliRunner
 
     from astrohvae.cli import main
-    from astrohvae.simulate import write_simulation
+    from astrohvae.simulate.io import write_simulation
 
     out = tmp_path / "ae"
     res = CliRunner().invoke(main, ["train", str(tiny_store), "--model", "ae", "--out", str(out), "--epochs", "1",

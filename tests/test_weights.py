@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from astrohvae.errors import InputError  # noqa: E402
 from astrohvae.models import ConvAE, ConvVAE, HierarchicalVAE, LatentVAE  # noqa: E402
-from astrohvae.weights import CONFIG_FILE, WEIGHTS_FILE, load_weights, save_weights, weights_hash  # noqa: E402
+from astrohvae.models.weights import CONFIG_FILE, WEIGHTS_FILE, load_weights, save_weights, weights_hash  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -77,7 +77,7 @@ MEASURE_COLUMNS = (
     + [(f"psf_flux_err_{b}", np.float32) for b in BANDS]
     + [("r_half", np.float32), ("snr", np.float32)]
 )
-"""Measurement columns written after the schema's when the table has them (`astrohvae.measure`)."""
+"""Measurement columns written after the schema's when the table has them (`astrohvae.detection`)."""
 
 FLUX_UNIT_NOTE = "nanomaggy (3.631e-6 Jy; AB mag 22.5)"
 """Fluxes are in nanomaggies.  No FITS unit string equals one (the standard allows only powers

@@ -3,7 +3,7 @@
 One region per source, in world coordinates (ICRS) when the field has a WCS
 (image coordinates otherwise): stars as circles, galaxies as their ellipses,
 in two colours (those of the preview).  The ellipse is the source's Kron
-aperture from the photutils shape columns (`astrohvae.measure`):
+aperture from the photutils shape columns (`astrohvae.detection`):
 semi-axes ``2.5 kron_radius`` times ``semimajor_axis`` / ``semiminor_axis``
 (at least 3 times them), rotated by ``orientation``.  A star's circle has the
 radius ``3 sqrt(semimajor_axis semiminor_axis)`` (at least 3 px).  Each
@@ -24,7 +24,7 @@ __all__ = ["STAR_COLOUR", "GALAXY_COLOUR", "catalog_regions", "write_regions"]
 STAR_COLOUR = "#00e5ff"
 GALAXY_COLOUR = "#ff9f1c"
 KRON_SCALE = 2.5
-"""photutils' Kron aperture scale (`astrohvae.measure.KRON_PARAMS`)."""
+"""photutils' Kron aperture scale (`astrohvae.detection.measure.KRON_PARAMS`)."""
 
 
 def source_ellipses(table):

@@ -1,7 +1,7 @@
-"""Torch modules of astrohvae (no file I/O here; see `astrohvae.weights`).
+"""Torch modules of astrohvae (no file I/O here; see `astrohvae.models`).
 
 `MODEL_REGISTRY` maps the class names written in ``config.json`` to the
-classes `astrohvae.weights.load_weights` may rebuild -- nothing else is ever
+classes `astrohvae.models.weights.load_weights` may rebuild -- nothing else is ever
 instantiated from a weights file.
 """
 

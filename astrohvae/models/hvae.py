@@ -114,7 +114,7 @@ class HierarchicalVAE(nn.Module):
         self.latent_vae = latent_vae
 
     def get_config(self):
-        """Nested constructor description (used by `astrohvae.weights`)."""
+        """Nested constructor description (used by `astrohvae.models`)."""
         return {"ae": {"class": type(self.ae).__name__, "kwargs": self.ae.get_config()},
                 "latent_vae": {"class": type(self.latent_vae).__name__, "kwargs": self.latent_vae.get_config()}}
 

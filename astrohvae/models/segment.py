@@ -21,7 +21,7 @@ Tap names, from input to output, for ``widths=(w0, w1, ..., wL)``::
     out  (C, full res)   -- the reconstruction
 
 Training loops live in ``examples/train_segmenter.py`` and
-`astrohvae.segment`; this module holds no I/O.
+`astrohvae.segmentation`; this module holds no I/O.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class SegmentNet(nn.Module):
         self.out = nn.Conv2d(self.widths[0], in_channels, 1)
 
     def get_config(self):
-        """Constructor keyword arguments (for `astrohvae.weights.save_weights`)."""
+        """Constructor keyword arguments (for `astrohvae.models.weights.save_weights`)."""
         return {"in_channels": self.in_channels, "widths": list(self.widths),
                 "variational": self.variational, "residual": self.residual}
 

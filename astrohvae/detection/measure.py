@@ -5,7 +5,7 @@ Two sources, neither re-implemented here:
 * `photutils_measurements` -- `photutils.segmentation.SourceCatalog` on the
   project's own segmentation and background, in SourceExtractor's dual-image
   mode: the shape and the Kron aperture come from the detection image
-  (`astrohvae.stamps.detection_image`, the inverse-variance weighted g+r+i
+  (`astrohvae.detection.detect.detection_image`, the inverse-variance weighted g+r+i
   mean the centroids ``x, y`` are measured on), the Kron flux of every band
   through that aperture (``detection_catalog=``).  Columns under photutils'
   own names: ``semimajor_axis``, ``semiminor_axis`` (the 1-sigma extent of
@@ -13,10 +13,10 @@ Two sources, neither re-implemented here:
   ``semiminor_sigma``), ``orientation``, ``ellipticity``, ``fwhm``,
   ``kron_radius`` and per band ``kron_flux_<b>``, ``kron_flux_err_<b>``.
 * `stamp_measurements` -- from the 64x64x5 stamps the classifier reads:
-  ``r_half`` and ``snr`` (`astrohvae.psf.profile_features`, the classifier's
+  ``r_half`` and ``snr`` (`astrohvae.morphology.statistics.profile_features`, the classifier's
   own half-light radius and S/N) and per band ``psf_flux_<b>``,
   ``psf_flux_err_<b>``: the amplitude of the field's PSF
-  (`astrohvae.psf.estimate_psf`, the estimate the classifier makes from the
+  (`astrohvae.morphology.psf.estimate_psf`, the estimate the classifier makes from the
   same stamps) fitted to the source.
 
 `measure_catalog` runs both and returns the extra catalogue columns.
@@ -31,14 +31,7 @@ from astropy.table import Table
 
 from astrohvae import BANDS
 
-__all__ = [
-    "KRON_PARAMS",
-    "PHOTUTILS_SHAPE_COLUMNS",
-    "measure_catalog",
-    "photutils_measurements",
-    "psf_photometry",
-    "stamp_measurements",
-]
+__all__ = ['KRON_PARAMS', 'PHOTUTILS_SHAPE_COLUMNS', 'measure_catalog', 'photutils_measurements', 'psf_photometry', 'stamp_measurements']
 
 KRON_PARAMS = (2.5, 1.4, 0.0)
 """photutils' (and SourceExtractor's) Kron parameters: aperture = 2.5 Kron radii, at least 1.4."""
@@ -71,7 +64,7 @@ def photutils_measurements(field, segm, background, detection_bands=("g", "r", "
     field : astrohvae.io.field.Field
     segm : photutils.segmentation.SegmentationImage
         Labels 1..N on the field's grid.
-    background : astrohvae.stamps.Background
+    background : astrohvae.detection.background.Background
     detection_bands : sequence of str
         Bands of the detection image (shape and Kron aperture).
     kron_params : tuple
@@ -89,7 +82,7 @@ def photutils_measurements(field, segm, background, detection_bands=("g", "r", "
     """
     from photutils.segmentation import SourceCatalog
 
-    from astrohvae.stamps import detection_image
+    from astrohvae.detection.detect import detection_image
 
     det, noise = detection_image(field, background, detection_bands)
     det_mask = ~np.isfinite(noise)
@@ -117,7 +110,7 @@ def psf_photometry(stamps, psf_image, radius=PSF_FIT_RADIUS):
     """PSF-fit flux and its error per band.
 
     The band's PSF image (normalised to unit flux) is shifted onto the
-    stamp's g+r+i centroid (`astrohvae.psf.centroids`, as `psf_match` uses),
+    stamp's g+r+i centroid (`astrohvae.morphology.statistics.centroids`, as `psf_match` uses),
     then its amplitude is fitted by least squares over the pixels within ``radius`` that
     are neither another source's nor invalid: ``F = sum(P I) / sum(P^2)``,
     ``sigma_F = sigma_sky / sqrt(sum P^2)``.
@@ -126,7 +119,7 @@ def psf_photometry(stamps, psf_image, radius=PSF_FIT_RADIUS):
     ----------
     stamps : StampSet-like (numpy arrays)
     psf_image : ndarray (B, ny, nx)
-        The field's PSF per band (`astrohvae.psf.PSFModel.image`).
+        The field's PSF per band (`astrohvae.morphology.psf.PSFModel.image`).
     radius : float
         Fit radius in pixels.
 
@@ -135,8 +128,9 @@ def psf_photometry(stamps, psf_image, radius=PSF_FIT_RADIUS):
     flux, err : ndarray (N, B) float32
         NaN in a band with no usable pixel within ``radius``.
     """
-    from astrohvae.preprocess import central_window, clean_gri, clean_stamps
-    from astrohvae.psf import PSF_HALF, radius_grid, centroids, recentre
+    from astrohvae.morphology.psf import PSF_HALF
+    from astrohvae.morphology.statistics import centroids, radius_grid, recentre
+    from astrohvae.stamps.preprocess import central_window, clean_gri, clean_stamps
 
     flux = np.asarray(stamps.flux, dtype=np.float32)
     mask = np.asarray(stamps.mask, dtype=np.uint8)
@@ -174,8 +168,8 @@ def stamp_measurements(stamps, psf=None):
     Parameters
     ----------
     stamps : StampSet-like, possibly dask/zarr-backed (read chunk by chunk)
-    psf : astrohvae.psf.PSFModel or ndarray (B, ny, nx), optional
-        The field's PSF; default `astrohvae.psf.estimate_psf` on ``stamps``
+    psf : astrohvae.morphology.psf.PSFModel or ndarray (B, ny, nx), optional
+        The field's PSF; default `astrohvae.morphology.psf.estimate_psf` on ``stamps``
         (the classifier's estimate).  When it cannot be estimated (too few
         bright sources) the PSF columns are NaN.
 
@@ -186,7 +180,8 @@ def stamp_measurements(stamps, psf=None):
         ``snr`` (g+r+i flux in the own segment over its noise) and per band
         ``psf_flux_<b>``, ``psf_flux_err_<b>`` (nanomaggies).
     """
-    from astrohvae.psf import chunked_statistics, estimate_psf, profile_features, saturated
+    from astrohvae.morphology.psf import estimate_psf, saturated
+    from astrohvae.morphology.statistics import chunked_statistics, profile_features
 
     feat, sat = chunked_statistics(stamps, profile_features, saturated)
     n = len(feat["r_half"])

@@ -35,9 +35,9 @@ from astropy.table import Table
 
 from astrohvae import BANDS, STAMP_SIZE
 from astrohvae.errors import InputError
-from astrohvae.stamps import StampSet, cut_stamps
+from astrohvae.stamps.cutouts import StampSet, cut_stamps
 
-__all__ = ["build_store", "open_store", "StampStore", "match_truth", "STORE_FORMAT"]
+__all__ = ['build_store', 'open_store', 'StampStore', 'match_truth', 'STORE_FORMAT']
 
 STORE_FORMAT = "astrohvae-stamps/1"
 FLUX_CHUNK = 256
@@ -213,7 +213,7 @@ def _find_truth_file(field):
 
 
 def _read_truth(path):
-    from astrohvae.simulate import read_truth
+    from astrohvae.simulate.io import read_truth
 
     return read_truth(path)[0]
 
@@ -274,12 +274,12 @@ class _FieldResult:
 def _process_input(inp, nsigma, segmenter=None):
     """Read one input, find and measure its sources (no store access).
 
-    The sources come from `astrohvae.pipeline.find_sources`, the chain
+    The sources come from `astrohvae.pipeline.field.find_sources`, the chain
     ``astrohvae run`` uses, so the store holds the stamps ``run`` would
     classify.  The stamps themselves are cut later, `CUT_CHUNK` sources at
     a time, so that memory does not grow with the number of sources in a field.
     """
-    from astrohvae.pipeline import find_sources
+    from astrohvae.pipeline.field import find_sources
 
     field = _read(inp)
     bkg, segm, sources = find_sources(field, segmenter=segmenter, nsigma=nsigma)
@@ -370,9 +370,9 @@ def build_store(inputs, out, *, append=True, nsigma=1.5, progress=True, workers=
         discarding rows a killed run left unrecorded).  With False an existing
         store is replaced.
     nsigma : float
-        Detection threshold of the photutils segmenter (`astrohvae.stamps.detect`).
+        Detection threshold of the photutils segmenter (`astrohvae.detection.detect.detect`).
     segmenter : {'auto', 'network', 'photutils'} or object
-        As for ``astrohvae run`` (`astrohvae.pipeline.load_segmenter`); the
+        As for ``astrohvae run`` (`astrohvae.pipeline.loading.load_segmenter`); the
         default is ``run``'s, so the store holds the stamps ``run`` classifies.
     device : str
         Device of the network segmenter.
@@ -399,7 +399,7 @@ def build_store(inputs, out, *, append=True, nsigma=1.5, progress=True, workers=
     from tqdm.auto import tqdm
 
     from astrohvae.io.atomic import check_writable_dir
-    from astrohvae.pipeline import segmenter_name, load_segmenter
+    from astrohvae.pipeline.loading import load_segmenter, segmenter_name
 
     seg = load_segmenter(segmenter, device=device)
     if isinstance(inputs, (str, os.PathLike)):

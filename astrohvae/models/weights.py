@@ -24,7 +24,7 @@ fitted arrays that are not module parameters (a field PSF, colour templates,
 ...) are stored as ``array.<name>``.
 
 This is the one weights format of the project: every estimator that
-``astrohvae train`` makes (`astrohvae.classify.MODELS`) is saved through
+``astrohvae train`` makes (`astrohvae.classify.persist.MODELS`) is saved through
 `save_weights` and identified by `weights_hash` -- the value ``train``
 prints and a catalogue records as ``MODELSHA``.
 """
@@ -42,8 +42,7 @@ from astrohvae import __version__
 from astrohvae.errors import InputError, OutputError
 from astrohvae.io.atomic import atomic_path
 
-__all__ = ["save_weights", "load_weights", "weights_hash", "build_module", "module_spec",
-           "WEIGHTS_FILE", "CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "ARRAY_PREFIX", "MAX_PARAMETERS"]
+__all__ = ['save_weights', 'load_weights', 'weights_hash', 'build_module', 'module_spec', 'WEIGHTS_FILE', 'CONFIG_FILE', 'FORMAT', 'FORMAT_VERSION', 'ARRAY_PREFIX', 'MAX_PARAMETERS']
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

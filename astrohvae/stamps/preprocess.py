@@ -1,6 +1,6 @@
 """What the networks see: stamp representations.
 
-A *representation* turns a `~astrohvae.stamps.StampSet` (fluxes in
+A *representation* turns a `~astrohvae.stamps.cutouts.StampSet` (fluxes in
 nanomaggies, masks, per-band sky noise) into the float32 array
 ``(N, 5, 64, 64)`` a network is trained on.  Every model saves the name of its
 representation in its configuration, so that the same transformation is
@@ -39,21 +39,7 @@ from astrohvae.conventions import GRI as _GRI
 from astrohvae.conventions import MASK_INVALID, MASK_OTHER, MASK_OWN
 from astrohvae.photometry import luptitude
 
-__all__ = [
-    "REPRESENTATIONS",
-    "DEFAULT_REPRESENTATION",
-    "network_input",
-    "source_flux",
-    "clean_stamps",
-    "clean_gri",
-    "band_valid",
-    "crop_window",
-    "CleanCache",
-    "reuse_cleaned",
-    "SOURCE_SCALE",
-    "ASINH_SOFT",
-]
-
+__all__ = ['REPRESENTATIONS', 'DEFAULT_REPRESENTATION', 'network_input', 'source_flux', 'clean_stamps', 'clean_gri', 'band_valid', 'crop_window', 'CleanCache', 'reuse_cleaned', 'SOURCE_SCALE', 'ASINH_SOFT']
 
 SOURCE_SCALE = 10.0
 """Multiplier applied after dividing by the source flux (a PSF of FWHM ~1.4"
@@ -85,7 +71,7 @@ def band_valid(flux, mask):
     A stamp has one mask plane: its bit 4 (`MASK_INVALID`) marks a pixel that
     is invalid in *some* band (off the field, masked, or in the edge strip
     that a band offset from r along the scan does not cover), and
-    `astrohvae.stamps.cut_stamps` writes 0 into the bands that have no data
+    `astrohvae.stamps.cutouts.cut_stamps` writes 0 into the bands that have no data
     there.  A pixel is valid in band b unless its flux is not finite, or bit 4
     is set and its band-b flux is exactly 0 (a background-subtracted measured
     pixel is never exactly 0).  Pixels without bit 4 are valid in every band.
@@ -137,7 +123,7 @@ def clean_stamps(flux, mask, window=None, per_band=False):
 class CleanCache:
     """The last `clean_stamps` / `clean_gri` result of each kind, keyed by the identity of the input arrays.
 
-    Only active inside `reuse_cleaned` (`astrohvae.psf.chunked_statistics`
+    Only active inside `reuse_cleaned` (`astrohvae.morphology.statistics.chunked_statistics`
     opens one around each chunk, so the statistics of one pass clean a chunk
     once); outside it every call computes afresh, and nothing outlives the pass.
     """
@@ -207,7 +193,7 @@ def _gri(flux, mask):
 
 
 CLEAN_CACHE_BYTES = 1 << 28
-"""`clean_stamps` results up to 256 MB (about 3200 stamps: one `astrohvae.psf.CHUNK`) are remembered."""
+"""`clean_stamps` results up to 256 MB (about 3200 stamps: one `astrohvae.morphology.statistics.CHUNK`) are remembered."""
 
 
 def central_window(ny, nx, h):

@@ -16,11 +16,12 @@ import numpy as np
 
 from astrohvae.errors import OutputError
 from astrohvae.io.atomic import atomic_path
+from astrohvae.io.ds9 import (  # noqa: E402 - one owner of the colours
+    GALAXY_COLOUR,
+    STAR_COLOUR,
+)
 
-__all__ = ["colour_image", "is_simulated", "write_preview"]
-
-from astrohvae.io.ds9 import GALAXY_COLOUR, STAR_COLOUR  # noqa: E402 - one owner of the colours
-
+__all__ = ['colour_image', 'is_simulated', 'write_preview']
 
 def is_simulated(field):
     """True when ``field`` was made by `astrohvae.simulate` (in memory, or read from its frames)."""
@@ -67,7 +68,7 @@ def write_preview(path, field, table, *, title=None, max_width_px=2048, marker_s
         The field (aligned bands).
     table : astropy.table.Table
         Catalogue with ``x``, ``y`` (0-based) and ``class`` (and the shape
-        columns of `astrohvae.measure`; without them every source gets a
+        columns of `astrohvae.detection`; without them every source gets a
         3-pixel circle).
     title : str, optional
         Figure title ("simulated" is added for a simulated field).

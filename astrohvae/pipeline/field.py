@@ -10,20 +10,18 @@
 
 ``run_field`` reads the input, calls it, writes the catalogue atomically (and
 optionally a preview PNG).  Many fields on dask.distributed:
-`astrohvae.survey.run_survey`.
+`astrohvae.pipeline.survey.run_survey`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import sys
 import tempfile
-import threading
 import time
 import warnings
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 
 import numpy as np
@@ -31,28 +29,23 @@ from astropy.table import Table
 
 from astrohvae import BANDS, STAMP_SIZE
 from astrohvae.conventions import FLAG_MASKED
-from astrohvae.errors import AstroHVAEError, InputError, OutputError
+from astrohvae.errors import InputError, OutputError
 from astrohvae.io.atomic import check_output
 from astrohvae.io.catalog import Z_AE_DIM, conform_table, empty_table, write_catalog
 from astrohvae.io.field import Field
+from astrohvae.pipeline.inputs import (
+    DEFAULT_NSIGMA,
+    check_field,
+    check_nsigma,
+    field_name,
+    input_paths,
+    one_line,
+    read_input,
+)
+from astrohvae.pipeline.loading import load_classifier, load_segmenter, segmenter_name
 
-__all__ = [
-    "FieldProducts",
-    "check_field",
-    "input_paths",
-    "RunResult",
-    "example_field",
-    "field_name",
-    "load_classifier",
-    "load_segmenter",
-    "process_field",
-    "read_input",
-    "run_field",
-]
+__all__ = ['FieldProducts', 'RunResult', 'process_field', 'run_field']
 
-DEFAULT_NSIGMA = 1.5
-EXAMPLE_SEED = 2024
-EXAMPLE_SIZE = (1024, 744)
 CUT_CHUNK = 2048
 """Sources per `cut_stamps` call (bounds the stamps held in memory at once)."""
 
@@ -129,205 +122,6 @@ class RunResult:
         }
 
 
-# ----------------------------------------------------------------------------- model loading
-_MODEL_CACHE = {}
-_CACHE_LOCK = threading.RLock()
-
-
-def load_classifier(weights=None, device="auto"):
-    """The classifier for ``weights`` (None: the shipped default), cached per process.
-
-    The cache key is the weights folder and device, so a survey worker loads
-    the model once however many fields it processes.
-    """
-    key = ("clf", _weights_key(weights), device)
-    with _CACHE_LOCK:
-        return _classifier_cached(key, weights, device)
-
-
-def _weights_key(weights):
-    """Folder + size/mtime of its files: a rewritten weights folder is loaded afresh."""
-    if weights is None:
-        return None
-    p = Path(weights).resolve()
-    stats = []
-    if p.is_dir():
-        for f in sorted(p.iterdir()):
-            with contextlib.suppress(OSError):
-                st = f.stat()
-                stats.append((f.name, st.st_size, st.st_mtime_ns))
-    return (str(p), tuple(stats))
-
-
-def _classifier_cached(key, weights, device):
-    if key not in _MODEL_CACHE:
-        from astrohvae import classify
-
-        if weights is None:
-            clf = classify.load_default_classifier(device=device)
-        else:
-            wpath = Path(weights)
-            if not wpath.exists():
-                raise InputError(wpath, "weights folder not found")
-            clf = _load_classifier_from(wpath, device)
-        _MODEL_CACHE[key] = clf
-    return _MODEL_CACHE[key]
-
-
-def _load_classifier_from(path, device):
-    """Load the estimator of a weights folder (`astrohvae.classify.load_model`) and check it classifies.
-
-    Loading reads ``config.json`` (JSON) and ``model.safetensors`` (tensors
-    only), so nothing in the folder is ever executed.  A folder that holds a
-    feature extractor (``astrohvae train --model ae``) is refused in one line.
-    """
-    from astrohvae.classify import load_model
-
-    est = load_model(path, device=device)
-    if not callable(getattr(est, "predict_proba", None)):
-        raise InputError(path, f"holds a {est.method} model, a feature extractor without classes; "
-                               "train a classifier for 'run' (astrohvae train STORE --out W, or --model "
-                               "hvae/vae/vae-revised)")
-    return est
-
-
-def load_segmenter(segmenter="auto", device="auto", isophote=None):
-    """Resolve ``segmenter`` to an object with ``segment(field, background)``, or None.
-
-    ``'auto'``: the shipped network segmenter when its weights exist, else the
-    photutils baseline (None).  ``'network'``: the network, an error when
-    unavailable.  ``'photutils'``: None (the baseline `astrohvae.stamps.detect`).
-    Any other object is returned as is.  ``isophote``: the network's
-    footprint level in r sky sigma (None: its default, 0.5).
-    """
-    if segmenter is None or segmenter == "photutils":
-        return None
-    if not isinstance(segmenter, str):
-        return segmenter
-    if segmenter not in ("auto", "network"):
-        raise ValueError(f"unknown segmenter {segmenter!r}; use 'auto', 'network' or 'photutils'")
-    key = ("seg", device, isophote)
-    with _CACHE_LOCK:
-        if key not in _MODEL_CACHE:
-            _MODEL_CACHE[key] = _load_default_segmenter(device, required=segmenter == "network", isophote=isophote)
-    seg = _MODEL_CACHE[key]
-    if seg is None and segmenter == "network":
-        raise InputError("astrohvae/data", "no network segmenter weights are installed")
-    return seg
-
-
-def _load_default_segmenter(device, required, isophote=None):
-    """The shipped network segmenter; None when it is not installed (unless ``required``)."""
-    from astrohvae.segment import WEIGHTS_DIR, load_default_segmenter
-
-    try:
-        return load_default_segmenter(device=device, **({} if isophote is None else {"isophote": float(isophote)}))
-    except InputError as exc:
-        if required or Path(exc.path).exists():  # installed but unreadable: say so
-            raise
-        return None
-    except Exception as exc:  # noqa: BLE001 - broken shipped weights: one line, not a traceback
-        raise InputError(WEIGHTS_DIR, _one_line(f"cannot load the segmenter ({type(exc).__name__}: {exc})", 200))
-
-
-def segmenter_name(seg):
-    if seg is None:
-        return "photutils"
-    return str(getattr(seg, "method", None) or getattr(seg, "variant", None) or "network")
-
-
-# ----------------------------------------------------------------------------- inputs
-_FITS_SUFFIX = re.compile(r"(\.fits|\.fit|\.fts)(\.bz2|\.gz|\.fz)?$", re.IGNORECASE)
-
-
-def field_name(path):
-    """Short name of a field input, known without reading it.
-
-    A folder gives its own name (``001035-6-0017``); an SDSS frame gives
-    ``RUN-CAMCOL-FIELD``; any other file its name without the FITS suffixes.
-    """
-    p = Path(str(path))
-    m = re.match(r"frame-[ugriz]-(\d{6}-\d-\d{4})", p.name)
-    if m:
-        return m.group(1)
-    if p.is_dir():
-        return p.resolve().name
-    return _FITS_SUFFIX.sub("", p.name) or p.name
-
-
-def read_input(path, threads=None):
-    """``read_field(path, threads=threads)`` with every failure turned into a one-line `InputError`."""
-    from astrohvae.io.readers import read_field
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            field = read_field(path, threads=threads)
-    except AstroHVAEError:
-        raise
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a reader bug or odd file is still bad input
-        raise InputError(path, _one_line(f"cannot read field ({type(exc).__name__}: {exc})"))
-    return field
-
-
-def input_paths(path):
-    """The existing paths an input argument names (a path, a glob pattern or a list of them)."""
-    import glob as _glob
-
-    items = [path] if isinstance(path, (str, os.PathLike)) else list(path or [])
-    found = []
-    for item in items:
-        text = os.fspath(item)
-        if os.path.lexists(text):
-            found.append(Path(text))
-        else:
-            found.extend(Path(m) for m in sorted(_glob.glob(text)))
-    return found
-
-
-def _check_nsigma(nsigma):
-    """A detection threshold must be a finite number > 0."""
-    try:
-        ok = np.isfinite(float(nsigma)) and float(nsigma) > 0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise InputError("--nsigma", f"{nsigma!r} is not a finite number > 0")
-
-
-def _one_line(text, limit=300):
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def example_field(seed=EXAMPLE_SEED, size=EXAMPLE_SIZE):
-    """The embedded example: a simulated SDSS-like field made with a fixed seed."""
-    from astrohvae.simulate import simulate_field
-
-    sim = simulate_field(seed, size=size)
-    return sim.field
-
-
-MIN_FIELD_SIDE = STAMP_SIZE
-"""Smallest field side (pixels) `run_field` accepts: one stamp (the segmenter's windows need it)."""
-
-
-def check_field(field, path):
-    """Raise `InputError` (naming ``path``) unless ``field`` is five bands of at least `MIN_FIELD_SIDE` px with valid pixels."""
-    if field.data.ndim != 3 or field.data.shape[0] != len(BANDS):
-        raise InputError(path, f"expected {len(BANDS)} bands, got array of shape {field.data.shape}")
-    if field.data.shape[1] < MIN_FIELD_SIDE or field.data.shape[2] < MIN_FIELD_SIDE:
-        raise InputError(path, f"field of {field.data.shape[2]}x{field.data.shape[1]} pixels is too small "
-                               f"(at least {MIN_FIELD_SIDE}x{MIN_FIELD_SIDE}, one stamp)")
-    if field.mask.all():
-        raise InputError(path, "no valid pixels (all NaN/inf or masked)")
-    ref = field.mask[field.ref_index]
-    if ref.all():
-        raise InputError(path, "reference band r has no valid pixels")
-
-
 # ----------------------------------------------------------------------------- the core
 def _relabel(segm_data, ids):
     """Segmentation relabelled so that ``ids[k]`` becomes k+1; other labels -> 0."""
@@ -362,12 +156,12 @@ def _masked_flags(segmap, mask, n, grow=MASK_GROW):
 
 def make_classmap(segmap, classes):
     """uint8 map: 0 sky, 1 star, 2 galaxy, from a segmap with labels 1..N and N class names."""
-    from astrohvae.segment import classmap
+    from astrohvae.segmentation.classmap import classmap
 
     return classmap(segmap, np.arange(1, len(classes) + 1), classes)
 
 
-def _stamp_store(field, segm, sources, background, batch_size, workdir, stamps_mod):
+def stamp_store(field, segm, sources, background, batch_size, workdir, stamps_mod):
     """Cut stamps chunk by chunk into a zarr store; return dask arrays + meta."""
     import dask.array as da
     import zarr
@@ -426,9 +220,9 @@ def _classify_field(clf, dflux, dmask, dsky, meta, stamps_mod, batch_size):
     f, m, s = ([dflux] + bufs) if lazy else bufs
     st = stamps_mod.StampSet(flux=f, mask=m, sky_sigma=s, meta=meta)
     try:
-        p, lat = _predict(clf, st, batch_size)
+        p, lat = predict_classes(clf, st, batch_size)
     except (RuntimeError, ValueError, KeyError, IndexError) as exc:
-        raise ClassifierFailure(_one_line(f"{type(exc).__name__}: {exc}", 160)) from exc
+        raise ClassifierFailure(one_line(f"{type(exc).__name__}: {exc}", 160)) from exc
     p = np.asarray(p, dtype=np.float32).reshape(-1)
     return p, {k: np.asarray(v, dtype=np.float32) for k, v in lat.items()}, m
 
@@ -437,7 +231,7 @@ class ClassifierFailure(RuntimeError):
     """The classifier could not run on the stamps (weights that do not fit this code)."""
 
 
-def _predict(clf, stamps, batch_size=256):
+def predict_classes(clf, stamps, batch_size=256):
     """p_galaxy and latents (one network pass when the classifier offers it)."""
     both = getattr(clf, "predict_proba_transform", None)
     if callable(both):
@@ -471,35 +265,37 @@ def find_sources(field, *, segmenter=None, nsigma=DEFAULT_NSIGMA, steps=None):
     segmenter : object or None
         ``segment(field, background) -> SegmentationImage or None`` (see
         `load_segmenter`); None uses the photutils baseline
-        `astrohvae.stamps.detect` at ``nsigma``.
+        `astrohvae.detection.detect.detect` at ``nsigma``.
     nsigma : float
     steps : _Steps or None
         Timings of the ``background``, ``segment`` and ``measure`` steps.
 
     Returns
     -------
-    background : astrohvae.stamps.Background
+    background : astrohvae.detection.background.Background
     segm : SegmentationImage or None
         Labels 1..N, equal to the ``id`` column of ``sources``.
     sources : astropy.table.Table or None
-        `astrohvae.stamps.measure_sources`; None when nothing was found.
+        `astrohvae.detection.sources.measure_sources`; None when nothing was found.
     """
-    from astrohvae import stamps as stamps_mod
+    from astrohvae.detection.background import estimate_background
+    from astrohvae.detection.detect import detect
+    from astrohvae.detection.sources import measure_sources
 
     t = steps if steps is not None else _Steps()
     t.start()
-    background = stamps_mod.estimate_background(field)
+    background = estimate_background(field)
     t.stop("background")
     t.start()
     segm = segmenter.segment(field, background) if segmenter is not None else None
     if segmenter is None:
-        segm = stamps_mod.detect(field, background, nsigma=nsigma)
+        segm = detect(field, background, nsigma=nsigma)
     t.stop("segment")
     if segm is None or getattr(segm, "n_labels", 0) == 0:
         return background, None, None
     t.start()
     segm.relabel_consecutive()
-    sources = stamps_mod.measure_sources(field, segm, background)
+    sources = measure_sources(field, segm, background)
     ids = np.asarray(sources["id"], dtype=np.int64)
     if not np.array_equal(ids, np.arange(1, len(ids) + 1)) or len(ids) != segm.n_labels:
         order = np.argsort(ids, kind="stable")
@@ -526,7 +322,7 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
         ``z_ae``, ``z_hvae``, ``z_hvae_sigma``), ``weights_hash`` and ``method``.
     segmenter : object or None
         ``segment(field, background) -> SegmentationImage or None``; None
-        uses the photutils baseline `astrohvae.stamps.detect` at ``nsigma``.
+        uses the photutils baseline `astrohvae.detection.detect.detect` at ``nsigma``.
     nsigma : float
         Detection threshold of the baseline, in background sigma.
     batch_size : int
@@ -543,7 +339,7 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
         header keywords and per-step timings.  A field without sources gives
         a valid zero-row result.
     """
-    from astrohvae import stamps as stamps_mod
+    import astrohvae.stamps.cutouts as stamps_mod
 
     t = _Steps(on_step)
     with warnings.catch_warnings():
@@ -551,7 +347,7 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
         background, segm, sources = find_sources(field, segmenter=segmenter, nsigma=nsigma, steps=t)
         header = {
             "FIELD": field.name or "",
-            # sha256 of the weights' config.json (`astrohvae.weights.weights_hash`, what 'train' prints);
+            # sha256 of the weights' config.json (`astrohvae.models.weights.weights_hash`, what 'train' prints);
             # 64 characters leave no room for a comment on the card
             "MODELSHA": str(getattr(classifier, "weights_hash", "unknown")),
             "CLFMETH": (str(getattr(classifier, "method", type(classifier).__name__)), "classifier method"),
@@ -562,7 +358,7 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
             "FLUXTYPE": ("segment", "flux_* summed over the source segment"),
             "INFILE": [Path(f).name for f in field.files] or [field.name or "in-memory"],
         }
-        from astrohvae.preview import is_simulated
+        from astrohvae.viz.preview import is_simulated
 
         if is_simulated(field):
             header["SIMULATE"] = (True, "input frames made by astrohvae.simulate")
@@ -575,7 +371,7 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
         t.start()
         tmp_ctx = tempfile.TemporaryDirectory(prefix="astrohvae-stamps-", dir=workdir)
         with tmp_ctx as tmp:
-            dflux, dmask, dsky, meta = _stamp_store(field, segm, sources, background, batch_size, tmp,
+            dflux, dmask, dsky, meta = stamp_store(field, segm, sources, background, batch_size, tmp,
                                                     stamps_mod)
             t.stop("stamps")
             t.start()
@@ -583,7 +379,7 @@ def process_field(field, classifier, *, segmenter=None, nsigma=DEFAULT_NSIGMA, b
             masks = (stamp_mask & 1).astype(np.uint8)
             t.stop("classify")
             t.start()
-            from astrohvae.measure import measure_catalog
+            from astrohvae.detection.measure import measure_catalog
 
             extra = measure_catalog(field, segm, background,
                                     stamps_mod.StampSet(dflux, stamp_mask, np.asarray(dsky), meta))
@@ -697,7 +493,7 @@ def run_field(path, out=None, *, weights=None, device="auto", batch_size=256, pr
         check_output(png, inputs=inputs, kind="png", overwrite=overwrite)
     if regions:
         check_output(regions_path(out), inputs=inputs, kind="text", overwrite=overwrite)
-    _check_nsigma(nsigma)
+    check_nsigma(nsigma)
 
     from tqdm.auto import tqdm
 
@@ -734,7 +530,7 @@ def _run_field(path, field, label, name, out, png, weights, device, batch_size, 
         prod = process_field(field, clf, segmenter=seg, nsigma=nsigma, batch_size=batch_size, workdir=None,
                              on_step=on_step)
     except ClassifierFailure as exc:
-        from astrohvae.classify import DEFAULT_WEIGHTS
+        from astrohvae.classify.base import DEFAULT_WEIGHTS
 
         where = weights if weights is not None else DEFAULT_WEIGHTS
         raise InputError(where, f"weights do not fit this version of the classifier ({exc})") from None
@@ -752,7 +548,7 @@ def _run_field(path, field, label, name, out, png, weights, device, batch_size, 
         write_regions(regions_path(out), prod.table, field.wcs)
         timings["regions"] = time.perf_counter() - t1
     if png is not None:
-        from astrohvae.preview import write_preview
+        from astrohvae.viz.preview import write_preview
 
         t1 = time.perf_counter()
         png.parent.mkdir(parents=True, exist_ok=True)

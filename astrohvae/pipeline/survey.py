@@ -1,4 +1,4 @@
-"""Many fields on dask.distributed: ``run_survey`` maps `astrohvae.pipeline.run_field` over them.
+"""Many fields on dask.distributed: ``run_survey`` maps `astrohvae.pipeline.field.run_field` over them.
 
 The model is loaded once per worker process, a bounded number of fields is in
 flight, and the output folder is resumable:
@@ -37,12 +37,12 @@ from astropy.table import Table
 from astrohvae import __version__
 from astrohvae.errors import AstroHVAEError, InputError, OutputError
 from astrohvae.io.atomic import atomic_path
-from astrohvae.pipeline import (DEFAULT_NSIGMA, _one_line, default_output, field_name, load_classifier,
-                                load_segmenter, run_field)
+from astrohvae.pipeline.combine import COMBINED_STEM, combine_catalogues
+from astrohvae.pipeline.field import default_output, run_field
+from astrohvae.pipeline.inputs import DEFAULT_NSIGMA, field_name, one_line
+from astrohvae.pipeline.loading import load_classifier, load_segmenter
 
-__all__ = ["SurveyResult", "combine_catalogues", "connect", "cost_hint", "edge_distance", "jobqueue_cluster",
-           "primary_flags", "run_survey"]
-
+__all__ = ['SurveyResult', 'connect', 'cost_hint', 'jobqueue_cluster', 'run_survey']
 
 # ----------------------------------------------------------------------------- cost hint
 def _primary_header(path, max_blocks=40):
@@ -163,7 +163,7 @@ def _visible(inp):
     return os.path.exists(os.path.dirname(inp) if glob.has_magic(inp) else inp)
 
 
-def _survey_task(inp, out, opts):
+def survey_task(inp, out, opts):
     """One survey field on a worker; never raises (failures are returned)."""
     t0, c0, started = time.perf_counter(), time.process_time(), time.time()
     name = field_name(inp)
@@ -191,9 +191,9 @@ def _survey_task(inp, out, opts):
         rec = {"status": "done", "rows": res.rows, "n_star": res.n_star, "n_galaxy": res.n_galaxy,
                "error": "", "timings": {k: round(v, 3) for k, v in res.timings.items()}}
     except AstroHVAEError as exc:
-        rec = {"status": "failed", "error": _one_line(str(exc))}
+        rec = {"status": "failed", "error": one_line(str(exc))}
     except Exception as exc:  # noqa: BLE001 - one bad field must not stop the survey
-        rec = {"status": "failed", "error": _one_line(f"{inp}: {type(exc).__name__}: {exc}")}
+        rec = {"status": "failed", "error": one_line(f"{inp}: {type(exc).__name__}: {exc}")}
     rec.update({"field": name, "input": str(inp), "catalog": str(out),
                 "seconds": round(time.perf_counter() - t0, 3),
                 "cpu_seconds": round(time.process_time() - c0, 3),  # the worker process, all its threads
@@ -352,7 +352,7 @@ def connect(address, timeout=DEFAULT_CONNECT_TIMEOUT):
     try:
         return Client(address, timeout=float(timeout))
     except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ValueError of a bad address
-        reason = _one_line(f"{type(exc).__name__}: {exc}", 160)
+        reason = one_line(f"{type(exc).__name__}: {exc}", 160)
         raise InputError(address, f"cannot reach the dask scheduler within {timeout:g} s ({reason})") from None
     finally:
         for lg, lv in zip(quiet, levels):
@@ -400,7 +400,7 @@ def jobqueue_cluster(kind, *, cores=None, memory=None, walltime=None, queue=None
         try:
             loaded = dask.config.collect(paths=[str(cfg_path)], env={})
         except Exception as exc:  # noqa: BLE001 - YAML errors
-            raise InputError(cfg_path, _one_line(f"not a dask YAML config ({type(exc).__name__}: {exc})", 200))
+            raise InputError(cfg_path, one_line(f"not a dask YAML config ({type(exc).__name__}: {exc})", 200))
         dask.config.update(dask.config.config, loaded, priority="new")
     else:
         cores = 1 if cores is None else cores
@@ -418,13 +418,13 @@ def jobqueue_cluster(kind, *, cores=None, memory=None, walltime=None, queue=None
     try:
         return cls(**{k: v for k, v in kw.items() if v is not None})
     except ValueError as exc:
-        raise InputError("--cluster", _one_line(str(exc), 200)) from None
+        raise InputError("--cluster", one_line(str(exc), 200)) from None
 
 
 def _expected_modelsha(weights):
     """sha256 of the classifier weights a catalogue made now would carry (MODELSHA), or None."""
-    from astrohvae.classify import DEFAULT_WEIGHTS
-    from astrohvae.weights import weights_hash
+    from astrohvae.classify.base import DEFAULT_WEIGHTS
+    from astrohvae.models.weights import weights_hash
 
     try:
         return weights_hash(weights if weights is not None else DEFAULT_WEIGHTS)
@@ -505,7 +505,7 @@ def run_survey(inputs, out_dir, *, scheduler=None, workers=None, weights=None, d
     regions : bool
         Also write ``<field>.cat.reg`` (DS9 regions) beside each catalogue.
     isophote : float, optional
-        Footprint level of the network segmenter (see `astrohvae.pipeline.run_field`).
+        Footprint level of the network segmenter (see `astrohvae.pipeline.field.run_field`).
 
     Returns
     -------
@@ -646,7 +646,7 @@ def _client(scheduler, cluster, jobs, workers, threads_per_worker, processes, me
         cluster.scale(jobs=int(jobs))
         client = Client(cluster)
     else:
-        with dask.config.set({**sched_cfg, "distributed.nanny.pre-spawn-environ": _worker_environ(),
+        with dask.config.set({**sched_cfg, "distributed.nanny.pre-spawn-environ": worker_environ(),
                               "distributed.worker.memory.monitor-interval": "1s",
                               "distributed.admin.system-monitor.interval": "2s"}):
             own = LocalCluster(n_workers=int(workers or 1), threads_per_worker=threads_per_worker,
@@ -681,7 +681,7 @@ def _run_tasks(client, todo, opts, records, ledger, ledger_path, allowed_failure
         if nxt is None:
             return False
         name, inp, out = nxt
-        fut = client.submit(_survey_task, inp, str(out), opts, key=f"field-{name}-{time.time_ns()}", pure=False)
+        fut = client.submit(survey_task, inp, str(out), opts, key=f"field-{name}-{time.time_ns()}", pure=False)
         inputs_of[fut.key] = (name, inp, out)
         ac.add(fut)
         return True
@@ -702,7 +702,7 @@ def _run_tasks(client, todo, opts, records, ledger, ledger_path, allowed_failure
         except Exception as exc:  # noqa: BLE001 - KilledWorker: it killed every worker it ran on
             times = "too many" if allowed_failures is None else allowed_failures + 1
             rec = {"status": "failed", "field": name, "input": inp, "catalog": str(out),
-                   "error": _one_line(f"{inp}: its worker died {times} times (killed, e.g. out "
+                   "error": one_line(f"{inp}: its worker died {times} times (killed, e.g. out "
                                       f"of memory): {type(exc).__name__}: {exc}")}
         fut.release()
         records[rec["field"]] = rec
@@ -740,7 +740,7 @@ def _scheduler_allowed_failures(client):
         return None
 
 
-def _worker_environ():
+def worker_environ():
     """Environment of the LocalCluster's worker processes: dask's, without MALLOC_TRIM_THRESHOLD_.
 
     dask sets ``MALLOC_TRIM_THRESHOLD_=65536`` in its workers to hand freed
@@ -779,124 +779,3 @@ def _progress(total, enabled):
 
     return tqdm(total=total, desc="fields", unit="field", file=sys.stderr, disable=not enabled,
                 dynamic_ncols=True)
-
-
-# ----------------------------------------------------------------------------- one survey catalogue
-COMBINED_STEM = "survey-catalogue"
-"""`combine_catalogues` writes ``OUT/survey-catalogue.parquet`` and ``OUT/survey-catalogue.fits``."""
-MATCH_RADIUS = 1.0
-"""Arcseconds within which two fields' detections are one source (2.5 SDSS pixels)."""
-
-
-def edge_distance(x, y, shape):
-    """Pixels from ``(x, y)`` (0-based) to the nearest edge of a field of ``shape`` (ny, nx)."""
-    ny, nx = shape
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    return np.minimum(np.minimum(x + 0.5, nx - 0.5 - x), np.minimum(y + 0.5, ny - 0.5 - y))
-
-
-def primary_flags(ra, dec, field, edge, radius=MATCH_RADIUS):
-    """True for the detection of each source that counts once in a survey.
-
-    Detections of two fields within ``radius`` arcsec of each other are the
-    same source, seen in the strip the fields share; the one farther from its
-    own field's edge (``edge``) is primary (ties: the smaller field name).
-    Detections without a position (NaN) are primary.
-
-    Parameters
-    ----------
-    ra, dec : array_like
-        Degrees.
-    field : array_like of str
-        The field of each detection.
-    edge : array_like
-        Distance of each detection from its field's edge (`edge_distance`).
-    radius : float
-        Match radius in arcsec.
-
-    Returns
-    -------
-    numpy.ndarray of bool
-    """
-    from astropy import units as u
-    from astropy.coordinates import SkyCoord, search_around_sky
-
-    ra, dec = np.asarray(ra, float), np.asarray(dec, float)
-    field, edge = np.asarray(field).astype(str), np.asarray(edge, float)
-    primary = np.ones(len(ra), bool)
-    ok = np.flatnonzero(np.isfinite(ra) & np.isfinite(dec))
-    if len(ok) < 2 or len(np.unique(field[ok])) < 2:
-        return primary
-    c = SkyCoord(ra[ok] * u.deg, dec[ok] * u.deg)
-    i, j, _, _ = search_around_sky(c, c, radius * u.arcsec)
-    i, j = ok[i], ok[j]
-    other = field[i] != field[j]
-    i, j = i[other], j[other]
-    # j beats i: farther from its edge, or as far and the smaller field name
-    beaten = (edge[j] > edge[i]) | ((edge[j] == edge[i]) & (field[j] < field[i]))
-    primary[i[beaten]] = False
-    return primary
-
-
-def _field_table(path):
-    """A per-field catalogue's rows with ``field`` and ``edge_dist`` columns."""
-    from astropy.io import fits
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with fits.open(path, memmap=False) as hdul:
-            tab = Table.read(hdul["CATALOG"], unit_parse_strict="silent")
-            shape = (int(hdul["SEGMAP"].header["NAXIS2"]), int(hdul["SEGMAP"].header["NAXIS1"]))
-    if "class" in tab.colnames and tab["class"].dtype.kind == "S":
-        tab["class"] = tab["class"].astype(str)
-    name = Path(path).name[: -len(".cat.fits")]
-    tab.add_column(np.full(len(tab), name), name="field", index=0)
-    tab["edge_dist"] = edge_distance(tab["x"], tab["y"], shape).astype(np.float32)
-    return tab
-
-
-def combine_catalogues(out_dir, catalogues=None, radius=MATCH_RADIUS):
-    """One survey catalogue from the per-field catalogues of a survey folder.
-
-    Every row of every complete ``OUT/*.cat.fits`` (or of ``catalogues``)
-    with a ``field`` column, ``edge_dist`` (pixels from its field's edge) and
-    ``primary`` (`primary_flags`: a source seen by two overlapping fields is
-    primary once).  Written atomically to ``OUT/survey-catalogue.parquet``
-    (pyarrow) and ``OUT/survey-catalogue.fits``.
-
-    Returns
-    -------
-    dict
-        ``parquet``, ``fits`` (paths), ``fields``, ``rows``, ``primary``.
-    """
-    from astropy.table import vstack
-
-    from astrohvae.io.catalog import is_complete
-
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise InputError(out_dir, "not a survey output folder")
-    if catalogues is None:
-        catalogues = [p for p in sorted(out_dir.glob("*.cat.fits")) if not p.name.startswith(".")]
-    catalogues = [Path(p) for p in catalogues if is_complete(p)]
-    if not catalogues:
-        raise InputError(out_dir, "holds no complete <field>.cat.fits catalogue to combine")
-    tables = [_field_table(p) for p in catalogues]
-    try:
-        tab = vstack(tables, join_type="exact", metadata_conflicts="silent")
-    except Exception as exc:  # noqa: BLE001 - catalogues of different shapes (latent dims, versions)
-        raise InputError(out_dir, _one_line(f"catalogues do not stack ({type(exc).__name__}: {exc})", 200))
-    tab["primary"] = primary_flags(tab["ra"], tab["dec"], tab["field"], tab["edge_dist"], radius)
-    tab.meta = {"NFIELDS": len(catalogues), "MATCHRAD": radius, "ASTHVVER": __version__}
-    paths = {"parquet": out_dir / f"{COMBINED_STEM}.parquet", "fits": out_dir / f"{COMBINED_STEM}.fits"}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # 'nanomaggy' is not a FITS unit: kept as a string
-            with atomic_path(paths["parquet"]) as tmp:
-                tab.write(tmp, format="parquet", overwrite=True)
-            with atomic_path(paths["fits"]) as tmp:
-                tab.write(tmp, format="fits", overwrite=True)
-    except OSError as exc:
-        raise OutputError(out_dir, f"cannot write the survey catalogue ({exc.strerror or exc})") from None
-    return {"parquet": str(paths["parquet"]), "fits": str(paths["fits"]), "fields": len(catalogues),
-            "rows": len(tab), "primary": int(tab["primary"].sum())}

@@ -1,0 +1,440 @@
+"""The eight label-free physical statistics the A+Vr classifier reads, and colours."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from astrohvae.morphology.statistics import (
+    per_stamp_chunks as _per_stamp_chunks,  # noqa: E402
+)
+
+PHYSICAL_OPTIONS = {"locus_normalise": True, "zero_point": True, "saturated_stellar": True, "peak_centre": True}
+"""Defaults of the switches of `physical_features` (parameters of `HierarchicalClassifier`):
+
+``locus_normalise``
+    Divide r_half and concentration by the field's stellar values (else by
+    fixed 2 px and 0.4).  The stellar locus is the smallest-radius peak of the
+    bright sources' half-light radii (`astrohvae.morphology.psf.stellar_locus`).  Measured
+    on the simulated test fields (seeds 500-507), A+Vr AUC r<19 / 19<r<21 /
+    r>21 over two seeds: 0.986 / 0.959 / 0.692 with the fixed 2 px and 0.4,
+    1.000 / 0.967 / 0.709 normalised.
+``zero_point``
+    Shift SPREAD_MODEL (divide the PSF/aperture ratio) so that the field's
+    stellar locus sits at 0 (1).
+``saturated_stellar``
+    Give saturated sources (`astrohvae.morphology.psf.saturated`: flat-topped cores;
+    `astrohvae.morphology.psf.band_saturated`: cores saturated in some bands only, as SDSS
+    frames interpolate them) the point-source morphology.
+``peak_centre``
+    Measure a bright source whose stamp is not centred on it (a star whose
+    segment merges with neighbours in a crowded field) about its own
+    brightest pixel (`astrohvae.morphology.psf.peak_centred`).  Measured on the eight
+    real SDSS fields (benchmarks/bright_stars.py, shipped weights): of the
+    200 sources brighter than r = 15, 9 are labelled galaxy with it and 26
+    without it; simulated test fields and the SDSS star recall of
+    004510-4-0030 are unchanged.
+"""
+
+
+def physical_features(stamps, ref=None, colours=False, pass1=None, options=None):
+    """Label-free physical statistics of each source, see `_physical_compute`."""
+    return _physical_compute(stamps, ref, colours, pass1, {**PHYSICAL_OPTIONS, **(options or {})})
+
+
+def pass1_statistics(peak_centre=PHYSICAL_OPTIONS["peak_centre"]):
+    """The field-independent per-stamp statistics of `_physical_compute` (its first pass).
+
+    With ``peak_centre`` each reads the chunk re-centred by `astrohvae.morphology.psf.peak_centred`.
+    """
+    from astrohvae.morphology.psf import peak_centred, saturated
+    from astrohvae.morphology.statistics import profile_features
+
+    fns = (profile_features, saturated, aperture_colours)
+    return tuple((lambda c, f=f: f(peak_centred(c))) for f in fns) if peak_centre else fns
+
+
+def _physical_compute(stamps, ref, colours, pass1, options):
+    """Label-free physical statistics of each source.
+
+    Morphology against the stellar locus / PSF of each field (log r_half /
+    r_star, log concentration / stellar concentration, PSF-fit over aperture
+    flux, 20 x SPREAD_MODEL) and the four aperture colours (the stellar colour
+    locus is narrow, galaxies scatter off it).
+
+    Returns (features (N, 8), ref dict): the `N_PHYSICAL` = 8 statistics the
+    LatentVAE reads; with ``colours`` (N, 16): then the PSF-fit colours and
+    their errors (`psf_colours`, for the colour likelihood).  ``ref`` holds the locus values and
+    the PSF used for groups (fields) too small to estimate their own.
+
+    The stamps are read twice, chunk by chunk (`astrohvae.morphology.statistics.chunked_statistics`;
+    they may be lazily backed): once for the field-independent statistics
+    (``pass1``: `profile_features`, `saturated`, `aperture_colours`, given
+    when the caller has made them in its own pass), once for those against
+    the field's PSF (`psf_match`, `band_saturated`).  ``options``: the
+    switches of `PHYSICAL_OPTIONS`.
+    """
+    locus_normalise, zero_point, saturated_stellar, peak_centre = (
+        bool(options[k]) for k in ("locus_normalise", "zero_point", "saturated_stellar", "peak_centre"))
+    from astrohvae.morphology.psf import (
+        PSFModel,
+        band_saturated,
+        estimate_psf,
+        peak_centred,
+        psf_match,
+        stellar_locus,
+    )
+    from astrohvae.morphology.statistics import chunked_statistics
+
+    centred = peak_centred if peak_centre else (lambda c: c)
+    if pass1 is None:
+        pass1 = chunked_statistics(stamps, *pass1_statistics(peak_centre))
+    feat, sat_all, ap_colours = pass1
+    n = len(feat["r_half"])
+    fields = np.asarray(stamps.meta["field"]).astype(str) if (
+        hasattr(stamps, "meta") and stamps.meta is not None and "field" in stamps.meta.colnames
+    ) else np.array(["_"] * n)
+    out = np.zeros((n, N_PHYSICAL + (8 if colours else 0)), dtype=np.float32)
+    glob = None
+    scales = []
+    sat_groups = []
+    for name in np.unique(fields):
+        sel = np.flatnonzero(fields == name)
+        sub = {k: v[sel] for k, v in feat.items()}
+        sat = sat_all[sel]
+        sub_st = stamps[sel] if len(sel) != n else stamps  # no copy for a one-field call
+        bright = np.isfinite(sub["r_half"]) & (sub["snr"] >= 50) & ~sat
+        locus = None
+        try:
+            if bright.sum() < MIN_BRIGHT:
+                raise ValueError("too few bright sources")
+            r_star, _ = stellar_locus(sub["r_half"], np.where(sat, 0.0, sub["snr"]), 50.0)
+            locus = np.abs(np.log(np.clip(sub["r_half"], 1e-3, None) / r_star)) < 0.08
+            locus &= bright
+            if locus.sum() < MIN_LOCUS:
+                raise ValueError("too few stars")
+            c_star = float(np.median(sub["concentration"][locus]))
+            psf = estimate_psf(sub_st, features=sub, saturated_flags=sat)
+        except ValueError:
+            locus = None
+            if ref is None:
+                if glob is None:
+                    glob = _physical_ref(stamps, feat)
+                r_star, c_star, psf = glob["r_star"], glob["c_star"], PSFModel(glob["psf"], glob["r_star"], 0)
+            else:
+                r_star, c_star, psf = ref["r_star"], ref["c_star"], PSFModel(ref["psf"], ref["r_star"], 0)
+        m, band_sat = chunked_statistics(sub_st, lambda c: psf_match(centred(c), psf),
+                                         lambda c: band_saturated(centred(c), psf.image))
+        ratio, spread = m["psf_ratio"], m["spread_model"]
+        if saturated_stellar:
+            sat = sat | band_sat
+        if colours:
+            nk = noise_scale(sub_st, psf.image)
+            if nk is not None:
+                scales.append(np.asarray(nk, dtype=float))
+            else:
+                nk = (ref if ref is not None else {}).get("noise_scale")
+                if nk is None:
+                    nk = noise_scale(stamps, psf.image)
+            out[sel, N_PHYSICAL:] = psf_colours(sub_st, psf.image, noise=nk)
+        if zero_point and locus is not None:
+            # the field's point sources define zero SPREAD_MODEL and unit
+            # PSF/aperture ratio (residual PSF-model and centring systematics)
+            ls = locus & np.isfinite(spread) & np.isfinite(ratio)
+            spread = spread - float(np.median(spread[ls]))
+            ratio = ratio / float(np.median(ratio[ls]))
+        # sources sharper than the PSF (cosmic rays, hot pixels) are put at
+        # the stellar value: they cannot be resolved galaxies
+        if not locus_normalise:
+            r_star, c_star = 2.0, 0.4
+        out[sel, 0] = np.clip(np.log(np.clip(sub["r_half"], 0.2, 30) / r_star), -0.3, 1.5)
+        out[sel, 1] = np.clip(np.log(np.clip(sub["concentration"], 0.01, 1.0) / c_star), -1.5, 0.3)
+        out[sel, 2] = np.clip(ratio, 0.0, 1.1)
+        out[sel, 3] = np.clip(spread, -0.005, 0.1) * 20.0
+        if saturated_stellar and sat.any():
+            # saturated sources (flat-topped cores, bleed trails: `psf.saturated`)
+            # get the point-source morphology: their profile is the detector's,
+            # not the sky's, and resolved galaxies do not reach the full well
+            # at SDSS depth
+            k = sel[sat]
+            out[k, 0] = np.clip(np.log(r_star / (r_star if locus_normalise else 2.0)), -0.3, 1.5)
+            out[k, 1] = np.clip(np.log(c_star / (c_star if locus_normalise else 0.4)), -1.5, 0.3)
+            out[k, 2] = 1.0
+            out[k, 3] = 0.0
+            if colours:
+                out[k, N_PHYSICAL + 4 :] = 10.0  # saturated: colours unmeasurable (no colour evidence)
+            sat_groups.append((k, sel[locus] if locus is not None else sel[bright]))
+    out[:, 4:8] = ap_colours
+    for k, ref_rows in sat_groups:
+        # a saturated core's aperture colours are the interpolation's, not the
+        # star's: such sources get their field's typical stellar colours
+        if ref_rows.size:
+            with np.errstate(all="ignore"):
+                out[k, 4:8] = np.nanmedian(out[ref_rows, 4:8], axis=0)
+    if colours:  # a colour with a band missing carries no colour evidence
+        ce = out[:, N_PHYSICAL:]
+        ce[:, :4] = np.nan_to_num(ce[:, :4])
+        ce[:, 4:][~np.isfinite(out[:, 4:8])] = 10.0
+    # a statistic without valid pixels stays NaN: the classifier marginalises over it (`marginal_draws`)
+    out[:, :N_PHYSICAL] = np.where(np.isinf(out[:, :N_PHYSICAL]), np.nan, out[:, :N_PHYSICAL])
+    new_ref = ref if ref is not None else _physical_ref(stamps, feat)
+    if ref is None and scales:  # the fields' median correlated-noise factor, for cutouts too few to measure it
+        new_ref["noise_scale"] = [float(v) for v in np.median(scales, axis=0)]
+    return out, new_ref
+
+
+MIN_BRIGHT = 20
+"""A field (``meta['field']``) gets its own PSF with at least this many S/N >= 50 sources ..."""
+
+MIN_LOCUS = 8
+"""... of which at least this many on the stellar locus (else the PSF stored at fit time).
+
+A hand-picked set of cutouts (the 20 dl4astro stamps) is no field: its few
+stars (4) do not make a locus, and with a lower threshold a clump of
+similar-sized galaxies was taken for one."""
+
+N_PHYSICAL = 8
+"""Number of label-free physical statistics the LatentVAE reads (see `physical_features`)."""
+
+
+MIN_COLOUR_COVER = 0.5
+"""A colour is measured when both its bands cover at least this share of the aperture's pixels
+(other sources' pixels aside); else it is missing (NaN) and the classifier marginalises over it."""
+
+
+@_per_stamp_chunks
+def aperture_colours(stamps, radius=3.0):
+    """u-g, g-r, r-i, i-z colours (asinh magnitudes) inside ``radius`` pixels, other sources masked.
+
+    From valid pixels only: each colour sums both its bands over the
+    aperture's pixels that both cover (`astrohvae.stamps.preprocess.band_valid`;
+    a band offset from r leaves an edge strip it does not cover), and is NaN
+    where they cover under `MIN_COLOUR_COVER` of it.
+    """
+    from astrohvae import BANDS
+    from astrohvae.conventions import MASK_INVALID, MASK_OTHER
+    from astrohvae.photometry import luptitude
+    from astrohvae.stamps.preprocess import band_valid, central_window, clean_stamps
+
+    ny, nx = np.shape(stamps.flux)[-2:]
+    win = central_window(ny, nx, int(np.ceil(radius)))  # the aperture lies in it
+    cl = clean_stamps(stamps.flux, stamps.mask, window=win)
+    yy, xx = np.mgrid[: cl.shape[2], : cl.shape[3]]
+    ap = np.hypot(yy - (ny // 2 - win[0].start), xx - (nx // 2 - win[1].start)) <= radius
+    f = (cl * ap).sum(axis=(2, 3))
+    lm = np.stack([luptitude(f[:, k], b) for k, b in enumerate(BANDS)], axis=1)
+    col = np.clip(-np.diff(lm, axis=1), -3.0, 3.0)
+    mw = np.asarray(stamps.mask)[(slice(None),) + win]
+    hit = np.flatnonzero(((mw & MASK_INVALID) != 0).any(axis=(1, 2)))
+    if hit.size:  # pixels some band lacks: each colour from the pixels both its bands cover
+        fw = np.asarray(stamps.flux)[hit][(slice(None), slice(None)) + win]
+        valid = band_valid(fw, mw[hit]) & ap[None, None]
+        cw = clean_stamps(fw, mw[hit], per_band=True)
+        need = (((mw[hit] & MASK_OTHER) == 0) & ap[None]).sum(axis=(1, 2))
+        for k in range(len(BANDS) - 1):
+            both = valid[:, k] & valid[:, k + 1]
+            fa, fb = ((cw[:, j] * both).sum(axis=(1, 2)) for j in (k, k + 1))
+            c = np.clip(luptitude(fa, BANDS[k]) - luptitude(fb, BANDS[k + 1]), -3.0, 3.0)
+            col[hit, k] = np.where(both.sum(axis=(1, 2)) >= MIN_COLOUR_COVER * np.maximum(need, 1), c, np.nan)
+    return col.astype(np.float32)
+
+
+@_per_stamp_chunks
+def _blank_psf_fluxes(stamps, psf_image, radius=5.0, offset=16):
+    """PSF-fit fluxes on blank sky, in units of their white-noise error: (4 N, 5), NaN where not blank.
+
+    The PSF of each band is fitted, as in `psf_colours`, at four positions
+    ``offset`` pixels from the stamp centre along the diagonals, using only
+    pixels of no source (mask 0); a position with under 90 % of its pixels
+    usable gives NaN.
+    """
+    from astrohvae.morphology.statistics import radius_grid
+
+    flux = np.asarray(stamps.flux, dtype=np.float64)
+    mask = np.asarray(stamps.mask)
+    p = np.clip(np.asarray(psf_image, dtype=np.float64), 0.0, None)
+    p = p / np.maximum(p.sum(axis=(1, 2), keepdims=True), 1e-12)
+    ny, nx = p.shape[1:]
+    out = []
+    for dy, dx in ((-offset, -offset), (-offset, offset), (offset, -offset), (offset, offset)):
+        ps = np.roll(p, (dy, dx), axis=(1, 2))
+        disc = radius_grid(ny, nx, ny // 2 + dy, nx // 2 + dx) <= radius
+        good = ((mask == 0) & disc[None])[:, None]
+        pp = ps[None] * good
+        norm = np.maximum((pp * ps[None]).sum(axis=(2, 3)), 1e-12)
+        f = (pp * flux).sum(axis=(2, 3)) / norm
+        sig = np.maximum(np.asarray(stamps.sky_sigma, dtype=np.float64), 1e-12) / np.sqrt(norm)
+        full = good.sum(axis=(2, 3)) >= 0.9 * disc.sum()
+        out.append(np.where(full, f / sig, np.nan))
+    return np.concatenate(out).astype(np.float32)
+
+
+def noise_scale(stamps, psf_image, min_samples=50):
+    """Per-band ratio of the measured to the white-noise error of a PSF-fit flux (>= 1), or None.
+
+    Measured on blank sky (`_blank_psf_fluxes`, robust standard deviation).
+    Resampling the bands onto the r-band grid (real SDSS frames, the
+    simulated ones) correlates the pixel noise, so the per-pixel
+    ``sky_sigma`` underestimates the noise of a flux summed over a PSF: by
+    x1.4-1.9 in u, g, i, z and ~x1.05 in r on the SDSS fields and the
+    simulations here.  None with fewer than ``min_samples`` blank positions.
+    """
+    z = _blank_psf_fluxes(stamps, psf_image)
+    n = np.isfinite(z).sum(axis=0)
+    if n.min() < min_samples:
+        return None
+    mad = 1.4826 * np.nanmedian(np.abs(z - np.nanmedian(z, axis=0)), axis=0)
+    return np.clip(mad, 1.0, 5.0)
+
+
+@_per_stamp_chunks
+def psf_colours(stamps, psf_image, radius=5.0, noise=None):
+    """``(colours, errors)`` as one (N, 8) array from per-band PSF-fit fluxes (SDSS psfMag colours).
+
+    Each band's flux is the least-squares amplitude of that band's PSF (the
+    field's own, unit flux per band) over the pixels within ``radius`` of the
+    source's g+r+i centroid, other sources masked; its error is
+    ``sigma_sky / sqrt(sum P^2)``.  Unlike fixed-aperture colours these do
+    not depend on the seeing of each band, which differs from band to band
+    and field to field on real data: a point source's PSF colours are its
+    true colours.  Colours are asinh magnitude differences (u-g, g-r, r-i,
+    i-z); a band's error is ``1.0857 sigma_f / sqrt(f^2 + 4 b^2)`` with its
+    softening ``b`` (sky-limited: the source's photon noise is left out) and
+    ``sigma_f`` multiplied by ``noise`` (5,), the measured correlated-noise
+    factor (`noise_scale`); a colour's the two bands' in quadrature.
+    """
+    from astrohvae import BANDS, SOFTENING
+    from astrohvae.conventions import GRI as _GRI
+    from astrohvae.morphology.statistics import centroids, radius_grid, recentre
+    from astrohvae.photometry import luptitude
+    from astrohvae.stamps.preprocess import clean_stamps
+
+    cl = clean_stamps(stamps.flux, stamps.mask)
+    dy, dx = centroids(cl[:, _GRI].sum(axis=1))
+    img = recentre(cl, dy, dx).astype(np.float64)
+    p = np.clip(np.asarray(psf_image, dtype=np.float64), 0.0, None)
+    p = p / np.maximum(p.sum(axis=(1, 2), keepdims=True), 1e-12)
+    good = (((np.asarray(stamps.mask) & 6) == 0) & (radius_grid(*p.shape[1:]) <= radius)[None])[:, None]
+    pp = p[None] * good
+    norm = np.maximum((pp * p[None]).sum(axis=(2, 3)), 1e-12)
+    f = (pp * img).sum(axis=(2, 3)) / norm
+    sig = np.asarray(stamps.sky_sigma, dtype=np.float64) / np.sqrt(norm)
+    if noise is not None:
+        sig = sig * np.asarray(noise, dtype=np.float64)[None]
+    lm = np.stack([luptitude(f[:, k], b) for k, b in enumerate(BANDS)], axis=1)
+    b = np.array([SOFTENING[x] for x in BANDS]) * 1e9  # nanomaggies
+    dm = 1.0857 * sig / np.sqrt(f**2 + 4 * b**2)
+    col = np.clip(-np.diff(lm, axis=1), -3.0, 3.0)
+    dcol = np.sqrt(dm[:, :-1] ** 2 + dm[:, 1:] ** 2)
+    return np.concatenate([col, dcol], axis=1).astype(np.float32)
+
+
+COLOUR_STAR_SNR = 50.0
+"""Colour templates: stars are the unsaturated S/N >= 50 sources on the stellar locus of half-light radii ..."""
+
+COLOUR_GALAXY_SNR = 30.0
+COLOUR_GALAXY_RHALF = 0.3
+"""... galaxies the unsaturated S/N >= 30 sources whose half-light radius exceeds the locus by
+more than exp(0.3) = 1.35 (clearly resolved at that S/N)."""
+
+COLOUR_CLIP = 3.0
+"""The colour log-likelihood ratio is clipped to +-COLOUR_CLIP: colour can tip an
+ambiguous (faint) source, never overrule a clear morphology (|logit| up to 9)."""
+
+MIN_TEMPLATE = 20
+"""At least this many template sources per class, else no colour term."""
+
+
+def _gmm_loglik(gmm, col, dcol):
+    """log p(col) under a Gaussian mixture convolved with each source's colour errors."""
+    w, means, covs = gmm
+    out = []
+    eye = np.eye(col.shape[1])
+    for k in range(len(w)):
+        s = covs[k][None] + eye[None] * (dcol.astype(np.float64) ** 2)[:, :, None]
+        d = col.astype(np.float64) - means[k]
+        m = np.einsum("ni,nij,nj->n", d, np.linalg.inv(s), d)
+        out.append(np.log(w[k]) - 0.5 * m - 0.5 * np.linalg.slogdet(s)[1] - 0.5 * col.shape[1] * np.log(2 * np.pi))
+    return np.logaddexp.reduce(np.array(out), axis=0)
+
+
+def colour_templates(colours, stars, galaxies, seed=0, n_star=3, n_galaxy=4):
+    """Gaussian-mixture colour densities of label-free star and galaxy template sources.
+
+    Returns ``{'star': (w, means, covs), 'galaxy': (...)}`` or None with too few templates.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    if stars.sum() < MIN_TEMPLATE or galaxies.sum() < MIN_TEMPLATE:
+        return None
+    out = {}
+    for name, sel, k in (("star", stars, n_star), ("galaxy", galaxies, n_galaxy)):
+        g = GaussianMixture(min(k, int(sel.sum()) // 5), random_state=seed, reg_covar=1e-3)
+        g.fit(np.asarray(colours, dtype=np.float64)[sel])
+        out[name] = (g.weights_, g.means_, g.covariances_)
+    return out
+
+
+def colour_llr(templates, colours, errors):
+    """``log p(colours | galaxy) - log p(colours | star)``, each template density convolved with the errors."""
+    return _gmm_loglik(templates["galaxy"], colours, errors) - _gmm_loglik(templates["star"], colours, errors)
+
+
+def physical_statistics(stamps, ref=None, colours=True):
+    """The label-free physical statistics (N, `N_PHYSICAL` + 8) of the default A+Vr (see `physical_features`).
+
+    Columns: the `N_PHYSICAL` statistics the LatentVAE reads (NaN where a
+    statistic has no valid pixels: a colour whose two bands do not both
+    cover the aperture, a morphology without a g, r or i pixel), then (with
+    ``colours``) the four PSF-fit colours and their errors (`psf_colours`).
+    """
+    return physical_features(stamps, ref, colours)[0]
+
+
+def physical_reference(stamps):
+    """The reference stellar locus and PSF of ``stamps`` (what `physical_statistics` falls back on)."""
+    return physical_features(stamps)[1]
+
+
+def _physical_ref(stamps, feat):
+    """Reference locus and PSF for stamps whose own field is too small to measure them.
+
+    With several fields (``meta['field']``), each field with enough bright
+    locus stars gets its own estimate and the reference is the field of median
+    stellar half-light radius (typical seeing); pooling fields of different
+    seeing would make the smallest-radius peak (`stellar_locus`) the
+    best-seeing field's.  Otherwise all stamps are pooled.
+    """
+    from astrohvae.morphology.psf import estimate_psf, saturated, stellar_locus
+    from astrohvae.morphology.statistics import profile_features
+
+    feat = profile_features(stamps) if feat is None else feat
+    n = len(feat["r_half"])
+    fields = np.asarray(stamps.meta["field"]).astype(str) if (
+        getattr(stamps, "meta", None) is not None and "field" in stamps.meta.colnames
+    ) else np.array(["_"] * n)
+    snr = np.where(saturated(stamps), 0.0, feat["snr"])
+    per = []
+    for name in np.unique(fields):
+        sel = np.flatnonzero(fields == name)
+        rh, sn = feat["r_half"][sel], snr[sel]
+        if (np.isfinite(rh) & (sn >= 50)).sum() < MIN_BRIGHT:
+            continue
+        try:
+            r_star, _ = stellar_locus(rh, sn, 50.0)
+        except ValueError:
+            continue
+        locus = (np.abs(np.log(np.clip(rh, 1e-3, None) / r_star)) < 0.08) & (sn >= 50)
+        if locus.sum() >= MIN_LOCUS:
+            per.append((r_star, float(np.median(feat["concentration"][sel][locus])), sel))
+    if per:
+        per.sort(key=lambda t: t[0])
+        r_star, c_star, sel = per[(len(per) - 1) // 2]
+        psf = estimate_psf(stamps[sel] if len(sel) != n else stamps, features={k: v[sel] for k, v in feat.items()})
+        return {"r_star": float(r_star), "c_star": c_star, "psf": psf.image}
+    r_star, _ = stellar_locus(feat["r_half"], snr, 50.0)
+    locus = (np.abs(np.log(np.clip(feat["r_half"], 1e-3, None) / r_star)) < 0.08) & (snr >= 50)
+    c_star = float(np.median(feat["concentration"][locus])) if locus.sum() else float(
+        np.nanquantile(feat["concentration"], 0.9)
+    )
+    psf = estimate_psf(stamps, features=feat)
+    return {"r_star": float(r_star), "c_star": c_star, "psf": psf.image}

@@ -1,0 +1,747 @@
+"""Footprint rules: isophotal growth to the user's isophote, fragment merging."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from astrohvae.segmentation.seeds import (
+    annulus_sums,
+    segment_moments,
+    source_stamps,
+    windowed_centroids,
+)
+
+__all__ = ['grow_isophotal', 'merge_fragments', 'psf_profile']
+
+def psf_profile(image, segm_data, cy, cx, snr, valid=None, snr_range=(30.0, 400.0), step=0.5, rmax=10.0,
+                fraction=0.3, min_stars=5, max_sources=400):
+    """The field's azimuthal PSF profile, from its most concentrated bright sources.
+
+    Segments with ``snr_range[0] <= snr < snr_range[1]`` are profiled in
+    circular bins of ``step`` pixels about their centres (``cy, cx``:
+    windowed centroids), over their own and free valid pixels, each profile
+    normalised by its mean within 1.5 px (at most ``max_sources``, those of
+    highest S/N, in a crowded field).  The ``fraction`` most concentrated
+    ones (ratio of the mean within 1.5 px to the mean at 1.5-3 px: the stars,
+    whatever the field's star-galaxy mix) are median-combined.  No labels,
+    no PSF model: the profile is measured on the field itself.
+
+    Returns
+    -------
+    (radii, profile) : tuple of numpy.ndarray, or None
+        Bin centres (pixels) and the monotonically non-increasing profile
+        (1 near the centre); None when fewer than ``min_stars`` sources
+        qualify.
+    """
+    lab = np.flatnonzero((snr >= snr_range[0]) & (snr < snr_range[1]))
+    lab = lab[lab > 0]
+    if lab.size > max_sources:
+        lab = np.sort(lab[np.argsort(-snr[lab])[:max_sources]])
+    n_use = int(round(fraction * lab.size))
+    if n_use < min_stars:
+        return None
+    half = int(np.ceil(rmax))
+    idx, inside, yy, xx = source_stamps(image.shape, cy[lab], cx[lab], half)
+    s = segm_data.ravel()[idx]
+    ok = inside & ((s == 0) | (s == lab[:, None, None]))
+    if valid is not None:
+        ok &= valid.ravel()[idx]
+    v = image.ravel()[idx]
+    rr = np.hypot(yy - cy[lab][:, None, None], xx - cx[lab][:, None, None])
+    cnt, tot = annulus_sums(rr, ok, v, step, rmax)
+    prof = tot / np.maximum(cnt, 1)
+    prof[cnt == 0] = np.nan
+
+    def mean_in(sel):
+        m = ok & sel
+        return (v * m).sum(axis=(1, 2)) / np.maximum(m.sum(axis=(1, 2)), 1)
+
+    core = mean_in(rr < 1.5)
+    conc = core / np.maximum(mean_in((rr >= 1.5) & (rr < 3.0)), 1e-6)
+    good = core > 0
+    if good.sum() < min_stars:
+        return None
+    order = np.flatnonzero(good)[np.argsort(-conc[good])][:max(min_stars, n_use)]
+    with np.errstate(all="ignore"):
+        prof = np.nanmedian(prof[order] / core[order, None], axis=0)
+    if np.isnan(prof[0]):
+        prof[0] = np.nanmax(prof)
+    prof = np.fmin.accumulate(np.where(np.isnan(prof), np.inf, prof))
+    return (np.arange(prof.size) + 0.5) * step, prof
+
+
+def _psf_radii(image, segm_data, lab, cy, cx, psf, isophote, valid, fit_radius=3.0, half=7, size=None,
+               max_stretch=2.0):
+    """Isophotal radii of faint segments from their PSF-scaled profiles (see `grow_isophotal`).
+
+    With ``size = (size_image, (radii, profile))`` (an image of higher S/N,
+    e.g. the smoothed g+r+i sum, and its own PSF profile), each source's
+    profile is the PSF's stretched by ``sqrt(s / s_psf)`` (1 to
+    ``max_stretch``), where ``s`` and ``s_psf`` are the source's and the
+    PSF's windowed variances on ``size_image`` (`windowed_sigma2`, window
+    the PSF's Gaussian-equivalent sigma): a faint galaxy is wider than
+    the PSF, a faint star is not.
+
+    Returns ``(R, idx, rr, free)`` for painting: radii (0: no growth), the
+    stamps' flat indices, radial distances and free-pixel masks.
+    """
+    radii, prof = psf
+    idx, inside, yy, xx = source_stamps(image.shape, cy, cx, half)
+    s = segm_data.ravel()[idx]
+    ok = inside & ((s == 0) | (s == lab[:, None, None]))
+    if valid is not None:
+        ok &= valid.ravel()[idx]
+    rr = np.hypot(yy - cy[:, None, None], xx - cx[:, None, None])
+    stretch = np.ones(lab.size)
+    if size is not None:
+        size_image, (sr, sp) = size
+        # window: the Gaussian of the size PSF's half-maximum radius
+        sigma_w = float(np.interp(-0.5 * sp[0], -sp, sr)) / np.sqrt(2 * np.log(2))
+        p_psf = np.where(rr[0] <= sr[-1], np.interp(rr[0], sr, sp), 0.0)
+        s_psf = windowed_sigma2(p_psf, rr[0], True, sigma_w)
+        s_src = windowed_sigma2(size_image.ravel()[idx], rr, ok, sigma_w)
+        stretch = np.sqrt(np.clip(s_src / s_psf, 1.0, max_stretch ** 2))
+    t = np.interp(rr / stretch[:, None, None], radii, prof) * (ok & (rr < fit_radius))
+    A = (t * image.ravel()[idx]).sum(axis=(1, 2)) / np.maximum((t * t).sum(axis=(1, 2)), 1e-12)
+    R = np.zeros(lab.size)
+    grow = A * prof[0] > isophote
+    R[grow] = np.interp(-isophote / A[grow], -prof, radii) * stretch[grow]
+    return np.minimum(R, half), idx, rr, ok & (s == 0)
+
+
+def _star_radii(image, segm_data, lab, cy, cx, isophote, valid=None, snr=None, rmax=30, step=0.5, n_template=50,
+                conc_fraction=0.9):
+    """Isophotal radii of bright point-like segments from the field's own stellar profile.
+
+    For segments ``lab`` (bright; centres ``cy, cx``: windowed centroids):
+    the core amplitude (mean within 1.5 px) and the concentration (core over
+    the mean at 1.5-3 px) are measured on small windows.  Segments at least
+    ``conc_fraction`` times as concentrated as the 70th percentile of those
+    with S/N 30-400 (``snr``), with a fully valid core, are point-like.  The
+    stellar profile out to ``rmax`` px is the inverse-variance weighted mean
+    (weights core^2 x pixels per bin) of the ``n_template`` brightest
+    point-like segments' profiles, each divided by its core amplitude: the
+    bright stars set the faint wings, where a star's own annulus at its
+    isophote has S/N ~ 4 only and a shallow slope, so its crossing radius
+    scatters by 1-2 px.  A point-like segment's radius is where its core
+    amplitude times that profile falls to ``isophote``.
+
+    Returns
+    -------
+    numpy.ndarray
+        One radius per ``lab``; NaN where the segment is not point-like or
+        its isophote lies beyond ``rmax``.
+    """
+    R = np.full(lab.size, np.nan)
+    if lab.size == 0:
+        return R
+
+    def windows(sel, half):
+        idx, inside, yy, xx = source_stamps(image.shape, cy[sel], cx[sel], half)
+        sg = segm_data.ravel()[idx]
+        ok = inside & ((sg == 0) | (sg == lab[sel][:, None, None]))
+        if valid is not None:
+            ok &= valid.ravel()[idx]
+        rr = np.hypot(yy - cy[sel][:, None, None], xx - cx[sel][:, None, None])
+        return image.ravel()[idx], ok, inside, rr
+
+    allsel = np.arange(lab.size)
+    v, ok, inside, rr = windows(allsel, 3)
+    c_in = ok & (rr < 1.5)
+    core = (v * c_in).sum(axis=(1, 2)) / np.maximum(c_in.sum(axis=(1, 2)), 1)
+    m_in = ok & (rr >= 1.5) & (rr < 3.0)
+    conc = core / np.maximum((v * m_in).sum(axis=(1, 2)) / np.maximum(m_in.sum(axis=(1, 2)), 1), 1e-6)
+    full_core = ~np.any((rr < 2.0) & ~(ok & inside), axis=(1, 2))
+    ref = (snr >= 30.0) & (snr < 400.0) if snr is not None else np.ones(lab.size, bool)
+    if ref.sum() < 5:
+        return R
+    star = (conc >= conc_fraction * np.percentile(conc[ref], 70)) & full_core & (core > 0)
+    if star.sum() < 5:
+        return R
+    tmpl = np.flatnonzero(star)
+    tmpl = tmpl[np.argsort(-core[tmpl])][:n_template]
+    v, ok, _, rr = windows(tmpl, int(rmax))
+    cnt, tot = annulus_sums(rr, ok, v, step, rmax)
+    # sum over stars of w * (tot / cnt / core) with w = core^2 * cnt  ==  core * tot
+    num = (core[tmpl, None] * tot).sum(axis=0)
+    den = (core[tmpl, None] ** 2 * cnt).sum(axis=0)
+    prof = np.where(den > 0, num / np.maximum(den, 1e-30), np.inf)
+    prof = np.fmin.accumulate(prof)
+    if not np.isfinite(prof[0]):
+        return R
+    radii = (np.arange(prof.size) + 0.5) * step
+    level = isophote / np.where(star, core, np.inf)
+    reach = star & (level > prof[-1])
+    R[reach] = np.interp(-level[reach], -prof, radii)
+    return R
+
+
+def windowed_sigma2(v, rr, ok, sigma_w):
+    """Per-axis variance of round sources from Gaussian-windowed second moments.
+
+    ``v``, ``rr``, ``ok``: values, distances from the centres and usable
+    pixels, ``(n, h, w)`` (or one ``(h, w)`` window).  The windowed moment
+    ``m = sum(w v r^2) / (2 sum(w v))`` with ``w = exp(-r^2 / (2 sigma_w^2))``
+    of a Gaussian source of variance ``s`` is ``s sigma_w^2 / (s + sigma_w^2)``;
+    that relation is inverted (``m`` clipped to ``(0, 0.95 sigma_w^2]``).
+    """
+    w = np.exp(-0.5 * (rr / sigma_w) ** 2) * ok * v
+    m = 0.5 * (w * rr * rr).sum(axis=(-2, -1)) / np.maximum(w.sum(axis=(-2, -1)), 1e-12)
+    m = np.clip(m, 1e-3, 0.95 * sigma_w ** 2)
+    return m * sigma_w ** 2 / (sigma_w ** 2 - m)
+
+
+def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_image=None, psf_snr=None,
+                   psf=None, moments=None, centres=None, trim=False, keep_radius=12.0, smooth_radius=None,
+                   faint_size=False):
+    """Grow each segment to the ``isophote`` level of its azimuthally averaged profile.
+
+    The footprint of a source is the region where its *noiseless* surface
+    brightness exceeds ``isophote`` (in sky sigma per pixel, as SExtractor's
+    analysis threshold).  A single pixel's value there is mostly noise
+    (S/N ~ 0.5), so the level is found on the source's profile instead.
+
+    *Profile crossing* (every segment, or those at ``psf_snr`` and above):
+    the flux-weighted second moments of the segment's own pixels give an
+    ellipse; ``image`` (noise units) is averaged in 1-pixel bins of the
+    (circularised) elliptical radius over the pixels that are free or its
+    own (other segments excluded), and the radius ``R`` where that profile
+    first drops below ``isophote`` is found by linear interpolation.
+
+    *PSF-scaled profile* (segments whose S/N, the sum of their own pixels
+    over the square root of their area, is below ``psf_snr``): a faint
+    source's annulus at its isophote has S/N ~ 1, so the first crossing is
+    mostly noise (its radius scatters by ~40 %), and its own pixels' ellipse
+    is noise too.  Such a source is nearly unresolved: it is centred by a
+    Gaussian-windowed centroid on ``centroid_image`` (`windowed_centroids`),
+    its amplitude is fitted with the field's PSF profile (``psf``, measured
+    by `psf_profile` when not given) over its pixels within 3 px (the
+    matched filter: all of its flux, not one annulus), and ``R`` is where
+    that scaled profile falls to ``isophote``; the footprint is the circle
+    of radius ``R``.  With ``faint_size``, the profile is first stretched
+    by the source's size: its Gaussian-windowed variance on
+    ``centroid_image`` over that of the PSF measured there (a faint galaxy
+    is wider than the PSF; `_psf_radii`), and the footprint is no longer
+    floored at the seed's area (a seed found on a smoothed image is wider
+    than a star's isophote and narrower than a galaxy's).  When the field has too few bright compact sources to
+    measure the PSF, every segment uses the profile crossing.
+
+    *Large sources* (``R`` >= ``smooth_radius``, not point-like): the outer
+    isophote of a big galaxy is not the ellipse of its inner moments (a
+    bulge and a disc of different shapes), but its annuli hold enough
+    pixels to follow it: the footprint is the part of the region where the
+    image, smoothed by a Gaussian of sigma 0.15 ``R`` over the free and own
+    pixels only, exceeds ``isophote`` that lies within 2 ``R`` and is
+    connected to the segment.
+
+    Free pixels inside the ellipse (circle) of radius ``R`` join the
+    segment; where two overlap, the pixel goes to the segment in whose
+    ellipse it lies deeper (smaller r / R).  With ``trim``, the own pixels
+    of a bright segment with ``R`` <= ``keep_radius`` that lie outside its
+    footprint and are faint (``image`` smoothed by a Gaussian of 1 px at
+    most twice ``isophote``) are released: the network's footprints are
+    blurred and reach beyond a star's or a small galaxy's isophote, while a
+    bright pixel outside the ellipse belongs to an undeblended companion.
+    Larger sources keep all their pixels (a bright star's diffraction
+    spikes and bleed trail, a big galaxy's irregular outskirts) at
+    ``isophote`` <= `SEED_ISOPHOTE`; above it every seed reaches past the
+    isophote, so every segment releases its faint pixels outside its
+    footprint, and a faint source whose PSF-scaled peak stays below the
+    isophote keeps only its core (`CORE_RADIUS`).  Without ``trim``
+    segments never lose pixels.  A segment is never emptied;
+    labels are unchanged.
+
+    Parameters
+    ----------
+    segm_data : numpy.ndarray
+        int labels, 0 = background.
+    image : numpy.ndarray
+        float ``(ny, nx)`` in sky-noise units (background subtracted).
+    isophote : float
+        Footprint level in units of the per-pixel sky sigma.
+    valid : numpy.ndarray of bool, optional
+        Pixels that may be used and grown into (default all).
+    bin_px : float
+        Profile bin width in pixels (profile crossing).
+    centroid_image : numpy.ndarray, optional
+        Image for the windowed centroids (e.g. the smoothed g+r+i sum);
+        default ``image``.
+    psf_snr : float or None
+        Segments below this S/N use the PSF-scaled profile; None: none do
+        (every segment uses the profile crossing).
+    psf : tuple, optional
+        ``(radii, profile)`` as returned by `psf_profile`; measured on
+        ``image`` when None.
+    moments : tuple, optional
+        ``segment_moments(segm_data, image)`` if already computed.
+    centres : tuple, optional
+        ``(cy, cx)`` windowed centroids indexed by label, if already
+        computed (`windowed_centroids` on ``centroid_image``).
+    trim : bool
+        Release a bright segment's own pixels outside its footprint.
+    keep_radius : float
+        With ``trim``, segments whose footprint radius (pixels) exceeds it
+        keep all their pixels.
+    smooth_radius : float or None
+        Radius (pixels) from which a source's footprint follows its smoothed
+        isophote instead of an ellipse; None: never.
+    faint_size : bool
+        Stretch a faint source's PSF profile by its size on
+        ``centroid_image`` (given) before placing its isophote.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 labels.
+    """
+
+
+    seg_in = np.asarray(segm_data)
+    out = seg_in.astype(np.int32, copy=True)
+    n = int(seg_in.max(initial=0))
+    if n == 0:
+        return out
+    ny, nx = out.shape
+    W, cy, cx, cxx, cxy, cyy, npx, flux = segment_moments(seg_in, image) if moments is None else moments
+    faint = np.zeros(n + 1, bool)
+    star_R = np.full(n + 1, np.nan)
+    if psf_snr is not None:
+        snr = flux / np.sqrt(np.maximum(npx, 1))
+        snr[0] = -np.inf
+        cand = np.flatnonzero(W > 0)
+        cand = cand[cand > 0]
+        if centres is None:
+            cimg = image if centroid_image is None else centroid_image
+            wy, wx = cy.copy(), cx.copy()
+            wy[cand], wx[cand] = windowed_centroids(cimg, cy[cand], cx[cand])
+        else:
+            wy, wx = centres
+        if psf is None:
+            psf = psf_profile(image, seg_in, wy, wx, snr, valid=valid)
+        if psf is not None:
+            faint = (snr < psf_snr) & (W > 0)
+            faint[0] = False
+        lab = cand[snr[cand] >= psf_snr]
+        star_R[lab] = _star_radii(image, seg_in, lab, wy[lab], wx[lab], isophote, valid=valid, snr=snr[lab])
+    # candidate pixels of every segment: (flat index, depth r / R, label), and seed pixels released
+    cand_px = _bright_candidates(seg_in, image, isophote, valid, bin_px, star_R, faint, (W, cy, cx, cxx, cxy, cyy),
+                                 trim, keep_radius, smooth_radius)
+    if faint.any():
+        cand_px = [a + b for a, b in zip(cand_px, _faint_candidates(
+            seg_in, image, isophote, valid, np.flatnonzero(faint), wy, wx, snr, npx, psf, centroid_image, trim,
+            faint_size))]
+    return _assign(out, seg_in, image, isophote, n, *cand_px)
+
+
+def _bright_candidates(seg_in, image, isophote, valid, bin_px, star_R, faint, moments, trim, keep_radius,
+                       smooth_radius):
+    """Pixels each segment at or above the PSF S/N (or every one) grows into, by its profile crossing.
+
+    Returns lists ``(flat index, depth r / R, label, released seed pixels)`` (see `grow_isophotal`).
+    """
+    from scipy import ndimage
+
+    from astrohvae.segmentation.network import SEED_ISOPHOTE
+
+    W, cy, cx, cxx, cxy, cyy = moments
+    ny, nx = seg_in.shape
+    c_idx, c_depth, c_lab, c_cut = [], [], [], []
+    bright = np.flatnonzero((W > 0) & ~faint)
+    slices = ndimage.find_objects(seg_in)
+    for lab in bright[bright > 0]:
+        sl = slices[lab - 1]
+        if sl is None:
+            continue
+        y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        pad = max(6, y1 - y0, x1 - x0)
+        if np.isfinite(star_R[lab]):
+            pad = max(pad, int(np.ceil(star_R[lab] * 1.5)) + 1)
+        Y0, Y1, X0, X1 = max(0, y0 - pad), min(ny, y1 + pad), max(0, x0 - pad), min(nx, x1 + pad)
+        seg = seg_in[Y0:Y1, X0:X1]
+        own = seg == lab
+        img = image[Y0:Y1, X0:X1]
+        cov = np.array([[cxx[lab], cxy[lab]], [cxy[lab], cyy[lab]]])
+        ci = np.linalg.inv(cov)
+        scale = np.sqrt(np.sqrt(np.linalg.det(cov)))
+        dy = (np.arange(Y0, Y1, dtype=np.float32) - np.float32(cy[lab]))[:, None]
+        dx = (np.arange(X0, X1, dtype=np.float32) - np.float32(cx[lab]))[None, :]
+        q = np.float32(ci[0, 0]) * dx * dx + np.float32(2 * ci[0, 1]) * dx * dy + np.float32(ci[1, 1]) * dy * dy
+        re = np.sqrt(np.maximum(q, 0)) * np.float32(scale)
+        avail = (seg == 0) | own
+        if valid is not None:
+            avail &= valid[Y0:Y1, X0:X1]
+        if np.isfinite(star_R[lab]):
+            R = star_R[lab]
+        else:
+            bins = (re[avail] / bin_px).astype(np.int64)
+            nb = int(bins.max(initial=0)) + 1
+            cnt = np.bincount(bins, minlength=nb)
+            prof = np.bincount(bins, img[avail], minlength=nb) / np.maximum(cnt, 1)
+            below = np.flatnonzero((prof < isophote) & (cnt > 0))
+            if below.size == 0 or below[0] == 0:
+                continue
+            k = below[0]
+            R = bin_px * (k - 0.5 + (prof[k - 1] - isophote) / max(prof[k - 1] - prof[k], 1e-6))
+        if not R > 0:
+            continue
+        ratio = (re / R).astype(np.float32)
+        inside = ratio < 1
+        point = np.isfinite(star_R[lab])
+        if smooth_radius is not None and not point and R >= smooth_radius:
+            inside = _smoothed_footprint(img, avail, own, isophote, 0.15 * R, ratio < 2)
+        take = inside & (seg == 0) & avail
+        if trim and (not R > keep_radius or isophote > SEED_ISOPHOTE):
+            # (above the seeds' own level every seed reaches past the isophote; only faint pixels go)
+            ty, tx = np.nonzero(own & ~inside)
+            c_cut.append((ty + Y0) * nx + (tx + X0))
+        ty, tx = np.nonzero(take)
+        c_idx.append((ty + Y0) * nx + (tx + X0))
+        c_depth.append(ratio[take])
+        c_lab.append(np.full(ty.size, lab, np.int32))
+    return c_idx, c_depth, c_lab, c_cut
+
+
+def _faint_candidates(seg_in, image, isophote, valid, lab, wy, wx, snr, npx, psf, centroid_image, trim,
+                      faint_size):
+    """Pixels the faint segments ``lab`` grow into: a circle where their PSF-scaled profile meets the isophote.
+
+    Returns lists ``(flat index, depth r / R, label, released seed pixels)`` (see `grow_isophotal`).
+    """
+    from astrohvae.segmentation.network import CORE_RADIUS, SEED_ISOPHOTE
+
+    c_idx, c_depth, c_lab, c_cut = [], [], [], []
+    size = None
+    if faint_size and centroid_image is not None:
+        size_psf = psf_profile(centroid_image, seg_in, wy, wx, snr, valid=valid)
+        size = None if size_psf is None else (centroid_image, size_psf)
+    R, idx, rr, free = _psf_radii(image, seg_in, lab, wy[lab], wx[lab], psf, isophote, valid, size=size)
+    if isophote <= SEED_ISOPHOTE and size is None:
+        # the isophote encloses at least the seed's own area (the seed lies above it)
+        R = np.maximum(R, np.sqrt(npx[lab] / np.pi))
+    elif trim:
+        # a faint source whose fitted peak stays below a high isophote has no footprint there;
+        # it keeps its core (the pixels within `CORE_RADIUS` of its centre), not its whole seed
+        R = np.maximum(R, CORE_RADIUS)
+    R = np.minimum(R, (idx.shape[1] - 1) / 2)
+    depth = rr / np.maximum(R, 1e-9)[:, None, None]
+    take = free & (depth < 1) & (R > 0)[:, None, None]
+    if trim and isophote > SEED_ISOPHOTE:
+        # above the seeds' own level, a faint seed gives up its pixels outside its circle
+        mine = (seg_in.ravel()[idx] == lab[:, None, None]) & (depth >= 1) & (R > 0)[:, None, None]
+        c_cut.append(idx[mine])
+    c_idx.append(idx[take])
+    c_depth.append(depth[take].astype(np.float32))
+    c_lab.append(np.broadcast_to(lab[:, None, None], take.shape)[take].astype(np.int32))
+    return c_idx, c_depth, c_lab, c_cut
+
+
+def _assign(out, seg_in, image, isophote, n, c_idx, c_depth, c_lab, c_cut):
+    """Give each candidate pixel to the segment it lies deepest in; release faint seed pixels (never all)."""
+    if c_idx and sum(a.size for a in c_idx):
+        idx = np.concatenate(c_idx)
+        depth = np.concatenate(c_depth)
+        labs = np.concatenate(c_lab)
+        order = np.lexsort((depth, idx))
+        idx, labs = idx[order], labs[order]
+        first = np.r_[True, idx[1:] != idx[:-1]]
+        out.ravel()[idx[first]] = labs[first]
+    if c_cut and sum(a.size for a in c_cut):
+        cut = np.concatenate(c_cut)
+        # only faint seed pixels are released: a bright one outside the footprint is an undeblended
+        # companion or a spike, not a blurred edge
+        cut = cut[smoothed_at(image, cut, 1.0) <= 2 * isophote]
+        out.ravel()[cut] = 0
+        # a segment is never emptied: one left without pixels keeps its own
+        gone = np.bincount(out.ravel(), minlength=n + 1) == 0
+        gone[0] = False
+        if gone.any():
+            back = gone[seg_in] & (out == 0)
+            out[back] = seg_in[back]
+    return out
+
+
+def smoothed_at(image, flat, sigma, truncate=4.0):
+    """``scipy.ndimage.gaussian_filter(image, sigma)`` (float32, 'reflect' edges) at the flat indices ``flat``.
+
+    Few pixels (a normal field's seed edges) are smoothed one by one; many
+    (a crowded field's) through the whole-image filter, which is then cheaper.
+    """
+    if np.size(flat) > np.size(image) // 100:
+        from scipy import ndimage
+
+        return ndimage.gaussian_filter(np.asarray(image, np.float32), sigma, truncate=truncate).ravel()[flat]
+    rad = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-rad, rad + 1)
+    k = np.exp(-0.5 * (x / float(sigma)) ** 2)
+    k /= k.sum()
+    ny, nx = image.shape
+    iy, ix = np.divmod(np.asarray(flat, np.int64), nx)
+    img = np.asarray(image, np.float32)
+    out = np.zeros(iy.size, np.float64)
+    # 'reflect' (d c b a | a b c d | d c b a) is numpy's 'symmetric'
+    ry = _reflect_index(iy[:, None] + x[None, :], ny)
+    rx = _reflect_index(ix[:, None] + x[None, :], nx)
+    for j in range(x.size):
+        out += k[j] * (img[ry[:, j][:, None], rx] @ k)
+    return out.astype(np.float32)
+
+
+def _reflect_index(i, n):
+    """Indices reflected into ``[0, n)`` as scipy.ndimage's 'reflect' mode does (edge pixel repeated)."""
+    period = 2 * n
+    i = np.mod(i, period)
+    return np.where(i >= n, period - 1 - i, i)
+
+
+def _smoothed_footprint(img, avail, own, isophote, sigma, reach):
+    """Pixels of ``reach`` where ``img`` smoothed over ``avail`` exceeds ``isophote``, connected to ``own``.
+
+    The smoothing is a normalised convolution (Gaussian of ``sigma`` pixels
+    over the available pixels only, so other segments' flux does not leak
+    in) over the box of ``reach`` and ``own`` plus 3 ``sigma``, computed on
+    2x2-pixel blocks when ``sigma`` is 4 px or more (it is 4.5 px or more
+    with the default ``smooth_radius``; the blocks do not change such a
+    smoothing); all arrays are one window around the segment.
+    """
+    from scipy import ndimage
+
+    yy, xx = np.nonzero(reach | own)
+    m = int(np.ceil(3 * sigma))
+    y0, y1 = max(0, yy.min() - m), min(img.shape[0], yy.max() + 1 + m)
+    x0, x1 = max(0, xx.min() - m), min(img.shape[1], xx.max() + 1 + m)
+    h, w = y1 - y0, x1 - x0
+    f = 2 if sigma >= 4 else 1
+    H, W = -(-h // f) * f, -(-w // f) * f
+    ok = np.zeros((H, W), np.float32)
+    ok[:h, :w] = avail[y0:y1, x0:x1]
+    val = np.zeros((H, W), np.float32)
+    val[:h, :w] = np.where(avail[y0:y1, x0:x1], img[y0:y1, x0:x1], 0)
+    num = ndimage.gaussian_filter(val.reshape(H // f, f, W // f, f).sum(axis=(1, 3)), sigma / f, truncate=3.0)
+    den = ndimage.gaussian_filter(ok.reshape(H // f, f, W // f, f).sum(axis=(1, 3)), sigma / f, truncate=3.0)
+    hi = num > np.float32(isophote) * np.maximum(den, 1e-3)
+    above = np.zeros(img.shape, bool)
+    above[y0:y1, x0:x1] = np.repeat(np.repeat(hi, f, axis=0), f, axis=1)[:h, :w]
+    above &= avail & reach
+    comp, _ = ndimage.label(above | own)
+    ids = np.unique(comp[own])
+    return above & np.isin(comp, ids[ids > 0])
+
+
+def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=5.0, min_flux=0.05,
+                    colour_chi2=30.0, contrast=5.0, sigma=1.5, point_hwhm=4.0, min_peak=20.0, bin_px=1.0,
+                    linearise=None):
+    """Merge back the deblended children (or grouped segments) that are not sources of their own.
+
+    photutils' (and SExtractor's) deblending keeps every child holding a
+    fraction ``contrast`` of its parent's flux; on a large galaxy that
+    fraction is reached by noise bumps of the halo, by arms and by
+    star-forming knots, so the galaxy is shredded.  Here each deblended
+    parent gets a smooth model: the median of the matched-filter S/N image
+    ``sm_sn`` (and of ``det``, and of each band) in 1-px elliptical annuli
+    (the ellipse of the parent's positive ``det`` moments about its
+    brightest pixel) over the parent's and the free pixels of its bounding
+    box, forced to fall outwards.  A child other than the one holding the
+    parent's peak is kept only if
+
+    * its peak excess over the model reaches ``min_excess`` (matched-filter
+      sigma), and
+    * its light above the model (``det`` summed over the child) is at least
+      ``min_flux`` of the primary child's light (a galaxy in contact, a
+      bright star, a star among others in a crowded blob), or
+      its excess has a colour of its own: at the peak, the per-band
+      matched-filter excesses (``bands``) differ from a multiple of the
+      model's colours there by chi^2 >= ``colour_chi2`` (a foreground star
+      on a disc; a knot or an arm has the disc's colours), or its excess
+      is strong (``min_peak`` sigma) and ``contrast`` times the model there
+      (a star of the galaxy's colours on its outskirts).
+
+    A parent whose model falls to half its peak within ``point_hwhm`` px
+    is point-like (a star, or crowded stars), one whose model peaks below
+    ``min_peak`` (matched-filter sigma) too faint for its model to tell a
+    fragment from a neighbour (a crowded field's confusion): their
+    children are left as they are.  The pixels of the rejected children go to the kept children
+    of the same parent by a watershed of ``-det`` through the parent.  A
+    parent may also hold pixels of no child (a region of low matched-filter
+    S/N joining separate segments, see `NetworkSegmenter`): those stay free.
+
+    Parameters
+    ----------
+    parent_data, child_data : numpy.ndarray
+        int label arrays of the parents (before deblending, or any regions
+        that contain whole children) and of the children.
+    det : numpy.ndarray
+        The deblending image (g+r+i in noise units, smoothed).
+    sm_sn : numpy.ndarray
+        Matched-filter S/N image (`matched_filter_sn`), unit noise.
+    bands : numpy.ndarray, optional
+        ``(nb, ny, nx)`` per-band images in noise units (0 where masked)
+        for the colour test; None: no colour test.
+    min_excess, min_flux, colour_chi2, contrast : float
+        The thresholds above.
+    sigma : float
+        Gaussian sigma (pixels) of the per-band matched filter.
+    point_hwhm : float
+        Model half width (pixels) below which a parent is point-like.
+    min_peak : float
+        Model peak (matched-filter sigma) below which a parent is left alone.
+    bin_px : float
+        Width of the elliptical annuli (pixels along the major axis).
+    linearise : callable, optional
+        Applied to each band's cut-out of ``bands`` first (e.g. undoing the
+        network input's asinh stretch).
+
+    Returns
+    -------
+    numpy.ndarray
+        The label array with the rejected children merged (labels
+        renumbered 1..N in their old order).
+    """
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
+    out = np.array(child_data, np.int32, copy=True)
+    par = np.asarray(parent_data)
+    both = (out > 0) & (par > 0)
+    n_child = int(out.max(initial=0))
+    parent_of = np.zeros(n_child + 1, np.int64)
+    parent_of[out[both]] = par[both]
+    nkids = np.bincount(parent_of[1:], minlength=int(par.max(initial=0)) + 1)
+    split = np.flatnonzero(nkids >= 2)
+    split = split[split > 0]
+    if split.size == 0:
+        return out
+    slices = ndimage.find_objects(par)
+    drop = np.zeros(n_child + 1, bool)
+    band_noise = 1.0 / (2.0 * np.sqrt(np.pi) * sigma)   # matched-filter noise of a unit-noise band
+    for p in split:
+        sl = slices[p - 1]
+        found = _fragments_of(p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colour_chi2, contrast,
+                              sigma, point_hwhm, min_peak, bin_px, linearise, band_noise)
+        if found is None or found[2].size == 0:
+            continue
+        own, kids, weak = found
+        drop[weak] = True
+        markers = np.where(drop[kids], 0, kids)
+        filled = watershed(-np.where(own, det[sl], 0), markers, mask=own, connectivity=2)
+        lab_px = own & (kids > 0)   # unlabelled pixels of a grouping parent stay free
+        out[sl][lab_px] = filled[lab_px]
+    if not drop.any():
+        return out
+    keep = ~drop
+    lut = (np.cumsum(keep) - 1).astype(np.int32)
+    lut[0] = 0
+    return lut[out]
+
+
+def _fragments_of(p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colour_chi2, contrast, sigma,
+                  point_hwhm, min_peak, bin_px, linearise, band_noise):
+    """The children of parent ``p`` (box ``sl``) that are not sources of their own (`merge_fragments`).
+
+    Returns ``(own, kids, rejected labels)``, or None when the parent keeps all its children.
+    """
+    from scipy import ndimage
+
+    own = par[sl] == p
+    kids = np.where(own, out[sl], 0)
+    d = np.where(own, det[sl], -np.inf)
+    s = sm_sn[sl]
+    py, px = np.unravel_index(int(np.argmax(d)), d.shape)
+    primary = kids[py, px]
+    yy, xx = np.nonzero(own)
+    w = np.clip(det[sl][yy, xx], 0, None).astype(np.float64)
+    W = max(w.sum(), 1e-12)
+    dy, dx = yy - py, xx - px
+    cxx = (w * dx * dx).sum() / W + 0.25
+    cyy = (w * dy * dy).sum() / W + 0.25
+    cxy = (w * dx * dy).sum() / W
+    det_c = cxx * cyy - cxy * cxy
+    if not det_c > 0:
+        return None
+    # elliptical radius in major-axis pixels: r^2 = lambda_max x^T C^-1 x; the annuli take the
+    # parent's and the free pixels of its box (a companion at the parent's edge must not fill its
+    # outer annuli alone)
+    lam = 0.5 * (cxx + cyy) + np.sqrt(0.25 * (cxx - cyy) ** 2 + cxy * cxy)
+
+    def radius(ay, ax):
+        ey, ex = ay - py, ax - px
+        return np.sqrt(np.maximum(lam * (cyy * ex * ex - 2 * cxy * ex * ey + cxx * ey * ey) / det_c, 0.0))
+
+    ay, ax = np.nonzero((par[sl] == 0) | own)
+    ka = (radius(ay, ax) / bin_px).astype(np.int64)
+    k = (radius(yy, xx) / bin_px).astype(np.int64)
+    uk, cnt = np.unique(ka, return_counts=True)
+    first = np.r_[0, np.cumsum(cnt)[:-1]]   # bin starts in the radius-sorted order
+    nbin = int(max(ka.max(), k.max())) + 1
+
+    def profile(img):
+        """Median of ``img`` in the annuli (empty ones interpolated), forced to fall outwards."""
+        vals = img[ay, ax].astype(np.float64)
+        o2 = np.lexsort((vals, ka))
+        vs = vals[o2]
+        med = 0.5 * (vs[first + (cnt - 1) // 2] + vs[first + cnt // 2])
+        return np.minimum.accumulate(np.interp(np.arange(nbin), uk, med))
+
+    prof = profile(s)
+    if prof[0] < min_peak or np.argmax(prof < 0.5 * prof[0]) * bin_px < point_hwhm:
+        return None  # a faint or point-like parent (a star, crowded stars) keeps its children
+    lab = kids[yy, xx]
+    excess = s[yy, xx] - prof[k]
+    nl = int(lab.max()) + 1
+    o = np.lexsort((excess, lab))
+    last = np.r_[np.flatnonzero(np.diff(lab[o])), lab.size - 1]
+    pe = np.full(nl, -np.inf)
+    pe[lab[o][last]] = excess[o][last]
+    peak_at = np.zeros(nl, np.int64)
+    peak_at[lab[o][last]] = o[last]
+    pdet = profile(det[sl])
+    # light above the model, relative to the primary's own light (a star among many in a crowded
+    # blob holds little of the blob but much of its brightest star)
+    flux = np.bincount(lab, np.clip(det[sl][yy, xx] - pdet[k], 0, None), nl)
+    flux /= max(np.clip(det[sl][yy, xx], 0, None)[lab == primary].sum(), 1e-12)
+    cand = np.unique(lab)
+    cand = cand[(cand > 0) & (cand != primary)]
+    weak = cand[pe[cand] < min_excess]
+    # a strong excess many times the parent's own light there (a star on its outskirts) is a source
+    strong = (pe >= min_peak) & (pe >= contrast * np.maximum(prof[k[peak_at]], 0.0))
+    test = cand[(pe[cand] >= min_excess) & (flux[cand] < min_flux) & ~strong[cand]]
+    if test.size and bands is not None:
+        j = peak_at[test]
+        chi2 = np.zeros(test.size)
+        e_all, m_all, ok_all = [], [], []
+        for b in range(bands.shape[0]):
+            bi = bands[b][sl] if linearise is None else linearise(bands[b][sl])
+            sb = ndimage.gaussian_filter(bi.astype(np.float32), sigma)
+            pb = profile(sb)
+            e_all.append(sb[yy[j], xx[j]] - pb[k[j]])
+            m_all.append(pb[k[j]])
+            ok_all.append(bi[yy[j], xx[j]] != 0)
+        e, m, ok = np.array(e_all), np.array(m_all), np.array(ok_all)
+        a = (e * m * ok).sum(0) / np.maximum((m * m * ok).sum(0), 1e-12)
+        var = band_noise ** 2 + (0.1 * e) ** 2
+        chi2 = (((e - a * m) ** 2 / var) * ok).sum(0)
+        test = test[chi2 < colour_chi2]
+    return own, kids, np.r_[weak, test]
+
+
+def keep_labels(segm, stats, keep):
+    """Keep the labels where ``keep`` (bool, indexed by label) is True, renumbered 1..N in their old order.
+
+    ``stats`` (``(moments, (cy, cx), labels)``, indexed by label, see
+    `NetworkSegmenter._drop_single_band`) is re-indexed to the new labels.
+    Returns ``(segm, stats)``, ``(None, None)`` when nothing is left.
+    """
+    from photutils.segmentation import SegmentationImage
+
+    keep = np.asarray(keep, bool).copy()
+    if keep[1:].all():
+        return segm, stats
+    if not keep[1:].any():
+        return None, None
+    keep[0] = True
+    lut = np.cumsum(keep).astype(np.int32) - 1
+    lut[~keep] = 0
+    old = np.flatnonzero(keep)
+    mom, (wy, wx), _ = stats
+    mom = tuple(m[old] for m in mom)
+    lab = np.flatnonzero(mom[0] > 0)
+    return SegmentationImage(lut[np.asarray(segm.data)]), (mom, (wy[old], wx[old]), lab[lab > 0])
