@@ -1,7 +1,7 @@
 """Sources seen in fewer bands: the simulator's edge strips and the classifier's statistics.
 
 SDSS bands are offset from r along the scan, so every field has strips along its
-edges that some band does not cover (`astrohvae.simulate.SDSS_BAND_OFFSETS`).  The
+edges that some band does not cover (`astrohvae.simulate.field.SDSS_BAND_OFFSETS`).  The
 classifier's statistics use valid pixels only and marginalise over a statistic
 that cannot be measured; these tests fail when missing data are read as zeros.
 """
@@ -16,7 +16,7 @@ from astrohvae.conventions import FLAG_FEW_BANDS, FLAG_MASKED, MASK_INVALID
 
 
 def test_simulated_offsets_as_real_frames_and_stress_scale():
-    from astrohvae.simulate import SDSS_BAND_OFFSETS, simulate_field
+    from astrohvae.simulate.field import SDSS_BAND_OFFSETS, simulate_field
 
     one = simulate_field(31, size=(96, 96))
     two = simulate_field(31, size=(96, 96), band_offset_scale=2.0)
@@ -43,10 +43,10 @@ def test_simulated_offsets_as_real_frames_and_stress_scale():
 @pytest.fixture(scope="module")
 def field_stamps():
     """Stamps of a simulated field without band offsets (every band covers every pixel)."""
-    from astrohvae.pipeline import find_sources
-    from astrohvae.simulate import simulate_field
-    from astrohvae.stamps import cut_stamps
-    from astrohvae.store import match_truth
+    from astrohvae.pipeline.field import find_sources
+    from astrohvae.simulate.field import simulate_field
+    from astrohvae.stamps.cutouts import cut_stamps
+    from astrohvae.stamps.store import match_truth
 
     sim = simulate_field(13, size=(512, 512), band_offset_scale=0.0)
     bg, segm, src = find_sources(sim.field)
@@ -58,7 +58,7 @@ def field_stamps():
 
 def _without_band(st, rows, band):
     """Copy of ``st`` where ``band`` has no data over the whole stamp of ``rows`` (as `cut_stamps` writes it)."""
-    from astrohvae.stamps import StampSet
+    from astrohvae.stamps.cutouts import StampSet
 
     flux, mask = st.flux.copy(), st.mask.copy()
     flux[rows, BANDS.index(band)] = 0.0
@@ -67,8 +67,9 @@ def _without_band(st, rows, band):
 
 
 def test_statistics_from_valid_pixels_only(field_stamps):
-    from astrohvae.classify import aperture_colours
-    from astrohvae.psf import estimate_psf, profile_features, psf_match
+    from astrohvae.morphology.physical import aperture_colours
+    from astrohvae.morphology.psf import estimate_psf, psf_match
+    from astrohvae.morphology.statistics import profile_features
 
     st = field_stamps
     clean = ~((st.mask & MASK_INVALID) != 0).any(axis=(1, 2))
@@ -99,8 +100,8 @@ def test_statistics_from_valid_pixels_only(field_stamps):
 
 def test_missing_statistics_marginalised_not_zero(field_stamps, default_classifier):
     """Bright stars whose u band is missing stay stars (their u-g is marginalised over)."""
-    from astrohvae.classify import physical_statistics
-    from astrohvae.psf import saturated
+    from astrohvae.morphology.physical import physical_statistics
+    from astrohvae.morphology.psf import saturated
 
     st = field_stamps
     y, r = np.asarray(st.meta["truth_type"]), np.asarray(st.meta["truth_mag_r"])
@@ -122,9 +123,9 @@ def test_missing_statistics_marginalised_not_zero(field_stamps, default_classifi
 
 def test_bright_stars_in_stress_strips_are_stars(default_classifier, default_segmenter):
     """The stress offset (x2) leaves wide strips; their bright stars are not `galaxy` (before: p >= 0.99)."""
-    from astrohvae.pipeline import process_field
-    from astrohvae.simulate import simulate_field
-    from astrohvae.store import match_truth
+    from astrohvae.pipeline.field import process_field
+    from astrohvae.simulate.field import simulate_field
+    from astrohvae.stamps.store import match_truth
 
     sim = simulate_field(13, size=(512, 512), band_offset_scale=2.0)
     t = process_field(sim.field, default_classifier, segmenter=default_segmenter).table
@@ -138,7 +139,7 @@ def test_bright_stars_in_stress_strips_are_stars(default_classifier, default_seg
 
 def test_marginal_draws_follow_the_conditional_gaussian():
     """Known answer: for one 2-D Gaussian, x2 | x1 ~ N(m2 + c/s1^2 (x1 - m1), s2^2 - c^2/s1^2)."""
-    from astrohvae.classify import marginal_draws
+    from astrohvae.classify.mixture import marginal_draws
 
     mean = np.array([1.0, -2.0])
     cov = np.array([[4.0, 1.2], [1.2, 1.0]])
@@ -154,11 +155,14 @@ def test_marginal_draws_follow_the_conditional_gaussian():
 
 
 def test_density_saved_with_the_weights(tiny_weights, default_classifier):
-    """`train` fits the statistics density and `save_model` keeps it; the shipped weights (made before it) load without it."""
-    from astrohvae.classify import N_PHYSICAL, load_model
+    """`train` fits the statistics density and `save_model` keeps it; the shipped weights, made by `train`, hold theirs."""
+    from astrohvae.classify.persist import load_model
+    from astrohvae.morphology.physical import N_PHYSICAL
 
     clf = load_model(tiny_weights, device="cpu")
     w, means, covs = clf.stat_density_
     assert means.shape[1] == N_PHYSICAL and covs.shape[1:] == (N_PHYSICAL, N_PHYSICAL)
     np.testing.assert_allclose(w.sum(), 1.0)
-    assert default_classifier.stat_density_ is None
+    w, means, covs = default_classifier.stat_density_
+    assert means.shape[1] == N_PHYSICAL and covs.shape[1:] == (N_PHYSICAL, N_PHYSICAL)
+    np.testing.assert_allclose(w.sum(), 1.0)
