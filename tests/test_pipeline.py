@@ -365,3 +365,27 @@ def test_device_resolution_and_strict_float32_on_cuda():
                                                     cuda=SimpleNamespace(matmul=SimpleNamespace(allow_tf32=True))))
     _strict_float32(fake)
     assert fake.backends.cudnn.allow_tf32 is False and fake.backends.cuda.matmul.allow_tf32 is False
+
+
+def test_model_cache_loads_once_and_again_after_a_rewrite(tiny_weights, tmp_path):
+    """A survey worker loads its weights once; a rewritten weights folder is loaded afresh; clear() forgets."""
+    import shutil
+
+    from astrohvae.pipeline.loading import MODEL_CACHE, ModelCache, load_classifier
+
+    w = tmp_path / "w"
+    shutil.copytree(tiny_weights, w)
+    a = load_classifier(w, "cpu")
+    assert load_classifier(w, "cpu") is a
+    cfg = w / "config.json"
+    cfg.write_text(cfg.read_text() + "\n")  # the same model, rewritten: another file size
+    b = load_classifier(w, "cpu")
+    assert b is not a and load_classifier(w, "cpu") is b
+    n = len(MODEL_CACHE)
+    MODEL_CACHE.clear()
+    assert len(MODEL_CACHE) == 0 < n and load_classifier(w, "cpu") is not b
+
+    calls = []
+    cache = ModelCache()
+    assert cache.get("k", lambda: calls.append(1) or "m") == "m" == cache.get("k", lambda: calls.append(1) or "x")
+    assert calls == [1]

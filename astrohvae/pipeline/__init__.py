@@ -21,6 +21,8 @@ _EXPORTS = {
     'field_name': 'astrohvae.pipeline.inputs',
     'input_paths': 'astrohvae.pipeline.inputs',
     'jobqueue_cluster': 'astrohvae.pipeline.survey',
+    'MODEL_CACHE': 'astrohvae.pipeline.loading',
+    'ModelCache': 'astrohvae.pipeline.loading',
     'load_classifier': 'astrohvae.pipeline.loading',
     'load_segmenter': 'astrohvae.pipeline.loading',
     'make_estimator': 'astrohvae.pipeline.train',

@@ -9,11 +9,39 @@ from pathlib import Path
 from astrohvae.errors import InputError
 from astrohvae.pipeline.inputs import one_line
 
-__all__ = ['load_classifier', 'load_segmenter']
+__all__ = ['ModelCache', 'MODEL_CACHE', 'load_classifier', 'load_segmenter']
+
 
 # ----------------------------------------------------------------------------- model loading
-_MODEL_CACHE = {}
-_CACHE_LOCK = threading.RLock()
+class ModelCache:
+    """The models this process has loaded, keyed by what they were loaded from; thread-safe.
+
+    A survey worker runs many fields: with one cache per process (`MODEL_CACHE`, used by
+    `load_classifier` and `load_segmenter`) it loads its weights once.  A weights folder that is
+    rewritten gets another key (its files' sizes and times are part of it), so it is loaded afresh.
+    """
+
+    def __init__(self):
+        self._models = {}
+        self._lock = threading.RLock()
+
+    def get(self, key, load):
+        """The model of ``key``, made by ``load()`` the first time."""
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = load()
+            return self._models[key]
+
+    def clear(self):
+        """Forget every loaded model."""
+        with self._lock:
+            self._models.clear()
+
+    def __len__(self):
+        return len(self._models)
+
+
+MODEL_CACHE = ModelCache()
 
 
 def load_classifier(weights=None, device="auto"):
@@ -22,9 +50,7 @@ def load_classifier(weights=None, device="auto"):
     The cache key is the weights folder and device, so a survey worker loads
     the model once however many fields it processes.
     """
-    key = ("clf", _weights_key(weights), device)
-    with _CACHE_LOCK:
-        return _classifier_cached(key, weights, device)
+    return MODEL_CACHE.get(("clf", _weights_key(weights), device), lambda: _classifier(weights, device))
 
 
 def _weights_key(weights):
@@ -41,19 +67,15 @@ def _weights_key(weights):
     return (str(p), tuple(stats))
 
 
-def _classifier_cached(key, weights, device):
-    if key not in _MODEL_CACHE:
-        import astrohvae.classify.persist as classify
+def _classifier(weights, device):
+    if weights is None:
+        from astrohvae.classify.persist import load_default_classifier
 
-        if weights is None:
-            clf = classify.load_default_classifier(device=device)
-        else:
-            wpath = Path(weights)
-            if not wpath.exists():
-                raise InputError(wpath, "weights folder not found")
-            clf = _load_classifier_from(wpath, device)
-        _MODEL_CACHE[key] = clf
-    return _MODEL_CACHE[key]
+        return load_default_classifier(device=device)
+    wpath = Path(weights)
+    if not wpath.exists():
+        raise InputError(wpath, "weights folder not found")
+    return _load_classifier_from(wpath, device)
 
 
 def _load_classifier_from(path, device):
@@ -88,11 +110,8 @@ def load_segmenter(segmenter="auto", device="auto", isophote=None):
         return segmenter
     if segmenter not in ("auto", "network"):
         raise ValueError(f"unknown segmenter {segmenter!r}; use 'auto', 'network' or 'photutils'")
-    key = ("seg", device, isophote)
-    with _CACHE_LOCK:
-        if key not in _MODEL_CACHE:
-            _MODEL_CACHE[key] = _load_default_segmenter(device, required=segmenter == "network", isophote=isophote)
-    seg = _MODEL_CACHE[key]
+    seg = MODEL_CACHE.get(("seg", device, isophote),
+                          lambda: _load_default_segmenter(device, required=segmenter == "network", isophote=isophote))
     if seg is None and segmenter == "network":
         raise InputError("astrohvae/data", "no network segmenter weights are installed")
     return seg
