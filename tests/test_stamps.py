@@ -326,6 +326,7 @@ def test_deblend_is_photutils_deblend_sources(seed):
         ref2 = deblend_sources(det, segm, 5, labels=labels[segm.areas >= 10], n_levels=32, contrast=0.001,
                                progress_bar=False, n_processes=1)
         np.testing.assert_array_equal(deblend_segments(det, segm, 5).data, ref2.data)
+        np.testing.assert_array_equal(deblend_segments(det, segm, 5, backend="photutils").data, ref2.data)
 
 
 def test_cut_stamps_window_gather_equals_per_source_slices(monkeypatch):

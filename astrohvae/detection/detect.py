@@ -190,7 +190,8 @@ def _local_peaks(det, data):
     return peak
 
 
-def deblend_segments(det, segm, n_pixels, n_levels=32, contrast=0.001, max_area=DEBLEND_MAX_AREA):
+def deblend_segments(det, segm, n_pixels, n_levels=32, contrast=0.001, max_area=DEBLEND_MAX_AREA,
+                     backend="astrohvae"):
     """photutils `deblend_sources`, only where it can change something, and bounded in crowded fields.
 
     * Only segments of at least ``2 * n_pixels`` pixels with more than one
@@ -204,11 +205,16 @@ def deblend_segments(det, segm, n_pixels, n_levels=32, contrast=0.001, max_area=
       first cut by `_split_huge` into pieces, which are then deblended as
       above with the contrast relative to their piece.  Pieces of a cut
       segment touch each other, so they carry the blended flag (2).
+    * ``backend``: ``'astrohvae'`` (`_deblend_sources`, photutils' algorithm
+      with vectorised levels, the same output) or ``'photutils'``
+      (`photutils.segmentation.deblend_sources` itself).
 
     Returns a `SegmentationImage` with consecutive labels.
     """
     from photutils.segmentation import SegmentationImage, deblend_sources
 
+    if backend not in ("astrohvae", "photutils"):
+        raise ValueError(f"unknown deblending backend {backend!r}; use 'astrohvae' or 'photutils'")
     data = np.asarray(segm.data)
     areas = np.asarray(segm.areas)
     labels = np.asarray(segm.labels)
@@ -234,7 +240,7 @@ def deblend_segments(det, segm, n_pixels, n_levels=32, contrast=0.001, max_area=
         return segm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if DEBLEND_BACKEND == "photutils":
+        if backend == "photutils":
             return deblend_sources(det, segm, n_pixels, labels=cand, n_levels=n_levels, contrast=contrast,
                                    progress_bar=False, n_processes=1)
         return _deblend_sources(det, segm, n_pixels, cand, n_levels=n_levels, contrast=contrast,
@@ -256,11 +262,6 @@ def _second_peak(det, data, peak):
     nan = np.bincount(data[np.isnan(det)].ravel(), minlength=nlab) > 0
     out[nan] = np.inf
     return out
-
-
-DEBLEND_BACKEND = "astrohvae"
-"""``'astrohvae'`` (`_deblend_sources`, photutils' algorithm with vectorised levels)
-or ``'photutils'`` (`photutils.segmentation.deblend_sources` itself)."""
 
 
 # ---------------------------------------------------------------------------
