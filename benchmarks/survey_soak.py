@@ -111,8 +111,8 @@ def main():
             shutil.rmtree(tmp, ignore_errors=True)
 
     print()
-    print(f"| workers | fields | wall s | fields/min (wall) | fields/min (busy) | per worker | task median s "
-          f"| read median s | gap median / p90 ms |")
+    print("| workers | fields | wall s | fields/min (wall) | fields/min (busy) | per worker | task median s "
+          "| read median s | gap median / p90 ms |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         print(f"| {r['workers']} | {r['fields']} | {r['wall_s']:.1f} | {r['fields_per_min_wall']:.1f} | "

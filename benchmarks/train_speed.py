@@ -96,7 +96,6 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
-    import numpy as np
     import torch
 
     from astrohvae.models import ConvAE, HierarchicalVAE, LatentVAE

@@ -11,7 +11,7 @@ import pytest
 
 from astrohvae import BANDS
 from astrohvae.io.field import Field
-from astrohvae.detection.measure import measure_catalog, photutils_measurements, psf_photometry
+from astrohvae.detection.measure import measure_catalog, psf_photometry
 from astrohvae.photometry import luptitude, luptitude_err
 from astrohvae.conventions import FLAG_FEW_BANDS
 from astrohvae.detection.background import estimate_background

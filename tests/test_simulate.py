@@ -389,7 +389,6 @@ def test_header_keywords(sim):
 
 def test_structured_discs_keep_their_light_and_truth(galsim):
     """Knots and arms move light within a late-type disc: same objects, same total flux, own truth."""
-    from astrohvae.simulate.field import truth_mask
 
     smooth = simulate_field(12, size=(512, 512), star_fraction=0.0, structure=False)
     t, ts = galsim.truth, smooth.truth

@@ -307,7 +307,6 @@ def test_deblend_is_photutils_deblend_sources(seed):
     from astropy.convolution import Gaussian2DKernel, convolve
     from photutils.segmentation import deblend_sources, detect_sources
 
-    import astrohvae.stamps.cutouts as st
     from astrohvae.detection.detect import _deblend_sources, deblend_segments
 
     img = _blended_scene(seed)
@@ -333,7 +332,6 @@ def test_cut_stamps_window_gather_equals_per_source_slices(monkeypatch):
     """The vectorised gather (many sources) and the per-source slicing give the same stamps,
     including sources at and beyond the field's edges and masked pixels."""
     import astrohvae.stamps.cutouts as st
-    from astrohvae.detection.detect import _deblend_sources, deblend_segments
 
     mask = np.zeros((5, 240, 320), bool)
     mask[2, 10:20, 10:40] = True  # a masked region in one band

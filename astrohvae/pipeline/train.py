@@ -218,10 +218,7 @@ def train_from_store(store, out, *, model="avr", divergence=None, prior=None, be
         raise InputError(getattr(st, "path", store), f"only {len(rows)} stamps; need at least 3 to train")
     stamps = st[rows]
     fields = sorted(set(np.asarray(stamps.meta["field"]).astype(str).tolist()))
-    if checkpoint_dir is not None:
-        est.fit(stamps, checkpoint_dir=checkpoint_dir)
-    else:
-        est.fit(stamps)
+    est.fit(stamps, checkpoint_dir=checkpoint_dir)
     histories = {k.rstrip("_"): v for k, v in vars(est).items() if k.endswith("history_") and v}
     training = {"store": str(getattr(st, "path", "")), "n_stamps_store": len(st), "n": int(len(rows)),
                 "fields": fields, "per_field": per_field, "max_stamps": max_stamps, "model": model,
