@@ -242,12 +242,13 @@ def _fit_tiny_classifier(out_dir, seed=7, size=(256, 256)):
     return out_dir
 
 
-def _one_line_error(stderr, must_contain):
-    """Assert stderr is exactly one 'astrohvae: error: ...' line naming ``must_contain``."""
+def _one_line_error(stderr, *must_contain):
+    """Assert stderr is exactly one 'astrohvae: error: ...' line naming each of ``must_contain``."""
     lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, f"expected one stderr line, got {lines!r}"
     assert lines[0].startswith("astrohvae: error: "), lines[0]
-    assert str(must_contain) in lines[0], f"{must_contain!s} not named in {lines[0]!r}"
+    for needle in must_contain:
+        assert str(needle) in lines[0], f"{needle!s} not named in {lines[0]!r}"
     return lines[0]
 
 
@@ -277,7 +278,7 @@ def write_mef():
 
 @pytest.fixture(scope="session")
 def one_line_error():
-    """Check ``one_line_error(stderr, must_contain)``: one ``astrohvae: error:`` line naming ``must_contain``."""
+    """Check ``one_line_error(stderr, *must_contain)``: one ``astrohvae: error:`` line naming each of them."""
     return _one_line_error
 
 
