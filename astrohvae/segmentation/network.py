@@ -133,11 +133,12 @@ class NetworkSegmenter:
         FWHM (pixels) of the Gaussian smoothing of the deblending image.
     deblend_floor : float or None
         Lowest deblending level, in units of the deblending image's robust
-        noise (MAD over the field, crowding included): the exponential levels run from it to
-        each segment's peak (`deblend_segments` ``floor``), so that the
-        fainter neighbours inside a bright star's segment are split; None:
-        photutils' levels (linear from the segment's minimum when that is
-        not positive, as in almost every network segment).
+        noise (MAD over the field, crowding included): the exponential
+        levels run from it to each segment's peak (`deblend_segments`
+        ``floor``), so that the fainter neighbours inside a bright star's
+        segment are split; None: photutils' levels (linear from the
+        segment's minimum when that is not positive, as in almost every
+        network segment).
     rule : {'shipped', 'refit'}
         Use the mixture fitted at training time, or refit it on each field.
     tile, overlap : int
