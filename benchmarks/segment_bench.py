@@ -34,7 +34,9 @@ band_nsigma=None, halo_peak=None``).  With several seeds, a table over all
 of them follows (pooled IoU: sum of intersections over sum of unions).
 ``--compare`` adds sep (SExtractor's library, DEBLEND_CONT 0.005), each
 variant with photutils' contrast criterion alone (``fragment_excess=None``:
-the deblending before issue 14) and with ``isophote=1``; ``--smooth`` also
+the deblending before issue 14) and with ``isophote=1``; ``--levels`` each
+variant with photutils' deblending levels (``deblend_floor=None``, before
+issue 13 item 4); ``--smooth`` also
 runs every seed with smooth galaxies (``simulate_field(structure=False)``).
 
 Writes ``segment_bench.json`` and ``README.md`` (the tables) into ``--out``;
@@ -44,7 +46,7 @@ Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/segment_bench.py [--seeds 1 2] \
         [--real 004510-4-0030] [--weights astrohvae/data/segment] [--refit] [--plain] \
-        [--plots] [--variants ae-res-hc] [--compare] [--smooth] [--size NX NY] \
+        [--plots] [--variants ae-res-hc] [--compare] [--levels] [--smooth] [--size NX NY] \
         [--out benchmarks/results/segment]
 """
 
@@ -183,7 +185,7 @@ def table_for(segm, truth, truth_mask, shape, truth_mask_1=None):
     }
 
 
-def _segmenters(weights, refit, plain=False, device="cpu", variants=VARIANTS, compare=False):
+def _segmenters(weights, refit, plain=False, device="cpu", variants=VARIANTS, compare=False, levels=False):
     from astrohvae.segmentation.network import NetworkSegmenter
 
     out = {}
@@ -199,6 +201,8 @@ def _segmenters(weights, refit, plain=False, device="cpu", variants=VARIANTS, co
             if compare:
                 out[v + " (contrast only)"] = NetworkSegmenter.load(d, device=device, fragment_excess=None)
                 out[v + " --isophote 1"] = NetworkSegmenter.load(d, device=device, isophote=1.0)
+            if levels:
+                out[v + " (photutils levels)"] = NetworkSegmenter.load(d, device=device, deblend_floor=None)
     return out
 
 
@@ -352,6 +356,9 @@ def main():
     ap.add_argument("--compare", action="store_true",
                     help="also sep, each variant with photutils' contrast criterion only (no fragment merging), "
                          "and with --isophote 1 (IoU with the 1-sigma truth)")
+    ap.add_argument("--levels", action="store_true",
+                    help="also run each variant with photutils' deblending levels (deblend_floor=None: linear "
+                         "from a segment's minimum when that is not positive, as before issue 13 item 4)")
     ap.add_argument("--smooth", action="store_true",
                     help="also run every seed with smooth galaxies (simulate_field(structure=False))")
     ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("NX", "NY"),
@@ -372,7 +379,8 @@ def main():
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     from astrohvae.detection.background import estimate_background
 
-    segs = _segmenters(args.weights, args.refit, args.plain, variants=args.variants, compare=args.compare)
+    segs = _segmenters(args.weights, args.refit, args.plain, variants=args.variants, compare=args.compare,
+                       levels=args.levels)
     out.mkdir(parents=True, exist_ok=True)
     report = {"machine": f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
               "command": command, "simulated": {}, "real": {}}

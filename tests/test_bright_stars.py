@@ -132,3 +132,75 @@ def test_classifier_recognises_a_bright_star_its_stamp_is_not_centred_on(default
 def test_peak_centred_returns_its_input_when_nothing_moves(n):
     st = _stampset(np.zeros((n, 5, 64, 64)))
     assert peak_centred(st) is st
+
+
+def _moffat(shape, x, y, flux, fwhm=3.4, beta=3.0):
+    """A normalised circular Moffat profile (SDSS-like PSF) of total ``flux`` at (x, y)."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    a = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    m = (1 + ((xx - x) ** 2 + (yy - y) ** 2) / a**2) ** -beta
+    return m / m.sum() * flux
+
+
+def test_deblend_floor_splits_the_faint_neighbours_of_a_bright_star():
+    """A bright star with three neighbours of 2.5-4 % of its flux 10-13 px away, all in one segment
+    that reaches the noise (a pixel <= 0, as the network's segments do): photutils' levels (linear
+    from the segment's minimum, peak/33 apart) leave it one source; levels from a floor of 3 noise
+    sigma split each neighbour off, and the star's child holds its core."""
+    from photutils.segmentation import SegmentationImage
+
+    from astrohvae.detection.detect import deblend_segments
+
+    rng = np.random.default_rng(3)
+    shape = (80, 80)
+    stars = [(40.3, 39.6, 6e4), (51.3, 41.6, 1800.0), (35.3, 49.6, 1500.0), (32.3, 30.6, 2400.0)]
+    det = sum(_moffat(shape, x, y, f) for x, y, f in stars) + rng.normal(0, 1, shape)
+    segm = SegmentationImage(np.ones(shape, np.int32))
+    assert det.min() <= 0
+    at = [(int(round(y)), int(round(x))) for x, y, _ in stars]
+    old = deblend_segments(det, segm, 5).data
+    assert len({old[p] for p in at}) == 1
+    new = deblend_segments(det, segm, 5, floor=3.0).data
+    assert len({new[p] for p in at}) == 4
+    assert new[at[0]] == new[40, 40]
+    with pytest.raises(ValueError, match="floor"):
+        deblend_segments(det, segm, 5, floor=3.0, backend="photutils")
+
+
+def _crowded_bright_star(halo_dx=0.0, halo_dy=0.0):
+    """A small simulated field with a bright star (r ~ 15) and three fainter neighbours 10-13 px
+    away on a faint diffuse halo (2 r sky sigma at its centre, sigma 25 px) that makes the
+    network's segment reach the noise; returns ``(field, star (x, y), neighbours [(x, y)])``."""
+    from astrohvae.io.field import Field
+    from astrohvae.simulate.field import simulate_field
+
+    sim = simulate_field(3, size=(384, 384))
+    f = sim.field
+    yy, xx = np.mgrid[:f.shape[0], :f.shape[1]]
+    x0, y0 = 200.3, 180.6
+    stars = [(x0, y0, 1000.0), (x0 + 11, y0 + 2, 30.0), (x0 - 5, y0 + 10, 25.0), (x0 - 8, y0 - 9, 40.0)]
+    colour = [0.3, 0.7, 1.0, 1.15, 1.25]  # nanomaggies per r nanomaggy, a G-K star
+    data = f.data.copy()
+    halo = np.exp(-((xx - x0 - halo_dx) ** 2 + (yy - y0 - halo_dy) ** 2) / (2 * 25.0**2))
+    for b, band in enumerate(f.bands):
+        data[b] += sum(_moffat(f.shape, x, y, fl * colour[b]) for x, y, fl in stars)
+        data[b] += 2.0 * sim.sky_sigma[band] * halo
+    return Field(data.astype(np.float32), f.mask, wcs=f.wcs, name=f.name), (x0, y0), [s[:2] for s in stars[1:]]
+
+
+def test_bright_star_among_fainter_neighbours_is_its_own_star(default_segmenter, default_classifier):
+    """The shipped path: the bright star's fainter neighbours are sources of their own (before the
+    deblending floor they were part of its segment, which pulled its position 1.3 px off and made
+    it a galaxy, as 10 stars brighter than r = 15 of the crowded real field 005405-6-0099 were)."""
+    from astrohvae.pipeline.field import process_field
+
+    field, (x0, y0), neigh = _crowded_bright_star()
+    prod = process_field(field, default_classifier, segmenter=default_segmenter)
+    t, seg = prod.table, np.asarray(prod.segmap)
+    d = np.hypot(np.asarray(t["x"]) - x0, np.asarray(t["y"]) - y0)
+    i = int(np.argmin(d))
+    assert d[i] < 0.5
+    assert t["class"][i] == "star"
+    own = seg[int(round(y0)), int(round(x0))]
+    assert own == t["id"][i]
+    assert all(seg[int(round(y)), int(round(x))] not in (0, own) for x, y in neigh)

@@ -191,7 +191,7 @@ def _local_peaks(det, data):
 
 
 def deblend_segments(det, segm, n_pixels, n_levels=32, contrast=0.001, max_area=DEBLEND_MAX_AREA,
-                     backend="astrohvae"):
+                     backend="astrohvae", floor=None):
     """photutils `deblend_sources`, only where it can change something, and bounded in crowded fields.
 
     * Only segments of at least ``2 * n_pixels`` pixels with more than one
@@ -208,6 +208,16 @@ def deblend_segments(det, segm, n_pixels, n_levels=32, contrast=0.001, max_area=
     * ``backend``: ``'astrohvae'`` (`_deblend_sources`, photutils' algorithm
       with vectorised levels, the same output) or ``'photutils'``
       (`photutils.segmentation.deblend_sources` itself).
+    * ``floor`` (``det`` units; None: photutils' levels): the exponential
+      levels run from ``max(segment minimum, floor)`` to the segment's peak.
+      photutils spaces them from the segment's minimum, and falls back to
+      linear levels when that minimum is not positive; a segment that is not
+      a threshold detection (the network's, grown below the noise) holds a
+      pixel at or below zero, and its linear levels, ``peak / 33`` apart,
+      leave every neighbour fainter than that inside a bright star's
+      segment.  The deblending image's noise times a few is a floor as
+      photutils' detection threshold is (`astrohvae.segmentation.network`).
+      Astrohvae backend only.
 
     Returns a `SegmentationImage` with consecutive labels.
     """
@@ -215,6 +225,8 @@ def deblend_segments(det, segm, n_pixels, n_levels=32, contrast=0.001, max_area=
 
     if backend not in ("astrohvae", "photutils"):
         raise ValueError(f"unknown deblending backend {backend!r}; use 'astrohvae' or 'photutils'")
+    if backend == "photutils" and floor is not None:
+        raise ValueError("floor needs the 'astrohvae' backend")
     data = np.asarray(segm.data)
     areas = np.asarray(segm.areas)
     labels = np.asarray(segm.labels)
@@ -244,7 +256,7 @@ def deblend_segments(det, segm, n_pixels, n_levels=32, contrast=0.001, max_area=
             return deblend_sources(det, segm, n_pixels, labels=cand, n_levels=n_levels, contrast=contrast,
                                    progress_bar=False, n_processes=1)
         return _deblend_sources(det, segm, n_pixels, cand, n_levels=n_levels, contrast=contrast,
-                                top2=_second_peak(det, data, peak))
+                                top2=_second_peak(det, data, peak), floor=floor)
 
 
 def _second_peak(det, data, peak):
@@ -349,8 +361,12 @@ def _marker_segment(lower, upper):
     return ndimage.label(markers, structure=_FOOT8)[0]
 
 
-def _deblend_one(data, segment_data, label, n_pixels, n_levels, contrast, mode="exponential", top2=np.inf):
+def _deblend_one(data, segment_data, label, n_pixels, n_levels, contrast, mode="exponential", top2=np.inf,
+                 floor=None):
     """photutils ``_SingleSourceDeblender.deblend_source`` (None: left whole).
+
+    ``floor``: the levels start at ``max(minimum, floor)`` instead of the
+    segment's minimum (see `deblend_segments`).
 
     ``top2``: the second-highest local maximum of ``data`` in the segment.
     Every connected piece above a level holds a local maximum above it, so no
@@ -365,6 +381,10 @@ def _deblend_one(data, segment_data, label, n_pixels, n_levels, contrast, mode="
     smin, smax, ssum = np.nanmin(vals), np.nanmax(vals), np.nansum(vals)
     if smin == smax:
         return None
+    if floor is not None:
+        smin = max(smin, floor)
+        if not smin < smax:
+            return None
 
     def thresholds(mode):
         lin = np.linspace(smin, smax, n_levels + 2)
@@ -416,10 +436,10 @@ def _deblend_one(data, segment_data, label, n_pixels, n_levels, contrast, mode="
     return markers
 
 
-def _deblend_sources(data, segm, n_pixels, labels, n_levels=32, contrast=0.001, top2=None):
+def _deblend_sources(data, segm, n_pixels, labels, n_levels=32, contrast=0.001, top2=None, floor=None):
     """photutils ``deblend_sources(data, segm, n_pixels, labels=labels, n_levels, contrast)``
     (exponential levels, connectivity 8, relabelled), one process.  ``top2``:
-    per label, the second-highest local maximum (see `_deblend_one`)."""
+    per label, the second-highest local maximum; ``floor``: see `_deblend_one`."""
     from photutils.segmentation import SegmentationImage
 
     labels = np.atleast_1d(labels)
@@ -434,7 +454,7 @@ def _deblend_sources(data, segm, n_pixels, labels, n_levels=32, contrast=0.001, 
         sl = slices[i]
         t2 = np.inf if top2 is None else top2[lab]
         with np.errstate(invalid="ignore"):
-            deb = _deblend_one(data[sl], segm.data[sl], lab, n_pixels, n_levels, contrast, top2=t2)
+            deb = _deblend_one(data[sl], segm.data[sl], lab, n_pixels, n_levels, contrast, top2=t2, floor=floor)
         if deb is None:
             continue
         pos = deb > 0

@@ -32,7 +32,10 @@ feature maps, upsampled to full resolution) are then split into "object" and
    own measured noise (`matched_filter_seeds`);
 5. all are deblended with photutils' `deblend_sources` on the
    noise-weighted g+r+i image smoothed by a Gaussian of ``deblend_fwhm``
-   pixels; then every group of segments (connected through matched-filter
+   pixels, its exponential levels starting at ``deblend_floor`` (3) times
+   that image's robust noise (a network segment reaches the noise, and from
+   its minimum photutils would space the levels linearly, leaving a bright
+   star's fainter neighbours inside its segment); then every group of segments (connected through matched-filter
    S/N > ``fragment_group``, 3) around an extended source is tested against
    that source's smooth elliptical model (`merge_fragments`): a segment is
    kept only if it stands out above the model by ``fragment_excess`` (5)

@@ -14,6 +14,7 @@ from astrohvae import BANDS
 from astrohvae.conventions import GRI as _GRI
 from astrohvae.errors import InputError
 from astrohvae.segmentation.seeds import (
+    _robust_sigma,
     anchored_em,
     band_support,
     halo_peaks,
@@ -130,6 +131,14 @@ class NetworkSegmenter:
         Run photutils `deblend_sources`.
     deblend_fwhm : float
         FWHM (pixels) of the Gaussian smoothing of the deblending image.
+    deblend_floor : float or None
+        Lowest deblending level, in units of the deblending image's robust
+        noise (MAD over the field, crowding included): the exponential
+        levels run from it to each segment's peak (`deblend_segments`
+        ``floor``), so that the fainter neighbours inside a bright star's
+        segment are split; None: photutils' levels (linear from the
+        segment's minimum when that is not positive, as in almost every
+        network segment).
     rule : {'shipped', 'refit'}
         Use the mixture fitted at training time, or refit it on each field.
     tile, overlap : int
@@ -189,7 +198,8 @@ class NetworkSegmenter:
                  deblend=True, deblend_fwhm=2.0, rule="shipped", tile=512, overlap=48,
                  batch_size=8, device="auto", random_state=0, isophote=0.5, seed_nsigma=4.0,
                  seed_sigma=1.5, psf_snr=12.0, band_nsigma=2.0, halo_peak=2000.0, trim=True, smooth_radius=30.0,
-                 fragment_excess=5.0, fragment_flux=0.05, fragment_colour=30.0, fragment_group=3.0):
+                 fragment_excess=5.0, fragment_flux=0.05, fragment_colour=30.0, fragment_group=3.0,
+                 deblend_floor=3.0):
         self.variant = variant
         self.taps = tuple(taps)
         self.tap_weights = None if tap_weights is None else tuple(float(w) for w in tap_weights)
@@ -220,6 +230,7 @@ class NetworkSegmenter:
         self.fragment_flux = float(fragment_flux)
         self.fragment_group = float(fragment_group)
         self.fragment_colour = None if fragment_colour is None else float(fragment_colour)
+        self.deblend_floor = None if deblend_floor is None else float(deblend_floor)
 
     # -- parameters -------------------------------------------------------
     def get_params(self):
@@ -228,7 +239,7 @@ class NetworkSegmenter:
                 "n_pixels", "deblend", "deblend_fwhm", "rule", "tile", "overlap", "batch_size",
                 "device", "random_state", "isophote", "seed_nsigma", "seed_sigma", "psf_snr", "band_nsigma",
                 "halo_peak", "trim", "smooth_radius", "fragment_excess", "fragment_flux",
-                "fragment_colour", "fragment_group")
+                "fragment_colour", "fragment_group", "deblend_floor")
         return {k: getattr(self, k) for k in keys}
 
     def set_params(self, **params):
@@ -658,7 +669,8 @@ class NetworkSegmenter:
         if segm is not None and self.deblend:
             from astrohvae.detection.detect import deblend_segments
 
-            segm = deblend_segments(det, segm, self.n_pixels, n_levels=32, contrast=0.001)
+            floor = None if self.deblend_floor is None else self.deblend_floor * _robust_sigma(det)
+            segm = deblend_segments(det, segm, self.n_pixels, n_levels=32, contrast=0.001, floor=floor)
             if self.fragment_excess is not None:
                 from scipy import ndimage
 
