@@ -55,6 +55,8 @@ def main(argv=None):
     ap.add_argument("--fields", nargs="*", default=None, help="field folders under ../shared (default: all)")
     ap.add_argument("--bright", type=float, default=15.0, help="r limit of 'bright'")
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--weights", nargs="*", default=[],
+                    help="more classifiers to count for (retrain_compare.py's entries: DIR or DIR@name=value)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from astropy.table import Table
@@ -67,6 +69,10 @@ def main(argv=None):
     t0 = time.time()
     clf = load_default_classifier(device="cpu")
     variants = {"shipped": clf, "peak_centre=False": variant(clf, peak_centre=False)}
+    if args.weights:
+        from retrain_compare import load_variant
+
+        variants.update({w: load_variant(w) for w in args.weights})
     seg = load_segmenter("auto", device="cpu")
     names = args.fields or sorted(p.name for p in FIELDS.iterdir() if p.is_dir())
     rows, worst = [], []

@@ -128,6 +128,9 @@ def test_locus_default_round_trip_and_weighting(locus_fitted, tmp_path, make_toy
                              + np.clip(t["colour_llr"], -COLOUR_CLIP, COLOUR_CLIP))))
     np.testing.assert_allclose(p, want, atol=1e-5)
     assert np.all((t["morph_weight"] >= 0) & (t["morph_weight"] < 1))
+    # the colour evidence is clipped, then weighted by 1 / (1 + S/N / colour_snr)
+    snr = clf.morph_snr * t["morph_weight"] / (1 - t["morph_weight"])
+    assert np.all(np.abs(t["colour_llr"]) <= COLOUR_CLIP / (1 + snr / clf.colour_snr) + 1e-4)
     clf.save(tmp_path / "w")
     back = HierarchicalClassifier.load(tmp_path / "w", device="cpu")
     assert back.colour_prior == "locus"

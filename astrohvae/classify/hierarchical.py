@@ -15,6 +15,7 @@ from astrohvae.classify.mixture import (
 )
 from astrohvae.morphology.physical import (
     COLOUR_CLIP,
+    COLOUR_SNR,
     COLOUR_STAR_SNR,
     MORPH_SNR,
     N_PHYSICAL,
@@ -79,7 +80,8 @@ class HierarchicalClassifier(Estimator):
         the call holds at least 20 of them, else of the training stamps; each
         template at a free amplitude with the source's own flux errors; and
         weigh the morphology log odds by ``S/N / (S/N + morph_snr)`` (the
-        statistics the VAE reads carry no knowledge of their noise).
+        statistics the VAE reads carry no knowledge of their noise) and the
+        clipped colour log odds by ``1 / (1 + S/N / colour_snr)``.
         Measured on the simulated test fields and the real 004510-4-0030
         (benchmarks/retrain_compare.py, README "Classification").
         ``True``: the former opt-in colour likelihood.  Multiply the peak posterior's odds by a
@@ -102,6 +104,10 @@ class HierarchicalClassifier(Estimator):
     morph_snr : float
         With ``colour_prior='locus'``, the morphology log odds are weighted
         by ``S/N / (S/N + morph_snr)`` (`MORPH_SNR`; 0 = unweighted).
+    colour_snr : float or None
+        With ``colour_prior='locus'``, the colour log odds are weighted by
+        ``1 / (1 + S/N / colour_snr)`` (`COLOUR_SNR`; None = unweighted):
+        bright sources are classified by their morphology.
     prior : (m, s)
         Peaks of the symmetric prior ½N(-m,s²)+½N(m,s²) when ``symmetric_prior``.
     divergence : None or {'sc', 'dkl', 'aw', 'pw', 'quad'}
@@ -138,11 +144,12 @@ class HierarchicalClassifier(Estimator):
                  star_mean=-1.5, star_sigma=0.35, galaxy_mean=1.0, galaxy_sigma=1.0, symmetric_prior=False,
                  ae_latent=30, channels=(16, 32, 64, 64), ae_epochs=4, vae_epochs=40, batch_size=128,
                  lr=2e-3, center_weight=4.0, augment=True, ae_components=0, fit_weight=True, prior_tries=5,
-                 colour_prior="locus", morph_snr=MORPH_SNR, prior=(1.0, 0.5), divergence=None, beta=1.0,
-                 locus_normalise=True, zero_point=True, saturated_stellar=True, peak_centre=True, device="cpu", random_state=0,
-                 verbose=False):
+                 colour_prior="locus", morph_snr=MORPH_SNR, colour_snr=COLOUR_SNR, prior=(1.0, 0.5),
+                 divergence=None, beta=1.0, locus_normalise=True, zero_point=True, saturated_stellar=True,
+                 peak_centre=True, device="cpu", random_state=0, verbose=False):
         self.colour_prior = colour_prior
         self.morph_snr = morph_snr
+        self.colour_snr = colour_snr
         self.locus_normalise = locus_normalise
         self.zero_point = zero_point
         self.saturated_stellar = saturated_stellar
@@ -384,6 +391,10 @@ class HierarchicalClassifier(Estimator):
             snr = np.clip(np.nan_to_num(np.asarray(res[1]["snr"], dtype=np.float64)), 0.0, None)
             out["colour_llr"] = self._locus_llr(stamps, phys, snr, res[2])
             out["morph_weight"] = (snr / np.maximum(snr + float(self.morph_snr), 1e-12)).astype(np.float32)
+            cs = getattr(self, "colour_snr", None)
+            if cs:  # clipped first: a bright source's weight scales the clipped evidence
+                llr = np.clip(out["colour_llr"], -COLOUR_CLIP, COLOUR_CLIP) / (1.0 + snr / float(cs))
+                out["colour_llr"] = llr.astype(np.float32)
         elif getattr(self, "colour_templates_", None) is not None and phys is not None:
             ce = phys[:, N_PHYSICAL:]
             out["colour_llr"] = colour_llr(self.colour_templates_, ce[:, :4], ce[:, 4:]).astype(np.float32)
