@@ -419,7 +419,8 @@ def segment(field, out, variant, weights, classify, plots, isophote, device, ove
 @click.option("--max-stamps", type=click.IntRange(3), default=None, help="Then at most this many in all.")
 @click.option("--representation", type=click.Choice(sorted(REPRESENTATION_NAMES)), default=None, help="Network input [default: the model's own: avr source_asinh, others lupt].")
 @click.option("--augment/--no-augment", default=None, help="Random 90-degree rotations and flips [default: avr on].")
-@click.option("--colour-prior", is_flag=True, help="avr: also learn the opt-in colour likelihood (not the shipped default).")
+@click.option("--colour-prior", is_flag=True,
+              help="avr: the former colour-template likelihood instead of the default stellar-locus one.")
 @_device_option()
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plots", is_flag=True, help="Write loss curves and the latent histogram (PNG) into OUT.")

@@ -16,9 +16,47 @@ import numpy as np
 
 from astrohvae import BANDS, SOFTENING
 
-__all__ = ["luptitude", "luptitude_err", "luptitude_to_flux", "softening"]
+__all__ = ["luptitude", "luptitude_err", "luptitude_to_flux", "softening", "STELLAR_LOCUS", "QUASAR_COLOURS",
+           "colour_seds"]
 
 _K = 2.5 / np.log(10.0)
+
+
+STELLAR_LOCUS = np.array(
+    [
+        # g-r,  u-g,  r-i,   i-z
+        [-0.20, 0.60, -0.15, -0.10],
+        [0.00, 0.85, -0.05, -0.05],
+        [0.20, 0.95, 0.04, 0.00],
+        [0.30, 1.02, 0.09, 0.02],
+        [0.40, 1.12, 0.13, 0.04],
+        [0.50, 1.28, 0.17, 0.07],
+        [0.60, 1.48, 0.21, 0.09],
+        [0.80, 1.88, 0.29, 0.14],
+        [1.00, 2.25, 0.40, 0.21],
+        [1.20, 2.50, 0.56, 0.30],
+        [1.35, 2.55, 0.85, 0.43],
+        [1.45, 2.60, 1.20, 0.58],
+        [1.50, 2.60, 1.60, 0.80],
+        # mid and late M dwarfs (r-i 2-2.8), which the first rows stop short of
+        [1.55, 2.70, 2.00, 1.00],
+        [1.60, 2.80, 2.40, 1.25],
+        [1.65, 2.90, 2.80, 1.50],
+    ]
+)
+"""The SDSS stellar locus: a polyline of (g-r, u-g, r-i, i-z), after the median colours of Covey et al.
+(2007) and Ivezic et al. (2008), from hot halo stars (g-r = -0.2) to late M dwarfs (r-i = 2.8).
+The stars of `astrohvae.simulate` lie along its first 13 rows."""
+
+QUASAR_COLOURS = ((0.2, 0.15, 0.12, 0.05), (0.15, 0.12, 0.10, 0.10))
+"""Mean and spread of the (u-g, g-r, r-i, i-z) colours of z < 2.2 quasars (UV-excess point
+sources; Richards et al. 2001)."""
+
+
+def colour_seds(colours):
+    """Relative fluxes (K, 5) in u, g, r, i, z, r = 1, of (K, 4) colours (u-g, g-r, r-i, i-z) in magnitudes."""
+    ug, gr, ri, iz = np.asarray(colours, dtype=np.float64).T
+    return 10.0 ** (-0.4 * np.stack([ug + gr, gr, np.zeros_like(gr), -ri, -ri - iz], axis=1))
 
 
 def softening(bands=BANDS):

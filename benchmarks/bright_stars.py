@@ -61,6 +61,8 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--deblend-floor", default=None,
                     help="also run with the segmenter's deblend_floor set so ('none': photutils' levels)")
+    ap.add_argument("--weights", nargs="*", default=[],
+                    help="more classifiers to count for (retrain_compare.py's entries: DIR or DIR@name=value)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from astropy.table import Table
@@ -73,6 +75,10 @@ def main(argv=None):
     t0 = time.time()
     clf = load_default_classifier(device="cpu")
     variants = {"shipped": clf, "peak_centre=False": variant(clf, peak_centre=False)}
+    if args.weights:
+        from retrain_compare import load_variant
+
+        variants.update({w: load_variant(w) for w in args.weights})
     from astrohvae.pipeline.field import _Steps
 
     segs = {"default": load_segmenter("auto", device="cpu")}

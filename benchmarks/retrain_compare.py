@@ -8,6 +8,12 @@ For every weights folder given (default: the shipped classifier only):
 * the accuracy on the 20 labelled stamps of ../shared/data/sdss/stamps-dl4astro.
 
     .venv/bin/python benchmarks/retrain_compare.py --weights shipped /tmp/acc/w-avr
+
+A weights entry ``PATH@name=value[,name=value]`` loads PATH and sets those classifier parameters
+before scoring (e.g. ``/tmp/w@morph_snr=0``: the same weights without the S/N weighting of the
+morphology).  ``share`` is the r > 21 AUC over the supervised ceiling (``--ceiling``, README
+"Classification"); ``sim star frac`` the share of the simulated test sources labelled star (truth
+in the header line).
 """
 
 from __future__ import annotations
@@ -24,6 +30,23 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "sdss"
 
 
+def load_variant(spec):
+    """The classifier of a weights entry: ``shipped`` or a folder, with ``@name=value,...`` parameters set."""
+    from astrohvae.classify.base import DEFAULT_WEIGHTS
+    from astrohvae.classify.persist import load_model
+
+    path, _, sets = spec.partition("@")
+    clf = load_model(DEFAULT_WEIGHTS if path == "shipped" else Path(path), device="cpu")
+    for item in filter(None, sets.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+        setattr(clf, key, value)
+    return clf
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", nargs="+", default=["shipped"], help="weights folders ('shipped' = the default)")
@@ -31,13 +54,12 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--cache", default=str(ROOT / "scratch" / "classify" / "run-chain-cache"))
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--ceiling", type=float, default=0.931, help="supervised ceiling of the r > 21 AUC")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
-    from astrohvae.classify.base import DEFAULT_WEIGHTS
-    from astrohvae.classify.persist import load_model
     from astrohvae.evaluation.data import load_dl4astro, simulated_stamps, star_recall
     from astrohvae.evaluation.metrics import ALL_BINS, binary_metrics, labels_from_meta
 
@@ -49,13 +71,14 @@ def main(argv=None):
     fld = SHARED / "fields" / "004510-4-0030"
     rows = []
     for w in args.weights:
-        path = DEFAULT_WEIGHTS if w == "shipped" else Path(w)
-        clf = load_model(path, device="cpu")
+        clf = load_variant(w)
         p = clf.predict_proba(test)
         row = {"weights": w, "hash": clf.weights_hash[:12], "auc_all": binary_metrics(y, p)["auc"]}
         for lo, hi, name in ALL_BINS:
             sel = (mag >= lo) & (mag < hi)
             row[f"auc {name}"] = binary_metrics(y[sel], p[sel])["auc"]
+        row["share"] = row["auc r>21"] / args.ceiling
+        row["sim star frac"] = float((p < 0.5).mean())
         if fld.is_dir():
             rec = star_recall(clf, fld, fld / "stars_in_frame_004510-4-0030.fits")
             row["sdss stars"] = f"{rec['n_star']}/{rec['n_matched']}"
@@ -66,7 +89,8 @@ def main(argv=None):
         rows.append(row)
         print(f"[{time.time() - t0:5.0f} s] {w}: done", flush=True)
     keys = list(rows[0])
-    print(f"\ntest: {len(y)} labelled stamps of seeds {args.test_seeds} ({args.size} px)\n")
+    print(f"\ntest: {len(y)} labelled stamps of seeds {args.test_seeds} ({args.size} px), "
+          f"true star fraction {float((y == 0).mean()):.3f}\n")
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for r in rows:

@@ -106,8 +106,10 @@ def test_colour_prior_round_trip_and_clip(colour_fitted, tmp_path, make_toy_stam
     np.testing.assert_allclose(back.predict_proba(test), p, atol=1e-5)
 
 
-def test_default_has_no_colour_term():
-    assert HierarchicalClassifier().colour_prior is False
+def test_default_colour_term_is_the_locus_one():
+    # the former template colour likelihood stays opt-in (colour_prior=True); the default is the
+    # flux-space stellar-locus term (tests/test_classify_locus.py)
+    assert HierarchicalClassifier().colour_prior == "locus"
 
 
 def test_noise_scale_measures_correlated_noise():

@@ -15,13 +15,16 @@ from astrohvae.classify.mixture import (
 )
 from astrohvae.morphology.physical import (
     COLOUR_CLIP,
-    COLOUR_GALAXY_RHALF,
-    COLOUR_GALAXY_SNR,
+    COLOUR_SNR,
     COLOUR_STAR_SNR,
+    MORPH_SNR,
     N_PHYSICAL,
     PHYSICAL_OPTIONS,
     colour_llr,
     colour_templates,
+    galaxy_seds,
+    locus_llr,
+    resolved_sources,
     pass1_statistics,
     physical_features,
 )
@@ -66,8 +69,22 @@ class HierarchicalClassifier(Estimator):
         Re-estimate the two peaks' weights by EM on the training latents
         (label-free) after training; the peaks' positions stay those of the
         prior.
-    colour_prior : bool
-        Opt-in (default False).  Multiply the peak posterior's odds by a
+    colour_prior : {'locus', True, False}
+        ``'locus'`` (default): multiply the peak posterior's odds by the
+        flux-space colour likelihood ratio `locus_llr` (clipped to
+        +-`COLOUR_CLIP` in log odds) of the source's five PSF-fit fluxes and
+        their errors (`psf_fluxes`): stars are the physical stellar locus
+        (`astrohvae.photometry.STELLAR_LOCUS`, hot halo stars to late M
+        dwarfs, and quasars), galaxies the SEDs of label-free resolved sources
+        (r_half > 1.35 x the locus, S/N >= 30) of the source's own field when
+        the call holds at least 20 of them, else of the training stamps; each
+        template at a free amplitude with the source's own flux errors; and
+        weigh the morphology log odds by ``S/N / (S/N + morph_snr)`` (the
+        statistics the VAE reads carry no knowledge of their noise) and the
+        clipped colour log odds by ``1 / (1 + S/N / colour_snr)``.
+        Measured on the simulated test fields and the real 004510-4-0030
+        (benchmarks/retrain_compare.py, README "Classification").
+        ``True``: the former opt-in colour likelihood.  Multiply the peak posterior's odds by a
         colour likelihood ratio (`colour_llr`, clipped to +-`COLOUR_CLIP` in
         log odds): Gaussian-mixture densities of the PSF-fit colours
         (`psf_colours`) of label-free template sources chosen by morphology at
@@ -82,7 +99,15 @@ class HierarchicalClassifier(Estimator):
         stamps without it; 121 before the noise calibration): the lost ones are
         faint (r ~ 21.7-23.5, S/N 8-30) with ambiguous morphology, and the
         bright template stars do not represent the colours of faint (halo,
-        M-dwarf) stars.  Hence not the default.
+        M-dwarf) stars.  ``False``: morphology only (weights saved before the
+        ``'locus'`` option say so and keep their answers).
+    morph_snr : float
+        With ``colour_prior='locus'``, the morphology log odds are weighted
+        by ``S/N / (S/N + morph_snr)`` (`MORPH_SNR`; 0 = unweighted).
+    colour_snr : float or None
+        With ``colour_prior='locus'``, the colour log odds are weighted by
+        ``1 / (1 + S/N / colour_snr)`` (`COLOUR_SNR`; None = unweighted):
+        bright sources are classified by their morphology.
     prior : (m, s)
         Peaks of the symmetric prior ½N(-m,s²)+½N(m,s²) when ``symmetric_prior``.
     divergence : None or {'sc', 'dkl', 'aw', 'pw', 'quad'}
@@ -119,10 +144,12 @@ class HierarchicalClassifier(Estimator):
                  star_mean=-1.5, star_sigma=0.35, galaxy_mean=1.0, galaxy_sigma=1.0, symmetric_prior=False,
                  ae_latent=30, channels=(16, 32, 64, 64), ae_epochs=4, vae_epochs=40, batch_size=128,
                  lr=2e-3, center_weight=4.0, augment=True, ae_components=0, fit_weight=True, prior_tries=5,
-                 colour_prior=False, prior=(1.0, 0.5), divergence=None, beta=1.0, locus_normalise=True,
-                 zero_point=True, saturated_stellar=True, peak_centre=True, device="cpu", random_state=0,
-                 verbose=False):
+                 colour_prior="locus", morph_snr=MORPH_SNR, colour_snr=COLOUR_SNR, prior=(1.0, 0.5),
+                 divergence=None, beta=1.0, locus_normalise=True, zero_point=True, saturated_stellar=True,
+                 peak_centre=True, device="cpu", random_state=0, verbose=False):
         self.colour_prior = colour_prior
+        self.morph_snr = morph_snr
+        self.colour_snr = colour_snr
         self.locus_normalise = locus_normalise
         self.zero_point = zero_point
         self.saturated_stellar = saturated_stellar
@@ -206,7 +233,7 @@ class HierarchicalClassifier(Estimator):
             self.ae_pcs_ = None
         feats = [self._ae_feats(z)]
         if self.physical:
-            phys, self.ref_ = physical_features(stamps, colours=bool(self.colour_prior), options=self._physical_options())
+            phys, self.ref_ = physical_features(stamps, colours=self._colour_mode(), options=self._physical_options())
             feats.append(phys[:, self._phys_cols()])
         else:
             self.ref_ = None
@@ -237,6 +264,7 @@ class HierarchicalClassifier(Estimator):
                 self.vae_, self.weights_, self.star_peak_, self.label_stats_, groups = first
         self.train_peak_fraction_ = float((groups == self.star_peak_).mean())
         self.colour_templates_ = None
+        self.galaxy_seds_ = None
         if self.colour_prior and self.physical:
             from astrohvae.morphology.psf import saturated
 
@@ -244,9 +272,15 @@ class HierarchicalClassifier(Estimator):
             phys = phys[complete]
             ce = phys[:, N_PHYSICAL:]
             stars = (np.abs(phys[:, 0]) < 0.08) & (feat["snr"] >= COLOUR_STAR_SNR) & ~sat
-            gals = (phys[:, 0] > COLOUR_GALAXY_RHALF) & (feat["snr"] >= COLOUR_GALAXY_SNR) & ~sat
-            self.colour_templates_ = colour_templates(ce[:, :4], stars, gals, seed=seed)
-            self.n_colour_templates_ = (int(stars.sum()), int(gals.sum()))
+            gals = resolved_sources(phys, feat["snr"], sat)
+            if self._colour_mode() == "flux":
+                meta = stamps.meta
+                fields = np.asarray(meta["field"])[complete] if "field" in meta.colnames else None
+                self.galaxy_seds_ = galaxy_seds(ce, gals, fields, seed=seed)
+                self.n_colour_templates_ = (0, 0 if self.galaxy_seds_ is None else len(self.galaxy_seds_))
+            else:
+                self.colour_templates_ = colour_templates(ce[:, :4], stars, gals, seed=seed)
+                self.n_colour_templates_ = (int(stars.sum()), int(gals.sum()))
         return self
 
     def _fit_latent(self, zin, seed, dev, checkpoint=None):
@@ -274,6 +308,16 @@ class HierarchicalClassifier(Estimator):
         _, m, s = self._prior()
         lo, hi = min(m), max(m)
         return mixture_posterior(np.clip(mu, lo, hi), sigma, self.weights_, m, s)
+
+    def _colour_mode(self):
+        """``colours`` of `physical_features` this classifier needs: 'flux', True or False."""
+        if not self.colour_prior:
+            return False
+        return "flux" if self.colour_prior == "locus" else True
+
+    def _has_colour_term(self):
+        return (getattr(self, "colour_templates_", None) is not None
+                or getattr(self, "galaxy_seds_", None) is not None)
 
     def _physical_options(self):
         return {k: getattr(self, k) for k in PHYSICAL_OPTIONS}
@@ -332,7 +376,7 @@ class HierarchicalClassifier(Estimator):
         feats = [self._ae_feats(z)]
         phys = None
         if self.physical:
-            phys = physical_features(stamps, self.ref_, colours=getattr(self, "colour_templates_", None) is not None,
+            phys = physical_features(stamps, self.ref_, colours=self._colour_mode() if self._has_colour_term() else False,
                              options=self._physical_options(),
                              pass1=res[1:])[0]
             feats.append(phys[:, self._phys_cols()])
@@ -343,9 +387,34 @@ class HierarchicalClassifier(Estimator):
         out = {"z_ae": z, "z_hvae": mu.astype(np.float32), "z_hvae_sigma": sig.astype(np.float32)}
         if p_marg is not None:
             out["p_galaxy_marginal"] = p_marg
-        if getattr(self, "colour_templates_", None) is not None and phys is not None:
+        if getattr(self, "galaxy_seds_", None) is not None and phys is not None:
+            snr = np.clip(np.nan_to_num(np.asarray(res[1]["snr"], dtype=np.float64)), 0.0, None)
+            out["colour_llr"] = self._locus_llr(stamps, phys, snr, res[2])
+            out["morph_weight"] = (snr / np.maximum(snr + float(self.morph_snr), 1e-12)).astype(np.float32)
+            cs = getattr(self, "colour_snr", None)
+            if cs:  # clipped first: a bright source's weight scales the clipped evidence
+                llr = np.clip(out["colour_llr"], -COLOUR_CLIP, COLOUR_CLIP) / (1.0 + snr / float(cs))
+                out["colour_llr"] = llr.astype(np.float32)
+        elif getattr(self, "colour_templates_", None) is not None and phys is not None:
             ce = phys[:, N_PHYSICAL:]
             out["colour_llr"] = colour_llr(self.colour_templates_, ce[:, :4], ce[:, 4:]).astype(np.float32)
+        return out
+
+    def _locus_llr(self, stamps, phys, snr, sat):
+        """`locus_llr` of every source, against its own field's galaxy templates where the call holds at
+        least `MIN_TEMPLATE` of them (resolved sources, `resolved_sources`: they share the field's
+        extinction and calibration), else against those of the training stamps (``galaxy_seds_``)."""
+        n = len(phys)
+        meta = getattr(stamps, "meta", None)
+        fields = (np.asarray(meta["field"]).astype(str) if meta is not None and "field" in meta.colnames
+                  else np.array(["_"] * n))
+        fx = phys[:, N_PHYSICAL:]
+        resolved = resolved_sources(phys, snr, sat)
+        out = np.zeros(n, np.float32)
+        for name in np.unique(fields):
+            sel = fields == name
+            own = galaxy_seds(fx[sel], resolved[sel], seed=0 if self.random_state is None else int(self.random_state))
+            out[sel] = locus_llr(fx[sel], self.galaxy_seds_ if own is None else own)
         return out
 
     def _marginalise(self, zin, miss, mu, sig):
@@ -389,7 +458,7 @@ class HierarchicalClassifier(Estimator):
             p = np.where(np.isfinite(pm), pm, p)
         if "colour_llr" in t:
             p = np.clip(p, 1e-4, 1 - 1e-4)
-            logit = np.log(p / (1 - p)) + np.clip(t["colour_llr"], -COLOUR_CLIP, COLOUR_CLIP)
+            logit = np.log(p / (1 - p)) * t.get("morph_weight", 1.0) + np.clip(t["colour_llr"], -COLOUR_CLIP, COLOUR_CLIP)
             p = 1.0 / (1.0 + np.exp(-logit))
         return p
 
@@ -417,6 +486,8 @@ class HierarchicalClassifier(Estimator):
             values["ref"] = {"r_star": float(self.ref_["r_star"]), "c_star": float(self.ref_["c_star"])}
             if self.ref_.get("noise_scale") is not None:
                 values["ref"]["noise_scale"] = [float(v) for v in self.ref_["noise_scale"]]
+        if getattr(self, "galaxy_seds_", None) is not None:
+            arrays["colour_galaxy_seds"] = np.asarray(self.galaxy_seds_, dtype=np.float64)
         ct = getattr(self, "colour_templates_", None)
         if ct is not None:
             for cls_name, parts in ct.items():
@@ -443,7 +514,10 @@ class HierarchicalClassifier(Estimator):
             self.ref_ = dict(values["ref"])
             self.ref_["psf"] = arrays["psf"]
         self.colour_templates_ = None
-        if self.colour_prior and "colour_star_weights" in arrays:
+        self.galaxy_seds_ = None
+        if self.colour_prior == "locus" and "colour_galaxy_seds" in arrays:
+            self.galaxy_seds_ = np.asarray(arrays["colour_galaxy_seds"], dtype=np.float64)
+        elif self.colour_prior and "colour_star_weights" in arrays:
             self.colour_templates_ = {c: tuple(arrays[f"colour_{c}_{part}"] for part in ("weights", "means", "covs"))
                                       for c in ("star", "galaxy")}
         self.ae_pcs_ = None

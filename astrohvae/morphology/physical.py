@@ -63,7 +63,9 @@ def _physical_compute(stamps, ref, colours, pass1, options):
 
     Returns (features (N, 8), ref dict): the `N_PHYSICAL` = 8 statistics the
     LatentVAE reads; with ``colours`` (N, 16): then the PSF-fit colours and
-    their errors (`psf_colours`, for the colour likelihood).  ``ref`` holds the locus values and
+    their errors (`psf_colours`, for the colour likelihood); with ``colours='flux'``
+    (N, 18): then the five PSF-fit fluxes and their errors (`psf_fluxes`, for
+    the flux-space stellar-locus likelihood `locus_llr`; NaN for saturated sources).  ``ref`` holds the locus values and
     the PSF used for groups (fields) too small to estimate their own.
 
     The stamps are read twice, chunk by chunk (`astrohvae.morphology.statistics.chunked_statistics`;
@@ -93,7 +95,8 @@ def _physical_compute(stamps, ref, colours, pass1, options):
     fields = np.asarray(stamps.meta["field"]).astype(str) if (
         hasattr(stamps, "meta") and stamps.meta is not None and "field" in stamps.meta.colnames
     ) else np.array(["_"] * n)
-    out = np.zeros((n, N_PHYSICAL + (8 if colours else 0)), dtype=np.float32)
+    flux_mode = isinstance(colours, str) and colours == "flux"
+    out = np.zeros((n, N_PHYSICAL + (10 if flux_mode else 8 if colours else 0)), dtype=np.float32)
     glob = None
     scales = []
     sat_groups = []
@@ -135,7 +138,7 @@ def _physical_compute(stamps, ref, colours, pass1, options):
                 nk = (ref if ref is not None else {}).get("noise_scale")
                 if nk is None:
                     nk = noise_scale(stamps, psf.image)
-            out[sel, N_PHYSICAL:] = psf_colours(sub_st, psf.image, noise=nk)
+            out[sel, N_PHYSICAL:] = (psf_fluxes if flux_mode else psf_colours)(sub_st, psf.image, noise=nk)
         if zero_point and locus is not None:
             # the field's point sources define zero SPREAD_MODEL and unit
             # PSF/aperture ratio (residual PSF-model and centring systematics)
@@ -161,7 +164,11 @@ def _physical_compute(stamps, ref, colours, pass1, options):
             out[k, 2] = 1.0
             out[k, 3] = 0.0
             if colours:
-                out[k, N_PHYSICAL + 4 :] = 10.0  # saturated: colours unmeasurable (no colour evidence)
+                # saturated: colours unmeasurable (no colour evidence)
+                if flux_mode:
+                    out[k, N_PHYSICAL:] = np.nan
+                else:
+                    out[k, N_PHYSICAL + 4 :] = 10.0
             sat_groups.append((k, sel[locus] if locus is not None else sel[bright]))
     out[:, 4:8] = ap_colours
     for k, ref_rows in sat_groups:
@@ -170,7 +177,7 @@ def _physical_compute(stamps, ref, colours, pass1, options):
         if ref_rows.size:
             with np.errstate(all="ignore"):
                 out[k, 4:8] = np.nanmedian(out[ref_rows, 4:8], axis=0)
-    if colours:  # a colour with a band missing carries no colour evidence
+    if colours and not flux_mode:  # a colour with a band missing carries no colour evidence
         ce = out[:, N_PHYSICAL:]
         ce[:, :4] = np.nan_to_num(ce[:, :4])
         ce[:, 4:][~np.isfinite(out[:, 4:8])] = 10.0
@@ -287,25 +294,20 @@ def noise_scale(stamps, psf_image, min_samples=50):
 
 
 @_per_stamp_chunks
-def psf_colours(stamps, psf_image, radius=5.0, noise=None):
-    """``(colours, errors)`` as one (N, 8) array from per-band PSF-fit fluxes (SDSS psfMag colours).
+def psf_fluxes(stamps, psf_image, radius=5.0, noise=None):
+    """``(fluxes, errors)`` as one (N, 10) array: per-band PSF-fit fluxes (nanomaggies) and their errors.
 
     Each band's flux is the least-squares amplitude of that band's PSF (the
     field's own, unit flux per band) over the pixels within ``radius`` of the
-    source's g+r+i centroid, other sources masked; its error is
-    ``sigma_sky / sqrt(sum P^2)``.  Unlike fixed-aperture colours these do
-    not depend on the seeing of each band, which differs from band to band
-    and field to field on real data: a point source's PSF colours are its
-    true colours.  Colours are asinh magnitude differences (u-g, g-r, r-i,
-    i-z); a band's error is ``1.0857 sigma_f / sqrt(f^2 + 4 b^2)`` with its
-    softening ``b`` (sky-limited: the source's photon noise is left out) and
-    ``sigma_f`` multiplied by ``noise`` (5,), the measured correlated-noise
-    factor (`noise_scale`); a colour's the two bands' in quadrature.
+    source's g+r+i centroid, other sources and invalid pixels masked; its
+    error is ``sigma_sky / sqrt(sum P^2)`` (sky-limited: the source's photon
+    noise is left out) times ``noise`` (5,), the measured correlated-noise
+    factor (`noise_scale`).  A band with no valid pixel there gets flux 0
+    and an error of about 1e6 times the sky's (no evidence).
     """
-    from astrohvae import BANDS, SOFTENING
     from astrohvae.conventions import GRI as _GRI
+    from astrohvae.conventions import MASK_INVALID, MASK_OTHER
     from astrohvae.morphology.statistics import centroids, radius_grid, recentre
-    from astrohvae.photometry import luptitude
     from astrohvae.stamps.preprocess import clean_stamps
 
     cl = clean_stamps(stamps.flux, stamps.mask)
@@ -313,13 +315,33 @@ def psf_colours(stamps, psf_image, radius=5.0, noise=None):
     img = recentre(cl, dy, dx).astype(np.float64)
     p = np.clip(np.asarray(psf_image, dtype=np.float64), 0.0, None)
     p = p / np.maximum(p.sum(axis=(1, 2), keepdims=True), 1e-12)
-    good = (((np.asarray(stamps.mask) & 6) == 0) & (radius_grid(*p.shape[1:]) <= radius)[None])[:, None]
+    bad = MASK_OTHER | MASK_INVALID
+    good = (((np.asarray(stamps.mask) & bad) == 0) & (radius_grid(*p.shape[1:]) <= radius)[None])[:, None]
     pp = p[None] * good
     norm = np.maximum((pp * p[None]).sum(axis=(2, 3)), 1e-12)
     f = (pp * img).sum(axis=(2, 3)) / norm
     sig = np.asarray(stamps.sky_sigma, dtype=np.float64) / np.sqrt(norm)
     if noise is not None:
         sig = sig * np.asarray(noise, dtype=np.float64)[None]
+    return np.concatenate([f, sig], axis=1).astype(np.float32)
+
+
+def psf_colours(stamps, psf_image, radius=5.0, noise=None):
+    """``(colours, errors)`` as one (N, 8) array from per-band PSF-fit fluxes (SDSS psfMag colours).
+
+    The fluxes and their errors are `psf_fluxes`'.  Unlike fixed-aperture
+    colours these do not depend on the seeing of each band, which differs
+    from band to band and field to field on real data: a point source's PSF
+    colours are its true colours.  Colours are asinh magnitude differences
+    (u-g, g-r, r-i, i-z); a band's error is ``1.0857 sigma_f / sqrt(f^2 +
+    4 b^2)`` with its softening ``b``; a colour's the two bands' in
+    quadrature.
+    """
+    from astrohvae import BANDS, SOFTENING
+    from astrohvae.photometry import luptitude
+
+    fs = psf_fluxes(stamps, psf_image, radius=radius, noise=noise).astype(np.float64)
+    f, sig = fs[:, :5], fs[:, 5:]
     lm = np.stack([luptitude(f[:, k], b) for k, b in enumerate(BANDS)], axis=1)
     b = np.array([SOFTENING[x] for x in BANDS]) * 1e9  # nanomaggies
     dm = 1.0857 * sig / np.sqrt(f**2 + 4 * b**2)
@@ -377,6 +399,136 @@ def colour_templates(colours, stars, galaxies, seed=0, n_star=3, n_galaxy=4):
 def colour_llr(templates, colours, errors):
     """``log p(colours | galaxy) - log p(colours | star)``, each template density convolved with the errors."""
     return _gmm_loglik(templates["galaxy"], colours, errors) - _gmm_loglik(templates["star"], colours, errors)
+
+
+LOCUS_POINTS = 80
+"""Stellar SED templates: this many points evenly spaced along `astrohvae.photometry.STELLAR_LOCUS` ..."""
+
+QUASAR_SHARE = 0.05
+QUASAR_POINTS = 30
+"""... and a quasar component of this weight (`astrohvae.photometry.QUASAR_COLOURS`, this many draws)."""
+
+SED_SCATTER = 0.1
+"""Intrinsic scatter of a source's fluxes about its SED template, as a fraction of each band's flux."""
+
+GALAXY_SEDS = 400
+"""At most this many galaxy SED templates (label-free resolved sources, `galaxy_seds`) are kept."""
+
+MORPH_SNR = 10.0
+"""With the locus colour likelihood the morphology log odds are weighted by ``S/N / (S/N + MORPH_SNR)``.
+
+The VAE reads the statistics without their noise: at S/N ~ 10 its confidence is as large as at S/N
+1000 while the statistics carry far less.  The weight is 1/2 at S/N 10 and tends to 1 for bright
+sources, so colour evidence, whose errors are known, counts for more at the faint end only.
+Measured (benchmarks/retrain_compare.py, same weights, `COLOUR_SNR` = 100, MORPH_SNR 0 / 5 / 10):
+simulated AUC r > 21 0.870 / 0.891 / 0.900, SDSS stars of 004510-4-0030 labelled star 138 / 137 /
+137 of 157 (the morphology-only classifier: 0.780, 137)."""
+
+
+COLOUR_SNR = 100.0
+"""With the locus colour likelihood the colour log odds are weighted by ``1 / (1 + S/N / COLOUR_SNR)``.
+
+The flux errors shrink with S/N, the systematics of the colour term do not: interstellar
+reddening of the stars (the locus is unreddened), calibration, galaxy templates that in a crowded
+low-latitude field are mostly blends of stars.  Bright sources are classified by their morphology;
+the colour term matters at the faint end (weight 0.91 at S/N 10, 0.09 at S/N 1000).  Measured on the
+eight real fields (benchmarks/bright_stars.py, MORPH_SNR 5): sources brighter than r = 15 labelled
+galaxy 18 without this weighting (all 8 more in the crowded 005405-6-0099), 10 with it, 11 for the
+morphology-only classifier; simulated AUC r > 21 0.893 -> 0.891, SDSS stars of 004510-4-0030
+unchanged (137/157)."""
+
+
+def stellar_seds():
+    """``(seds (K, 5), weights (K,))`` of the stars: the stellar locus and quasars, r = 1."""
+    from astrohvae.photometry import QUASAR_COLOURS, STELLAR_LOCUS, colour_seds
+
+    loc = STELLAR_LOCUS
+    t = np.linspace(0, len(loc) - 1, LOCUS_POINTS)
+    pts = np.stack([np.interp(t, np.arange(len(loc)), loc[:, j]) for j in range(4)], axis=1)
+    mean, spread = QUASAR_COLOURS
+    qso = np.random.default_rng(1).normal(mean, spread, (QUASAR_POINTS, 4))
+    seds = colour_seds(np.r_[pts[:, [1, 0, 2, 3]], qso])
+    w = np.r_[np.full(LOCUS_POINTS, (1 - QUASAR_SHARE) / LOCUS_POINTS), np.full(QUASAR_POINTS, QUASAR_SHARE / QUASAR_POINTS)]
+    return seds, w
+
+
+def resolved_sources(phys, snr, saturated_flags):
+    """Label-free galaxy templates: unsaturated sources with S/N >= `COLOUR_GALAXY_SNR` whose half-light
+    radius exceeds the stellar locus by more than exp(`COLOUR_GALAXY_RHALF`) (``phys``: `physical_features`)."""
+    with np.errstate(invalid="ignore"):
+        return ((np.asarray(phys)[:, 0] > COLOUR_GALAXY_RHALF) & (np.asarray(snr) >= COLOUR_GALAXY_SNR)
+                & ~np.asarray(saturated_flags, bool))
+
+
+def galaxy_seds(fluxes, galaxies, fields=None, seed=0):
+    """SED templates (K, 5), r = 1, of label-free galaxies: rows ``galaxies`` of ``fluxes`` (N, 10, `psf_fluxes`).
+
+    Those with positive g, r and i fluxes are kept, at most `GALAXY_SEDS`
+    (a seeded random subset), and with ``fields`` (N,) at most an equal share
+    of them from each field: a crowded low-latitude field, whose "resolved"
+    sources are mostly blends of reddened stars, then cannot make most of the
+    templates.  None with fewer than `MIN_TEMPLATE`.
+    """
+    fx = np.asarray(fluxes, dtype=np.float64)[:, :5]
+    with np.errstate(invalid="ignore"):
+        keep = np.asarray(galaxies, bool) & np.isfinite(fx).all(axis=1) & (fx[:, 1:4] > 0).all(axis=1)
+    rows = np.flatnonzero(keep)
+    if len(rows) < MIN_TEMPLATE:
+        return None
+    rng = np.random.default_rng(seed)
+    if fields is not None:
+        fields = np.asarray(fields).astype(str)[rows]
+        names = np.unique(fields)
+        cap = max(1, GALAXY_SEDS // len(names))
+        rows = np.concatenate([r if len(r) <= cap else rng.choice(r, cap, replace=False)
+                               for r in (rows[fields == f] for f in names)])
+    if len(rows) > GALAXY_SEDS:
+        rows = rng.choice(rows, GALAXY_SEDS, replace=False)
+    f = fx[np.sort(rows)]
+    return f / f[:, 2:3]
+
+
+def sed_loglik(fluxes, seds, weights, scatter=SED_SCATTER):
+    """log p(fluxes | class): a mixture of SED templates, each at a free amplitude, with Gaussian errors.
+
+    For template ``s`` the fluxes are ``A s`` plus the measurement errors
+    (`psf_fluxes`, the last five columns) and an intrinsic scatter of
+    ``scatter`` times each band's flux; the amplitude ``A >= 0`` is
+    marginalised analytically under a flat prior of unit density (the same
+    for every class, so it cancels in a ratio).  Unlike a likelihood of asinh colours this holds
+    at any S/N: a band measured at S/N ~ 1 (the u band of a faint M dwarf)
+    simply weighs little, where its colour would be pulled towards the
+    softening.  NaN where a flux is NaN (saturated sources).
+    """
+    from scipy.special import log_ndtr
+
+    fx = np.asarray(fluxes, dtype=np.float64)
+    f, sig = fx[:, :5], fx[:, 5:]
+    ok = np.isfinite(fx).all(axis=1)
+    f, sig = np.where(ok[:, None], f, 0.0), np.where(ok[:, None], sig, 1.0)
+    s = np.asarray(seds, dtype=np.float64)[None]
+    v = sig[:, None, :] ** 2
+    amp = np.clip((f[:, None] * s / v).sum(-1) / (s * s / v).sum(-1), 0.0, None)
+    v = v + (scatter * amp[..., None] * s) ** 2
+    a, b, c = (s * s / v).sum(-1), (f[:, None] * s / v).sum(-1), (f[:, None] ** 2 / v).sum(-1)
+    ll = (-0.5 * (c - b * b / a) - 0.5 * np.log(a) - 0.5 * np.log(v).sum(-1) + log_ndtr(b / np.sqrt(a))
+          - 2.0 * np.log(2 * np.pi))
+    out = np.logaddexp.reduce(ll + np.log(np.asarray(weights, dtype=np.float64))[None], axis=1)
+    return np.where(ok, out, np.nan)
+
+
+def locus_llr(fluxes, galaxy_templates):
+    """``log p(fluxes | galaxy) - log p(fluxes | star)``: galaxy SED templates against the stellar locus.
+
+    Stars: `stellar_seds` (the physical stellar locus, so faint halo stars and
+    M dwarfs are covered whatever the bright stars of the training fields
+    were); galaxies: ``galaxy_templates`` (`galaxy_seds`), equal weights;
+    both through `sed_loglik`.  0 where the fluxes are unmeasured (NaN).
+    """
+    st, w = stellar_seds()
+    g = np.asarray(galaxy_templates, dtype=np.float64)
+    out = sed_loglik(fluxes, g, np.full(len(g), 1.0 / len(g))) - sed_loglik(fluxes, st, w)
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def physical_statistics(stamps, ref=None, colours=True):

@@ -51,7 +51,8 @@ def make_estimator(model="avr", *, divergence=None, prior=None, beta=1.0, epochs
         Training settings of the networks (``epochs``: the image network;
         ``latent_epochs``: the hierarchical models' latent VAE).
     colour_prior : bool
-        ``avr`` only: the opt-in colour likelihood (see `HierarchicalClassifier`).
+        ``avr`` only: the former colour-template likelihood (``colour_prior=True``) instead of
+        the default stellar-locus one (``'locus'``; see `HierarchicalClassifier`).
     device, seed, verbose
 
     Returns

@@ -7,28 +7,10 @@ import math
 import numpy as np
 
 from astrohvae import BANDS, PIXEL_SCALE
+from astrohvae.photometry import STELLAR_LOCUS
 
-# Approximate SDSS stellar locus: g-r -> (u-g, r-i, i-z); after Covey et al.
-# (2007) median colours and Ivezic et al. (2008).  Parameterised by position
-# t along the polyline.
-_LOCUS = np.array(
-    [
-        # g-r,  u-g,  r-i,   i-z
-        [-0.20, 0.60, -0.15, -0.10],
-        [0.00, 0.85, -0.05, -0.05],
-        [0.20, 0.95, 0.04, 0.00],
-        [0.30, 1.02, 0.09, 0.02],
-        [0.40, 1.12, 0.13, 0.04],
-        [0.50, 1.28, 0.17, 0.07],
-        [0.60, 1.48, 0.21, 0.09],
-        [0.80, 1.88, 0.29, 0.14],
-        [1.00, 2.25, 0.40, 0.21],
-        [1.20, 2.50, 0.56, 0.30],
-        [1.35, 2.55, 0.85, 0.43],
-        [1.45, 2.60, 1.20, 0.58],
-        [1.50, 2.60, 1.60, 0.80],
-    ]
-)
+_LOCUS = STELLAR_LOCUS[:13]
+"""The simulated stars' part of the stellar locus (to early M dwarfs)."""
 
 
 # --------------------------------------------------------------- populations
