@@ -115,10 +115,15 @@ def test_missing_statistics_marginalised_not_zero(field_stamps, default_classifi
     assert np.isnan(physical_statistics(su, default_classifier.ref_)[stars, 4]).all()
     p1 = default_classifier.predict_proba(su)
     assert (p1[stars] < 0.5).all(), p1[stars]
-    np.testing.assert_allclose(p1[stars], p0[stars], atol=0.1)
+    # the morphology is unchanged and u-g marginalised; the colour term loses the u band's evidence
+    # (the strongest star/galaxy colour), which moves a star's p_galaxy by up to ~0.12 here
+    np.testing.assert_allclose(p1[stars], p0[stars], atol=0.15)
     # the others move only through the field's PSF, now estimated without the altered stars
     others = np.setdiff1d(np.arange(len(st)), stars)
-    np.testing.assert_allclose(p1[others], p0[others], atol=0.1)
+    # (and through the field's colour-noise factor and galaxy colour templates: ambiguous sources by
+    # up to ~0.12, the typical one by far less)
+    diff = np.abs(p1[others] - p0[others])
+    assert diff.max() < 0.15 and np.median(diff) < 0.02, (diff.max(), np.median(diff))
 
 
 def test_bright_stars_in_stress_strips_are_stars(default_classifier, default_segmenter):

@@ -306,17 +306,19 @@ def psf_fluxes(stamps, psf_image, radius=5.0, noise=None):
     and an error of about 1e6 times the sky's (no evidence).
     """
     from astrohvae.conventions import GRI as _GRI
-    from astrohvae.conventions import MASK_INVALID, MASK_OTHER
+    from astrohvae.conventions import MASK_OTHER
     from astrohvae.morphology.statistics import centroids, radius_grid, recentre
-    from astrohvae.stamps.preprocess import clean_stamps
+    from astrohvae.stamps.preprocess import band_valid, clean_stamps
 
-    cl = clean_stamps(stamps.flux, stamps.mask)
+    cl = clean_stamps(stamps.flux, stamps.mask, per_band=True)
     dy, dx = centroids(cl[:, _GRI].sum(axis=1))
     img = recentre(cl, dy, dx).astype(np.float64)
     p = np.clip(np.asarray(psf_image, dtype=np.float64), 0.0, None)
     p = p / np.maximum(p.sum(axis=(1, 2), keepdims=True), 1e-12)
-    bad = MASK_OTHER | MASK_INVALID
-    good = (((np.asarray(stamps.mask) & bad) == 0) & (radius_grid(*p.shape[1:]) <= radius)[None])[:, None]
+    # each band's own valid pixels (`band_valid`): a pixel another band lacks (bit 4) still counts here
+    mask = np.asarray(stamps.mask)
+    good = (band_valid(np.asarray(stamps.flux), mask) & ((mask & MASK_OTHER) == 0)[:, None]
+            & (radius_grid(*p.shape[1:]) <= radius)[None, None])
     pp = p[None] * good
     norm = np.maximum((pp * p[None]).sum(axis=(2, 3)), 1e-12)
     f = (pp * img).sum(axis=(2, 3)) / norm

@@ -223,7 +223,12 @@ def profile_features(stamps, band_sum=("g", "r", "i"), r_total=8.0):
         r_half[m[~sel[m].any(axis=(1, 2))]] = np.nan  # no valid pixel at all: not measured
     conc = np.where(f_out > 0, f_in / np.where(f_out > 0, f_out, 1.0), np.nan)
     sky = np.asarray(stamps.sky_sigma, dtype=np.float64)
-    fsrc = source_flux(None, mask, sky, gri=clean_gri(flux, mask))
+    gri = clean_gri(flux, mask)
+    part = np.flatnonzero(((mask & MASK_INVALID) != 0).any(axis=(1, 2)))
+    if part.size:  # a pixel some band lacks still holds the others' light (`clean_stamps` per band)
+        gri = np.array(gri)
+        gri[part] = clean_stamps(flux[part][:, idx], mask[part], per_band=True).sum(axis=1)
+    fsrc = source_flux(None, mask, sky, gri=gri)
     noise = np.sqrt((sky[:, idx] ** 2).sum(axis=1) * np.maximum(own.sum(axis=(1, 2)), 1))
     snr = fsrc / np.maximum(noise, 1e-12)
     return {"r_half": r_half, "concentration": conc, "flux": fsrc, "snr": snr}
