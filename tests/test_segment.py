@@ -780,19 +780,27 @@ def test_grow_isophotal_above_the_seed_level_trims_every_seed():
     assert np.all(at05[seed2 == 1] == 1)                      # at the seeds' own level it keeps them
 
 
+def _with_faint_galaxies(seed, amp_range, sigma):
+    """`_psf_test_field` with 30 faint round galaxies (Gaussians of ``sigma`` px, peaks in ``amp_range``)
+    between its stars; returns ``(model, image, faint)``, ``faint`` ``(y, x, peak, sigma)`` of every
+    faint star and galaxy."""
+    model, image, stars = _psf_test_field()
+    rng = np.random.default_rng(seed)
+    faint = [(y, x, amp, 1.5) for y, x, amp in stars]
+    for gy in range(30, 290, 60):
+        for gx in range(30, 350, 30):
+            amp = rng.uniform(*amp_range)
+            gal = _gauss(*model.shape, gy, gx, sigma, amp)
+            model, image = model + gal, (image + gal).astype(np.float32)
+            faint.append((gy, gx, amp, sigma))
+    return model, image, faint
+
+
 def test_grow_isophotal_faint_size_widens_faint_galaxies_not_stars():
     """``faint_size``: a faint source's PSF profile is stretched by its windowed size on the centroid image."""
     from scipy.ndimage import gaussian_filter, label
 
-    model, image, stars = _psf_test_field()
-    rng = np.random.default_rng(7)
-    faint = [(y, x, amp, 1.5) for y, x, amp in stars]
-    for gy in range(30, 290, 60):                                   # faint galaxies between the stars
-        for gx in range(30, 350, 30):
-            amp = rng.uniform(2.0, 3.0)
-            gal = _gauss(*model.shape, gy, gx, 3.0, amp)
-            model, image = model + gal, (image + gal).astype(np.float32)
-            faint.append((gy, gx, amp, 3.0))
+    model, image, faint = _with_faint_galaxies(7, (2.0, 3.0), 3.0)
     sm = gaussian_filter(image, 0.85)
     seeds, _ = label(gaussian_filter(model, 0.85) > 1.5)
     kw = dict(centroid_image=sm, psf_snr=12.0)
@@ -825,15 +833,7 @@ def test_grow_isophotal_faint_footprints_are_their_isophote_not_their_seed():
 
     from astrohvae.segmentation.footprints import KEEP_LEVEL
 
-    model, image, stars = _psf_test_field()
-    rng = np.random.default_rng(11)
-    faint = [(y, x, amp, 1.5) for y, x, amp in stars]
-    for gy in range(30, 290, 60):                                   # faint galaxies between the stars
-        for gx in range(30, 350, 30):
-            amp = rng.uniform(2.0, 2.5)
-            gal = _gauss(*model.shape, gy, gx, 2.5, amp)
-            model, image = model + gal, (image + gal).astype(np.float32)
-            faint.append((gy, gx, amp, 2.5))
+    model, image, faint = _with_faint_galaxies(11, (2.0, 2.5), 2.5)
     seeds, _ = label(model > 1.5)
     yy, xx = np.mgrid[:model.shape[0], :model.shape[1]]
     r_true = {}

@@ -32,7 +32,8 @@ STRETCH = 3.0
 SEED_ISOPHOTE = 0.5
 """Level (r sky sigma per pixel) the seeds of faint sources are known to lie above: at this
 isophote or below, a faint source's footprint holds at least its seed's area (unless its size is
-measured, ``faint_size``); above it, every seed is trimmed to its footprint (`grow_isophotal`)."""
+measured, ``faint_size``: then its seed is trimmed to its footprint but for the pixels that stand
+out, `KEEP_LEVEL`); above it, every seed is trimmed to its footprint (`grow_isophotal`)."""
 """asinh stretch of the network input, in units of the pixel noise."""
 
 CORE_RADIUS = 1.0
