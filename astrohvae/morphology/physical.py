@@ -256,20 +256,24 @@ def _blank_psf_fluxes(stamps, psf_image, radius=5.0, offset=16):
     """
     from astrohvae.morphology.statistics import radius_grid
 
-    flux = np.asarray(stamps.flux, dtype=np.float64)
+    flux = np.asarray(stamps.flux)
     mask = np.asarray(stamps.mask)
     p = np.clip(np.asarray(psf_image, dtype=np.float64), 0.0, None)
     p = p / np.maximum(p.sum(axis=(1, 2), keepdims=True), 1e-12)
     ny, nx = p.shape[1:]
+    cy, cx = ny // 2, nx // 2
+    h = int(np.ceil(radius))
+    pw = p[:, cy - h:cy + h + 1, cx - h:cx + h + 1]  # the PSF's central window: all a disc of `radius` reads
+    disc = radius_grid(2 * h + 1, 2 * h + 1) <= radius
+    sky = np.maximum(np.asarray(stamps.sky_sigma, dtype=np.float64), 1e-12)
     out = []
     for dy, dx in ((-offset, -offset), (-offset, offset), (offset, -offset), (offset, offset)):
-        ps = np.roll(p, (dy, dx), axis=(1, 2))
-        disc = radius_grid(ny, nx, ny // 2 + dy, nx // 2 + dx) <= radius
-        good = ((mask == 0) & disc[None])[:, None]
-        pp = ps[None] * good
-        norm = np.maximum((pp * ps[None]).sum(axis=(2, 3)), 1e-12)
-        f = (pp * flux).sum(axis=(2, 3)) / norm
-        sig = np.maximum(np.asarray(stamps.sky_sigma, dtype=np.float64), 1e-12) / np.sqrt(norm)
+        win = (slice(cy + dy - h, cy + dy + h + 1), slice(cx + dx - h, cx + dx + h + 1))
+        good = ((mask[(slice(None),) + win] == 0) & disc[None])[:, None]
+        pp = pw[None] * good
+        norm = np.maximum((pp * pw[None]).sum(axis=(2, 3)), 1e-12)
+        f = (pp * flux[(slice(None), slice(None)) + win]).sum(axis=(2, 3)) / norm
+        sig = sky / np.sqrt(norm)
         full = good.sum(axis=(2, 3)) >= 0.9 * disc.sum()
         out.append(np.where(full, f / sig, np.nan))
     return np.concatenate(out).astype(np.float32)
@@ -308,17 +312,21 @@ def psf_fluxes(stamps, psf_image, radius=5.0, noise=None):
     from astrohvae.conventions import GRI as _GRI
     from astrohvae.conventions import MASK_OTHER
     from astrohvae.morphology.statistics import centroids, radius_grid, recentre
-    from astrohvae.stamps.preprocess import band_valid, clean_stamps
+    from astrohvae.stamps.preprocess import band_valid, central_window, clean_stamps
 
     cl = clean_stamps(stamps.flux, stamps.mask, per_band=True)
     dy, dx = centroids(cl[:, _GRI].sum(axis=1))
-    img = recentre(cl, dy, dx).astype(np.float64)
     p = np.clip(np.asarray(psf_image, dtype=np.float64), 0.0, None)
     p = p / np.maximum(p.sum(axis=(1, 2), keepdims=True), 1e-12)
+    # only the pixels within `radius` of the centre enter the fit: all below runs on that window
+    win = central_window(*p.shape[1:], int(np.ceil(radius)))
+    r = radius_grid(*p.shape[1:])[win]
+    img = recentre(cl, dy, dx)[(slice(None), slice(None)) + win].astype(np.float64)
+    p = p[(slice(None),) + win]
     # each band's own valid pixels (`band_valid`): a pixel another band lacks (bit 4) still counts here
-    mask = np.asarray(stamps.mask)
-    good = (band_valid(np.asarray(stamps.flux), mask) & ((mask & MASK_OTHER) == 0)[:, None]
-            & (radius_grid(*p.shape[1:]) <= radius)[None, None])
+    mask = np.asarray(stamps.mask)[(slice(None),) + win]
+    flux = np.asarray(stamps.flux)[(slice(None), slice(None)) + win]
+    good = band_valid(flux, mask) & ((mask & MASK_OTHER) == 0)[:, None] & (r <= radius)[None, None]
     pp = p[None] * good
     norm = np.maximum((pp * p[None]).sum(axis=(2, 3)), 1e-12)
     f = (pp * img).sum(axis=(2, 3)) / norm
