@@ -858,3 +858,28 @@ def test_grow_isophotal_faint_footprints_are_their_isophote_not_their_seed():
     sm = gaussian_filter(image, 1.0)
     stand = mine & (sm > KEEP_LEVEL * 0.5)
     assert np.all(out[stand] == seeds[stand])
+
+
+def test_grow_isophotal_profile_measured_above_the_confusion_light():
+    """In a crowded field the light of undetected faint stars keeps a segment's averaged profile above
+    a low isophote; measured above its window's border level, the footprint stays the source's own."""
+    from astrohvae.segmentation.footprints import CONFUSION_LEVEL
+
+    rng = np.random.default_rng(3)
+    ny, nx = 301, 301
+    yy, xx = np.mgrid[:ny, :nx]
+    confusion = np.zeros((ny, nx))
+    for y, x in rng.uniform(0, ny, (9000, 2)):  # faint stars below detection: peak 0.6 sigma each
+        confusion += 0.6 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.3 ** 2))
+    level = confusion.mean()
+    assert level > CONFUSION_LEVEL * 0.5 * 1.5                      # a pedestal well above the gate
+    galaxy = _gauss(ny, nx, 150, 150, 6.0, 20.0)
+    image = (galaxy + confusion + rng.normal(size=(ny, nx))).astype(np.float32)
+    seeds = (galaxy > 3.0).astype(np.int32)
+    grown = grow_isophotal(seeds, image, 0.5)
+    r_true = 6.0 * np.sqrt(2 * np.log(40.0))                         # the galaxy's own 0.5-sigma isophote
+    r = np.sqrt((grown == 1).sum() / np.pi)
+    assert abs(r - r_true) < 2.5, (r, r_true)
+    # on a clean sky the same source grows to the same isophote (the gate leaves it alone)
+    clean = grow_isophotal(seeds, (galaxy + rng.normal(size=(ny, nx))).astype(np.float32), 0.5)
+    assert abs(np.sqrt((clean == 1).sum() / np.pi) - r_true) < 1.0

@@ -390,6 +390,7 @@ def _bright_candidates(seg_in, image, isophote, valid, bin_px, star_R, faint, mo
             nb = int(bins.max(initial=0)) + 1
             cnt = np.bincount(bins, minlength=nb)
             prof = np.bincount(bins, img[avail], minlength=nb) / np.maximum(cnt, 1)
+            prof = prof - _confusion_level(img, avail & ~own, (Y0, Y1, X0, X1), (ny, nx), isophote)
             below = np.flatnonzero((prof < isophote) & (cnt > 0))
             if below.size == 0 or below[0] == 0:
                 continue
@@ -506,6 +507,39 @@ def _reflect_index(i, n):
     period = 2 * n
     i = np.mod(i, period)
     return np.where(i >= n, period - 1 - i, i)
+
+
+CONFUSION_LEVEL = 0.5
+"""A segment's profile is measured above its window's border level when that level exceeds this
+share of the isophote (`_confusion_level`)."""
+
+
+def _confusion_level(img, free, box, shape, isophote, ring=6):
+    """Mean of ``img`` over the free pixels of the window's border ring (``ring`` px wide), or 0.
+
+    In a crowded field the light of undetected faint stars lifts the sky around
+    a segment above a low isophote, and its averaged profile then never falls
+    to it: the crossing (and the footprint) runs to the edge of the window.
+    The border ring of the window (its sides inside the field) measures that
+    level; it is subtracted from the profile when above `CONFUSION_LEVEL`
+    times ``isophote`` (on an uncrowded sky it is ~0 and nothing changes).
+    """
+    Y0, Y1, X0, X1 = box
+    ny, nx = shape
+    edge = np.zeros(free.shape, bool)
+    if Y0 > 0:
+        edge[:ring] = True
+    if Y1 < ny:
+        edge[-ring:] = True
+    if X0 > 0:
+        edge[:, :ring] = True
+    if X1 < nx:
+        edge[:, -ring:] = True
+    sel = edge & free
+    if sel.sum() < 50:
+        return 0.0
+    level = float(np.mean(img[sel]))  # a mean, as the profile's annuli are
+    return level if level > CONFUSION_LEVEL * isophote else 0.0
 
 
 def _smoothed_footprint(img, avail, own, isophote, sigma, reach):
