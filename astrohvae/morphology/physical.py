@@ -245,6 +245,23 @@ def aperture_colours(stamps, radius=3.0):
     return col.astype(np.float32)
 
 
+def _unit_psf(psf_image):
+    """The per-band PSF (B, ny, nx), clipped at 0 and normalised to unit flux in each band."""
+    p = np.clip(np.asarray(psf_image, dtype=np.float64), 0.0, None)
+    return p / np.maximum(p.sum(axis=(1, 2), keepdims=True), 1e-12)
+
+
+def _psf_amplitudes(img, psf, good, sky):
+    """Least-squares PSF amplitudes ``(flux, error)`` (N, B) of ``img`` (N, B, h, w) over the ``good`` pixels.
+
+    ``psf`` (B, h, w) is the unit PSF on the same window; the error is the
+    white-noise one, ``sky / sqrt(sum P^2)`` over the good pixels.
+    """
+    pp = psf[None] * good
+    norm = np.maximum((pp * psf[None]).sum(axis=(2, 3)), 1e-12)
+    return (pp * img).sum(axis=(2, 3)) / norm, np.asarray(sky, dtype=np.float64) / np.sqrt(norm)
+
+
 @_per_stamp_chunks
 def _blank_psf_fluxes(stamps, psf_image, radius=5.0, offset=16):
     """PSF-fit fluxes on blank sky, in units of their white-noise error: (4 N, 5), NaN where not blank.
@@ -258,8 +275,7 @@ def _blank_psf_fluxes(stamps, psf_image, radius=5.0, offset=16):
 
     flux = np.asarray(stamps.flux)
     mask = np.asarray(stamps.mask)
-    p = np.clip(np.asarray(psf_image, dtype=np.float64), 0.0, None)
-    p = p / np.maximum(p.sum(axis=(1, 2), keepdims=True), 1e-12)
+    p = _unit_psf(psf_image)
     ny, nx = p.shape[1:]
     cy, cx = ny // 2, nx // 2
     h = int(np.ceil(radius))
@@ -270,10 +286,7 @@ def _blank_psf_fluxes(stamps, psf_image, radius=5.0, offset=16):
     for dy, dx in ((-offset, -offset), (-offset, offset), (offset, -offset), (offset, offset)):
         win = (slice(cy + dy - h, cy + dy + h + 1), slice(cx + dx - h, cx + dx + h + 1))
         good = ((mask[(slice(None),) + win] == 0) & disc[None])[:, None]
-        pp = pw[None] * good
-        norm = np.maximum((pp * pw[None]).sum(axis=(2, 3)), 1e-12)
-        f = (pp * flux[(slice(None), slice(None)) + win]).sum(axis=(2, 3)) / norm
-        sig = sky / np.sqrt(norm)
+        f, sig = _psf_amplitudes(flux[(slice(None), slice(None)) + win], pw, good, sky)
         full = good.sum(axis=(2, 3)) >= 0.9 * disc.sum()
         out.append(np.where(full, f / sig, np.nan))
     return np.concatenate(out).astype(np.float32)
@@ -316,8 +329,7 @@ def psf_fluxes(stamps, psf_image, radius=5.0, noise=None):
 
     cl = clean_stamps(stamps.flux, stamps.mask, per_band=True)
     dy, dx = centroids(cl[:, _GRI].sum(axis=1))
-    p = np.clip(np.asarray(psf_image, dtype=np.float64), 0.0, None)
-    p = p / np.maximum(p.sum(axis=(1, 2), keepdims=True), 1e-12)
+    p = _unit_psf(psf_image)
     # only the pixels within `radius` of the centre enter the fit: all below runs on that window
     win = central_window(*p.shape[1:], int(np.ceil(radius)))
     r = radius_grid(*p.shape[1:])[win]
@@ -327,10 +339,7 @@ def psf_fluxes(stamps, psf_image, radius=5.0, noise=None):
     mask = np.asarray(stamps.mask)[(slice(None),) + win]
     flux = np.asarray(stamps.flux)[(slice(None), slice(None)) + win]
     good = band_valid(flux, mask) & ((mask & MASK_OTHER) == 0)[:, None] & (r <= radius)[None, None]
-    pp = p[None] * good
-    norm = np.maximum((pp * p[None]).sum(axis=(2, 3)), 1e-12)
-    f = (pp * img).sum(axis=(2, 3)) / norm
-    sig = np.asarray(stamps.sky_sigma, dtype=np.float64) / np.sqrt(norm)
+    f, sig = _psf_amplitudes(img, p, good, stamps.sky_sigma)
     if noise is not None:
         sig = sig * np.asarray(noise, dtype=np.float64)[None]
     return np.concatenate([f, sig], axis=1).astype(np.float32)
