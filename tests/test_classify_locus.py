@@ -118,14 +118,15 @@ def test_locus_default_round_trip_and_weighting(locus_fitted, tmp_path, make_toy
     assert clf.colour_prior == "locus" and clf.galaxy_seds_ is not None and clf.colour_templates_ is None
     test = make_toy_stamps(150, seed=11, mag_range=(16, 23))
     t = clf.transform(test)
-    assert {"colour_llr", "morph_weight"} <= set(t)
+    assert {"colour_llr", "morph_weight", "spread_llr"} <= set(t)
     p = clf.predict_proba(test)
-    # p_galaxy = sigmoid(w(S/N) logit(p_morph) + clip(llr)), w = S/N / (S/N + MORPH_SNR) in [0, 1)
+    # p_galaxy = sigmoid(w(S/N) logit(p_morph) + clip(llr) + (1 - w) spread_llr), w = S/N / (S/N + MORPH_SNR)
     p0 = np.clip(clf._posterior(t["z_hvae"][:, 0], t["z_hvae_sigma"][:, 0])[:, 1 - clf.star_peak_], 1e-4, 1 - 1e-4)
     if "p_galaxy_marginal" in t:
         p0 = np.where(np.isfinite(t["p_galaxy_marginal"]), np.clip(t["p_galaxy_marginal"], 1e-4, 1 - 1e-4), p0)
     want = 1 / (1 + np.exp(-(np.log(p0 / (1 - p0)) * t["morph_weight"]
-                             + np.clip(t["colour_llr"], -COLOUR_CLIP, COLOUR_CLIP))))
+                             + np.clip(t["colour_llr"], -COLOUR_CLIP, COLOUR_CLIP)
+                             + (1 - t["morph_weight"]) * t["spread_llr"])))
     np.testing.assert_allclose(p, want, atol=1e-5)
     assert np.all((t["morph_weight"] >= 0) & (t["morph_weight"] < 1))
     # the colour evidence is clipped, then weighted by 1 / (1 + S/N / colour_snr)
@@ -186,3 +187,40 @@ def test_faint_stars_and_compact_galaxies_separate_better_with_the_locus_term(lo
     auc_new, auc_old = roc_auc_score(is_gal, p_new), roc_auc_score(is_gal, p_old)
     assert auc_new > auc_old + 0.05, (auc_new, auc_old)
     assert (p_new[~is_gal] < 0.5).mean() >= (p_old[~is_gal] < 0.5).mean()
+    # the noise-aware SPREAD_MODEL term: these galaxies are 1.3 times wider than the PSF, a few
+    # sigma in SPREAD_MODEL at this S/N: it adds to the separation, and labels more of the stars star
+    no_spread = copy.copy(clf)
+    no_spread.spread_term = False
+    p_ns = no_spread.predict_proba(st)
+    auc_ns = roc_auc_score(is_gal, p_ns)
+    assert auc_new >= auc_ns, (auc_new, auc_ns)
+    assert (p_new[~is_gal] < 0.5).mean() >= (p_ns[~is_gal] < 0.5).mean()
+    assert (p_new[is_gal] < 0.5).mean() < (p_ns[is_gal] < 0.5).mean()
+
+
+def test_spread_galaxies_recovers_the_galaxy_component_and_spread_llr_is_noise_aware():
+    from astrohvae.morphology.physical import (
+        SPREAD_ERR_SCALE,
+        SPREAD_FLOOR,
+        SPREAD_GALAXY_MIN_WIDTH,
+        spread_galaxies,
+        spread_llr,
+    )
+
+    rng = np.random.default_rng(0)
+    n_star, n_gal = 600, 900
+    snr = rng.uniform(6, 45, n_star + n_gal)
+    err = 0.04 / snr  # a point source's SPREADERR_MODEL at that S/N (`psf_match`)
+    true = np.r_[np.zeros(n_star), rng.normal(0.010, 0.004, n_gal)]
+    sd = np.sqrt((err * SPREAD_ERR_SCALE) ** 2 + SPREAD_FLOOR**2)
+    spread = true + rng.normal(0.0, 1.0, len(true)) * sd
+    mu, width = spread_galaxies(spread, err, snr)
+    assert abs(mu - 0.010) < 0.001 and abs(width - 0.004) < 0.001
+    assert spread_galaxies(spread[:40], err[:40], snr[:40]) is None  # too few: the caller's default
+    # a point source at 0: star-like, and less so the larger its error; a 10-sigma extended one: galaxy
+    lo, hi = spread_llr(np.zeros(2), np.array([0.002, 0.02]), (mu, width))
+    assert lo < hi < 0 and abs(hi) < 0.3
+    assert spread_llr(np.array([0.02]), np.array([0.002]), (mu, width))[0] > 3
+    # unmeasured (saturated: NaN error) gives no evidence
+    assert spread_llr(np.array([0.0]), np.array([np.nan]))[0] == 0.0
+    assert SPREAD_GALAXY_MIN_WIDTH <= width

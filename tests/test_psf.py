@@ -54,3 +54,33 @@ def test_psf_match_point_source_versus_extended():
     m = psf_match(st, PSFModel(psf, 1.5 * 1.1774, 10))
     assert abs(m["psf_ratio"][0] - 1.0) < 0.02 and abs(m["spread_model"][0]) < 0.003
     assert m["psf_ratio"][1] < 0.8 and m["spread_model"][1] > 0.01
+
+
+def test_spread_err_is_the_scatter_of_point_sources_spread_model():
+    # 400 point sources at S/N ~ 15 in white noise, fitted with their own PSF:
+    # SPREAD_MODEL / SPREADERR_MODEL is then a unit normal (SExtractor, Desai et al. 2012)
+    rng = np.random.default_rng(3)
+    n, sky = 400, 0.01
+    psf = np.repeat(_gauss(1.5)[None], 5, axis=0)
+    clean = np.stack([_gauss(1.5)] * n)
+    # S/N of the g+r+i PSF fit: amp * sqrt(3 sum P^2) / (sqrt(3) sky) = 15
+    amp = 15.0 * sky / np.sqrt((_gauss(1.5) ** 2).sum())
+    st = _stampset(clean, amp=amp, sky=sky)
+    st.flux[:] += rng.normal(0.0, sky, st.flux.shape).astype(np.float32)
+    st.mask[:] = (np.hypot(*np.mgrid[-32:32, -32:32]) <= 6)[None].astype(np.uint8)  # no neighbours
+    m = psf_match(st, PSFModel(psf, 1.5 * 1.1774, 10))
+    z = m["spread_model"] / m["spread_err"]
+    assert abs(np.median(z)) < 0.2
+    assert 0.85 < np.std(z) < 1.2
+    # the error of a point source: sqrt(G.G/P.P - (G.P/P.P)^2) / (S/N of the PSF fit), a property of
+    # the PSF (G: the PSF convolved with an exponential disc of scale FWHM/16, over r <= 10 px)
+    from astrohvae.morphology.psf import _extended_model
+
+    p = 3 * _gauss(1.5)
+    g = _extended_model(p, 2 * 1.5 * 1.1774 / 16)
+    big = np.hypot(*np.mgrid[-32:32, -32:32]) <= 10
+    pp, gg, gp = ((a * b * big).sum() for a, b in ((p, p), (g, g), (g, p)))
+    snr = amp * np.sqrt(pp) / (sky * np.sqrt(3))
+    want = np.sqrt(gg / pp - (gp / pp) ** 2) / snr
+    assert np.all(np.isfinite(m["spread_err"]))
+    np.testing.assert_allclose(np.median(m["spread_err"]), want, rtol=0.1)

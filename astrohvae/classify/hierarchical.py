@@ -18,8 +18,11 @@ from astrohvae.morphology.physical import (
     COLOUR_SNR,
     COLOUR_STAR_SNR,
     MORPH_SNR,
+    N_FLUX_COLUMNS,
     N_PHYSICAL,
     PHYSICAL_OPTIONS,
+    SPREAD_ERR_COLUMN,
+    SPREAD_FACTOR,
     colour_llr,
     colour_templates,
     galaxy_seds,
@@ -27,6 +30,8 @@ from astrohvae.morphology.physical import (
     resolved_sources,
     pass1_statistics,
     physical_features,
+    spread_galaxies,
+    spread_llr,
 )
 from astrohvae.stamps.preprocess import DEFAULT_REPRESENTATION
 
@@ -108,6 +113,16 @@ class HierarchicalClassifier(Estimator):
         With ``colour_prior='locus'``, the colour log odds are weighted by
         ``1 / (1 + S/N / colour_snr)`` (`COLOUR_SNR`; None = unweighted):
         bright sources are classified by their morphology.
+    spread_term : bool
+        With ``colour_prior='locus'``, add to the log odds ``(1 - w)`` times the
+        noise-aware SPREAD_MODEL log likelihood ratio `spread_llr` (the
+        extendedness in units of its own measured error, galaxies fitted per
+        field by `spread_galaxies`), ``w = S/N / (S/N + morph_snr)`` the VAE's
+        weight: what the S/N weighting takes from the VAE (whose eight
+        statistics carry no knowledge of their noise, and whose half-light
+        radius in an 8 px aperture is mostly sky noise at S/N ~ 15) the
+        noise-aware statistic gives.  Measured (benchmarks/retrain_compare.py,
+        README "The faint end").
     prior : (m, s)
         Peaks of the symmetric prior ½N(-m,s²)+½N(m,s²) when ``symmetric_prior``.
     divergence : None or {'sc', 'dkl', 'aw', 'pw', 'quad'}
@@ -144,12 +159,13 @@ class HierarchicalClassifier(Estimator):
                  star_mean=-1.5, star_sigma=0.35, galaxy_mean=1.0, galaxy_sigma=1.0, symmetric_prior=False,
                  ae_latent=30, channels=(16, 32, 64, 64), ae_epochs=4, vae_epochs=40, batch_size=128,
                  lr=2e-3, center_weight=4.0, augment=True, ae_components=0, fit_weight=True, prior_tries=5,
-                 colour_prior="locus", morph_snr=MORPH_SNR, colour_snr=COLOUR_SNR, prior=(1.0, 0.5),
+                 colour_prior="locus", morph_snr=MORPH_SNR, colour_snr=COLOUR_SNR, spread_term=True, prior=(1.0, 0.5),
                  divergence=None, beta=1.0, locus_normalise=True, zero_point=True, saturated_stellar=True,
                  peak_centre=True, device="cpu", random_state=0, verbose=False):
         self.colour_prior = colour_prior
         self.morph_snr = morph_snr
         self.colour_snr = colour_snr
+        self.spread_term = spread_term
         self.locus_normalise = locus_normalise
         self.zero_point = zero_point
         self.saturated_stellar = saturated_stellar
@@ -391,6 +407,8 @@ class HierarchicalClassifier(Estimator):
             snr = np.clip(np.nan_to_num(np.asarray(res[1]["snr"], dtype=np.float64)), 0.0, None)
             out["colour_llr"] = self._locus_llr(stamps, phys, snr, res[2])
             out["morph_weight"] = (snr / np.maximum(snr + float(self.morph_snr), 1e-12)).astype(np.float32)
+            if getattr(self, "spread_term", False) and phys.shape[1] > SPREAD_ERR_COLUMN:
+                out["spread_llr"] = self._spread_llr(stamps, phys, snr).astype(np.float32)
             cs = getattr(self, "colour_snr", None)
             if cs:  # clipped first: a bright source's weight scales the clipped evidence
                 llr = np.clip(out["colour_llr"], -COLOUR_CLIP, COLOUR_CLIP) / (1.0 + snr / float(cs))
@@ -408,13 +426,29 @@ class HierarchicalClassifier(Estimator):
         meta = getattr(stamps, "meta", None)
         fields = (np.asarray(meta["field"]).astype(str) if meta is not None and "field" in meta.colnames
                   else np.array(["_"] * n))
-        fx = phys[:, N_PHYSICAL:]
+        fx = phys[:, N_PHYSICAL:N_PHYSICAL + N_FLUX_COLUMNS]
         resolved = resolved_sources(phys, snr, sat)
         out = np.zeros(n, np.float32)
         for name in np.unique(fields):
             sel = fields == name
             own = galaxy_seds(fx[sel], resolved[sel], seed=0 if self.random_state is None else int(self.random_state))
             out[sel] = locus_llr(fx[sel], self.galaxy_seds_ if own is None else own)
+        return out
+
+    def _spread_llr(self, stamps, phys, snr):
+        """`spread_llr` of every source, against its own field's galaxies (`spread_galaxies`) where the
+        call holds enough of its faint sources, else against `SPREAD_GALAXY`."""
+        n = len(phys)
+        meta = getattr(stamps, "meta", None)
+        fields = (np.asarray(meta["field"]).astype(str) if meta is not None and "field" in meta.colnames
+                  else np.array(["_"] * n))
+        spread = phys[:, 3].astype(np.float64) / SPREAD_FACTOR
+        err = phys[:, SPREAD_ERR_COLUMN].astype(np.float64)
+        out = np.zeros(n)
+        for name in np.unique(fields):
+            sel = fields == name
+            gal = spread_galaxies(spread[sel], err[sel], snr[sel])
+            out[sel] = spread_llr(spread[sel], err[sel], *(() if gal is None else (gal,)))
         return out
 
     def _marginalise(self, zin, miss, mu, sig):
@@ -458,7 +492,10 @@ class HierarchicalClassifier(Estimator):
             p = np.where(np.isfinite(pm), pm, p)
         if "colour_llr" in t:
             p = np.clip(p, 1e-4, 1 - 1e-4)
-            logit = np.log(p / (1 - p)) * t.get("morph_weight", 1.0) + np.clip(t["colour_llr"], -COLOUR_CLIP, COLOUR_CLIP)
+            w = t.get("morph_weight", 1.0)
+            logit = np.log(p / (1 - p)) * w + np.clip(t["colour_llr"], -COLOUR_CLIP, COLOUR_CLIP)
+            if "spread_llr" in t:  # what the S/N weight takes from the VAE, the noise-aware SPREAD_MODEL gives
+                logit = logit + (1.0 - w) * t["spread_llr"]
             p = 1.0 / (1.0 + np.exp(-logit))
         return p
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from astrohvae.conventions import GRI
 from astrohvae.morphology.statistics import (
     per_stamp_chunks as _per_stamp_chunks,  # noqa: E402
 )
@@ -64,8 +65,9 @@ def _physical_compute(stamps, ref, colours, pass1, options):
     Returns (features (N, 8), ref dict): the `N_PHYSICAL` = 8 statistics the
     LatentVAE reads; with ``colours`` (N, 16): then the PSF-fit colours and
     their errors (`psf_colours`, for the colour likelihood); with ``colours='flux'``
-    (N, 18): then the five PSF-fit fluxes and their errors (`psf_fluxes`, for
-    the flux-space stellar-locus likelihood `locus_llr`; NaN for saturated sources).  ``ref`` holds the locus values and
+    (N, 19): then the five PSF-fit fluxes and their errors (`psf_fluxes`, for
+    the flux-space stellar-locus likelihood `locus_llr`) and the error of SPREAD_MODEL
+    (`SPREAD_ERR_COLUMN`, for `spread_llr`), NaN for saturated sources.  ``ref`` holds the locus values and
     the PSF used for groups (fields) too small to estimate their own.
 
     The stamps are read twice, chunk by chunk (`astrohvae.morphology.statistics.chunked_statistics`;
@@ -96,7 +98,7 @@ def _physical_compute(stamps, ref, colours, pass1, options):
         hasattr(stamps, "meta") and stamps.meta is not None and "field" in stamps.meta.colnames
     ) else np.array(["_"] * n)
     flux_mode = isinstance(colours, str) and colours == "flux"
-    out = np.zeros((n, N_PHYSICAL + (10 if flux_mode else 8 if colours else 0)), dtype=np.float32)
+    out = np.zeros((n, N_PHYSICAL + (N_FLUX_COLUMNS + 1 if flux_mode else 8 if colours else 0)), dtype=np.float32)
     glob = None
     scales = []
     sat_groups = []
@@ -138,7 +140,15 @@ def _physical_compute(stamps, ref, colours, pass1, options):
                 nk = (ref if ref is not None else {}).get("noise_scale")
                 if nk is None:
                     nk = noise_scale(stamps, psf.image)
-            out[sel, N_PHYSICAL:] = (psf_fluxes if flux_mode else psf_colours)(sub_st, psf.image, noise=nk)
+            if flux_mode:
+                out[sel, N_PHYSICAL:SPREAD_ERR_COLUMN] = psf_fluxes(sub_st, psf.image, noise=nk)
+                # the error of SPREAD_MODEL, its white-noise value scaled by the g+r+i correlated-noise factor
+                sky2 = np.asarray(sub_st.sky_sigma, dtype=np.float64)[:, GRI] ** 2
+                nk2 = 1.0 if nk is None else np.asarray(nk, dtype=np.float64)[GRI] ** 2
+                fac = np.sqrt((sky2 * nk2).sum(axis=1) / np.maximum(sky2.sum(axis=1), 1e-24))
+                out[sel, SPREAD_ERR_COLUMN] = m["spread_err"] * fac
+            else:
+                out[sel, N_PHYSICAL:] = psf_colours(sub_st, psf.image, noise=nk)
         if zero_point and locus is not None:
             # the field's point sources define zero SPREAD_MODEL and unit
             # PSF/aperture ratio (residual PSF-model and centring systematics)
@@ -152,7 +162,7 @@ def _physical_compute(stamps, ref, colours, pass1, options):
         out[sel, 0] = np.clip(np.log(np.clip(sub["r_half"], 0.2, 30) / r_star), -0.3, 1.5)
         out[sel, 1] = np.clip(np.log(np.clip(sub["concentration"], 0.01, 1.0) / c_star), -1.5, 0.3)
         out[sel, 2] = np.clip(ratio, 0.0, 1.1)
-        out[sel, 3] = np.clip(spread, -0.005, 0.1) * 20.0
+        out[sel, 3] = np.clip(spread, -0.005, 0.1) * SPREAD_FACTOR
         if saturated_stellar and sat.any():
             # saturated sources (flat-topped cores, bleed trails: `psf.saturated`)
             # get the point-source morphology: their profile is the detector's,
@@ -201,6 +211,18 @@ similar-sized galaxies was taken for one."""
 
 N_PHYSICAL = 8
 """Number of label-free physical statistics the LatentVAE reads (see `physical_features`)."""
+
+SPREAD_FACTOR = 20.0
+"""Column 3 of the statistics is SPREAD_MODEL (clipped to [-0.005, 0.1]) times this."""
+
+N_FLUX_COLUMNS = 10
+"""With ``colours='flux'`` `physical_features` gives, after the `N_PHYSICAL` statistics, the five PSF-fit
+fluxes and their errors (`psf_fluxes`) ..."""
+
+SPREAD_ERR_COLUMN = N_PHYSICAL + N_FLUX_COLUMNS
+"""... and then the error of SPREAD_MODEL (`astrohvae.morphology.psf.psf_match`'s ``spread_err`` times the
+g+r+i correlated-noise factor of `noise_scale`; column 3 holds 20 x SPREAD_MODEL)."""
+
 
 
 MIN_COLOUR_COVER = 0.5
@@ -433,15 +455,19 @@ SED_SCATTER = 0.1
 GALAXY_SEDS = 400
 """At most this many galaxy SED templates (label-free resolved sources, `galaxy_seds`) are kept."""
 
-MORPH_SNR = 10.0
+MORPH_SNR = 20.0
 """With the locus colour likelihood the morphology log odds are weighted by ``S/N / (S/N + MORPH_SNR)``.
 
 The VAE reads the statistics without their noise: at S/N ~ 10 its confidence is as large as at S/N
-1000 while the statistics carry far less.  The weight is 1/2 at S/N 10 and tends to 1 for bright
-sources, so colour evidence, whose errors are known, counts for more at the faint end only.
-Measured (benchmarks/retrain_compare.py, same weights, `COLOUR_SNR` = 100, MORPH_SNR 0 / 5 / 10):
-simulated AUC r > 21 0.870 / 0.891 / 0.900, SDSS stars of 004510-4-0030 labelled star 138 / 137 /
-137 of 157 (the morphology-only classifier: 0.780, 137)."""
+1000 while the statistics carry far less.  The weight is 1/2 at S/N 20 and tends to 1 for bright
+sources; what it takes from the VAE goes to the noise-aware SPREAD_MODEL term (`spread_llr`,
+``HierarchicalClassifier(spread_term=True)``), and colour evidence, whose errors are known, counts for
+more at the faint end.  Measured (benchmarks/retrain_compare.py, weights ``52f8580b``, `COLOUR_SNR` = 100):
+without the SPREAD_MODEL term, MORPH_SNR 0 / 5 / 10: simulated AUC r > 21 0.870 / 0.891 / 0.900, SDSS
+stars of 004510-4-0030 labelled star 138 / 137 / 137 of 157; with it, MORPH_SNR 10 / 20 / 30: AUC r > 21
+0.900 / 0.907 / 0.911, simulated sources labelled star 0.407 / 0.386 / 0.371 (truth 0.27; 0.390 without
+the term), SDSS stars 140 / 145 / 144 of 157, sources of 004510-4-0030 labelled star 259 / 270 / 276 of
+1,168 (250 without)."""
 
 
 COLOUR_SNR = 100.0
@@ -548,6 +574,96 @@ def locus_llr(fluxes, galaxy_templates):
     g = np.asarray(galaxy_templates, dtype=np.float64)
     out = sed_loglik(fluxes, g, np.full(len(g), 1.0 / len(g))) - sed_loglik(fluxes, st, w)
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+SPREAD_ERR_SCALE = 1.2
+"""`spread_llr` multiplies the SPREAD_MODEL error of `SPREAD_ERR_COLUMN` by this.
+
+Measured with point sources of the field's own PSF injected into the real frame 004510-4-0030 and
+run through the chain of ``astrohvae run`` (240 of them, r = 21-23.5): SPREAD_MODEL / error has a
+robust standard deviation of 1.15-1.21 (1.00 for the simulated test stars at S/N < 30): the real
+sky is noisier at the PSF's scale than its pixel noise and correlated-noise factor say."""
+
+SPREAD_FLOOR = 1e-3
+"""Systematic scatter of a point source's SPREAD_MODEL about 0 (PSF mismatch), added to its error in
+quadrature: the robust scatter of bright (S/N > 100) locus stars is 0.0008 on 004510-4-0030, 0.0004 on
+the simulated test fields."""
+
+SPREAD_FIT_SNR = (5.0, 50.0)
+"""`spread_galaxies` fits the field's sources in this S/N range (where `spread_llr` matters) ..."""
+
+MIN_SPREAD_FIT = 50
+"""... when there are at least this many, else it uses `SPREAD_GALAXY`."""
+
+SPREAD_GALAXY = (0.009, 0.0025)
+"""Mean and intrinsic width of the galaxies' SPREAD_MODEL when a call holds too few sources to fit them:
+the fit of `spread_galaxies` on 004510-4-0030 (0.0091, 0.0025; the simulated test fields: 0.007-0.011)."""
+
+SPREAD_GALAXY_MIN_WIDTH = 2e-3
+"""Least intrinsic width of the galaxy component of `spread_galaxies` (a single Gaussian fitted to a skewed
+population can collapse onto its mean: on the simulated test fields it does, on 004510-4-0030 it gives
+0.0025)."""
+
+SPREAD_CLIP = 9.0
+"""`spread_llr` is clipped to +-SPREAD_CLIP (the range of the VAE's morphology log odds)."""
+
+
+def _spread_variance(err):
+    """Variance of a point source's SPREAD_MODEL: its scaled error and the floor in quadrature."""
+    e = np.asarray(err, dtype=np.float64) * SPREAD_ERR_SCALE
+    return e**2 + SPREAD_FLOOR**2
+
+
+def spread_galaxies(spread, err, snr, n_iter=200):
+    """``(mean, width)`` of the galaxies' SPREAD_MODEL in a field, fitted without labels, or None.
+
+    The field's sources with S/N in `SPREAD_FIT_SNR` are a mixture of point sources, whose
+    SPREAD_MODEL is 0 within their own error (`_spread_variance`: physics, nothing fitted), and
+    galaxies, a Gaussian of free mean and intrinsic width (at least `SPREAD_GALAXY_MIN_WIDTH`)
+    seen through each source's error; the mixture is fitted by EM (a one-dimensional extreme
+    deconvolution with one fixed component).  None with fewer than `MIN_SPREAD_FIT` sources.
+    """
+    from scipy.stats import norm
+
+    s, e, sn = (np.asarray(v, dtype=np.float64) for v in (spread, err, snr))
+    with np.errstate(invalid="ignore"):
+        use = (sn >= SPREAD_FIT_SNR[0]) & (sn < SPREAD_FIT_SNR[1]) & np.isfinite(s) & np.isfinite(e)
+    if use.sum() < MIN_SPREAD_FIT:
+        return None
+    s, vs = s[use], _spread_variance(e[use])
+    share, mu, width = 0.5, SPREAD_GALAXY[0], SPREAD_GALAXY[1]
+    for _ in range(n_iter):
+        vg = vs + width**2
+        lg = norm.logpdf(s, mu, np.sqrt(vg)) + np.log(1.0 - share)
+        ls = norm.logpdf(s, 0.0, np.sqrt(vs)) + np.log(share)
+        r = np.exp(lg - np.logaddexp(lg, ls))
+        share = float(np.clip(1.0 - r.mean(), 1e-3, 1 - 1e-3))
+        w = r / vg
+        mu_new = float((w * s).sum() / max(w.sum(), 1e-300))
+        width_new = float(np.sqrt(max((r * ((s - mu_new) ** 2 - vs)).sum() / max(r.sum(), 1e-300),
+                                      SPREAD_GALAXY_MIN_WIDTH**2)))
+        done = abs(mu_new - mu) < 1e-7 and abs(width_new - width) < 1e-7
+        mu, width = mu_new, width_new
+        if done:
+            break
+    return mu, width
+
+
+def spread_llr(spread, err, galaxy=SPREAD_GALAXY):
+    """``log p(SPREAD_MODEL | galaxy) - log p(SPREAD_MODEL | point source)``, noise-aware.
+
+    A point source's SPREAD_MODEL is 0 with the variance `_spread_variance` (its own measured error,
+    `SPREAD_ERR_COLUMN`, and a floor); a galaxy's is ``galaxy`` = (mean, intrinsic width) seen through
+    the same error (`spread_galaxies`).  At low S/N the error is large and the ratio tends to 0:
+    the extendedness is measured in units of its own error, as SExtractor's SPREADERR_MODEL or
+    SDSS's psfMag - modelMag with its error.  Clipped to +-`SPREAD_CLIP`; 0 where unmeasured.
+    """
+    s = np.asarray(spread, dtype=np.float64)
+    vs = _spread_variance(err)
+    vg = vs + float(galaxy[1]) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (-0.5 * (s - float(galaxy[0])) ** 2 / vg - 0.5 * np.log(vg)) - (-0.5 * s**2 / vs - 0.5 * np.log(vs))
+    return np.clip(np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0), -SPREAD_CLIP, SPREAD_CLIP)
 
 
 def physical_statistics(stamps, ref=None, colours=True):

@@ -516,7 +516,10 @@ def psf_match(stamps, psf, radius=5.0):
     -------
     dict of ndarray (N,) : ``psf_ratio``, ``chi``, ``spread_model`` (SExtractor's
     SPREAD_MODEL: ``(G.I)/(P.I) - (G.P)/(P.P)`` with ``G`` the PSF convolved
-    with an exponential disc of scale FWHM/16; ~0 for stars, > 0 extended)
+    with an exponential disc of scale FWHM/16; ~0 for stars, > 0 extended),
+    ``spread_err`` (its error from the white sky noise of the summed bands,
+    SExtractor's SPREADERR_MODEL: ``sigma sqrt((P.I)^2 G.G + (G.I)^2 P.P -
+    2 (G.I)(P.I)(G.P)) / (P.I)^2``; inf where ``P.I <= 0``)
     """
     from astrohvae.morphology.statistics import radius_grid
     flux = np.asarray(stamps.flux, dtype=np.float32)
@@ -589,7 +592,13 @@ def _psf_match_rows(img, good_win, miss_win, p, psf, sky, win, r, radius):
     pp2 = (p[None] ** 2 * big).sum(axis=(1, 2))
     pi_safe = np.where(np.abs(pi) > 1e-12, pi, 1e-12)
     spread = np.clip(gi / pi_safe - gp / np.maximum(pp2, 1e-12), -0.1, 0.2)
-    return {"psf_ratio": ratio, "chi": chi, "spread_model": spread}
+    # its error from white pixel noise (SExtractor's SPREADERR_MODEL): for a point source of PSF-fit
+    # S/N s it is sqrt(G.G/P.P - (G.P/P.P)^2) / s, a property of the PSF (Desai et al. 2012, eq. 3)
+    gg = (g[None] ** 2 * big).sum(axis=(1, 2))
+    var = np.maximum(pi**2 * gg + gi**2 * pp2 - 2.0 * gi * pi * gp, 0.0)
+    err = sig * np.sqrt(var) / pi_safe**2
+    err = np.where(pi > 0, err, np.inf)
+    return {"psf_ratio": ratio, "chi": chi, "spread_model": spread, "spread_err": err}
 
 
 def _extended_model(p, h):
