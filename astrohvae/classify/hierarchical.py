@@ -23,6 +23,7 @@ from astrohvae.morphology.physical import (
     PHYSICAL_OPTIONS,
     SPREAD_ERR_COLUMN,
     SPREAD_FACTOR,
+    SPREAD_GALAXY,
     colour_llr,
     colour_templates,
     galaxy_seds,
@@ -122,7 +123,7 @@ class HierarchicalClassifier(Estimator):
         statistics carry no knowledge of their noise, and whose half-light
         radius in an 8 px aperture is mostly sky noise at S/N ~ 15) the
         noise-aware statistic gives.  Measured (benchmarks/retrain_compare.py,
-        README "The faint end").
+        benchmarks/injected_stars.py, README "The faint end, noise-aware").
     prior : (m, s)
         Peaks of the symmetric prior ½N(-m,s²)+½N(m,s²) when ``symmetric_prior``.
     divergence : None or {'sc', 'dkl', 'aw', 'pw', 'quad'}
@@ -448,7 +449,7 @@ class HierarchicalClassifier(Estimator):
         for name in np.unique(fields):
             sel = fields == name
             gal = spread_galaxies(spread[sel], err[sel], snr[sel])
-            out[sel] = spread_llr(spread[sel], err[sel], *(() if gal is None else (gal,)))
+            out[sel] = spread_llr(spread[sel], err[sel], SPREAD_GALAXY if gal is None else gal)
         return out
 
     def _marginalise(self, zin, miss, mu, sig):
