@@ -276,8 +276,9 @@ def write_readme(report, out, command):
              "(2 of 5 bands at 2 sigma) + halo test (segments that stand out only on a bright star's halo "
              "dropped) + growth to 0.5 r sky sigma (PSF-convolved exponential ellipses below S/N 30, "
              "stellar profile for bright point sources, smoothed isophote from 30 px; seeds of bright "
-             "sources up to 12 px trimmed to their footprints), as shipped, with the fragment test after "
-             "deblending (`astrohvae.segmentation.footprints.merge_fragments`; '(contrast only)': without it).",
+             "sources up to 12 px and of point sources trimmed to their footprints), as shipped, with the "
+             "fragment test after deblending (`astrohvae.segmentation.footprints.merge_fragments`; "
+             "'(contrast only)': without it).",
              "Fragments: per truth galaxy with r < 20 in the field, detections matched to it beyond the first "
              "plus unmatched detections whose centroid lies in its 0.5σ truth footprint; 'shredded': the "
              "fraction of those galaxies with at least one.", ""]

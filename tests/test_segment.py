@@ -932,3 +932,30 @@ def test_grow_isophotal_profile_measured_above_the_confusion_light():
     # on a clean sky the same source grows to the same isophote (the gate leaves it alone)
     clean = grow_isophotal(seeds, (galaxy + rng.normal(size=(ny, nx))).astype(np.float32), 0.5)
     assert abs(np.sqrt((clean == 1).sum() / np.pi) - r_true) < 1.0
+
+
+def test_grow_isophotal_trim_releases_point_sources_seeds_at_any_radius():
+    """With ``trim``, a point-like source beyond ``keep_radius`` releases its faint seed pixels outside the
+    circle of the field's stellar profile (a bright spike stays); a resolved one as large keeps its seed."""
+    from scipy.ndimage import binary_dilation, gaussian_filter, label
+
+    model, image, _ = _psf_test_field()
+    ny, nx = model.shape
+    yy, xx = np.mgrid[:ny, :nx]
+    star = _gauss(ny, nx, 150.3, 120.2, 1.5, 400.0)                 # point-like, isophote radius 5.5 px
+    spike = 4.0 * ((yy == 150) & (xx > 128) & (xx < 136))          # 4 sigma: a bright spike
+    galaxy = _gauss(ny, nx, 150.0, 240.0, 2.6, 40.0)               # resolved, isophote radius 7.7 px
+    extra = star + spike + galaxy
+    model, image = model + extra, (image + extra).astype(np.float32)
+    seeds, _ = label(gaussian_filter(model, 0.85) > 1.5)
+    s_star, s_gal = seeds[150, 120], seeds[150, 240]
+    for lab in (s_star, s_gal):                                     # blurred seeds: 3 px past the isophote
+        seeds[binary_dilation(seeds == lab, iterations=3) & (seeds == 0)] = lab
+    kw = dict(centroid_image=gaussian_filter(image, 0.85), psf_snr=12.0, trim=True, keep_radius=3.0)
+    out = grow_isophotal(seeds, image, 0.5, **kw)
+    r_star = 1.5 * np.sqrt(2 * np.log(400.0 / 0.5))
+    own = (out == s_star) & (np.abs(yy - 150) > 1)                  # without the spike's row
+    assert abs(np.sqrt(own.sum() / np.pi) - r_star) < 0.6           # the stellar profile's circle (seed: +1.7 px)
+    assert np.sqrt(((seeds == s_star) & (np.abs(yy - 150) > 1)).sum() / np.pi) > r_star + 1.5
+    assert np.all(out[(spike > 0) & (seeds == s_star)] == s_star)  # the spike's bright pixels stay
+    assert np.all(out[seeds == s_gal] == s_gal)                     # the resolved source keeps its seed

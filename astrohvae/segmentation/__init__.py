@@ -78,10 +78,11 @@ feature maps, upsampled to full resolution) are then split into "object" and
    of their image smoothed by 0.15 times that radius instead of an ellipse
    (a big galaxy's round bulge and flat disc give an outer isophote of
    another shape than its inner moments).  With ``trim``, a bright source
-   of radius 12 px or less gives up the faint pixels of its network seed
-   that lie outside its footprint (the network's footprints are blurred
-   1-2 px past the isophote; bright pixels there are an undeblended
-   companion's; bigger sources keep theirs: spikes, bleed trails).
+   of radius 12 px or less, or a point-like one of any radius, gives up the
+   faint pixels of its network seed that lie outside its footprint (the
+   network's footprints are blurred 1-2 px past the isophote; bright
+   pixels there are an undeblended companion's, a spike or a bleed trail;
+   bigger resolved sources keep theirs: a big galaxy's outskirts).
    The result is a `photutils.segmentation.SegmentationImage` (0
    background, k = source k).
 

@@ -425,13 +425,15 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
     Free pixels inside the ellipse (circle) of radius ``R`` join the
     segment; where two overlap, the pixel goes to the segment in whose
     ellipse it lies deeper (smaller r / R).  With ``trim``, the own pixels
-    of a bright segment with ``R`` <= ``keep_radius`` that lie outside its
-    footprint and are faint (``image`` smoothed by a Gaussian of 1 px at
-    most twice ``isophote``) are released: the network's footprints are
-    blurred and reach beyond a star's or a small galaxy's isophote, while a
-    bright pixel outside the ellipse belongs to an undeblended companion.
-    Larger sources keep all their pixels (a bright star's diffraction
-    spikes and bleed trail, a big galaxy's irregular outskirts) at
+    of a bright segment with ``R`` <= ``keep_radius``, or of a point-like
+    one at any radius (its circle is the field's stellar profile), that lie
+    outside its footprint and are faint (``image`` smoothed by a Gaussian
+    of 1 px at most twice ``isophote``) are released: the network's
+    footprints are blurred and reach beyond a star's or a small galaxy's
+    isophote, while a bright pixel outside the ellipse belongs to an
+    undeblended companion, a diffraction spike or a bleed trail.  Larger
+    resolved sources keep all their pixels (a big galaxy's irregular
+    outskirts) at
     ``isophote`` <= `SEED_ISOPHOTE`; above it every seed reaches past the
     isophote, so every segment releases its faint pixels outside its
     footprint, and a faint source whose PSF-scaled peak stays below the
@@ -474,8 +476,8 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
     trim : bool
         Release a bright segment's own pixels outside its footprint.
     keep_radius : float
-        With ``trim``, segments whose footprint radius (pixels) exceeds it
-        keep all their pixels.
+        With ``trim``, resolved segments whose footprint radius (pixels)
+        exceeds it keep all their pixels (point-like ones do not).
     smooth_radius : float or None
         Radius (pixels) from which a source's footprint follows its smoothed
         isophote instead of an ellipse; None: never.
@@ -586,8 +588,9 @@ def _bright_candidates(seg_in, image, isophote, valid, bin_px, star_R, faint, mo
         if smooth_radius is not None and not point and R >= smooth_radius:
             inside = _smoothed_footprint(img, avail, own, isophote, 0.15 * R, ratio < 2)
         take = inside & (seg == 0) & avail
-        if trim and (not R > keep_radius or isophote > SEED_ISOPHOTE):
-            # (above the seeds' own level every seed reaches past the isophote; only faint pixels go)
+        if trim and (not R > keep_radius or isophote > SEED_ISOPHOTE or point):
+            # (above the seeds' own level every seed reaches past the isophote, and a point source's circle
+            # is the field's stellar profile at any radius; only faint pixels go)
             ty, tx = np.nonzero(own & ~inside)
             c_cut.append((ty + Y0) * nx + (tx + X0))
         ty, tx = np.nonzero(take)
