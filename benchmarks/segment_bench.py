@@ -274,10 +274,11 @@ def write_readme(report, out, command):
              "IoU: segm > 0 vs simulator truth mask > 0 (noiseless r surface brightness > 0.5 r sky sigma).",
              "Network variants: network seeds + matched-filter seeds (4 sigma) + deblending + band test "
              "(2 of 5 bands at 2 sigma) + halo test (segments that stand out only on a bright star's halo "
-             "dropped) + growth to 0.5 r sky sigma (PSF-scaled circles below S/N 20, "
+             "dropped) + growth to 0.5 r sky sigma (PSF-convolved exponential ellipses below S/N 30, "
              "stellar profile for bright point sources, smoothed isophote from 30 px; seeds of bright "
-             "sources up to 12 px trimmed to their footprints), as shipped, with the fragment test after "
-             "deblending (`astrohvae.segmentation.footprints.merge_fragments`; '(contrast only)': without it).",
+             "sources up to 12 px and of point sources trimmed to their footprints), as shipped, with the "
+             "fragment test after deblending (`astrohvae.segmentation.footprints.merge_fragments`; "
+             "'(contrast only)': without it).",
              "Fragments: per truth galaxy with r < 20 in the field, detections matched to it beyond the first "
              "plus unmatched detections whose centroid lies in its 0.5σ truth footprint; 'shredded': the "
              "fraction of those galaxies with at least one.", ""]

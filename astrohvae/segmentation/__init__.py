@@ -61,25 +61,28 @@ feature maps, upsampled to full resolution) are then split into "object" and
 8. each segment is grown to its analysis isophote, ``isophote`` (0.5) r sky
    sigma per pixel (`grow_isophotal`): the network's footprints stop near
    1.5-2 sigma per pixel and miss the faint wings, which single noisy
-   pixels cannot decide.  Segments with S/N >= ``psf_snr`` (20) grow in
+   pixels cannot decide.  Segments with S/N >= ``psf_snr`` (30) grow in
    the ellipse of their second moments, to the radius where their
    azimuthally averaged profile falls to the level or, for point-like ones,
    where the field's stellar profile (measured on its bright stars out to
    30 px) scaled to their core amplitude does; fainter ones, nearly
-   unresolved and whose annulus at the isophote has S/N ~ 1, get a circle
+   unresolved and whose annulus at the isophote has S/N ~ 1, get a footprint
    about their windowed centroid (`windowed_centroids`) out to where the
-   field's PSF profile (`psf_profile`), scaled to their matched-filter
-   amplitude and stretched by their windowed size, falls to the level;
-   their seed pixels outside that circle go unless they stand out
+   field's PSF profile (`psf_profile`) convolved with an exponential disc
+   of their windowed size and scaled to their matched-filter amplitude
+   falls to the level, drawn as the ellipse of their windowed shape
+   (round unless their elongation exceeds its noise) with that circle's
+   area; their seed pixels outside that ellipse go unless they stand out
    (`KEEP_LEVEL`).  Sources whose
    isophote lies 30 px (``smooth_radius``) or more out follow the isophote
    of their image smoothed by 0.15 times that radius instead of an ellipse
    (a big galaxy's round bulge and flat disc give an outer isophote of
    another shape than its inner moments).  With ``trim``, a bright source
-   of radius 12 px or less gives up the faint pixels of its network seed
-   that lie outside its footprint (the network's footprints are blurred
-   1-2 px past the isophote; bright pixels there are an undeblended
-   companion's; bigger sources keep theirs: spikes, bleed trails).
+   of radius 12 px or less, or a point-like one of any radius, gives up the
+   faint pixels of its network seed that lie outside its footprint (the
+   network's footprints are blurred 1-2 px past the isophote; bright
+   pixels there are an undeblended companion's, a spike or a bleed trail;
+   bigger resolved sources keep theirs: a big galaxy's outskirts).
    The result is a `photutils.segmentation.SegmentationImage` (0
    background, k = source k).
 

@@ -13,12 +13,19 @@ from astrohvae.segmentation.seeds import (
 
 __all__ = ['grow_isophotal', 'merge_fragments', 'psf_profile']
 
-KEEP_LEVEL = 1.5
-"""A faint source's seed pixel outside its footprint circle stays in the footprint when the image
-smoothed by a 1-px Gaussian exceeds this multiple of the isophote there (`grow_isophotal`): on the
-tuning fields half of the seed pixels at 0.75-1 (isophote 0.5) lie above the noiseless isophote,
-a third of those below 0.75, and a pixel is worth keeping when more than IoU / (1 + IoU) ~ 0.45 of
-such pixels belong to the truth."""
+KEEP_LEVEL = 2.0
+"""A faint source's seed pixel outside its footprint stays in the footprint when the image smoothed
+by a 1-px Gaussian exceeds this multiple of the isophote there (`grow_isophotal`); a pixel is worth
+keeping when more than IoU / (1 + IoU) ~ 0.45 of such pixels belong to the truth.  With the
+PSF-convolved exponential ellipses of faint sources, the seed pixels outside them at 1.5-2 times
+the isophote are 32-42 % truth on tuning seeds 10-14 (with circles of the stretched PSF, at
+0.75-1 times, 49 %, hence 1.5 then); at 2 it is the limit every released seed pixel obeys
+(`_assign`)."""
+
+EXP_MAX_SCALE = 4.0
+"""Largest exponential scale length (pixels) of a faint source's model (`_psf_radii`): beyond it the
+windowed variance, measured within the PSF's own width, no longer tells scales apart."""
+
 
 def psf_profile(image, segm_data, cy, cx, snr, valid=None, snr_range=(30.0, 400.0), step=0.5, rmax=10.0,
                 fraction=0.3, min_stars=5, max_sources=400):
@@ -78,16 +85,20 @@ def psf_profile(image, segm_data, cy, cx, snr, valid=None, snr_range=(30.0, 400.
 
 
 def _psf_radii(image, segm_data, lab, cy, cx, psf, isophote, valid, fit_radius=3.0, half=7, size=None,
-               max_stretch=2.0):
-    """Isophotal radii of faint segments from their PSF-scaled profiles (see `grow_isophotal`).
+               max_scale=EXP_MAX_SCALE, shape_noise=None):
+    """Isophotal radii of faint segments from their PSF-convolved profiles (see `grow_isophotal`).
 
-    With ``size = (size_image, (radii, profile))`` (an image of higher S/N,
-    e.g. the smoothed g+r+i sum, and its own PSF profile), each source's
-    profile is the PSF's stretched by ``sqrt(s / s_psf)`` (1 to
-    ``max_stretch``), where ``s`` and ``s_psf`` are the source's and the
-    PSF's windowed variances on ``size_image`` (`windowed_sigma2`, window
-    the PSF's Gaussian-equivalent sigma): a faint galaxy is wider than
-    the PSF, a faint star is not.
+    Without ``size`` each source's profile is the PSF's.  With
+    ``size = (size_image, (radii, profile))`` (an image of higher S/N, e.g.
+    the smoothed g+r+i sum, and its own PSF profile), each source's profile
+    is an exponential disc of scale length ``h`` (0: a point source, up to
+    ``max_scale`` px) convolved with the PSF (`_exp_models`): ``h`` is the
+    one whose model on ``size_image`` has the source's Gaussian-windowed
+    variance there (`windowed_sigma2`, window the size PSF's
+    Gaussian-equivalent sigma).  A faint galaxy is wider than the PSF, a
+    faint star is not, and a resolved galaxy's light falls off
+    exponentially in its outskirts, where its isophote lies, not as a
+    stretched PSF does.
 
     Returns ``(R, idx, rr, free)`` for painting: radii (0: no growth), the
     stamps' flat indices, radial distances and free-pixel masks.
@@ -99,21 +110,186 @@ def _psf_radii(image, segm_data, lab, cy, cx, psf, isophote, valid, fit_radius=3
     if valid is not None:
         ok &= valid.ravel()[idx]
     rr = np.hypot(yy - cy[:, None, None], xx - cx[:, None, None])
-    stretch = np.ones(lab.size)
-    if size is not None:
+    if size is None:
+        grid, table, h_of = radii, prof[None, :], np.zeros(lab.size)
+    else:
         size_image, (sr, sp) = size
         # window: the Gaussian of the size PSF's half-maximum radius
         sigma_w = float(np.interp(-0.5 * sp[0], -sp, sr)) / np.sqrt(2 * np.log(2))
-        p_psf = np.where(rr[0] <= sr[-1], np.interp(rr[0], sr, sp), 0.0)
-        s_psf = windowed_sigma2(p_psf, rr[0], True, sigma_w)
+        scales, grid, table, size_table = _exp_models((radii, prof), (sr, sp), max_scale)
+        s_mod = np.array([windowed_sigma2(np.interp(rr[0], grid, p, right=0.0), rr[0], True, sigma_w)
+                          for p in size_table])
         s_src = windowed_sigma2(size_image.ravel()[idx], rr, ok, sigma_w)
-        stretch = np.sqrt(np.clip(s_src / s_psf, 1.0, max_stretch ** 2))
-    t = np.interp(rr / stretch[:, None, None], radii, prof) * (ok & (rr < fit_radius))
+        # the models' windowed variance grows with h (forced to, where the window saturates); a source
+        # narrower than the PSF is a point source, one wider than the widest model that model
+        h_of = np.interp(s_src, np.maximum.accumulate(s_mod), np.arange(scales.size))
+    # each source's profile: interpolated between the tabulated models of the neighbouring scales
+    k0 = np.minimum(np.floor(h_of).astype(np.int64), table.shape[0] - 1)
+    k1 = np.minimum(k0 + 1, table.shape[0] - 1)
+    f = (h_of - k0)[:, None]
+    src_prof = (1 - f) * table[k0] + f * table[k1]
+    t = _interp_rows(rr, grid, src_prof) * (ok & (rr < fit_radius))
     A = (t * image.ravel()[idx]).sum(axis=(1, 2)) / np.maximum((t * t).sum(axis=(1, 2)), 1e-12)
     R = np.zeros(lab.size)
-    grow = A * prof[0] > isophote
-    R[grow] = np.interp(-isophote / A[grow], -prof, radii) * stretch[grow]
+    grow = A * src_prof[:, 0] > isophote
+    if grow.any():
+        # where each (non-increasing) scaled profile falls to the isophote, linearly interpolated
+        level = isophote / A[grow]
+        p = src_prof[grow]
+        below = p < level[:, None]
+        k = np.where(below.any(axis=1), np.argmax(below, axis=1), grid.size - 1)
+        k = np.maximum(k, 1)
+        rows = np.arange(k.size)
+        p0, p1 = p[rows, k - 1], p[rows, k]
+        frac = np.clip((p0 - level) / np.maximum(p0 - p1, 1e-12), 0.0, 1.0)
+        R[grow] = grid[k - 1] + frac * (grid[k] - grid[k - 1])
+    if size is not None and shape_noise is not None:
+        # the footprint is the ellipse of the source's measured shape with the circle's area
+        dy, dx = yy - cy[:, None, None], xx - cx[:, None, None]
+        q, cos_t, sin_t = _windowed_shape(size_image.ravel()[idx], dy, dx, ok, sigma_w, shape_noise)
+        u = dx * cos_t[:, None, None] + dy * sin_t[:, None, None]
+        v = dy * cos_t[:, None, None] - dx * sin_t[:, None, None]
+        rr = np.sqrt(u * u * q[:, None, None] + v * v / q[:, None, None])
     return np.minimum(R, half), idx, rr, ok & (s == 0)
+
+
+def _windowed_shape(v, dy, dx, ok, sigma_w, noise_var):
+    """Axis ratio and major-axis direction of sources from Gaussian-windowed second moments, noise-debiased.
+
+    ``v``, ``dy``, ``dx``, ``ok``: ``(n, h, w)`` values, offsets from the
+    centres and usable pixels; ``sigma_w``: the window's sigma;
+    ``noise_var``: the variance of a sum of the image's pixels per unit
+    squared weight (its pixel variance times its correlation area,
+    `_noise_power`).  The windowed moments are deconvolved from the window
+    (as `windowed_sigma2`, per principal axis) and give the ellipticity
+    ``e = (s1 - s2) / (s1 + s2)`` of the source as seen (PSF included); its
+    modulus is debiased for noise, ``|e|^2 - var(e1) - var(e2)`` (each
+    component's variance propagated from ``noise_var``), clipped at 0: a
+    faint source whose elongation is within its noise is drawn round.
+
+    Returns
+    -------
+    (q, cos, sin) : tuple of numpy.ndarray
+        Axis ratio (1: round) and the direction of the major axis.
+    """
+    w = np.exp(-0.5 * (dx * dx + dy * dy) / sigma_w ** 2) * ok
+    wv = w * v
+    F = np.maximum(wv.sum(axis=(1, 2)), 1e-12)
+    mxx = (wv * dx * dx).sum(axis=(1, 2)) / F
+    myy = (wv * dy * dy).sum(axis=(1, 2)) / F
+    mxy = (wv * dx * dy).sum(axis=(1, 2)) / F
+    tr = 0.5 * (mxx + myy)
+    dd = np.sqrt(0.25 * (mxx - myy) ** 2 + mxy * mxy)
+    theta = 0.5 * np.arctan2(2 * mxy, mxx - myy)
+    lim = 0.95 * sigma_w ** 2
+    m1, m2 = np.clip(tr + dd, 1e-3, lim), np.clip(tr - dd, 1e-3, lim)
+    s1, s2 = m1 * sigma_w ** 2 / (sigma_w ** 2 - m1), m2 * sigma_w ** 2 / (sigma_w ** 2 - m2)
+    e = (s1 - s2) / (s1 + s2)
+    # noise of the windowed ellipticity components (e1 = sum wv (dx^2 - dy^2) / sum wv r^2, e2 likewise)
+    r2 = dx * dx + dy * dy
+    T = np.maximum((wv * r2).sum(axis=(1, 2)), 1e-12)
+    e1 = (wv * (dx * dx - dy * dy)).sum(axis=(1, 2)) / T
+    e2 = (wv * 2 * dx * dy).sum(axis=(1, 2)) / T
+    v1 = noise_var * (w * w * (dx * dx - dy * dy - e1[:, None, None] * r2) ** 2).sum(axis=(1, 2)) / T ** 2
+    v2 = noise_var * (w * w * (2 * dx * dy - e2[:, None, None] * r2) ** 2).sum(axis=(1, 2)) / T ** 2
+    # the windowed e1, e2 measure the same elongation as e, scaled by the window: debias e by their ratio
+    ew = np.hypot(e1, e2)
+    keep = np.sqrt(np.clip(1.0 - (v1 + v2) / np.maximum(ew * ew, 1e-12), 0.0, 1.0))
+    e = np.clip(e * keep, 0.0, 0.9)
+    q = np.sqrt((1 - e) / (1 + e))
+    return q, np.cos(theta), np.sin(theta)
+
+
+def _noise_power(image, free, max_lag=4, box=512):
+    """Variance of a weighted sum of ``image``'s noise per unit squared weight (pixel variance x correlation area).
+
+    The autocovariance of ``image`` over the ``free`` pixels (no source)
+    of a central ``box`` summed over lags up to ``max_lag`` pixels: for a
+    white-noise image its pixel variance, for a smoothed one (e.g. a
+    Gaussian-filtered sum of bands) that of the white noise before the
+    smoothing, as seen by weights smoother than the filter.
+    """
+    ny, nx = image.shape
+    y0, x0 = max(0, ny // 2 - box // 2), max(0, nx // 2 - box // 2)
+    im = np.asarray(image[y0:y0 + box, x0:x0 + box], np.float64)
+    m = np.asarray(free[y0:y0 + box, x0:x0 + box], bool)
+    if m.sum() < 1000:
+        return None
+    med = np.median(im[m])
+    mad = 1.4826 * np.median(np.abs(im[m] - med))
+    m &= np.abs(im - med) < 5 * mad
+    im = np.where(m, im - np.mean(im[m]), 0.0)
+    h, w = im.shape
+    total = 0.0
+    for dy in range(-max_lag, max_lag + 1):
+        for dx in range(-max_lag, max_lag + 1):
+            a = im[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
+            b = im[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
+            ma = m[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
+            mb = m[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
+            n = (ma & mb).sum()
+            total += (a * b).sum() / max(n, 1)
+    return total
+
+
+def _interp_rows(rr, grid, rows):
+    """``np.interp(rr[j], grid, rows[j], right=0)`` for every source ``j`` (``rr``: ``(n, h, w)``)."""
+    pos = np.interp(rr, grid, np.arange(grid.size, dtype=np.float64), right=np.nan)
+    beyond = np.isnan(pos)
+    pos = np.where(beyond, grid.size - 1, pos)
+    i0 = np.minimum(np.floor(pos).astype(np.int64), grid.size - 2)
+    w = pos - i0
+    j = np.arange(rows.shape[0])[:, None, None]
+    out = (1 - w) * rows[j, i0] + w * rows[j, i0 + 1]
+    return np.where(beyond, 0.0, out)
+
+
+def _exp_models(psf, size_psf, max_scale, n_scales=17, step=0.25, extent=16.0):
+    """Radial profiles of exponential discs convolved with the field's PSFs, for a grid of scale lengths.
+
+    ``psf`` and ``size_psf``: ``(radii, profile)`` of the image whose
+    isophote is sought and of the size image (`psf_profile`).  The discs
+    ``exp(-r / h)``, ``h`` from 0 (the PSF itself) to ``max_scale`` pixels
+    in ``n_scales`` steps, are convolved with each PSF (rebuilt in 2-D
+    from its profile on a grid of ``step`` px, out to ``extent`` px) and
+    azimuthally averaged; each model is scaled to the same flux as the
+    PSF's profile, so that a source's fitted amplitude is comparable
+    across scales.
+
+    Returns
+    -------
+    (scales, radii, profiles, size_profiles)
+        ``profiles`` and ``size_profiles``: ``(n_scales, radii.size)``,
+        non-increasing.
+    """
+    from scipy.signal import fftconvolve
+
+    scales = np.linspace(0.0, max_scale, n_scales)
+    n = int(round(extent / step))
+    ax = np.arange(-n, n + 1) * step
+    r2d = np.hypot(ax[:, None], ax[None, :])
+    grid = np.arange(0.0, extent, step)
+    rbin = np.minimum(np.rint(r2d / step).astype(np.int64), grid.size)
+    cnt = np.bincount(rbin.ravel(), minlength=grid.size + 1)[:grid.size]
+    out = []
+    for radii, prof in (psf, size_psf):
+        p2d = np.interp(r2d, radii, prof, right=0.0)
+        flux = p2d.sum()
+        rows = []
+        for h in scales:
+            if h == 0:
+                m = p2d
+            else:
+                e = np.exp(-r2d / h)
+                m = fftconvolve(p2d, e / e.sum(), mode="same")
+            m = m * (flux / max(m.sum(), 1e-30))
+            row = np.bincount(rbin.ravel(), m.ravel(), minlength=grid.size + 1)[:grid.size] / np.maximum(cnt, 1)
+            rows.append(np.minimum.accumulate(row))
+        out.append(np.array(rows))
+    # h = 0 is the measured profile itself (no resampling)
+    out[0][0] = np.interp(grid, psf[0], psf[1], right=0.0)
+    out[1][0] = np.interp(grid, size_psf[0], size_psf[1], right=0.0)
+    return scales, grid, out[0], out[1]
 
 
 def _star_radii(image, segm_data, lab, cy, cx, isophote, valid=None, snr=None, rmax=30, step=0.5, n_template=50,
@@ -225,13 +401,18 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
     by `psf_profile` when not given) over its pixels within 3 px (the
     matched filter: all of its flux, not one annulus), and ``R`` is where
     that scaled profile falls to ``isophote``; the footprint is the circle
-    of radius ``R``.  With ``faint_size``, the profile is first stretched
-    by the source's size: its Gaussian-windowed variance on
-    ``centroid_image`` over that of the PSF measured there (a faint galaxy
-    is wider than the PSF; `_psf_radii`), and the footprint is no longer
-    floored at the seed's area (a seed found on a smoothed image is wider
-    than a star's isophote and narrower than a galaxy's).  When the field has too few bright compact sources to
-    measure the PSF, every segment uses the profile crossing.
+    of radius ``R``.  With ``faint_size``, the profile is the PSF
+    convolved with an exponential disc whose scale length gives the
+    source's Gaussian-windowed variance on ``centroid_image`` (a faint
+    galaxy is wider than the PSF and its outskirts, where a low isophote
+    lies, fall off exponentially; a faint star's scale is 0;
+    `_psf_radii`), the footprint is the ellipse of the source's windowed
+    shape on ``centroid_image`` with the area of the circle of radius
+    ``R`` (its ellipticity debiased for noise: round when within it,
+    `_windowed_shape`), and it is no longer floored at the seed's area (a
+    seed found on a smoothed image is wider than a star's isophote and
+    narrower than a galaxy's).  When the field has too few bright compact
+    sources to measure the PSF, every segment uses the profile crossing.
 
     *Large sources* (``R`` >= ``smooth_radius``, not point-like): the outer
     isophote of a big galaxy is not the ellipse of its inner moments (a
@@ -244,13 +425,15 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
     Free pixels inside the ellipse (circle) of radius ``R`` join the
     segment; where two overlap, the pixel goes to the segment in whose
     ellipse it lies deeper (smaller r / R).  With ``trim``, the own pixels
-    of a bright segment with ``R`` <= ``keep_radius`` that lie outside its
-    footprint and are faint (``image`` smoothed by a Gaussian of 1 px at
-    most twice ``isophote``) are released: the network's footprints are
-    blurred and reach beyond a star's or a small galaxy's isophote, while a
-    bright pixel outside the ellipse belongs to an undeblended companion.
-    Larger sources keep all their pixels (a bright star's diffraction
-    spikes and bleed trail, a big galaxy's irregular outskirts) at
+    of a bright segment with ``R`` <= ``keep_radius``, or of a point-like
+    one at any radius (its circle is the field's stellar profile), that lie
+    outside its footprint and are faint (``image`` smoothed by a Gaussian
+    of 1 px at most twice ``isophote``) are released: the network's
+    footprints are blurred and reach beyond a star's or a small galaxy's
+    isophote, while a bright pixel outside the ellipse belongs to an
+    undeblended companion, a diffraction spike or a bleed trail.  Larger
+    resolved sources keep all their pixels (a big galaxy's irregular
+    outskirts) at
     ``isophote`` <= `SEED_ISOPHOTE`; above it every seed reaches past the
     isophote, so every segment releases its faint pixels outside its
     footprint, and a faint source whose PSF-scaled peak stays below the
@@ -293,14 +476,15 @@ def grow_isophotal(segm_data, image, isophote, valid=None, bin_px=1.0, centroid_
     trim : bool
         Release a bright segment's own pixels outside its footprint.
     keep_radius : float
-        With ``trim``, segments whose footprint radius (pixels) exceeds it
-        keep all their pixels.
+        With ``trim``, resolved segments whose footprint radius (pixels)
+        exceeds it keep all their pixels (point-like ones do not).
     smooth_radius : float or None
         Radius (pixels) from which a source's footprint follows its smoothed
         isophote instead of an ellipse; None: never.
     faint_size : bool
-        Stretch a faint source's PSF profile by its size on
-        ``centroid_image`` (given) before placing its isophote.
+        Give a faint source its size and shape, measured on
+        ``centroid_image`` (given): a PSF-convolved exponential profile and
+        an elliptical footprint.
 
     Returns
     -------
@@ -404,8 +588,9 @@ def _bright_candidates(seg_in, image, isophote, valid, bin_px, star_R, faint, mo
         if smooth_radius is not None and not point and R >= smooth_radius:
             inside = _smoothed_footprint(img, avail, own, isophote, 0.15 * R, ratio < 2)
         take = inside & (seg == 0) & avail
-        if trim and (not R > keep_radius or isophote > SEED_ISOPHOTE):
-            # (above the seeds' own level every seed reaches past the isophote; only faint pixels go)
+        if trim and (not R > keep_radius or isophote > SEED_ISOPHOTE or point):
+            # (above the seeds' own level every seed reaches past the isophote, and a point source's circle
+            # is the field's stellar profile at any radius; only faint pixels go)
             ty, tx = np.nonzero(own & ~inside)
             c_cut.append((ty + Y0) * nx + (tx + X0))
         ty, tx = np.nonzero(take)
@@ -428,7 +613,10 @@ def _faint_candidates(seg_in, image, isophote, valid, lab, wy, wx, snr, npx, psf
     if faint_size and centroid_image is not None:
         size_psf = psf_profile(centroid_image, seg_in, wy, wx, snr, valid=valid)
         size = None if size_psf is None else (centroid_image, size_psf)
-    R, idx, rr, free = _psf_radii(image, seg_in, lab, wy[lab], wx[lab], psf, isophote, valid, size=size)
+    noise = None if size is None else _noise_power(centroid_image, (seg_in == 0) if valid is None else
+                                                   (seg_in == 0) & valid)
+    R, idx, rr, free = _psf_radii(image, seg_in, lab, wy[lab], wx[lab], psf, isophote, valid, size=size,
+                                  shape_noise=noise)
     if isophote <= SEED_ISOPHOTE and size is None:
         # the isophote encloses at least the seed's own area (the seed lies above it)
         R = np.maximum(R, np.sqrt(npx[lab] / np.pi))

@@ -162,12 +162,14 @@ class NetworkSegmenter:
         Gaussian sigma (pixels) of that matched filter (about the PSF's),
         also the window of the centroids and of the band test.
     psf_snr : float or None
-        Segments below this S/N are grown with the field's PSF profile
-        scaled to their amplitude (stretched by their size), the others on
-        their own profile (`grow_isophotal`); None: all on their own
-        profile.  20: at S/N 12-20 the annulus at a 0.5-sigma isophote has
-        S/N 2-3 and its first crossing scatters more than the fitted
-        profile (IoU +0.0004 to +0.0028 on tuning seeds 10-14 against 12).
+        Segments below this S/N are grown with the field's PSF convolved
+        with an exponential disc of their size, scaled to their amplitude,
+        in the ellipse of their shape; the others on their own profile
+        (`grow_isophotal`); None: all on their own profile.  30: at S/N
+        12-30 the annulus at a 0.5-sigma isophote has S/N 2-4 and its first
+        crossing scatters more than the fitted profile (IoU +0.0001 to
+        +0.0024 on tuning seeds 10-14 against 20, with the exponential
+        model; 12 -> 20 gained up to +0.0028 with the stretched PSF).
     band_nsigma : float or None
         Drop segments whose second-highest per-band (u, g, r, i, z)
         matched-filter S/N is below it (`band_support`); None keeps all.
@@ -201,7 +203,7 @@ class NetworkSegmenter:
                  widths=(8, 16, 32, 32), n_components=2, n_background=2, rule_kind="free", n_pca=8, threshold=0.5, n_pixels=5,
                  deblend=True, deblend_fwhm=2.0, rule="shipped", tile=512, overlap=48,
                  batch_size=8, device="auto", random_state=0, isophote=0.5, seed_nsigma=4.0,
-                 seed_sigma=1.5, psf_snr=20.0, band_nsigma=2.0, halo_peak=2000.0, trim=True, smooth_radius=30.0,
+                 seed_sigma=1.5, psf_snr=30.0, band_nsigma=2.0, halo_peak=2000.0, trim=True, smooth_radius=30.0,
                  fragment_excess=5.0, fragment_flux=0.05, fragment_colour=30.0, fragment_group=3.0,
                  deblend_floor=3.0):
         self.variant = variant
