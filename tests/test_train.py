@@ -208,7 +208,6 @@ def test_make_estimator_default_is_the_shipped_recipe():
     from astrohvae.classify.base import DEFAULT_WEIGHTS
     from astrohvae.classify.hierarchical import HierarchicalClassifier
     from astrohvae.classify.persist import load_model
-    from astrohvae.morphology.physical import MORPH_SNR
     from astrohvae.pipeline.train import make_estimator
 
     est = make_estimator("avr", device="cpu")
@@ -216,14 +215,6 @@ def test_make_estimator_default_is_the_shipped_recipe():
     mine, theirs = est.get_params(), shipped.get_params()
     for k in ("device", "verbose"):
         mine.pop(k), theirs.pop(k)
-    if theirs["colour_prior"] is False:
-        # shipped weights made before the locus colour term (the lead retrains them): all else equal
-        for k in ("colour_prior", "morph_snr"):
-            mine.pop(k), theirs.pop(k)
-    elif theirs["morph_snr"] == 10.0 and mine["morph_snr"] == MORPH_SNR:
-        # shipped weights made before the noise-aware SPREAD_MODEL term, whose default morph_snr is 20
-        # (the lead retrains them): all else equal
-        mine.pop("morph_snr"), theirs.pop("morph_snr")
     assert type(est) is HierarchicalClassifier and mine == theirs
     with pytest.raises(ValueError, match="divergence"):
         make_estimator("avr", divergence="pw")
