@@ -33,16 +33,21 @@ feature maps, upsampled to full resolution) are then split into "object" and
 5. all are deblended with photutils' `deblend_sources` on the
    noise-weighted g+r+i image smoothed by a Gaussian of ``deblend_fwhm``
    pixels, its exponential levels starting at ``deblend_floor`` (3) times
-   that image's robust noise (a network segment reaches the noise, and from
-   its minimum photutils would space the levels linearly, leaving a bright
-   star's fainter neighbours inside its segment); then every group of segments (connected through matched-filter
+   that image's noise measured on the sky side of its histogram
+   (`sky_sigma`; a network segment reaches the noise, and from its minimum
+   photutils would space the levels linearly, leaving a bright star's
+   fainter neighbours inside its segment), and every child deblended again
+   on its own levels until none splits (``deblend_recursive``: a crowded
+   field's network segment joins hundreds of stars, too many for one set
+   of levels); then every group of segments (connected through matched-filter
    S/N > ``fragment_group``, 3) around an extended source is tested against
    that source's smooth elliptical model (`merge_fragments`): a segment is
    kept only if it stands out above the model by ``fragment_excess`` (5)
    sigma *and* holds ``fragment_flux`` (5 %) of the group's light above
    it or has colours of its own (five-band chi^2 >= ``fragment_colour``,
    30); the knots, arms and halo bumps of a large galaxy rejoin it, a star
-   on it or a galaxy in contact stays apart;
+   on it or a galaxy in contact stays apart, and a segment where the
+   source's model is below 1 sigma is beyond it and left alone;
 6. segments seen in fewer than two bands are dropped: the second-highest
    of the five per-band matched-filter S/Ns at the segment's windowed
    centroid must reach ``band_nsigma`` (2) (`band_support`); this removes
@@ -106,7 +111,7 @@ Public API
 ----------
 `NetworkSegmenter` (fit / object_probability / segment / save / load),
 `load_default_segmenter`, `classmap`, `network_input`, `train_segment_net`,
-`grow_isophotal`, `matched_filter_seeds`, `matched_filter_sn`, `band_support`,
+`grow_isophotal`, `matched_filter_seeds`, `matched_filter_sn`, `sky_sigma`, `band_support`,
 `halo_peaks`, `psf_profile`, `windowed_centroids`.
 """
 
@@ -128,6 +133,7 @@ _EXPORTS = {
     'merge_fragments': 'astrohvae.segmentation.footprints',
     'network_input': 'astrohvae.segmentation.network',
     'psf_profile': 'astrohvae.segmentation.footprints',
+    'sky_sigma': 'astrohvae.segmentation.seeds',
     'train_segment_net': 'astrohvae.segmentation.training',
     'windowed_centroids': 'astrohvae.segmentation.seeds',
 }

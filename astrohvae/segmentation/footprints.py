@@ -766,7 +766,7 @@ def _smoothed_footprint(img, avail, own, isophote, sigma, reach):
 
 def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=5.0, min_flux=0.05,
                     colour_chi2=30.0, contrast=5.0, sigma=1.5, point_hwhm=4.0, min_peak=20.0, bin_px=1.0,
-                    linearise=None):
+                    linearise=None, extent=1.0):
     """Merge back the deblended children (or grouped segments) that are not sources of their own.
 
     photutils' (and SExtractor's) deblending keeps every child holding a
@@ -796,7 +796,12 @@ def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=
     is point-like (a star, or crowded stars), one whose model peaks below
     ``min_peak`` (matched-filter sigma) too faint for its model to tell a
     fragment from a neighbour (a crowded field's confusion): their
-    children are left as they are.  The pixels of the rejected children go to the kept children
+    children are left as they are, and so is a child whose peak lies where
+    the model is below ``extent`` (matched-filter sigma): it lies beyond
+    the source, on whatever else joins the parent there (in a crowded
+    field, hundreds of stars around a bright one, whose model falls to
+    their level tens of pixels out: 005405-6-0099).
+    The pixels of the rejected children go to the kept children
     of the same parent by a watershed of ``-det`` through the parent.  A
     parent may also hold pixels of no child (a region of low matched-filter
     S/N joining separate segments, see `NetworkSegmenter`): those stay free.
@@ -826,6 +831,9 @@ def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=
     linearise : callable, optional
         Applied to each band's cut-out of ``bands`` first (e.g. undoing the
         network input's asinh stretch).
+    extent : float or None
+        Model level (matched-filter sigma) below which a child is beyond
+        the source and kept as it is; None: every child is tested.
 
     Returns
     -------
@@ -853,7 +861,7 @@ def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=
     for p in split:
         sl = slices[p - 1]
         found = _fragments_of(p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colour_chi2, contrast,
-                              sigma, point_hwhm, min_peak, bin_px, linearise, band_noise)
+                              sigma, point_hwhm, min_peak, bin_px, linearise, band_noise, extent)
         if found is None or found[2].size == 0:
             continue
         own, kids, weak = found
@@ -871,7 +879,7 @@ def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=
 
 
 def _fragments_of(p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colour_chi2, contrast, sigma,
-                  point_hwhm, min_peak, bin_px, linearise, band_noise):
+                  point_hwhm, min_peak, bin_px, linearise, band_noise, extent=1.0):
     """The children of parent ``p`` (box ``sl``) that are not sources of their own (`merge_fragments`).
 
     Returns ``(own, kids, rejected labels)``, or None when the parent keeps all its children.
@@ -937,6 +945,8 @@ def _fragments_of(p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colo
     flux /= max(np.clip(det[sl][yy, xx], 0, None)[lab == primary].sum(), 1e-12)
     cand = np.unique(lab)
     cand = cand[(cand > 0) & (cand != primary)]
+    if extent is not None:   # children beyond the source's body stay as they are
+        cand = cand[prof[k[peak_at[cand]]] >= extent]
     weak = cand[pe[cand] < min_excess]
     # a strong excess many times the parent's own light there (a star on its outskirts) is a source
     strong = (pe >= min_peak) & (pe >= contrast * np.maximum(prof[k[peak_at]], 0.0))

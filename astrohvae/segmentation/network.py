@@ -14,7 +14,6 @@ from astrohvae import BANDS
 from astrohvae.conventions import GRI as _GRI
 from astrohvae.errors import InputError
 from astrohvae.segmentation.seeds import (
-    _robust_sigma,
     anchored_em,
     band_support,
     halo_peaks,
@@ -22,6 +21,7 @@ from astrohvae.segmentation.seeds import (
     matched_filter_sn,
     reflect_pad,
     segment_moments,
+    sky_sigma,
     windowed_centroids,
 )
 from astrohvae.segmentation.training import train_segment_net
@@ -133,13 +133,21 @@ class NetworkSegmenter:
     deblend_fwhm : float
         FWHM (pixels) of the Gaussian smoothing of the deblending image.
     deblend_floor : float or None
-        Lowest deblending level, in units of the deblending image's robust
-        noise (MAD over the field, crowding included): the exponential
+        Lowest deblending level, in units of the deblending image's noise
+        (measured on the sky side of its histogram, `sky_sigma`: the MAD
+        of a crowded field measures its stars, 4x the noise in
+        005405-6-0099): the exponential
         levels run from it to each segment's peak (`deblend_segments`
         ``floor``), so that the fainter neighbours inside a bright star's
         segment are split; None: photutils' levels (linear from the
         segment's minimum when that is not positive, as in almost every
         network segment).
+    deblend_recursive : bool
+        Deblend every child again as a segment of its own, until none
+        splits (`deblend_segments` ``recursive``): in a crowded field the
+        network's segments merge hundreds of stars and one set of levels
+        from the floor to the brightest of them is too coarse for the
+        faint ones.  False: photutils' single pass.
     rule : {'shipped', 'refit'}
         Use the mixture fitted at training time, or refit it on each field.
     tile, overlap : int
@@ -195,7 +203,9 @@ class NetworkSegmenter:
         matched-filter sigma and it holds ``fragment_flux`` of the group's
         light above that model or differs from its colours by chi^2
         ``fragment_colour`` (five bands; None: no colour test); the others
-        join the group's kept segments (`merge_fragments`).
+        join the group's kept segments (`merge_fragments`); a segment
+        where the source's model lies below 1 matched-filter sigma is
+        beyond the source and not tested (``extent``).
         ``fragment_excess=None``: photutils' contrast criterion alone.
     """
 
@@ -205,7 +215,7 @@ class NetworkSegmenter:
                  batch_size=8, device="auto", random_state=0, isophote=0.5, seed_nsigma=4.0,
                  seed_sigma=1.5, psf_snr=30.0, band_nsigma=2.0, halo_peak=2000.0, trim=True, smooth_radius=30.0,
                  fragment_excess=5.0, fragment_flux=0.05, fragment_colour=30.0, fragment_group=3.0,
-                 deblend_floor=3.0):
+                 deblend_floor=3.0, deblend_recursive=True):
         self.variant = variant
         self.taps = tuple(taps)
         self.tap_weights = None if tap_weights is None else tuple(float(w) for w in tap_weights)
@@ -237,6 +247,7 @@ class NetworkSegmenter:
         self.fragment_group = float(fragment_group)
         self.fragment_colour = None if fragment_colour is None else float(fragment_colour)
         self.deblend_floor = None if deblend_floor is None else float(deblend_floor)
+        self.deblend_recursive = bool(deblend_recursive)
 
     # -- parameters -------------------------------------------------------
     def get_params(self):
@@ -245,7 +256,7 @@ class NetworkSegmenter:
                 "n_pixels", "deblend", "deblend_fwhm", "rule", "tile", "overlap", "batch_size",
                 "device", "random_state", "isophote", "seed_nsigma", "seed_sigma", "psf_snr", "band_nsigma",
                 "halo_peak", "trim", "smooth_radius", "fragment_excess", "fragment_flux",
-                "fragment_colour", "fragment_group", "deblend_floor")
+                "fragment_colour", "fragment_group", "deblend_floor", "deblend_recursive")
         return {k: getattr(self, k) for k in keys}
 
     def set_params(self, **params):
@@ -675,8 +686,9 @@ class NetworkSegmenter:
         if segm is not None and self.deblend:
             from astrohvae.detection.detect import deblend_segments
 
-            floor = None if self.deblend_floor is None else self.deblend_floor * _robust_sigma(det)
-            segm = deblend_segments(det, segm, self.n_pixels, n_levels=32, contrast=0.001, floor=floor)
+            floor = None if self.deblend_floor is None else self.deblend_floor * sky_sigma(det)
+            segm = deblend_segments(det, segm, self.n_pixels, n_levels=32, contrast=0.001, floor=floor,
+                                    recursive=self.deblend_recursive)
             if self.fragment_excess is not None:
                 from scipy import ndimage
 

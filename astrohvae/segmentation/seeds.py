@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ['matched_filter_seeds', 'matched_filter_sn', 'band_support', 'halo_peaks', 'windowed_centroids']
+__all__ = ['matched_filter_seeds', 'matched_filter_sn', 'sky_sigma', 'band_support', 'halo_peaks', 'windowed_centroids']
 
 def sky_mode(img, lo=-3.0, hi=3.0, bins=241):
     """Per-band mode of the sky in a network input (peak of the smoothed histogram)."""
@@ -90,6 +90,54 @@ def _robust_sigma(x, max_n=400_000):
     if v.size > max_n:
         v = v[:: v.size // max_n]
     s = float(mad_std(v, overwrite=True))
+    return s if s > 0 else 1.0
+
+
+def sky_sigma(x, max_n=400_000, bins=200):
+    """Noise of an image whose sources only add light: the spread of its non-zero pixels on the sky side of their mode.
+
+    1.4826 x the median deviation of the pixels below the mode of their
+    histogram (for Gaussian noise the half-normal's median is 0.6745 sigma),
+    on a subsample of at most ``max_n`` pixels.  The mode is found twice:
+    over the 0.5-60th percentiles, then over +-3 sigma of the first
+    estimate with bins of sigma / 20 (the histogram smoothed by 4 bins).
+    On a sparse field this is the noise of the sky (6-9 % below the MAD of
+    all pixels, `_robust_sigma`, which the sources widen); in a crowded
+    one, where stars cover most pixels and the MAD measures their light,
+    the sky side of the histogram still holds only noise and the
+    unresolved stars' fluctuations (005405-6-0099, the g+r+i deblending
+    image: MAD 4.75, this 1.18; 0.81 and 0.77 on 004510-4-0030).  Returns
+    1.0 when nothing usable is left.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    v = x[x != 0]
+    if v.size > max_n:
+        v = v[:: v.size // max_n]
+    v = v[np.isfinite(v)].astype(np.float64, copy=False)
+    if v.size < 10:
+        return 1.0
+    lo, hi = np.percentile(v, [0.5, 60.0])
+    mode, s = None, 0.0
+    for _ in range(2):
+        if not hi > lo:
+            break
+        h, e = np.histogram(v, bins=bins, range=(lo, hi))
+        h = gaussian_filter1d(h.astype(np.float64), 4)
+        k = int(np.argmax(h))
+        mode = 0.5 * (e[k] + e[k + 1])
+        j = np.arange(max(k - 8, 0), min(k + 9, h.size))
+        if j.size >= 5 and np.all(h[j] > 0):
+            # the vertex of a parabola through the log histogram near its peak
+            c2, c1, _ = np.polyfit(j - k, np.log(h[j]), 2)
+            if c2 < 0:
+                mode += float(np.clip(-c1 / (2 * c2), -4, 4)) * (e[1] - e[0])
+        below = mode - v[v < mode]
+        if below.size == 0:
+            break
+        s = 1.482602218505602 * float(np.median(below))
+        lo, hi = mode - 3.0 * s, mode + 3.0 * s
+        bins = 120
     return s if s > 0 else 1.0
 
 
