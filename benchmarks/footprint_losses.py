@@ -104,11 +104,8 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="*", default=[10])
     args = ap.parse_args()
     import torch
-    from scipy.ndimage import gaussian_filter
 
-    from astrohvae.segmentation.footprints import grow_isophotal
-    from astrohvae.segmentation.seeds import segment_moments, windowed_centroids
-    from isophote_limits import _run
+    from isophote_limits import _run, noiseless_growth
 
     torch.set_num_threads(1)
     for seed in args.seeds:
@@ -116,17 +113,7 @@ def main():
         (seeds, image, iso), kw = kept["grow"][0][:3], dict(kept["grow"][1])
         rule = _rules(seeds, image, iso, kw)
         rms = float(np.median(np.asarray(bkg.rms[2])))
-        # the same seeds and rules on the noiseless r image (as isophote_limits.py)
-        r0 = (kept["model_r"] / rms).astype(np.float32)
-        mom = segment_moments(seeds, r0)
-        kw0 = dict(kw, moments=mom[:6] + tuple(kw["moments"][6:8]))
-        det0 = gaussian_filter(3 * r0, 2.0 / 2.3548)
-        lab = np.flatnonzero(mom[0] > 0)
-        lab = lab[lab > 0]
-        wy, wx = mom[1].copy(), mom[2].copy()
-        wy[lab], wx[lab] = windowed_centroids(det0, mom[1][lab], mom[2][lab], sigma=1.5)
-        kw0.update(centres=(wy, wx), centroid_image=det0)
-        for name, seg in (("observed", np.asarray(segm.data)), ("noiseless", grow_isophotal(seeds, r0, iso, **kw0))):
+        for name, seg in (("observed", np.asarray(segm.data)), ("noiseless", noiseless_growth(kept, rms))):
             rows, (iou, union, fn, fp) = losses(seg, sim.truth_mask, sim.truth, rule)
             print(f"\n### seed {seed}, {name} image: IoU {iou:.4f}, union {union} px, FN {fn}, FP {fp}\n")
             print("| rule | class | r | objects | truth px | FN px | FP px | loss |")

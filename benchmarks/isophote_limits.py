@@ -65,13 +65,35 @@ def _run(seed, structure):
     return sim, bkg, segm, kept
 
 
-def limits(seed, structure=True):
-    """The table row of one field (see the module docstring)."""
+def noiseless_growth(kept, rms):
+    """The same seeds grown by the same rules on the noiseless r image (in the observed ``rms`` units).
+
+    ``kept`` is what `_run` keeps: the arguments of the shipped `grow_isophotal`
+    call and the simulator's noiseless r image.  The moments, windowed
+    centroids and centroid image (the smoothed g+r+i stand-in, 3 r) are
+    measured on the noiseless image; the seeds' S/N (their growth paths) stay
+    the observed ones.
+    """
     from scipy.ndimage import gaussian_filter
 
     from astrohvae.segmentation.footprints import grow_isophotal
     from astrohvae.segmentation.seeds import segment_moments, windowed_centroids
 
+    (seeds, _, iso), kw = kept["grow"][0][:3], dict(kept["grow"][1])
+    r0 = (kept["model_r"] / rms).astype(np.float32)
+    mom = segment_moments(seeds, r0)
+    kw["moments"] = mom[:6] + tuple(kw["moments"][6:8])   # the same growth paths (S/N of the seeds)
+    det0 = gaussian_filter(3 * r0, 2.0 / 2.3548)
+    lab = np.flatnonzero(mom[0] > 0)
+    lab = lab[lab > 0]
+    wy, wx = mom[1].copy(), mom[2].copy()
+    wy[lab], wx[lab] = windowed_centroids(det0, mom[1][lab], mom[2][lab], sigma=1.5)
+    kw.update(centres=(wy, wx), centroid_image=det0)
+    return grow_isophotal(seeds, r0, iso, **kw)
+
+
+def limits(seed, structure=True):
+    """The table row of one field (see the module docstring)."""
     sim, bkg, segm, kept = _run(seed, structure)
     truth_lab = sim.truth_mask
     truth = truth_lab > 0
@@ -89,18 +111,7 @@ def limits(seed, structure=True):
     faint = mag > 22.0
     rms = float(np.median(np.asarray(bkg.rms[2])))
     skysig = float(sim.sky_sigma["r"])
-    # the same seeds and rules on the noiseless r image (in the same rms units)
-    (seeds, _, iso), kw = kept["grow"][0][:3], dict(kept["grow"][1])
-    r0 = (kept["model_r"] / rms).astype(np.float32)
-    mom = segment_moments(seeds, r0)
-    kw["moments"] = mom[:6] + tuple(kw["moments"][6:8])   # the same growth paths (S/N of the seeds)
-    det0 = gaussian_filter(3 * r0, 2.0 / 2.3548)
-    lab = np.flatnonzero(mom[0] > 0)
-    lab = lab[lab > 0]
-    wy, wx = mom[1].copy(), mom[2].copy()
-    wy[lab], wx[lab] = windowed_centroids(det0, mom[1][lab], mom[2][lab], sigma=1.5)
-    kw.update(centres=(wy, wx), centroid_image=det0)
-    noiseless = grow_isophotal(seeds, r0, iso, **kw) > 0
+    noiseless = noiseless_growth(kept, rms) > 0
     return {
         "field": f"seed {seed}" + ("" if structure else " smooth"),
         "iou": iou(pred, truth),
