@@ -135,6 +135,7 @@ def main(argv=None):
     compare = real_checks(log, args.compare_weights) if args.compare_weights else None
     y, mag = ev.labels_from_meta(test.meta)
     from astrohvae.morphology.statistics import profile_features
+    from astrohvae.morphology.physical import MORPH_SNR
 
     snr = profile_features(test)["snr"]
     counts = {}
@@ -164,7 +165,10 @@ def main(argv=None):
         "radius, S/N >= 20 members). The default A+Vr's 1-D VAE sees label-free physical statistics",
         "(half-light radius, concentration, PSF-fit/aperture flux and SPREAD_MODEL against the field's own",
         "PSF, four aperture colours); the AE latents are trained but not fed to it (the 'AE latents +",
-        "physical stats' row shows why). Its peak posterior's log odds, weighted by S/N / (S/N + 10), are",
+        f"physical stats' row shows why). Its peak posterior's log odds are weighted by w = S/N / (S/N + {MORPH_SNR:g})",
+        "and 1 - w goes to a noise-aware SPREAD_MODEL likelihood ratio (`spread_term`,",
+        "`astrohvae.morphology.physical.spread_llr`: a point source's SPREAD_MODEL is 0 within its own error,",
+        "the field's galaxies are one Gaussian fitted without labels); both are",
         "added to a colour log likelihood ratio weighted by 1 / (1 + S/N / 100) (`colour_prior='locus'`,",
         "`astrohvae.morphology.physical.locus_llr`): the five PSF-fit fluxes against SED templates at a free",
         "amplitude, stars along the physical SDSS stellar locus (`astrohvae.photometry.STELLAR_LOCUS`, the",
