@@ -26,6 +26,7 @@ from astrohvae.morphology.physical import (
     SPREAD_GALAXY,
     colour_llr,
     colour_templates,
+    field_names,
     galaxy_seds,
     locus_llr,
     resolved_sources,
@@ -424,9 +425,7 @@ class HierarchicalClassifier(Estimator):
         least `MIN_TEMPLATE` of them (resolved sources, `resolved_sources`: they share the field's
         extinction and calibration), else against those of the training stamps (``galaxy_seds_``)."""
         n = len(phys)
-        meta = getattr(stamps, "meta", None)
-        fields = (np.asarray(meta["field"]).astype(str) if meta is not None and "field" in meta.colnames
-                  else np.array(["_"] * n))
+        fields = field_names(stamps, n)
         fx = phys[:, N_PHYSICAL:N_PHYSICAL + N_FLUX_COLUMNS]
         resolved = resolved_sources(phys, snr, sat)
         out = np.zeros(n, np.float32)
@@ -440,9 +439,7 @@ class HierarchicalClassifier(Estimator):
         """`spread_llr` of every source, against its own field's galaxies (`spread_galaxies`) where the
         call holds enough of its faint sources, else against `SPREAD_GALAXY`."""
         n = len(phys)
-        meta = getattr(stamps, "meta", None)
-        fields = (np.asarray(meta["field"]).astype(str) if meta is not None and "field" in meta.colnames
-                  else np.array(["_"] * n))
+        fields = field_names(stamps, n)
         spread = phys[:, 3].astype(np.float64) / SPREAD_FACTOR
         err = phys[:, SPREAD_ERR_COLUMN].astype(np.float64)
         out = np.zeros(n)

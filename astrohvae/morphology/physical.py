@@ -94,9 +94,7 @@ def _physical_compute(stamps, ref, colours, pass1, options):
         pass1 = chunked_statistics(stamps, *pass1_statistics(peak_centre))
     feat, sat_all, ap_colours = pass1
     n = len(feat["r_half"])
-    fields = np.asarray(stamps.meta["field"]).astype(str) if (
-        hasattr(stamps, "meta") and stamps.meta is not None and "field" in stamps.meta.colnames
-    ) else np.array(["_"] * n)
+    fields = field_names(stamps, n)
     flux_mode = isinstance(colours, str) and colours == "flux"
     out = np.zeros((n, N_PHYSICAL + (N_FLUX_COLUMNS + 1 if flux_mode else 8 if colours else 0)), dtype=np.float32)
     glob = None
@@ -208,6 +206,18 @@ MIN_LOCUS = 8
 A hand-picked set of cutouts (the 20 dl4astro stamps) is no field: its few
 stars (4) do not make a locus, and with a lower threshold a clump of
 similar-sized galaxies was taken for one."""
+
+def field_names(stamps, n):
+    """The field of each of the ``n`` stamps (str array; ``'_'`` for all when the stamps carry none).
+
+    Statistics that depend on a field's own population (its PSF and stellar locus, its galaxies'
+    SEDs and SPREAD_MODEL) are computed per field name.
+    """
+    meta = getattr(stamps, "meta", None)
+    if meta is not None and "field" in meta.colnames:
+        return np.asarray(meta["field"]).astype(str)
+    return np.array(["_"] * n)
+
 
 N_PHYSICAL = 8
 """Number of label-free physical statistics the LatentVAE reads (see `physical_features`)."""
@@ -696,9 +706,7 @@ def _physical_ref(stamps, feat):
 
     feat = profile_features(stamps) if feat is None else feat
     n = len(feat["r_half"])
-    fields = np.asarray(stamps.meta["field"]).astype(str) if (
-        getattr(stamps, "meta", None) is not None and "field" in stamps.meta.colnames
-    ) else np.array(["_"] * n)
+    fields = field_names(stamps, n)
     snr = np.where(saturated(stamps), 0.0, feat["snr"])
     per = []
     for name in np.unique(fields):
