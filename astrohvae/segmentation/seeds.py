@@ -8,19 +8,31 @@ __all__ = ['matched_filter_seeds', 'matched_filter_sn', 'sky_sigma', 'band_suppo
 
 def sky_mode(img, lo=-3.0, hi=3.0, bins=241):
     """Per-band mode of the sky in a network input (peak of the smoothed histogram)."""
-    from scipy.ndimage import gaussian_filter1d
-
     modes = np.zeros(img.shape[0], np.float32)
     for b in range(img.shape[0]):
-        v = img[b][img[b] != 0]
+        v = _nonzero_sample(img[b], 500_000)
         if v.size == 0:
             continue
-        if v.size > 500_000:
-            v = v[:: v.size // 500_000]
-        h, e = np.histogram(v, bins=bins, range=(lo, hi))
-        h = gaussian_filter1d(h.astype(float), 3)
-        modes[b] = 0.5 * (e[np.argmax(h)] + e[np.argmax(h) + 1])
+        h, e, k = _histogram_peak(v, lo, hi, bins, 3)
+        modes[b] = 0.5 * (e[k] + e[k + 1])
     return modes
+
+
+def _nonzero_sample(x, max_n):
+    """The non-zero pixels of ``x`` (a fresh array), every k-th of them when there are more than ``max_n``."""
+    v = x[x != 0]
+    if v.size > max_n:
+        v = v[:: v.size // max_n]
+    return v
+
+
+def _histogram_peak(v, lo, hi, bins, smooth):
+    """Histogram of ``v`` over ``[lo, hi]`` smoothed by a Gaussian of ``smooth`` bins: ``(h, edges, peak bin)``."""
+    from scipy.ndimage import gaussian_filter1d
+
+    h, e = np.histogram(v, bins=bins, range=(lo, hi))
+    h = gaussian_filter1d(h.astype(np.float64), smooth)
+    return h, e, int(np.argmax(h))
 
 
 def reflect_pad(img):
@@ -84,11 +96,9 @@ def _robust_sigma(x, max_n=400_000):
     """1.4826 x the median absolute deviation of the non-zero pixels of ``x`` (subsampled)."""
     from astrohvae.detection.background import mad_std
 
-    v = x[x != 0]  # a fresh array: scratch for mad_std
+    v = _nonzero_sample(x, max_n)  # a fresh array: scratch for mad_std
     if v.size == 0:
         return 1.0
-    if v.size > max_n:
-        v = v[:: v.size // max_n]
     s = float(mad_std(v, overwrite=True))
     return s if s > 0 else 1.0
 
@@ -109,11 +119,7 @@ def sky_sigma(x, max_n=400_000, bins=200):
     image: MAD 4.75, this 1.18; 0.81 and 0.77 on 004510-4-0030).  Returns
     1.0 when nothing usable is left.
     """
-    from scipy.ndimage import gaussian_filter1d
-
-    v = x[x != 0]
-    if v.size > max_n:
-        v = v[:: v.size // max_n]
+    v = _nonzero_sample(x, max_n)
     v = v[np.isfinite(v)].astype(np.float64, copy=False)
     if v.size < 10:
         return 1.0
@@ -122,9 +128,7 @@ def sky_sigma(x, max_n=400_000, bins=200):
     for _ in range(2):
         if not hi > lo:
             break
-        h, e = np.histogram(v, bins=bins, range=(lo, hi))
-        h = gaussian_filter1d(h.astype(np.float64), 4)
-        k = int(np.argmax(h))
+        h, e, k = _histogram_peak(v, lo, hi, bins, 4)
         mode = 0.5 * (e[k] + e[k + 1])
         j = np.arange(max(k - 8, 0), min(k + 9, h.size))
         if j.size >= 5 and np.all(h[j] > 0):
