@@ -212,12 +212,13 @@ def _noise_power(image, free, max_lag=4, box=512):
     ny, nx = image.shape
     y0, x0 = max(0, ny // 2 - box // 2), max(0, nx // 2 - box // 2)
     im = np.asarray(image[y0:y0 + box, x0:x0 + box], np.float64)
-    m = np.asarray(free[y0:y0 + box, x0:x0 + box], bool)
+    m = np.array(free[y0:y0 + box, x0:x0 + box], bool)  # a copy: the caller's mask is not changed
     if m.sum() < 1000:
         return None
+    from astrohvae.detection.background import mad_std
+
     med = np.median(im[m])
-    mad = 1.4826 * np.median(np.abs(im[m] - med))
-    m &= np.abs(im - med) < 5 * mad
+    m &= np.abs(im - med) < 5 * mad_std(im[m])
     im = np.where(m, im - np.mean(im[m]), 0.0)
     h, w = im.shape
     total = 0.0
