@@ -181,9 +181,7 @@ def _windowed_shape(v, dy, dx, ok, sigma_w, noise_var):
     tr = 0.5 * (mxx + myy)
     dd = np.sqrt(0.25 * (mxx - myy) ** 2 + mxy * mxy)
     theta = 0.5 * np.arctan2(2 * mxy, mxx - myy)
-    lim = 0.95 * sigma_w ** 2
-    m1, m2 = np.clip(tr + dd, 1e-3, lim), np.clip(tr - dd, 1e-3, lim)
-    s1, s2 = m1 * sigma_w ** 2 / (sigma_w ** 2 - m1), m2 * sigma_w ** 2 / (sigma_w ** 2 - m2)
+    s1, s2 = _window_deconvolved(tr + dd, sigma_w), _window_deconvolved(tr - dd, sigma_w)
     e = (s1 - s2) / (s1 + s2)
     # noise of the windowed ellipticity components (e1 = sum wv (dx^2 - dy^2) / sum wv r^2, e2 likewise)
     r2 = dx * dx + dy * dy
@@ -371,6 +369,15 @@ def windowed_sigma2(v, rr, ok, sigma_w):
     """
     w = np.exp(-0.5 * (rr / sigma_w) ** 2) * ok * v
     m = 0.5 * (w * rr * rr).sum(axis=(-2, -1)) / np.maximum(w.sum(axis=(-2, -1)), 1e-12)
+    return _window_deconvolved(m, sigma_w)
+
+
+def _window_deconvolved(m, sigma_w):
+    """A Gaussian source's variance from its moment ``m`` in a Gaussian window of sigma ``sigma_w``.
+
+    ``m = s sigma_w^2 / (s + sigma_w^2)`` inverted, ``m`` clipped to ``[1e-3, 0.95 sigma_w^2]``
+    (`windowed_sigma2`, `_windowed_shape`).
+    """
     m = np.clip(m, 1e-3, 0.95 * sigma_w ** 2)
     return m * sigma_w ** 2 / (sigma_w ** 2 - m)
 
