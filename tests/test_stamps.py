@@ -134,6 +134,50 @@ def test_measure_sources_positions_and_fluxes(synth):
     assert src["flags"].dtype == np.int32 and np.all(src["flags"] == 0)
 
 
+def test_positions_do_not_depend_on_the_footprint():
+    """Windowed centroids: growing every footprint by 4 px (a lower isophote) leaves the positions of faint
+    sources where they were, on the true centres; flux-weighted centroids over the grown footprints, which
+    the positions were before, wander by the noise of the added sky pixels."""
+    from scipy import ndimage
+
+    faint = [(40.3 + 60 * k, 40.6 + 37 * (k % 4), 0.8) for k in range(5)]  # S/N ~ 20 in g, r, i
+    field, _ = make_field(faint, seed=3)
+    bkg = estimate_background(field)
+    segm = detect(field, bkg)
+    grown = ndimage.grey_dilation(segm.data, size=9)
+    src, src_grown = measure_sources(field, segm.data, bkg), measure_sources(field, grown, bkg)
+    xy, xy_grown = np.c_[src["x"], src["y"]], np.c_[src_grown["x"], src_grown["y"]]
+    truth = np.array([(x, y) for x, y, _ in faint])
+    err = np.hypot(*(xy[:, None] - truth[None]).transpose(2, 0, 1)).min(axis=1)
+    assert len(src) == len(faint) and np.all(err < 0.3), err
+    np.testing.assert_allclose(xy_grown, xy, atol=0.05)
+    # the former positions: positive-flux-weighted mean over the grown footprint
+    from astrohvae.detection.detect import detection_image
+
+    det, _ = detection_image(field, bkg)
+    w = np.clip(det, 0, None)
+    yy, xx = np.mgrid[: det.shape[0], : det.shape[1]]
+    old = np.array([[(w * xx)[grown == lab].sum() / w[grown == lab].sum(),
+                     (w * yy)[grown == lab].sum() / w[grown == lab].sum()] for lab in src_grown["id"]])
+    assert np.hypot(*(old - xy).T).max() > 0.1
+
+
+def test_windowed_centroids_leave_out_neighbours():
+    """A neighbour 5 px away pulls a windowed centroid unless its segment is left out of the window."""
+    from astrohvae.segmentation.seeds import windowed_centroids
+
+    img = gaussian_model((40, 40), [(18.0, 20.0, 10.0), (23.0, 20.0, 10.0)])
+    labels = np.where(np.mgrid[:40, :40][1] <= 20, 1, 2)
+    y0, x0 = windowed_centroids(img, np.array([20.0]), np.array([18.0]))
+    y1, x1 = windowed_centroids(img, np.array([20.0]), np.array([18.0]), segm_data=labels, labels=np.array([1]))
+    assert x0[0] - 18.0 > 0.3 and abs(x1[0] - 18.0) < abs(x0[0] - 18.0) / 3
+    # a window over invalid pixels keeps its start
+    valid = np.ones((40, 40), bool)
+    valid[20, 17] = False
+    y2, x2 = windowed_centroids(img, np.array([20.3]), np.array([18.4]), valid=valid)
+    assert (y2[0], x2[0]) == (20.3, 18.4)
+
+
 def test_measure_sources_flags_and_wcs():
     from astropy.wcs import WCS
 

@@ -12,7 +12,8 @@ __all__ = ['detection_image', 'detect', 'deblend_segments']
 # ---------------------------------------------------------------------------
 # Detection
 # ---------------------------------------------------------------------------
-def _band_indices(field, bands):
+def band_indices(field, bands):
+    """Indices in ``field.bands`` of those of ``bands`` it has (ValueError if none)."""
     idx = [field.bands.index(b) for b in bands if b in field.bands]
     if not idx:
         raise ValueError(f"none of the detection bands {bands} is in the field's bands {field.bands}")
@@ -36,7 +37,7 @@ def detection_image(field, background, detection_bands=("g", "r", "i")):
         float32 ``(ny, nx)``, per-pixel noise of ``image``
         (``1/sqrt(sum w)``), inf where no band is valid.
     """
-    idx = _band_indices(field, detection_bands)
+    idx = band_indices(field, detection_bands)
     num = np.zeros(field.shape, np.float32)
     wsum = np.zeros(field.shape, np.float32)
     for b in idx:
@@ -295,9 +296,11 @@ def _second_peak(det, data, peak):
 # Measurement
 # ---------------------------------------------------------------------------
 def segm_array(segm, shape):
+    """The label array of ``segm`` (a SegmentationImage, an array, or None: no sources), checked against ``shape``."""
     if segm is None:
         return np.zeros(shape, np.int32)
-    data = segm.data if hasattr(segm, "data") else np.asarray(segm)
+    # (an ndarray has a ``data`` attribute too: its buffer)
+    data = np.asarray(segm) if isinstance(segm, np.ndarray) else np.asarray(getattr(segm, "data", segm))
     if data.shape != tuple(shape):
         raise ValueError(f"segmentation shape {data.shape} differs from the field's {tuple(shape)}")
     return data

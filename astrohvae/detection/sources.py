@@ -12,8 +12,10 @@ from astrohvae.conventions import (  # noqa: E402  (re-exported: the names stamp
     FLAG_FEW_BANDS,
     FLAG_MASKED,
 )
-from astrohvae.detection.detect import blended_labels, detection_image, segm_array
+from astrohvae.detection.detect import band_indices, blended_labels, detection_image, segm_array
 from astrohvae.photometry import luptitude, luptitude_err
+from astrohvae.morphology.psf import SATURATION_MAG
+from astrohvae.segmentation.seeds import windowed_centroids
 
 __all__ = ['measure_sources']
 
@@ -92,7 +94,6 @@ def measure_sources(field, segm, background, detection_bands=("g", "r", "i")):
     area = nb()
     det, _ = detection_image(field, background, detection_bands)
     wpos = np.clip(det.ravel()[fg], 0, None)  # float32; products below stay float32 to save memory
-    del det
     xs = (fg % nx).astype(np.float32)
     ys = (fg // nx).astype(np.float32)
     wsum = nb(wpos)
@@ -107,9 +108,6 @@ def measure_sources(field, segm, background, detection_bands=("g", "r", "i")):
     use_w = wsum > 0
     x = np.where(use_w, xw, xg)[labels]
     y = np.where(use_w, yw, yg)[labels]
-    ra, dec = field.pixel_to_world(x, y)
-
-    cols = {"id": labels.astype(np.int32), "x": x, "y": y, "ra": ra, "dec": dec}
     fluxes, errs = {}, {}
     band_bits = np.zeros(labels.size, np.int32)
     for i, b in enumerate(bands):
@@ -120,6 +118,24 @@ def measure_sources(field, segm, background, detection_bands=("g", "r", "i")):
         band_bits[has] |= 1 << i
         fluxes[b] = np.where(has, nb(resid)[labels], np.nan).astype(np.float32)
         errs[b] = np.where(has, np.sqrt(nb(var)[labels]), np.nan).astype(np.float32)
+    # refined to the Gaussian-windowed centroid about the source's own peak
+    # (SExtractor's XWIN): where the grown footprint reaches (the isophote the
+    # user chose, a faint neighbour's light inside it) does not move it, and a
+    # star on a galaxy or beside a neighbour is centred on itself.  Sources
+    # that may be saturated keep the flux-weighted centroid: SDSS interpolates
+    # their cores along rows, and a small window follows that artefact.
+    det_idx = band_indices(field, detection_bands)
+    with np.errstate(invalid="ignore"):
+        bright = np.zeros(labels.size, bool)
+        for i in det_idx:
+            bright |= luptitude(fluxes[bands[i]], bands[i]) < SATURATION_MAG
+    refine = ~bright
+    y, x = y.astype(np.float64), x.astype(np.float64)
+    y[refine], x[refine] = windowed_centroids(det, y[refine], x[refine], segm_data=seg, labels=labels[refine],
+                                              valid=~np.asarray(field.mask)[det_idx].any(axis=0))
+    del det
+    ra, dec = field.pixel_to_world(x, y)
+    cols = {"id": labels.astype(np.int32), "x": x, "y": y, "ra": ra, "dec": dec}
     for b in bands:
         cols[f"flux_{b}"] = fluxes[b]
     for b in bands:
