@@ -340,6 +340,28 @@ def test_real_field_classes_do_not_depend_on_batch_size():
     assert list(a.table["class"]) == list(b.table["class"])
 
 
+def test_classes_do_not_depend_on_the_isophote(default_classifier, default_segmenter):
+    """``--isophote`` sets how far footprints grow, not what a source is: positions are windowed centroids and
+    the S/N weight of the morphology is the PSF-fit S/N, so classes agree at 0.5 and 1 sigma."""
+    import copy
+
+    from astrohvae.pipeline.field import process_field
+    from astrohvae.simulate.field import simulate_field
+
+    sim = simulate_field(21, size=(512, 512))
+    seg1 = copy.copy(default_segmenter)
+    seg1.isophote = 1.0
+    a = process_field(sim.field, default_classifier, segmenter=default_segmenter).table
+    b = process_field(sim.field, default_classifier, segmenter=seg1).table
+    assert len(a) == len(b) > 100 and (np.asarray(b["area"]) <= np.asarray(a["area"])).all()
+    assert (np.asarray(b["area"]) < np.asarray(a["area"])).mean() > 0.5
+    shift = np.hypot(np.asarray(a["x"]) - np.asarray(b["x"]), np.asarray(a["y"]) - np.asarray(b["y"]))
+    assert np.median(shift) < 0.01 and (shift < 0.1).mean() > 0.9
+    dp = np.abs(np.asarray(a["p_galaxy"]) - np.asarray(b["p_galaxy"]))
+    assert np.median(dp) < 0.01 and (dp > 0.1).mean() < 0.02, np.sort(dp)[-5:]
+    assert (np.asarray(a["class"]) != np.asarray(b["class"])).mean() < 0.01
+
+
 def test_module_entry_points_run_the_cli():
     import subprocess
     import sys
