@@ -19,6 +19,7 @@ from astrohvae.segmentation.seeds import windowed_centroids
 
 __all__ = ['measure_sources']
 
+
 def _empty_sources(bands):
     cols = {
         "id": np.zeros(0, np.int32),
@@ -120,16 +121,23 @@ def measure_sources(field, segm, background, detection_bands=("g", "r", "i")):
         errs[b] = np.where(has, np.sqrt(nb(var)[labels]), np.nan).astype(np.float32)
     # refined to the Gaussian-windowed centroid about the source's own peak
     # (SExtractor's XWIN): where the grown footprint reaches (the isophote the
-    # user chose, a faint neighbour's light inside it) does not move it, and a
-    # star on a galaxy or beside a neighbour is centred on itself.  Sources
-    # that may be saturated keep the flux-weighted centroid: SDSS interpolates
-    # their cores along rows, and a small window follows that artefact.
+    # user chose, a neighbour's light inside it) does not move it, and a star
+    # on a galaxy or beside a neighbour is centred on itself.  Sources that may
+    # be saturated keep the flux-weighted centroid (SDSS interpolates their
+    # cores along rows, and a small window follows that artefact).  Measured
+    # on simulated training seeds 100-102 (median distance to the true centre,
+    # stars / galaxies, flux-weighted -> windowed): r-band S/N 10-20 0.145 /
+    # 0.245 -> 0.114 / 0.214, 20-40 0.094 / 0.142 -> 0.052 / 0.112, 40-100
+    # 0.047 / 0.187 -> 0.028 / 0.058; below S/N 10 0.262 / 0.397 -> 0.269 /
+    # 0.452 (the window follows the noise).  Windowing only from S/N 10 would
+    # place faint galaxies 0.05 px better, but the stamps are centred here and
+    # the classifier does better with all windowed (simulated AUC r > 21
+    # 0.911 against 0.906; README "Positions").
     det_idx = band_indices(field, detection_bands)
     with np.errstate(invalid="ignore"):
-        bright = np.zeros(labels.size, bool)
+        refine = np.ones(labels.size, bool)
         for i in det_idx:
-            bright |= luptitude(fluxes[bands[i]], bands[i]) < SATURATION_MAG
-    refine = ~bright
+            refine &= ~(luptitude(fluxes[bands[i]], bands[i]) < SATURATION_MAG)
     y, x = y.astype(np.float64), x.astype(np.float64)
     y[refine], x[refine] = windowed_centroids(det, y[refine], x[refine], segm_data=seg, labels=labels[refine],
                                               valid=~np.asarray(field.mask)[det_idx].any(axis=0))
