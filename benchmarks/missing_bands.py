@@ -26,7 +26,11 @@ Prints one row per (store, weights, r bin): AUC and counts of the sources
 missing bands and of the rest; the AUC of the rest weighted to the missing-band
 sources' r distribution (0.5 mag bins; the strips hold a different mix of
 magnitudes within a bin) and the bootstrap 95 % interval (500 draws) of
-AUC(missing) - AUC(rest, r-matched); ``--json FILE`` appends the rows.
+AUC(missing) - AUC(rest, r-matched); and the AUC of the complete sources
+within half a stamp of the field's edge (``rest at edge``, r-matched): the
+strips lie along the edges, and there every faint source is classified better
+than inside the field, so that is the like-for-like control; ``--json FILE``
+appends the rows.
 """
 
 from __future__ import annotations
@@ -77,7 +81,13 @@ def diff_interval(y, p, few, w_rest, n_boot=500, seed=0):
     return tuple(float(v) for v in np.percentile(d, [2.5, 97.5]))
 
 
-def evaluate(store, weights):
+def edge_distance(meta, size):
+    """Distance (pixels) of each source from the nearest edge of its ``size`` x ``size`` field."""
+    x, y = np.asarray(meta["x"], float), np.asarray(meta["y"], float)
+    return np.minimum.reduce([x, y, size - 1 - x, size - 1 - y])
+
+
+def evaluate(store, weights, size=1024):
     """Rows of AUC per r bin and split for the missing-band sources and the rest of ``store``."""
     from astrohvae.classify.persist import load_model
     from astrohvae.conventions import FLAG_FEW_BANDS, FLAG_MASKED
@@ -97,6 +107,7 @@ def evaluate(store, weights):
     splits = {"flags": (flags & (FLAG_FEW_BANDS | FLAG_MASKED)) != 0,
               "aperture": ((st.mask[:, near] & MASK_INVALID) != 0).any(axis=1)}
     ok = (y == 0) | (y == 1)
+    edge = edge_distance(st.meta, size)
     rows = []
     for (split, few), (name, lo, hi) in ((sp, bn) for sp in splits.items() for bn in BINS):
         b = ok & (r >= lo) & (r < hi)
@@ -112,6 +123,17 @@ def evaluate(store, weights):
             w = matched_weights(r[b & ~few], r[b & few])
             row["auc_rest_matched"] = float(roc_auc_score(y[b & ~few], p[b & ~few], sample_weight=w))
             row["diff_lo"], row["diff_hi"] = diff_interval(y[b], p[b], few[b], w)
+        # the complete sources whose stamps the field's edge cuts, as the missing-band ones' (those lie in
+        # the edge strips, and at r > 21 every source near an edge is classified better than one inside),
+        # r-matched too
+        row["auc_edge"], row["n_edge"] = float("nan"), 0
+        if (b & few).sum() >= 5 and len(np.unique(y[b & few])) == 2:
+            ctrl = b & ~few & (edge < st.flux.shape[-1] // 2)
+            row["n_edge"] = int(ctrl.sum())
+            if len(np.unique(y[ctrl])) == 2:
+                from sklearn.metrics import roc_auc_score
+
+                row["auc_edge"] = float(roc_auc_score(y[ctrl], p[ctrl], sample_weight=matched_weights(r[ctrl], r[b & few])))
         # bright stars labelled galaxy with confidence, among the sources missing bands
         row["missing_stars_p99"] = int((b & few & (y == 0) & (p >= 0.99)).sum())
         rows.append(row)
@@ -123,20 +145,23 @@ def main(argv=None):
     ap.add_argument("--store", action="append", required=True, help="NAME=PATH of a stamp store with truth")
     ap.add_argument("--weights", action="append", required=True, help="NAME=DIR of a weights folder")
     ap.add_argument("--label", default="", help="what code ran (e.g. a commit)")
+    ap.add_argument("--size", type=int, default=1024, help="side of the simulated fields (pixels)")
     ap.add_argument("--json", default=None, help="append the rows to this JSON-lines file")
     args = ap.parse_args(argv)
     print(f"{'store':8s} {'weights':13s} {'code':5s} {'split':8s} {'bin':6s} {'AUC missing':>11s} {'n':>5s} "
           f"{'AUC rest':>9s} {'n':>5s} {'diff':>6s} {'rest r-matched':>14s} {'diff 95% (r-matched)':>20s} "
+          f"{'rest at edge':>12s} {'n':>5s} "
           f"{'AUC all':>8s} {'stars p>=.99':>12s}")
     for s in args.store:
         sname, spath = s.split("=", 1)
         for w in args.weights:
             wname, wpath = w.split("=", 1)
-            for row in evaluate(spath, wpath):
+            for row in evaluate(spath, wpath, args.size):
                 d = row["auc_missing"] - row["auc_rest"]
                 print(f"{sname:8s} {wname:13s} {args.label:5s} {row['split']:8s} {row['bin']:6s} {row['auc_missing']:11.3f} "
                       f"{row['n_missing']:5d} {row['auc_rest']:9.3f} {row['n_rest']:5d} {d:6.3f} "
                       f"{row['auc_rest_matched']:14.3f} {'[%.3f, %.3f]' % (row['diff_lo'], row['diff_hi']):>20s} "
+                      f"{row['auc_edge']:12.3f} {row['n_edge']:5d} "
                       f"{row['auc_all']:8.4f} {row['missing_stars_p99']:12d}", flush=True)
                 if args.json:
                     with open(args.json, "a") as fh:
