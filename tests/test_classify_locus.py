@@ -225,13 +225,3 @@ def test_spread_galaxies_recovers_the_galaxy_component_and_spread_llr_is_noise_a
     assert spread_llr(np.array([0.0]), np.array([np.nan]))[0] == 0.0
     assert SPREAD_GALAXY_MIN_WIDTH <= width
 
-
-def test_psf_snr_is_the_gri_psf_flux_over_its_error():
-    """`psf_snr`: g+r+i PSF-fit flux over its error from the flux columns; the fallback where unmeasured."""
-    from astrohvae.morphology.physical import N_FLUX_COLUMNS, N_PHYSICAL, psf_snr
-
-    phys = np.zeros((3, N_PHYSICAL + N_FLUX_COLUMNS + 1), np.float32)
-    phys[:, N_PHYSICAL:N_PHYSICAL + 5] = [[9.0, 1.0, 2.0, 3.0, 9.0], [0.0, -1.0, -1.0, -1.0, 0.0], [np.nan] * 5]
-    phys[:, N_PHYSICAL + 5:N_PHYSICAL + 10] = [[5.0, 1.0, 2.0, 2.0, 5.0], [1.0, 1.0, 1.0, 1.0, 1.0], [np.nan] * 5]
-    np.testing.assert_allclose(psf_snr(phys, fallback=[7.0, 7.0, 42.0]), [2.0, 0.0, 42.0], rtol=1e-6)
-    assert psf_snr(phys)[2] == 0.0

@@ -404,3 +404,30 @@ def test_cut_stamps_window_gather_equals_per_source_slices(monkeypatch):
     np.testing.assert_array_equal(a.flux, c.flux)
     np.testing.assert_array_equal(a.mask, c.mask)
     assert (b.flux[-1, 2] == 0).sum() >= 300  # the masked region lies in the last stamp
+
+
+def test_aperture_snr_is_the_circle_flux_over_its_noise_whatever_the_footprint():
+    """`profile_features`' ``aperture_snr``: g+r+i flux within SOURCE_RADIUS over sqrt(n) x the g, r, i sky
+    sigmas in quadrature; the own segment's extent changes ``snr``, not it."""
+    from astrohvae.conventions import MASK_OWN
+    from astrohvae.morphology.statistics import profile_features
+    from astrohvae.stamps.preprocess import SOURCE_RADIUS
+
+    rng = np.random.default_rng(5)
+    n, size = 200, 33
+    sky = np.array([0.05, 0.02, 0.02, 0.03, 0.06], np.float32)
+    model = gaussian_model((size, size), [(16.0, 16.0, 1.0)])  # centre pixel (16, 16)
+    flux = (model[None, None] + rng.normal(size=(n, 5, size, size)) * sky[None, :, None, None]).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    rr = np.hypot(yy - 16, xx - 16)
+    small = np.where(rr <= 2, MASK_OWN, 0).astype(np.uint8)
+    big = np.where(rr <= 6, MASK_OWN, 0).astype(np.uint8)
+    meta = Table({"id": np.arange(n)})
+    a = profile_features(StampSet(flux, np.repeat(small[None], n, 0), np.tile(sky, (n, 1)), meta))
+    b = profile_features(StampSet(flux, np.repeat(big[None], n, 0), np.tile(sky, (n, 1)), meta))
+    np.testing.assert_array_equal(a["aperture_snr"], b["aperture_snr"])
+    assert np.median(np.abs(a["snr"] - b["snr"])) > 0.5
+    circ = rr <= SOURCE_RADIUS
+    expect = 3 * model[circ].sum() / np.sqrt((sky[1:4] ** 2).sum() * circ.sum())
+    np.testing.assert_allclose(np.mean(a["aperture_snr"]), expect, rtol=0.05)
+    assert abs(np.std(a["aperture_snr"]) - 1.0) < 0.15  # white noise: unit scatter

@@ -19,7 +19,6 @@ from astrohvae.morphology.physical import (
     COLOUR_STAR_SNR,
     MORPH_SNR,
     N_FLUX_COLUMNS,
-    psf_snr,
     N_PHYSICAL,
     PHYSICAL_OPTIONS,
     SPREAD_ERR_COLUMN,
@@ -90,8 +89,9 @@ class HierarchicalClassifier(Estimator):
         weigh the morphology log odds by ``S/N / (S/N + morph_snr)`` (the
         statistics the VAE reads carry no knowledge of their noise) and the
         clipped colour log odds by ``1 / (1 + S/N / colour_snr)``, S/N the
-        source's g+r+i PSF-fit S/N (`psf_snr`: it does not move with the
-        footprint's isophote; the segment's S/N where that is unmeasured).
+        source's g+r+i S/N within `SOURCE_RADIUS` of its centre
+        (`profile_features`' ``aperture_snr``: it does not move with the
+        footprint's isophote).
         Measured on the simulated test fields and the real 004510-4-0030
         (benchmarks/retrain_compare.py, README "Classification").
         ``True``: the former opt-in colour likelihood.  Multiply the peak posterior's odds by a
@@ -114,7 +114,7 @@ class HierarchicalClassifier(Estimator):
     morph_snr : float
         With ``colour_prior='locus'``, the morphology log odds are weighted
         by ``S/N / (S/N + morph_snr)`` (`MORPH_SNR`; 0 = unweighted; S/N =
-        `psf_snr`).
+        ``aperture_snr``).
     colour_snr : float or None
         With ``colour_prior='locus'``, the colour log odds are weighted by
         ``1 / (1 + S/N / colour_snr)`` (`COLOUR_SNR`; None = unweighted):
@@ -411,9 +411,10 @@ class HierarchicalClassifier(Estimator):
             out["p_galaxy_marginal"] = p_marg
         if getattr(self, "galaxy_seds_", None) is not None and phys is not None:
             # the segment's S/N (total flux) picks the field's galaxy populations; a source's own weights
-            # use its PSF-fit S/N, which where its footprint was grown to (the user's isophote) does not change
+            # use its S/N in a fixed circle, which where its footprint was grown to (the user's isophote)
+            # does not change
             seg_snr = np.clip(np.nan_to_num(np.asarray(res[1]["snr"], dtype=np.float64)), 0.0, None)
-            snr = psf_snr(phys, fallback=seg_snr)
+            snr = np.clip(np.nan_to_num(np.asarray(res[1]["aperture_snr"], dtype=np.float64)), 0.0, None)
             out["colour_llr"] = self._locus_llr(stamps, phys, seg_snr, res[2])
             out["morph_weight"] = (snr / np.maximum(snr + float(self.morph_snr), 1e-12)).astype(np.float32)
             if getattr(self, "spread_term", False) and phys.shape[1] > SPREAD_ERR_COLUMN:

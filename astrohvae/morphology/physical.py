@@ -234,22 +234,6 @@ SPREAD_ERR_COLUMN = N_PHYSICAL + N_FLUX_COLUMNS
 g+r+i correlated-noise factor of `noise_scale`; column 3 holds 20 x SPREAD_MODEL)."""
 
 
-def psf_snr(phys, fallback=None):
-    """g+r+i PSF-fit S/N of each source from the flux columns of `physical_features` (``colours='flux'``).
-
-    The sum of the g, r, i PSF-fit fluxes over its error (`psf_fluxes`, errors
-    with the correlated-noise factor), clipped at 0.  Unlike a segment's S/N
-    it does not depend on how far the footprint was grown (``--isophote``).
-    Where it is not measured (saturated sources: NaN fluxes) ``fallback``
-    (N,) is used, else 0.
-    """
-    fx = np.asarray(phys, dtype=np.float64)[:, N_PHYSICAL:N_PHYSICAL + N_FLUX_COLUMNS]
-    gri = list(GRI)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        snr = fx[:, gri].sum(axis=1) / np.sqrt((fx[:, [5 + k for k in gri]] ** 2).sum(axis=1))
-    alt = np.zeros(len(fx)) if fallback is None else np.nan_to_num(np.asarray(fallback, dtype=np.float64))
-    return np.clip(np.where(np.isfinite(snr), snr, alt), 0.0, None)
-
 
 
 MIN_COLOUR_COVER = 0.5
@@ -485,9 +469,13 @@ GALAXY_SEDS = 400
 MORPH_SNR = 20.0
 """With the locus colour likelihood the morphology log odds are weighted by ``S/N / (S/N + MORPH_SNR)``.
 
-S/N is the g+r+i PSF-fit S/N (`psf_snr`; until the fifth session the segment's S/N, which moved with
-the footprint's isophote: 13 of the 1,169 sources of 004510-4-0030 changed class between
-``--isophote`` 0.5 and 1, 3 with the PSF-fit S/N and windowed centroids).
+S/N is the g+r+i S/N within `astrohvae.stamps.preprocess.SOURCE_RADIUS` of the source's centre
+(`astrohvae.morphology.statistics.profile_features`' ``aperture_snr``).  Until the fifth session it was
+the segment's S/N, which moved with the footprint's isophote: 13 of the 1,169 sources of 004510-4-0030
+changed class between ``--isophote`` 0.5 and 1 (66 moved by more than 0.1 in p_galaxy); 6 (7) with
+this S/N and windowed centroids.  The PSF-fit S/N does as well there, but its correlated-noise factor
+(`noise_scale`) also counts the confusion of a crowded field (x2.6 in i and z on 005405-6-0099 against
+x1.5 on 004510-4-0030) and moved 5 % of that field's sources from star to galaxy.
 
 The VAE reads the statistics without their noise: at S/N ~ 10 its confidence is as large as at S/N
 1000 while the statistics carry far less.  The weight is 1/2 at S/N 20 and tends to 1 for bright

@@ -9,6 +9,7 @@ import numpy as np
 from astrohvae import BANDS
 from astrohvae.conventions import MASK_INVALID, MASK_OTHER, MASK_OWN
 from astrohvae.stamps.preprocess import (
+    SOURCE_RADIUS,
     central_window,
     clean_gri,
     clean_stamps,
@@ -158,7 +159,10 @@ def profile_features(stamps, band_sum=("g", "r", "i"), r_total=8.0):
         ``r_total`` pixels, other sources masked -- a fixed aperture, so that
         the segment's size, which shrinks with S/N, does not bias it), ``concentration`` (flux within
         1.5 px over flux within 5 px), ``flux`` (g+r+i own flux, nmgy),
-        ``snr`` (that flux over its noise).
+        ``snr`` (that flux over its noise), ``aperture_snr`` (the g+r+i flux
+        of the valid pixels within `SOURCE_RADIUS` of the centre over its
+        white noise: unlike ``snr`` it does not depend on how far the
+        footprint was grown).
     """
     from astrohvae.morphology.psf import morphology_bands, shell_profile
     flux = np.asarray(stamps.flux, dtype=np.float32)
@@ -231,4 +235,9 @@ def profile_features(stamps, band_sum=("g", "r", "i"), r_total=8.0):
     fsrc = source_flux(None, mask, sky, gri=gri)
     noise = np.sqrt((sky[:, idx] ** 2).sum(axis=1) * np.maximum(own.sum(axis=(1, 2)), 1))
     snr = fsrc / np.maximum(noise, 1e-12)
-    return {"r_half": r_half, "concentration": conc, "flux": fsrc, "snr": snr}
+    # the same light in a fixed circle: an S/N that the footprint's extent (the user's isophote) does not move
+    circ = (r <= SOURCE_RADIUS)[None] & good
+    n_ap = np.maximum(circ.sum(axis=(1, 2)), 1)
+    f_ap = (img * circ).sum(axis=(1, 2))
+    aperture_snr = f_ap / np.maximum(np.sqrt((sky[:, idx] ** 2).sum(axis=1) * n_ap), 1e-12)
+    return {"r_half": r_half, "concentration": conc, "flux": fsrc, "snr": snr, "aperture_snr": aperture_snr}

@@ -206,7 +206,13 @@ def central_window(ny, nx, h):
     return (slice(max(ny // 2 - h, 0), ny // 2 + h + 1), slice(max(nx // 2 - h, 0), nx // 2 + h + 1))
 
 
-def source_flux(flux, mask, sky_sigma=None, radius=4.0, gri=None):
+SOURCE_RADIUS = 4.0
+"""Radius (pixels) of the circle about the stamp centre that stands for a source where its footprint
+does not: `source_flux`'s fallback and the footprint-independent S/N of
+`astrohvae.morphology.statistics.profile_features` (``aperture_snr``)."""
+
+
+def source_flux(flux, mask, sky_sigma=None, radius=SOURCE_RADIUS, gri=None):
     """The source's own flux in g+r+i (nanomaggies), used to remove brightness.
 
     Sum over the pixels of the source's own segment (mask bit 1).  Where the
