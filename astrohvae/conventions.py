@@ -13,6 +13,7 @@ __all__ = [
     "STAMP_SIZE",
     "SOFTENING",
     "GRI",
+    "SATURATION_MAG",
     "FLAG_TRUNCATED",
     "FLAG_BLENDED",
     "FLAG_MASKED",
@@ -42,6 +43,13 @@ SOFTENING = {"u": 1.4e-10, "g": 0.9e-10, "r": 1.2e-10, "i": 1.8e-10, "z": 7.4e-1
 
 GRI = [BANDS.index(b) for b in ("g", "r", "i")]
 """Indices of g, r, i in `BANDS` (a list: numpy fancy-indexes the band axis with it)."""
+
+SATURATION_MAG = 16.0
+"""No band of a source fainter than this asinh magnitude is saturated.  SDSS saturates at r ~ 14
+(u ~ 12, z ~ 12.5) in typical seeing; an r = 17 source is saturated in no band.  Used by
+`astrohvae.morphology.psf.band_saturated` (magnitude inside 5 px) and by
+`astrohvae.detection.sources.measure_sources` (segment magnitude; brighter sources keep their
+flux-weighted centroid)."""
 
 # catalogue ``flags`` bits
 FLAG_TRUNCATED = 1

@@ -1,7 +1,8 @@
 """Background, baseline detection and source measurement.
 
 `background` (the sky and its noise), `detect` (threshold detection and deblending),
-`sources` (the catalogue's basic columns), `measure` (photutils shapes, Kron and PSF photometry).
+`sources` (the catalogue's basic columns), `centroids` (windowed centroids), `measure` (photutils
+shapes, Kron and PSF photometry).
 """
 
 from astrohvae.lazy import lazy_exports
@@ -20,6 +21,7 @@ _EXPORTS = {
     'photutils_measurements': 'astrohvae.detection.measure',
     'psf_photometry': 'astrohvae.detection.measure',
     'stamp_measurements': 'astrohvae.detection.measure',
+    'windowed_centroids': 'astrohvae.detection.centroids',
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -11,11 +11,11 @@ from astrohvae.conventions import (  # noqa: E402  (re-exported: the names stamp
     FLAG_EDGE,
     FLAG_FEW_BANDS,
     FLAG_MASKED,
+    SATURATION_MAG,
 )
+from astrohvae.detection.centroids import windowed_centroids
 from astrohvae.detection.detect import band_indices, blended_labels, detection_image, segm_array
 from astrohvae.photometry import luptitude, luptitude_err
-from astrohvae.morphology.psf import SATURATION_MAG
-from astrohvae.segmentation.seeds import windowed_centroids
 
 __all__ = ['measure_sources']
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from astrohvae import BANDS
 from astrohvae.conventions import GRI as _GRI
-from astrohvae.conventions import MASK_INVALID, MASK_OTHER, MASK_OWN
+from astrohvae.conventions import MASK_INVALID, MASK_OTHER, MASK_OWN, SATURATION_MAG
 from astrohvae.morphology.statistics import per_stamp_chunks
 from astrohvae.stamps.preprocess import (
     band_valid,
@@ -305,12 +305,6 @@ def peak_centred(stamps, min_snr=PEAK_MIN_SNR, min_offset=PEAK_MIN_OFFSET, contr
         flux[i], mask[i] = f, m
     meta = getattr(st, "meta", None)
     return SimpleNamespace(flux=flux, mask=mask, sky_sigma=st.sky_sigma, meta=meta)
-
-
-SATURATION_MAG = 16.0
-"""`band_saturated`: a band can only be saturated where the source is brighter than this
-(asinh magnitude inside 5 px).  SDSS saturates at r ~ 14 (u ~ 12, z ~ 12.5) in
-typical seeing; an r = 17 source is saturated in no band."""
 
 
 @per_stamp_chunks

@@ -135,7 +135,7 @@ _EXPORTS = {
     'psf_profile': 'astrohvae.segmentation.footprints',
     'sky_sigma': 'astrohvae.segmentation.seeds',
     'train_segment_net': 'astrohvae.segmentation.training',
-    'windowed_centroids': 'astrohvae.segmentation.seeds',
+    'windowed_centroids': 'astrohvae.detection.centroids',
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from astrohvae.detection.centroids import source_stamps, windowed_centroids
 from astrohvae.segmentation.seeds import (
     annulus_sums,
     segment_moments,
-    source_stamps,
-    windowed_centroids,
 )
 
 __all__ = ['grow_isophotal', 'merge_fragments', 'psf_profile']

@@ -13,6 +13,7 @@ import numpy as np
 from astrohvae import BANDS
 from astrohvae.conventions import GRI as _GRI
 from astrohvae.errors import InputError
+from astrohvae.detection.centroids import windowed_centroids
 from astrohvae.segmentation.seeds import (
     anchored_em,
     band_support,
@@ -22,7 +23,6 @@ from astrohvae.segmentation.seeds import (
     reflect_pad,
     segment_moments,
     sky_sigma,
-    windowed_centroids,
 )
 from astrohvae.segmentation.training import train_segment_net
 
