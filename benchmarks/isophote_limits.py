@@ -77,7 +77,8 @@ def noiseless_growth(kept, rms):
     from scipy.ndimage import gaussian_filter
 
     from astrohvae.segmentation.footprints import grow_isophotal
-    from astrohvae.segmentation.seeds import segment_moments, windowed_centroids
+    from astrohvae.detection.centroids import windowed_centroids
+    from astrohvae.segmentation.seeds import segment_moments
 
     (seeds, _, iso), kw = kept["grow"][0][:3], dict(kept["grow"][1])
     r0 = (kept["model_r"] / rms).astype(np.float32)

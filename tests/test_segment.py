@@ -412,7 +412,7 @@ def _psf_test_field(seed=3):
 
 
 def test_windowed_centroids_find_the_centre():
-    from astrohvae.segmentation.seeds import windowed_centroids
+    from astrohvae.detection.centroids import windowed_centroids
 
     model, image, faint = _psf_test_field()
     from scipy.ndimage import gaussian_filter
@@ -429,7 +429,8 @@ def test_grow_isophotal_psf_scaled_radius_of_faint_sources():
     from scipy.ndimage import gaussian_filter, label
 
     from astrohvae.segmentation.footprints import psf_profile
-    from astrohvae.segmentation.seeds import segment_moments, windowed_centroids
+    from astrohvae.detection.centroids import windowed_centroids
+    from astrohvae.segmentation.seeds import segment_moments
 
     model, image, faint = _psf_test_field()
     seeds, n = label(model > 1.5)
@@ -461,7 +462,8 @@ def test_single_band_segments_are_dropped():
     from photutils.segmentation import SegmentationImage
 
     from astrohvae.segmentation.network import STRETCH, NetworkSegmenter
-    from astrohvae.segmentation.seeds import segment_moments, band_support, windowed_centroids
+    from astrohvae.detection.centroids import windowed_centroids
+    from astrohvae.segmentation.seeds import band_support, segment_moments
 
     rng = np.random.default_rng(4)
     ny, nx = 120, 160

@@ -164,7 +164,7 @@ def test_positions_do_not_depend_on_the_footprint():
 
 def test_windowed_centroids_leave_out_neighbours():
     """A neighbour 5 px away pulls a windowed centroid unless its segment is left out of the window."""
-    from astrohvae.segmentation.seeds import windowed_centroids
+    from astrohvae.detection.centroids import windowed_centroids
 
     img = gaussian_model((40, 40), [(18.0, 20.0, 10.0), (23.0, 20.0, 10.0)])
     labels = np.where(np.mgrid[:40, :40][1] <= 20, 1, 2)

@@ -1,12 +1,12 @@
-"""Seeds of the network segmentation: sky mode, matched filter, halo peaks, centroids."""
+"""Seeds of the network segmentation: sky mode, matched filter, halo peaks (centroids: `astrohvae.detection.centroids`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from astrohvae.detection.centroids import source_stamps, windowed_centroids  # noqa: F401  (re-exported)
+from astrohvae.detection.centroids import source_stamps
 
-__all__ = ['matched_filter_seeds', 'matched_filter_sn', 'sky_sigma', 'band_support', 'halo_peaks', 'windowed_centroids']
+__all__ = ['matched_filter_seeds', 'matched_filter_sn', 'sky_sigma', 'band_support', 'halo_peaks']
 
 def sky_mode(img, lo=-3.0, hi=3.0, bins=241):
     """Per-band mode of the sky in a network input (peak of the smoothed histogram)."""
