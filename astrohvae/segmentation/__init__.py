@@ -112,7 +112,7 @@ Public API
 `NetworkSegmenter` (fit / object_probability / segment / save / load),
 `load_default_segmenter`, `classmap`, `network_input`, `train_segment_net`,
 `grow_isophotal`, `matched_filter_seeds`, `matched_filter_sn`, `sky_sigma`, `band_support`,
-`halo_peaks`, `psf_profile`, `windowed_centroids`.
+`halo_peaks`, `psf_profile` (centroids: `astrohvae.detection.windowed_centroids`).
 """
 
 from astrohvae.lazy import lazy_exports
@@ -135,7 +135,6 @@ _EXPORTS = {
     'psf_profile': 'astrohvae.segmentation.footprints',
     'sky_sigma': 'astrohvae.segmentation.seeds',
     'train_segment_net': 'astrohvae.segmentation.training',
-    'windowed_centroids': 'astrohvae.detection.centroids',
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
