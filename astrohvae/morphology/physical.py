@@ -234,8 +234,6 @@ SPREAD_ERR_COLUMN = N_PHYSICAL + N_FLUX_COLUMNS
 g+r+i correlated-noise factor of `noise_scale`; column 3 holds 20 x SPREAD_MODEL)."""
 
 
-
-
 MIN_COLOUR_COVER = 0.5
 """A colour is measured when both its bands cover at least this share of the aperture's pixels
 (other sources' pixels aside); else it is missing (NaN) and the classifier marginalises over it."""
