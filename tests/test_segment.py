@@ -647,11 +647,12 @@ def test_smoothed_at_equals_the_whole_image_filter():
         np.testing.assert_allclose(smoothed_at(img, flat, 1.0), ref.ravel()[flat], atol=1e-6)
 
 
-def _galaxy_scene(knots=0, star=None, second=None, seed=3, ny=160, nx=160):
+def _galaxy_scene(knots=0, star=None, second=None, seed=3, ny=160, nx=160, knot_amp=6.0, knot_colour=None):
     """Network input (asinh noise units, five bands) of an exponential disc at the centre (scale length
     6 px, axis ratio 0.7, 40 sigma per pixel at its centre, the same in every band) with ``knots`` point-like
-    knots of 6 sigma drawn from the disc (its colours), a red PSF-like star ``(dy, dx, r amplitude)`` and a
-    second disc ``(dy, dx, amp)``; returns the image, the centre and the added objects' positions."""
+    knots of ``knot_amp`` sigma drawn from the disc (its colours, or ``knot_colour``: five band factors), a
+    red PSF-like star ``(dy, dx, r amplitude)`` and a second disc ``(dy, dx, amp)``; returns the image, the
+    centre and the added objects' positions (knots first)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:ny, :nx].astype(np.float64)
     cy, cx = ny / 2, nx / 2
@@ -663,14 +664,16 @@ def _galaxy_scene(knots=0, star=None, second=None, seed=3, ny=160, nx=160):
         return amp * np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / (2 * s * s))
 
     model = disc(cy, cx, 40.0)
+    knot_light = np.zeros_like(model)
     pos = []
     rad = np.minimum(rng.gamma(2.0, 6.0, knots), 24.0)
     ang = rng.uniform(0, 2 * np.pi, knots)
     for r, a in zip(rad, ang):
         y, x = cy + 0.7 * r * np.sin(a), cx + r * np.cos(a)
-        model += point(y, x, 6.0)
+        knot_light += point(y, x, knot_amp)
         pos.append((y, x))
-    model = np.repeat(model[None], 5, axis=0)
+    colour = np.ones(5) if knot_colour is None else np.asarray(knot_colour, float)
+    model = model[None] + colour[:, None, None] * knot_light[None]
     if star is not None:   # a red star: u, g, r, i, z in proportion 0.2 : 0.6 : 1 : 1.3 : 1.5
         model += np.array([0.2, 0.6, 1.0, 1.3, 1.5])[:, None, None] * point(cy + star[0], cx + star[1], star[2])
         pos.append((cy + star[0], cx + star[1]))
@@ -710,6 +713,73 @@ def test_star_on_a_galaxy_and_touching_galaxies_are_split():
     segm = seg.segment(img)
     a, b = _label_at(segm, cy, cx), _label_at(segm, *pos[-1])
     assert a > 0 and b > 0 and a != b
+
+
+#: star-forming knots: bluer than their disc (u, g, r, i, z factors)
+BLUE_KNOTS = (1.6, 1.3, 1.0, 0.85, 0.75)
+
+
+def _segments_on_disc(segm, cy, cx, half=20):
+    box = segm.data[int(cy) - half:int(cy) + half, int(cx) - half:int(cx) + half]
+    return set(np.unique(box[box > 0]).tolist())
+
+
+@shipped
+def test_bright_blue_knots_join_their_galaxy():
+    """Knots that stand out 25 sigma, bluer than the disc (each kept by the colour or the strong-excess
+    test alone), share one colour: they are the galaxy's, not sources of their own."""
+    img, (cy, cx), knots = _galaxy_scene(knots=15, knot_amp=25.0, knot_colour=BLUE_KNOTS)
+    segm = load_default_segmenter(device="cpu").segment(img)
+    main = _label_at(segm, cy, cx)
+    assert main > 0 and _segments_on_disc(segm, cy, cx) == {main}
+    # without the knot test they are split off
+    plain = load_default_segmenter(device="cpu", fragment_knots=0).segment(img)
+    assert len(_segments_on_disc(plain, cy, cx)) >= 3
+
+
+@shipped
+def test_red_star_among_blue_knots_stays_apart():
+    img, (cy, cx), pos = _galaxy_scene(knots=15, knot_amp=25.0, knot_colour=BLUE_KNOTS, star=(8.0, 10.0, 60.0))
+    segm = load_default_segmenter(device="cpu").segment(img)
+    main, star = _label_at(segm, cy, cx), _label_at(segm, *pos[-1])
+    assert main > 0 and star > 0 and star != main
+    assert _segments_on_disc(segm, cy, cx) == {main, star}
+
+
+@shipped
+def test_knotty_galaxy_beside_a_brighter_star():
+    """The group's model centres on the star (point-like); the galaxy beside it is tested on its own."""
+    img, (cy, cx), pos = _galaxy_scene(knots=15, knot_amp=25.0, knot_colour=BLUE_KNOTS,
+                                       star=(-22.0, -30.0, 3000.0))
+    segm = load_default_segmenter(device="cpu").segment(img)
+    main, star = _label_at(segm, cy, cx), _label_at(segm, *pos[-1])
+    assert main > 0 and star > 0 and star != main
+    assert _segments_on_disc(segm, cy, cx, half=14) == {main}
+
+
+def test_merge_fragments_leaves_a_blend_of_stars_alone():
+    """A group whose light is mostly in point sources (a crowded field) is not one source with fragments."""
+    from scipy import ndimage
+
+    from astrohvae.segmentation.footprints import merge_fragments
+
+    rng = np.random.default_rng(11)
+    ny = nx = 120
+    yy, xx = np.mgrid[:ny, :nx].astype(np.float64)
+    ys, xs = rng.uniform(30, 90, 80), rng.uniform(30, 90, 80)   # dense enough to look extended when smoothed
+    amps = 30.0 * rng.uniform(0.5, 3.0, 80)
+    model = sum(a * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.3 ** 2)) for y, x, a in zip(ys, xs, amps))
+    lin = rng.normal(size=(5, ny, nx)) + model[None] * np.array([0.3, 0.7, 1.0, 1.2, 1.3])[:, None, None]
+    det = ndimage.gaussian_filter(lin[1:4].sum(axis=0), 0.85)
+    sm = ndimage.gaussian_filter(lin[1:4].sum(axis=0), 1.5)
+    sm /= sm[:, :15].std()
+    parent = ndimage.binary_dilation(ndimage.gaussian_filter(model, 4.0) > 0.3, iterations=2).astype(np.int32)
+    # children: the pixels nearest each star (the deblending's cut)
+    d = np.hypot(yy[..., None] - ys, xx[..., None] - xs)
+    child = np.where(parent > 0, np.argmin(d, axis=-1) + 1, 0).astype(np.int32)
+    n = len(np.unique(child[child > 0]))
+    out = merge_fragments(parent, child, det, sm, bands=lin)
+    assert n == 80 and len(np.unique(out[out > 0])) == n    # (without the light-fraction test: 29 segments)
 
 
 def test_merge_fragments_keeps_companions_and_merges_bumps():

@@ -45,7 +45,11 @@ feature maps, upsampled to full resolution) are then split into "object" and
    kept only if it stands out above the model by ``fragment_excess`` (5)
    sigma *and* holds ``fragment_flux`` (5 %) of the group's light above
    it or has colours of its own (five-band chi^2 >= ``fragment_colour``,
-   30); the knots, arms and halo bumps of a large galaxy rejoin it, a star
+   30); when ``fragment_knots`` (3) or more such segments of a source,
+   each under 10 % of its light, are more than chance would put there,
+   those sharing their common colour are its star-forming knots (bluer
+   than the disc, so the colour test alone keeps them) and rejoin it;
+   the knots, arms and halo bumps of a large galaxy rejoin it, a star
    on it or a galaxy in contact stays apart, and a segment where the
    source's model is below 1 sigma is beyond it and left alone;
 6. segments seen in fewer than two bands are dropped: the second-highest

@@ -771,9 +771,13 @@ def _smoothed_footprint(img, avail, own, isophote, sigma, reach):
     return above & np.isin(comp, ids[ids > 0])
 
 
+CENTRE_SIGMA = 3.0
+"""Gaussian sigma (px) of the smoothing that finds a group's centre in `merge_fragments`."""
+
+
 def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=5.0, min_flux=0.05,
                     colour_chi2=30.0, contrast=5.0, sigma=1.5, point_hwhm=4.0, min_peak=20.0, bin_px=1.0,
-                    linearise=None, extent=1.0):
+                    linearise=None, extent=1.0, knot_min=3, knot_flux=0.1):
     """Merge back the deblended children (or grouped segments) that are not sources of their own.
 
     photutils' (and SExtractor's) deblending keeps every child holding a
@@ -782,10 +786,11 @@ def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=
     star-forming knots, so the galaxy is shredded.  Here each deblended
     parent gets a smooth model: the median of the matched-filter S/N image
     ``sm_sn`` (and of ``det``, and of each band) in 1-px elliptical annuli
-    (the ellipse of the parent's positive ``det`` moments about its
-    brightest pixel) over the parent's and the free pixels of its bounding
-    box, forced to fall outwards.  A child other than the one holding the
-    parent's peak is kept only if
+    (the ellipse of the parent's positive ``det`` moments about the peak of
+    its light smoothed by a Gaussian of `CENTRE_SIGMA` px: the brightest
+    pixel of a knotty disc is a knot) over the parent's and the free pixels
+    of its bounding box, forced to fall outwards.  A child other than the
+    one holding the model's centre is kept only if
 
     * its peak excess over the model reaches ``min_excess`` (matched-filter
       sigma), and
@@ -799,10 +804,23 @@ def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=
       is strong (``min_peak`` sigma) and ``contrast`` times the model there
       (a star of the galaxy's colours on its outskirts).
 
+    When ``knot_min`` or more children of a parent pass these tests while
+    holding less than ``knot_flux`` of the model's light each, and more
+    than the field's own source density would put on the parent by chance
+    (Poisson probability < 1 %), they are tested once more, against their
+    common colour (the median of their normalised five-band excesses, the
+    same chi^2): star-forming knots are bluer than their disc, and so pass
+    the colour test, but share one colour; those that share it join the
+    source, a foreground star of another colour among them stays.
+
     A parent whose model falls to half its peak within ``point_hwhm`` px
-    is point-like (a star, or crowded stars), one whose model peaks below
-    ``min_peak`` (matched-filter sigma) too faint for its model to tell a
-    fragment from a neighbour (a crowded field's confusion): their
+    is point-like (a star, or crowded stars): when it has two or more
+    other children it is tested again without the star's child (a galaxy
+    beside a brighter star), else left alone.  One whose model peaks below
+    ``min_peak`` (matched-filter sigma) is too faint for its model to tell a
+    fragment from a neighbour (a crowded field's confusion), and one whose
+    model holds less than half its light is a blend of sources (crowded
+    stars), not one source with fragments: their
     children are left as they are, and so is a child whose peak lies where
     the model is below ``extent`` (matched-filter sigma): it lies beyond
     the source, on whatever else joins the parent there (in a crowded
@@ -841,6 +859,12 @@ def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=
     extent : float or None
         Model level (matched-filter sigma) below which a child is beyond
         the source and kept as it is; None: every child is tested.
+    knot_min : int
+        Smallest population of knots tested against its common colour;
+        0: no knot test.
+    knot_flux : float
+        Largest light above the model, as a fraction of the model's light,
+        of a knot.
 
     Returns
     -------
@@ -865,10 +889,20 @@ def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=
     slices = ndimage.find_objects(par)
     drop = np.zeros(n_child + 1, bool)
     band_noise = 1.0 / (2.0 * np.sqrt(np.pi) * sigma)   # matched-filter noise of a unit-noise band
+    # the field's source density by peak S/N: how many excesses chance puts on a parent
+    field_peaks = np.sort(np.asarray(ndimage.maximum(sm_sn, out, np.arange(1, n_child + 1)), np.float64))
+    density = (field_peaks, float(out.size))
     for p in split:
         sl = slices[p - 1]
         found = _fragments_of(p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colour_chi2, contrast,
-                              sigma, point_hwhm, min_peak, bin_px, linearise, band_noise, extent)
+                              sigma, point_hwhm, min_peak, bin_px, linearise, band_noise, extent, knot_min, knot_flux,
+                              density)
+        if isinstance(found, (int, np.integer)):
+            # the model is a star's: the rest of the parent (a galaxy beside it) is tested without it
+            found = _fragments_of(p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colour_chi2, contrast,
+                                  sigma, point_hwhm, min_peak, bin_px, linearise, band_noise, extent, knot_min,
+                                  knot_flux, density, exclude=int(found))
+            found = None if isinstance(found, (int, np.integer)) else found
         if found is None or found[2].size == 0:
             continue
         own, kids, weak = found
@@ -886,18 +920,28 @@ def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=
 
 
 def _fragments_of(p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colour_chi2, contrast, sigma,
-                  point_hwhm, min_peak, bin_px, linearise, band_noise, extent=1.0):
+                  point_hwhm, min_peak, bin_px, linearise, band_noise, extent=1.0, knot_min=3, knot_flux=0.1,
+                  density=None, min_model=0.5, exclude=None):
     """The children of parent ``p`` (box ``sl``) that are not sources of their own (`merge_fragments`).
 
-    Returns ``(own, kids, rejected labels)``, or None when the parent keeps all its children.
+    Returns ``(own, kids, rejected labels)``; None when the parent keeps all its children; the label
+    of its primary child when that is point-like and the parent has at least two other children (to
+    test the parent again without it: ``exclude``).
     """
     from scipy import ndimage
 
     own = par[sl] == p
+    if exclude is not None:
+        own &= out[sl] != exclude
+        if not own.any():
+            return None
     kids = np.where(own, out[sl], 0)
-    d = np.where(own, det[sl], -np.inf)
     s = sm_sn[sl]
-    py, px = np.unravel_index(int(np.argmax(d)), d.shape)
+    # the model's centre: the peak of the parent's light smoothed over a few PSFs (the brightest pixel
+    # of a knotty disc is a knot)
+    dsm = np.where(own, ndimage.gaussian_filter(np.where(own, np.clip(det[sl], 0, None), 0).astype(np.float32),
+                                               CENTRE_SIGMA), -np.inf)
+    py, px = np.unravel_index(int(np.argmax(dsm)), own.shape)
     primary = kids[py, px]
     yy, xx = np.nonzero(own)
     w = np.clip(det[sl][yy, xx], 0, None).astype(np.float64)
@@ -934,8 +978,18 @@ def _fragments_of(p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colo
         return np.minimum.accumulate(np.interp(np.arange(nbin), uk, med))
 
     prof = profile(s)
-    if prof[0] < min_peak or np.argmax(prof < 0.5 * prof[0]) * bin_px < point_hwhm:
-        return None  # a faint or point-like parent (a star, crowded stars) keeps its children
+    if prof[0] < min_peak:
+        return None  # a faint parent keeps its children
+    if np.argmax(prof < 0.5 * prof[0]) * bin_px < point_hwhm:
+        # a point-like primary (a star, crowded stars)
+        if exclude is None and np.unique(kids[(kids > 0) & (kids != primary)]).size >= 2:
+            return primary
+        return None
+    pdet = profile(det[sl])
+    light = np.clip(det[sl][yy, xx], 0, None)
+    model_light = np.clip(pdet[k], 0, None).sum()
+    if model_light < min_model * light.sum():
+        return None  # most of the light is not in a smooth source: a blend of sources (crowded stars)
     lab = kids[yy, xx]
     excess = s[yy, xx] - prof[k]
     nl = int(lab.max()) + 1
@@ -945,11 +999,13 @@ def _fragments_of(p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colo
     pe[lab[o][last]] = excess[o][last]
     peak_at = np.zeros(nl, np.int64)
     peak_at[lab[o][last]] = o[last]
-    pdet = profile(det[sl])
     # light above the model, relative to the primary's own light (a star among many in a crowded
     # blob holds little of the blob but much of its brightest star)
-    flux = np.bincount(lab, np.clip(det[sl][yy, xx] - pdet[k], 0, None), nl)
-    flux /= max(np.clip(det[sl][yy, xx], 0, None)[lab == primary].sum(), 1e-12)
+    above = np.bincount(lab, np.clip(det[sl][yy, xx] - pdet[k], 0, None), nl)
+    flux = above / max(light[lab == primary].sum(), 1e-12)
+    # ... and relative to the model's light (a knotty disc is cut into many children: its primary holds
+    # a small part of it)
+    flux_model = above / max(model_light, 1e-12)
     cand = np.unique(lab)
     cand = cand[(cand > 0) & (cand != primary)]
     if extent is not None:   # children beyond the source's body stay as they are
@@ -958,23 +1014,54 @@ def _fragments_of(p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colo
     # a strong excess many times the parent's own light there (a star on its outskirts) is a source
     strong = (pe >= min_peak) & (pe >= contrast * np.maximum(prof[k[peak_at]], 0.0))
     test = cand[(pe[cand] >= min_excess) & (flux[cand] < min_flux) & ~strong[cand]]
-    if test.size and bands is not None:
-        j = peak_at[test]
-        chi2 = np.zeros(test.size)
-        e_all, m_all, ok_all = [], [], []
-        for b in range(bands.shape[0]):
-            bi = bands[b][sl] if linearise is None else linearise(bands[b][sl])
-            sb = ndimage.gaussian_filter(bi.astype(np.float32), sigma)
-            pb = profile(sb)
-            e_all.append(sb[yy[j], xx[j]] - pb[k[j]])
-            m_all.append(pb[k[j]])
-            ok_all.append(bi[yy[j], xx[j]] != 0)
-        e, m, ok = np.array(e_all), np.array(m_all), np.array(ok_all)
-        a = (e * m * ok).sum(0) / np.maximum((m * m * ok).sum(0), 1e-12)
-        var = band_noise ** 2 + (0.1 * e) ** 2
-        chi2 = (((e - a * m) ** 2 / var) * ok).sum(0)
-        test = test[chi2 < colour_chi2]
-    return own, kids, np.r_[weak, test]
+    # knot candidates: every excess below ``knot_flux`` of the primary's light, however it would be kept
+    small = cand[(pe[cand] >= min_excess) & (flux_model[cand] < knot_flux)] if knot_min else cand[:0]
+    if bands is None:
+        return own, kids, np.r_[weak, test]
+    if test.size == 0 and small.size < (knot_min or np.inf):
+        return own, kids, weak
+    look = np.union1d(test, small)
+    j = peak_at[look]
+    e_all, m_all, ok_all = [], [], []
+    for b in range(bands.shape[0]):
+        bi = bands[b][sl] if linearise is None else linearise(bands[b][sl])
+        sb = ndimage.gaussian_filter(bi.astype(np.float32), sigma)
+        pb = profile(sb)
+        e_all.append(sb[yy[j], xx[j]] - pb[k[j]])
+        m_all.append(pb[k[j]])
+        ok_all.append(bi[yy[j], xx[j]] != 0)
+    e, m, ok = np.array(e_all), np.array(m_all), np.array(ok_all)
+    chi2 = _colour_chi2(e, m, ok, band_noise)
+    merged = look[np.isin(look, test) & (chi2 < colour_chi2)]
+    # a population of excesses that would be kept (knots, HII regions: bluer than the disc, point-like,
+    # each a few per cent of the light) shares one colour; a foreground star among them has its own
+    pop = np.isin(look, small) & ~np.isin(look, merged)
+    if knot_min and pop.sum() >= knot_min and _more_than_chance(int(pop.sum()), pe[look[pop]].min(), own.sum(), density):
+        ref = np.median(e[:, pop] / np.maximum(np.abs(e[:, pop]).sum(0), 1e-12), axis=1)
+        ref = np.broadcast_to(ref[:, None], e.shape)
+        merged = np.union1d(merged, look[pop & (_colour_chi2(e, ref, ok, band_noise) < colour_chi2)])
+    return own, kids, np.r_[weak, merged]
+
+
+def _more_than_chance(n, peak, area, density, p_chance=0.01):
+    """Whether ``n`` excesses of at least ``peak`` (matched-filter sigma) on ``area`` pixels are more
+    than the field's sources (``density``: sorted peak S/Ns of its segments, field pixels) would put
+    there by chance (Poisson probability below ``p_chance``); True without a density."""
+    if density is None:
+        return True
+    from scipy.stats import poisson
+
+    peaks, field_area = density
+    expected = area * (peaks.size - np.searchsorted(peaks, peak)) / max(field_area, 1.0)
+    return bool(poisson.sf(n - 1, expected) < p_chance)
+
+
+def _colour_chi2(e, m, ok, band_noise, floor=0.1):
+    """chi^2 of per-band excesses ``e`` (nb, n) against the best multiple of colours ``m`` (nb, n),
+    over the bands where ``ok``, with the matched-filter noise and a ``floor`` fraction of ``e``."""
+    a = (e * m * ok).sum(0) / np.maximum((m * m * ok).sum(0), 1e-12)
+    var = band_noise ** 2 + (floor * e) ** 2
+    return (((e - a * m) ** 2 / var) * ok).sum(0)
 
 
 def keep_labels(segm, stats, keep):

@@ -207,6 +207,12 @@ class NetworkSegmenter:
         where the source's model lies below 1 matched-filter sigma is
         beyond the source and not tested (``extent``).
         ``fragment_excess=None``: photutils' contrast criterion alone.
+    fragment_knots : int
+        When a group's extended source holds this many excesses (each under
+        10 % of its primary's light) that the tests above would keep, they
+        are tested against their common colour as well: those that share it
+        are the source's knots (star-forming regions) and join it, one of
+        another colour (a foreground star) stays; 0: no knot test.
     """
 
     def __init__(self, variant=DEFAULT_VARIANT, taps=DEFAULT_TAPS, tap_weights=None,
@@ -215,7 +221,7 @@ class NetworkSegmenter:
                  batch_size=8, device="auto", random_state=0, isophote=0.5, seed_nsigma=4.0,
                  seed_sigma=1.5, psf_snr=30.0, band_nsigma=2.0, halo_peak=2000.0, trim=True, smooth_radius=30.0,
                  fragment_excess=5.0, fragment_flux=0.05, fragment_colour=30.0, fragment_group=3.0,
-                 deblend_floor=3.0, deblend_recursive=True):
+                 fragment_knots=3, deblend_floor=3.0, deblend_recursive=True):
         self.variant = variant
         self.taps = tuple(taps)
         self.tap_weights = None if tap_weights is None else tuple(float(w) for w in tap_weights)
@@ -246,6 +252,7 @@ class NetworkSegmenter:
         self.fragment_flux = float(fragment_flux)
         self.fragment_group = float(fragment_group)
         self.fragment_colour = None if fragment_colour is None else float(fragment_colour)
+        self.fragment_knots = int(fragment_knots or 0)
         self.deblend_floor = None if deblend_floor is None else float(deblend_floor)
         self.deblend_recursive = bool(deblend_recursive)
 
@@ -256,7 +263,7 @@ class NetworkSegmenter:
                 "n_pixels", "deblend", "deblend_fwhm", "rule", "tile", "overlap", "batch_size",
                 "device", "random_state", "isophote", "seed_nsigma", "seed_sigma", "psf_snr", "band_nsigma",
                 "halo_peak", "trim", "smooth_radius", "fragment_excess", "fragment_flux",
-                "fragment_colour", "fragment_group", "deblend_floor", "deblend_recursive")
+                "fragment_colour", "fragment_group", "fragment_knots", "deblend_floor", "deblend_recursive")
         return {k: getattr(self, k) for k in keys}
 
     def set_params(self, **params):
@@ -699,7 +706,8 @@ class NetworkSegmenter:
                 segm = SegmentationImage(merge_fragments(
                     parents, segm.data, det, sm_sn, bands=img if five and self.fragment_colour is not None else None,
                     min_excess=self.fragment_excess, min_flux=self.fragment_flux,
-                    colour_chi2=self.fragment_colour or np.inf, sigma=self.seed_sigma, linearise=lin5))
+                    colour_chi2=self.fragment_colour or np.inf, sigma=self.seed_sigma, linearise=lin5,
+                    knot_min=self.fragment_knots))
         valid = np.any(img != 0, axis=0)
         stats = None
         if segm is not None and (grow or (self.band_nsigma is not None and five) or self.halo_peak is not None):
