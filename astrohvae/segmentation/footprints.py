@@ -890,8 +890,8 @@ def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=
     drop = np.zeros(n_child + 1, bool)
     band_noise = 1.0 / (2.0 * np.sqrt(np.pi) * sigma)   # matched-filter noise of a unit-noise band
     # the field's source density by peak S/N: how many excesses chance puts on a parent
-    field_peaks = np.sort(np.asarray(ndimage.maximum(sm_sn, out, np.arange(1, n_child + 1)), np.float64))
-    density = (field_peaks, float(out.size))
+    peak_of = np.r_[-np.inf, np.asarray(ndimage.maximum(sm_sn, out, np.arange(1, n_child + 1)), np.float64)]
+    density = (np.sort(peak_of[1:]), float(out.size), peak_of)
     for p in split:
         sl = slices[p - 1]
         found = _fragments_of(p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colour_chi2, contrast,
@@ -1036,23 +1036,27 @@ def _fragments_of(p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colo
     # a population of excesses that would be kept (knots, HII regions: bluer than the disc, point-like,
     # each a few per cent of the light) shares one colour; a foreground star among them has its own
     pop = np.isin(look, small) & ~np.isin(look, merged)
-    if knot_min and pop.sum() >= knot_min and _more_than_chance(int(pop.sum()), pe[look[pop]].min(), own.sum(), density):
+    if knot_min and pop.sum() >= knot_min and _more_than_chance(int(pop.sum()), pe[look[pop]].min(), own.sum(), density,
+                                                                np.unique(kids[kids > 0])):
         ref = np.median(e[:, pop] / np.maximum(np.abs(e[:, pop]).sum(0), 1e-12), axis=1)
         ref = np.broadcast_to(ref[:, None], e.shape)
         merged = np.union1d(merged, look[pop & (_colour_chi2(e, ref, ok, band_noise) < colour_chi2)])
     return own, kids, np.r_[weak, merged]
 
 
-def _more_than_chance(n, peak, area, density, p_chance=0.01):
+def _more_than_chance(n, peak, area, density, own_labels=(), p_chance=0.01):
     """Whether ``n`` excesses of at least ``peak`` (matched-filter sigma) on ``area`` pixels are more
-    than the field's sources (``density``: sorted peak S/Ns of its segments, field pixels) would put
-    there by chance (Poisson probability below ``p_chance``); True without a density."""
+    than the rest of the field's sources would put there by chance (Poisson probability below
+    ``p_chance``).  ``density``: the sorted peak S/Ns of the field's segments, the field's pixels and
+    the peak of each label; the parent's own children (``own_labels``) are left out of the count.
+    True without a density."""
     if density is None:
         return True
     from scipy.stats import poisson
 
-    peaks, field_area = density
-    expected = area * (peaks.size - np.searchsorted(peaks, peak)) / max(field_area, 1.0)
+    peaks, field_area, peak_of = density
+    n_other = (peaks.size - np.searchsorted(peaks, peak)) - int((peak_of[np.asarray(own_labels, int)] >= peak).sum())
+    expected = area * max(n_other, 0) / max(field_area - area, 1.0)
     return bool(poisson.sf(n - 1, expected) < p_chance)
 
 
