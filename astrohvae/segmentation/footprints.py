@@ -894,14 +894,12 @@ def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=
     density = (np.sort(peak_of[1:]), float(out.size), peak_of)
     for p in split:
         sl = slices[p - 1]
-        found = _fragments_of(p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colour_chi2, contrast,
-                              sigma, point_hwhm, min_peak, bin_px, linearise, band_noise, extent, knot_min, knot_flux,
-                              density)
+        args = (p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colour_chi2, contrast, sigma, point_hwhm,
+                min_peak, bin_px, linearise, band_noise, extent, knot_min, knot_flux, density)
+        found = _fragments_of(*args)
         if isinstance(found, (int, np.integer)):
             # the model is a star's: the rest of the parent (a galaxy beside it) is tested without it
-            found = _fragments_of(p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colour_chi2, contrast,
-                                  sigma, point_hwhm, min_peak, bin_px, linearise, band_noise, extent, knot_min,
-                                  knot_flux, density, exclude=int(found))
+            found = _fragments_of(*args, exclude=int(found))
             found = None if isinstance(found, (int, np.integer)) else found
         if found is None or found[2].size == 0:
             continue
@@ -921,7 +919,7 @@ def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=
 
 def _fragments_of(p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colour_chi2, contrast, sigma,
                   point_hwhm, min_peak, bin_px, linearise, band_noise, extent=1.0, knot_min=3, knot_flux=0.1,
-                  density=None, min_model=0.5, exclude=None):
+                  density=None, exclude=None, min_model=0.5):
     """The children of parent ``p`` (box ``sl``) that are not sources of their own (`merge_fragments`).
 
     Returns ``(own, kids, rejected labels)``; None when the parent keeps all its children; the label
@@ -1014,7 +1012,7 @@ def _fragments_of(p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colo
     # a strong excess many times the parent's own light there (a star on its outskirts) is a source
     strong = (pe >= min_peak) & (pe >= contrast * np.maximum(prof[k[peak_at]], 0.0))
     test = cand[(pe[cand] >= min_excess) & (flux[cand] < min_flux) & ~strong[cand]]
-    # knot candidates: every excess below ``knot_flux`` of the primary's light, however it would be kept
+    # knot candidates: every excess below ``knot_flux`` of the model's light, however it would be kept
     small = cand[(pe[cand] >= min_excess) & (flux_model[cand] < knot_flux)] if knot_min else cand[:0]
     if bands is None:
         return own, kids, np.r_[weak, test]

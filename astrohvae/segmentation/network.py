@@ -209,7 +209,7 @@ class NetworkSegmenter:
         ``fragment_excess=None``: photutils' contrast criterion alone.
     fragment_knots : int
         When a group's extended source holds this many excesses (each under
-        10 % of its primary's light) that the tests above would keep, they
+        10 % of its smooth model's light) that the tests above would keep, they
         are tested against their common colour as well: those that share it
         are the source's knots (star-forming regions) and join it, one of
         another colour (a foreground star) stays; 0: no knot test.
