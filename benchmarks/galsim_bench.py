@@ -85,8 +85,8 @@ def sep_half_light(field, bkg, truth, radius_px):
     from scipy.spatial import cKDTree
 
     r = field.bands.index("r")
-    img = np.ascontiguousarray((field.data[r] - bkg.level[r]) if hasattr(bkg, "level") else field.data[r], np.float64)
-    err = np.ascontiguousarray(bkg.rms[r] if hasattr(bkg, "rms") else np.full(img.shape, np.std(img)), np.float64)
+    img = np.ascontiguousarray(field.data[r] - bkg.level[r], np.float64)
+    err = np.ascontiguousarray(bkg.rms[r], np.float64)
     sep.set_extract_pixstack(20_000_000)
     sep.set_sub_object_limit(65536)
     obj = sep.extract(img, 1.5, err=err, minarea=5, deblend_cont=0.005, filter_type="conv")

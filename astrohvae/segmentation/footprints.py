@@ -889,9 +889,11 @@ def merge_fragments(parent_data, child_data, det, sm_sn, bands=None, min_excess=
     slices = ndimage.find_objects(par)
     drop = np.zeros(n_child + 1, bool)
     band_noise = 1.0 / (2.0 * np.sqrt(np.pi) * sigma)   # matched-filter noise of a unit-noise band
-    # the field's source density by peak S/N: how many excesses chance puts on a parent
-    peak_of = np.r_[-np.inf, np.asarray(ndimage.maximum(sm_sn, out, np.arange(1, n_child + 1)), np.float64)]
-    density = (np.sort(peak_of[1:]), float(out.size), peak_of)
+    # the field's source density by peak S/N: how many excesses chance puts on a parent (knot test only)
+    density = None
+    if knot_min and bands is not None:
+        peak_of = np.r_[-np.inf, np.asarray(ndimage.maximum(sm_sn, out, np.arange(1, n_child + 1)), np.float64)]
+        density = (np.sort(peak_of[1:]), float(out.size), peak_of)
     for p in split:
         sl = slices[p - 1]
         args = (p, sl, par, out, det, sm_sn, bands, min_excess, min_flux, colour_chi2, contrast, sigma, point_hwhm,
